@@ -1,0 +1,257 @@
+/*
+ * msa.h: the public interface of msa-mem, an agent-memory engine built on
+ * MiniMax Sparse Attention (MSA).
+ *
+ * This is the only installed header. It has four layers, lowest first:
+ *
+ *   1. Status codes and version.
+ *   2. MSA attention over paged KV memory, for frameworks that run their own
+ *      model (index scoring, Top-k block selection, block-sparse attention,
+ *      and the dense baseline), on the CPU or on a CUDA stream.
+ *   3. The store: named sessions kept as compressed KV blocks in an LMDB
+ *      environment, with fsck, fork, export and import.
+ *   4. The engine: a model (GGUF or Hugging Face directory), its tokenizer,
+ *      and sessions that are appended to and generated from through MSA.
+ *
+ * Conventions.
+ *   - Every function that can fail returns an int status: MSA_OK (0) or one of
+ *     the negative MSA_E* codes. msa_strerror() names the code and
+ *     msa_last_error() gives the detailed message of the last failure on the
+ *     calling thread (which file, which block, what the system said).
+ *   - Objects are opaque handles created by *_open/*_init and released by
+ *     *_close/*_free; free functions accept NULL.
+ *   - Params structs are initialised with msa_*_default_params() and then
+ *     changed field by field, so that new fields can be added later.
+ *   - Unless a function says otherwise, a handle may be used by one thread at
+ *     a time; distinct handles may be used from distinct threads.
+ *   - The library never calls exit() or abort() on I/O, CUDA or input errors.
+ */
+#ifndef MSA_H
+#define MSA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(MSA_BUILD_SHARED)
+#define MSA_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define MSA_API __attribute__((visibility("default")))
+#else
+#define MSA_API
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* 1. Version and status                                                    */
+/* ------------------------------------------------------------------------ */
+
+#define MSA_VERSION_MAJOR 0
+#define MSA_VERSION_MINOR 1
+#define MSA_VERSION_PATCH 0
+#define MSA_VERSION_NUMBER \
+    (MSA_VERSION_MAJOR * 10000 + MSA_VERSION_MINOR * 100 + MSA_VERSION_PATCH)
+
+/* The library's version as "MAJOR.MINOR.PATCH", plus build features
+ * (e.g. "0.1.0 cuda"). The string is static. */
+MSA_API const char *msa_version(void);
+
+typedef enum msa_status {
+    MSA_OK = 0,
+    MSA_EINVAL = -1,       /* an argument or a shape is invalid */
+    MSA_ENOMEM = -2,       /* host or device memory exhausted */
+    MSA_EIO = -3,          /* an operating-system I/O error */
+    MSA_ECORRUPT = -4,     /* stored data failed its checksum or is malformed */
+    MSA_ENOTFOUND = -5,    /* no such session, file, tensor or key */
+    MSA_EEXIST = -6,       /* the name is already taken */
+    MSA_EVERSION = -7,     /* a file or store of a format version we do not read */
+    MSA_EMODEL = -8,       /* a session bound to another model */
+    MSA_EUNSUPPORTED = -9, /* valid input that this build cannot handle */
+    MSA_ECUDA = -10,       /* a CUDA or cuBLAS call failed */
+    MSA_ENOSPC = -11,      /* the disk (or the store's map) is full */
+    MSA_EBUSY = -12,       /* the resource is locked by another writer */
+    MSA_EFORMAT = -13,     /* an input file is truncated or not of its format */
+    MSA_ENET = -14,        /* a network transfer failed */
+    MSA_EINTR = -15,       /* interrupted by the caller (callback or signal) */
+    MSA_ENODEV = -16,      /* no usable GPU, or a build without CUDA */
+    MSA_ERANGE = -17,      /* a value outside its limits (context, pool size) */
+    MSA_EAUTH = -18        /* a server refused the credentials */
+} msa_status;
+
+/* A short, static description of a status code ("checksum mismatch or
+ * corrupt data"). Unknown codes give "unknown error". */
+MSA_API const char *msa_strerror(int status);
+
+/* The detailed message of the last failure on the calling thread, e.g.
+ * "session 'notes', layer 3, block 17: checksum mismatch". The string is
+ * valid until the next failing call on this thread. Empty when none. */
+MSA_API const char *msa_last_error(void);
+
+/* ------------------------------------------------------------------------ */
+/* 2. MSA attention over paged KV memory                                    */
+/* ------------------------------------------------------------------------ */
+/*
+ * Shapes. A layer has Hq query heads in Hkv GQA groups of G = Hq/Hkv heads,
+ * head dim d. Its index branch has one index query head per group (dim
+ * d_idx) and either one index key head shared by all groups (MSA, trained
+ * index) or one per group (training-free indexes): idx_key_heads is 1 or Hkv.
+ *
+ * Memory is paged in blocks of Bk tokens. A pool holds physical block slots:
+ *
+ *   k, v   : [n_slots][Hkv][Bk][d]            (one slot = one block of a layer)
+ *   kidx   : [n_idx_slots][idx_key_heads][Bk][d_idx]
+ *
+ * Each sequence maps its logical blocks 0..nb-1 to slots through a block
+ * table in CSR form (as FlashInfer does): the blocks of sequence s are
+ * table[indptr[s] .. indptr[s+1]-1]. Index keys have their own table, so
+ * that index keys can stay resident while KV blocks are paged: the KV table
+ * only needs valid entries for the blocks that the step selects (other
+ * entries may be -1).
+ *
+ * Queries. A batch holds n_q query rows; the rows of sequence s are
+ * q_indptr[s] .. q_indptr[s+1]-1, row i sits at absolute position q_pos[i]
+ * and sees the tokens j <= q_pos[i] (q_pos[i] < seq_len[s]). Decode is one
+ * row per sequence; a prefill chunk is several rows of one sequence whose
+ * keys were written to the pool before the call.
+ *
+ * Selection (DESIGN.md section 1): token score s = q_idx . k_idx / sqrt(d_idx);
+ * block score = max over the visible tokens of the block, -inf when none;
+ * per (row, group) the local block q_pos/Bk is always taken and the other
+ * top_k - 1 slots go to the best visible non-local blocks (higher score
+ * first, then lower block id). Rows that see top_k blocks or fewer take all
+ * of them, and MSA equals dense attention.
+ */
+
+typedef enum msa_dtype {
+    MSA_DTYPE_F32 = 0,
+    MSA_DTYPE_F16 = 1,
+    MSA_DTYPE_BF16 = 2
+} msa_dtype;
+
+typedef enum msa_device_kind {
+    MSA_DEVICE_CPU = 0,
+    MSA_DEVICE_CUDA = 1
+} msa_device_kind;
+
+typedef struct msa_attn_config {
+    int n_q_heads;      /* Hq */
+    int n_kv_heads;     /* Hkv; Hq % Hkv == 0 */
+    int head_dim;       /* d */
+    int idx_dim;        /* d_idx */
+    int idx_key_heads;  /* 1 (shared index key) or Hkv (one per group) */
+    int block_size;     /* Bk, tokens per block (default 128) */
+    int top_k;          /* k, blocks read per (row, group) (default 16) */
+    float scale;        /* softmax scale; 0 means 1/sqrt(head_dim) */
+} msa_attn_config;
+
+/* Defaults: Bk 128, k 16, idx_key_heads 1, scale 0; head counts and dims 0
+ * (the caller must set them). */
+MSA_API msa_attn_config msa_attn_default_config(void);
+
+typedef struct msa_paged_kv {
+    msa_dtype dtype;           /* of k, v and kidx */
+    const void *k;             /* [n_slots][Hkv][Bk][d] */
+    const void *v;             /* [n_slots][Hkv][Bk][d] */
+    const int32_t *kv_indptr;  /* [n_seqs + 1] */
+    const int32_t *kv_table;   /* [kv_indptr[n_seqs]] logical block -> slot */
+    const void *kidx;          /* [n_idx_slots][idx_key_heads][Bk][d_idx] */
+    const int32_t *idx_indptr; /* [n_seqs + 1]; NULL: same as kv_indptr */
+    const int32_t *idx_table;  /* NULL: same as kv_table */
+    const int32_t *seq_len;    /* [n_seqs] tokens held by each sequence */
+    int n_seqs;
+} msa_paged_kv;
+
+typedef struct msa_attn_batch {
+    int n_q;                   /* query rows */
+    const int32_t *q_indptr;   /* [n_seqs + 1] rows of each sequence */
+    const int32_t *q_pos;      /* [n_q] absolute position of each row */
+    const void *q;             /* [n_q][Hq][d], same dtype as the KV */
+    const void *q_idx;         /* [n_q][Hkv][d_idx] index queries */
+    void *out;                 /* [n_q][Hq][d] output, same dtype */
+    float *lse;                /* optional [n_q][Hq]: natural-log sum-exp of
+                                  the scaled scores each row attended over */
+    int32_t *selected;         /* optional [n_q][Hkv][top_k]: chosen logical
+                                  blocks, local block first, then by score;
+                                  -1 pads rows that see fewer blocks */
+} msa_attn_batch;
+
+/* Where a call runs. On the CPU, n_threads workers (0: one per core). On
+ * CUDA, all pointers in the call are device pointers except the config and
+ * the structs themselves, work is queued on `stream` (a cudaStream_t, NULL
+ * for the default stream) and the call returns without synchronising; the
+ * caller provides `workspace` of at least msa_attention_workspace_size()
+ * bytes. */
+typedef struct msa_exec {
+    msa_device_kind device;
+    int n_threads;
+    void *stream;
+    void *workspace;
+    size_t workspace_size;
+} msa_exec;
+
+/* CPU execution with one worker per core. */
+MSA_API msa_exec msa_exec_default(void);
+
+/* Bytes of device workspace msa_attention() and msa_index_select() need for
+ * this config and a batch of n_q rows over sequences of at most
+ * max_blocks logical blocks. 0 on the CPU. */
+MSA_API size_t msa_attention_workspace_size(const msa_attn_config *cfg,
+                                            int n_q, int max_blocks);
+
+/* The whole MSA step: index scores, block max-pool, Top-k per (row, group),
+ * and exact attention over the selected blocks. Writes batch->out and, when
+ * given, batch->lse and batch->selected.
+ *
+ * Returns MSA_OK; MSA_EINVAL for inconsistent shapes (the message says
+ * which), a row position at or past its sequence length, or a selected
+ * block whose KV slot is -1; MSA_EUNSUPPORTED for a dtype or head dim the
+ * device cannot run (CPU: F32 only; CUDA: F16/BF16, d in {64, 128});
+ * MSA_ENODEV when CUDA is asked for and not available; MSA_ECUDA when a
+ * launch fails. Outputs are unspecified after a failure; inputs are never
+ * written. */
+MSA_API int msa_attention(const msa_attn_config *cfg, const msa_paged_kv *kv,
+                          const msa_attn_batch *batch, const msa_exec *exec);
+
+/* Selection alone: fills batch->selected (required) from q_idx and the index
+ * keys; reads no K/V (kv->k, kv->v and the KV table may be NULL). This is the
+ * first half of a paged step: page in the selected blocks, then call
+ * msa_sparse_attention(). Errors as msa_attention(). */
+MSA_API int msa_index_select(const msa_attn_config *cfg, const msa_paged_kv *kv,
+                             const msa_attn_batch *batch, const msa_exec *exec);
+
+/* Exact attention over the blocks in batch->selected (an input here, as
+ * msa_index_select() wrote it). Index keys and q_idx are not read. Errors as
+ * msa_attention(). */
+MSA_API int msa_sparse_attention(const msa_attn_config *cfg,
+                                 const msa_paged_kv *kv,
+                                 const msa_attn_batch *batch,
+                                 const msa_exec *exec);
+
+/* Dense causal attention over every visible token: the baseline that MSA is
+ * checked and timed against. Ignores the index fields and top_k. Errors as
+ * msa_attention(). */
+MSA_API int msa_dense_attention(const msa_attn_config *cfg,
+                                const msa_paged_kv *kv,
+                                const msa_attn_batch *batch,
+                                const msa_exec *exec);
+
+/* Whether this build has CUDA and a GPU is visible (1) or not (0). */
+MSA_API int msa_cuda_available(void);
+
+/* ------------------------------------------------------------------------ */
+/* 3. The store                                                             */
+/* ------------------------------------------------------------------------ */
+/* (section owned by persist/) */
+
+/* ------------------------------------------------------------------------ */
+/* 4. The engine: models, tokenizers, sessions                              */
+/* ------------------------------------------------------------------------ */
+/* (section owned by engine/) */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MSA_H */

@@ -1,0 +1,118 @@
+/*
+ * testutil.h: the few helpers every test program shares: checks that report
+ * file and line and keep going, a seeded random generator whose seed is
+ * printed (set MSA_TEST_SEED to replay a failure), and the assets folder.
+ */
+#ifndef MSA_TESTUTIL_H
+#define MSA_TESTUTIL_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int t_failures;
+static int t_checks;
+
+#define CHECK(cond)                                                           \
+    do {                                                                      \
+        t_checks++;                                                           \
+        if (!(cond)) {                                                        \
+            t_failures++;                                                     \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,  \
+                    #cond);                                                   \
+        }                                                                     \
+    } while (0)
+
+#define CHECKF(cond, ...)                                                     \
+    do {                                                                      \
+        t_checks++;                                                           \
+        if (!(cond)) {                                                        \
+            t_failures++;                                                     \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__,  \
+                    #cond);                                                   \
+            fprintf(stderr, __VA_ARGS__);                                     \
+            fputc('\n', stderr);                                              \
+        }                                                                     \
+    } while (0)
+
+/* Checks that an msa call returns MSA_OK, printing msa_last_error() if not. */
+#define CHECK_OK(expr)                                                        \
+    do {                                                                      \
+        int rc_ = (expr);                                                     \
+        t_checks++;                                                           \
+        if (rc_ != 0) {                                                       \
+            t_failures++;                                                     \
+            fprintf(stderr, "%s:%d: %s returned %d (%s): %s\n", __FILE__,     \
+                    __LINE__, #expr, rc_, msa_strerror(rc_), msa_last_error()); \
+        }                                                                     \
+    } while (0)
+
+/* Ends a test program: prints a summary, exit status 1 on any failure. */
+static inline int t_done(const char *name) {
+    if (t_checks == 0) {
+        fprintf(stderr, "%s: no checks ran\n", name);
+        return 1;
+    }
+    printf("%s: %d checks, %d failed\n", name, t_checks, t_failures);
+    return t_failures ? 1 : 0;
+}
+
+/* Skips the whole program (ctest SKIP_RETURN_CODE 77). */
+#define T_SKIP(...)                                                           \
+    do {                                                                      \
+        printf("SKIPPED: ");                                                  \
+        printf(__VA_ARGS__);                                                  \
+        printf("\n");                                                         \
+        exit(77);                                                             \
+    } while (0)
+
+/* xorshift64*: fast, seeded, good enough for test data. */
+static uint64_t t_rng_state;
+
+static inline uint64_t t_seed(void) {
+    const char *s = getenv("MSA_TEST_SEED");
+    uint64_t seed = s ? strtoull(s, NULL, 0)
+                      : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
+    if (!seed) seed = 1;
+    t_rng_state = seed;
+    printf("seed %llu (MSA_TEST_SEED to replay)\n", (unsigned long long)seed);
+    return seed;
+}
+
+static inline uint64_t t_rand_u64(void) {
+    uint64_t x = t_rng_state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    t_rng_state = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* Uniform in [lo, hi). */
+static inline float t_randf(float lo, float hi) {
+    return lo + (hi - lo) * (float)(t_rand_u64() >> 40) * (1.0f / 16777216.0f);
+}
+
+/* Uniform integer in [0, n). */
+static inline int t_randint(int n) { return (int)(t_rand_u64() % (uint64_t)n); }
+
+/* Standard normal (Box-Muller). */
+static inline float t_randn(void) {
+    float u = t_randf(1e-7f, 1.0f), v = t_randf(0.0f, 1.0f);
+    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
+}
+
+/* The assets folder: $MSA_ASSETS, else the default ctest passes
+ * (../shared/assets beside the source). NULL when neither exists. */
+static inline const char *t_assets(void) {
+    const char *d = getenv("MSA_ASSETS");
+    if (!d || !*d) d = getenv("MSA_DEFAULT_ASSETS");
+    if (!d || access(d, R_OK) != 0) return NULL;
+    return d;
+}
+
+#endif /* MSA_TESTUTIL_H */
