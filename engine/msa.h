@@ -161,6 +161,9 @@ typedef struct msa_paged_kv {
     const int32_t *idx_table;  /* NULL: same as kv_table */
     const int32_t *seq_len;    /* [n_seqs] tokens held by each sequence */
     int n_seqs;
+    int max_blocks;            /* upper bound on the logical blocks of any
+                                  sequence; required on CUDA (the tables live
+                                  on the device), computed when 0 on the CPU */
 } msa_paged_kv;
 
 typedef struct msa_attn_batch {
@@ -248,7 +251,14 @@ MSA_API int msa_cuda_available(void);
 /* ------------------------------------------------------------------------ */
 /* 4. The engine: models, tokenizers, sessions                              */
 /* ------------------------------------------------------------------------ */
-/* (section owned by engine/) */
+/* 4a. Models (engine/model*) */
+
+/* 4b. Tokenizers (engine/tokenizer*) */
+
+/* 4c. Downloads (engine/pull*) */
+
+/* 4d. Sessions and generation (engine/session*) */
+
 
 #ifdef __cplusplus
 }
