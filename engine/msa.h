@@ -246,7 +246,10 @@ MSA_API int msa_cuda_available(void);
 /* ------------------------------------------------------------------------ */
 /* 3. The store                                                             */
 /* ------------------------------------------------------------------------ */
-/* (section owned by persist/) */
+/* 3a. Stores and sessions on disk (persist/) */
+
+/* 3b. The pager and its counters (memory/) */
+
 
 /* ------------------------------------------------------------------------ */
 /* 4. The engine: models, tokenizers, sessions                              */
