@@ -18,9 +18,9 @@
  *     the negative MSA_E* codes. msa_strerror() names the code and
  *     msa_last_error() gives the detailed message of the last failure on the
  *     calling thread (which file, which block, what the system said).
- *   - Objects are opaque handles created by *_open/*_init and released by
- *     *_close/*_free; free functions accept NULL.
- *   - Params structs are initialised with msa_*_default_params() and then
+ *   - Objects are opaque handles created by an _open or _init function and
+ *     released by the matching _close or _free, which accept NULL.
+ *   - Params structs are initialised with their _default_params() and then
  *     changed field by field, so that new fields can be added later.
  *   - Unless a function says otherwise, a handle may be used by one thread at
  *     a time; distinct handles may be used from distinct threads.
