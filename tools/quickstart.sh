@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# quickstart.sh: everything from a fresh Debian 12 machine to a working
+# msa-mem, in one command.
+#
+#   tools/quickstart.sh demo    set up, build, and run the demo (the main job)
+#   tools/quickstart.sh test    set up, build, and run the test suite
+#   tools/quickstart.sh build   set up and build only
+#
+# Set-up installs the Debian packages that are missing (as root, or through
+# sudo), configures with CMake (CUDA is used when nvcc is on PATH) and builds
+# into build/ (MSA_BUILD_DIR to change). It is safe to run again: nothing is
+# installed twice and the build is incremental.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+build=${MSA_BUILD_DIR:-$root/build}
+jobs=$(nproc 2>/dev/null || echo 2)
+
+say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
+
+install_packages() {
+  local pkgs=(cmake ninja-build gcc g++ pkg-config git liblmdb-dev libzstd-dev
+              libcurl4-openssl-dev libpcre2-dev libjansson-dev python3 ca-certificates)
+  local missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    say "installing Debian packages: ${missing[*]}"
+    local sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+# numpy and pytest are used by a few tests as independent references.
+python_packages() {
+  if ! python3 -c 'import numpy, pytest' 2>/dev/null; then
+    say "installing python packages: numpy pytest"
+    if python3 -m pip --version >/dev/null 2>&1; then
+      python3 -m pip install -q numpy pytest 2>&1 | grep -v "WARNING: Running pip as" || true
+    else
+      local sudo=()
+      [ "$(id -u)" = 0 ] || sudo=(sudo)
+      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq python3-numpy python3-pytest
+    fi
+  fi
+}
+
+configure_and_build() {
+  say "building in $build"
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release ${MSA_CMAKE_ARGS:-} >/dev/null
+  cmake --build "$build" -j "$jobs"
+}
+
+cmd=${1:-demo}
+case "$cmd" in
+  build)
+    install_packages; configure_and_build ;;
+  test)
+    install_packages; python_packages; configure_and_build
+    say "running the tests (GPU tests skip where no GPU is present)"
+    ctest --test-dir "$build" --output-on-failure -j "$jobs" ${MSA_CTEST_ARGS:-} ;;
+  demo)
+    install_packages; configure_and_build
+    shift || true
+    exec "$root/tools/demo.sh" "$build" "$@" ;;
+  *)
+    echo "usage: tools/quickstart.sh demo|test|build" >&2; exit 2 ;;
+esac
