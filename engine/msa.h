@@ -250,6 +250,32 @@ MSA_API int msa_cuda_available(void);
 
 /* 3b. The pager and its counters (memory/) */
 
+/* Counters of the block pager that stands between the store and attention
+ * (DESIGN.md section 2). Two tiers: the host cache of decompressed blocks
+ * (filled from the store) and, on CUDA, the GPU block pool (filled from the
+ * host cache). On a CPU-only run the host cache is the pool and the gpu_*
+ * fields stay 0.
+ *
+ * A lookup is one distinct block that one kv step needs from a tier; the
+ * open tail block of each layer (the one still being appended to) is always
+ * resident and is not counted as a lookup. Invariants: hits + misses ==
+ * lookups per tier; bytes_store_to_host == host_misses * block_bytes;
+ * bytes_host_to_gpu == gpu_misses * block_bytes, where block_bytes is the
+ * K plus V size of one block. host_lookups == gpu_misses on CUDA. */
+typedef struct msa_pager_stats {
+    uint64_t gpu_lookups, gpu_hits, gpu_misses, gpu_evictions;
+    uint64_t host_lookups, host_hits, host_misses, host_evictions;
+    uint64_t bytes_store_to_host;  /* K+V bytes read from the block source */
+    uint64_t bytes_host_to_gpu;    /* K+V bytes of paged blocks copied up */
+    uint64_t bytes_tail_to_gpu;    /* rows of the open tail blocks copied up */
+    uint64_t bytes_index_to_gpu;   /* index-key bytes copied up */
+    uint64_t blocks_written;       /* completed blocks handed to the store */
+    uint64_t steps;                /* kv views served */
+    int64_t gpu_slots, host_slots; /* capacity of each tier, in blocks */
+    int64_t block_bytes;           /* K+V bytes of one block */
+    double seconds_store;          /* wall time spent in block-source reads */
+} msa_pager_stats;
+
 
 /* ------------------------------------------------------------------------ */
 /* 4. The engine: models, tokenizers, sessions                              */
@@ -261,6 +287,155 @@ MSA_API int msa_cuda_available(void);
 /* 4c. Downloads (engine/pull*) */
 
 /* 4d. Sessions and generation (engine/session*) */
+/*
+ * An engine is a model, its tokenizer and a store. A session is a named,
+ * append-only token sequence whose keys and values live in the store as
+ * blocks; appending text runs the model over it (prefill) and commits the
+ * new blocks, generating continues from the last token. Nothing is ever
+ * re-prefilled: a session reopened by another process continues with the
+ * same logits as one that never stopped.
+ *
+ * One detail makes that exact: the last token of a session is kept
+ * "pending" (stored as a token, not yet run through the model). The next
+ * append or generate runs it first. So a session's KV always covers
+ * n_tokens - 1 tokens, and resuming needs nothing but the stored blocks.
+ */
+
+typedef struct msa_engine msa_engine;
+typedef struct msa_session msa_session;
+
+typedef struct msa_engine_params {
+    const char *model_path;   /* GGUF file or Hugging Face directory */
+    const char *store_dir;    /* NULL: $XDG_DATA_HOME/msa-mem */
+    msa_device_kind device;   /* MSA_DEVICE_CPU (default) or MSA_DEVICE_CUDA */
+    int cuda_device;          /* GPU ordinal when device is CUDA */
+    int n_threads;            /* CPU workers; 0: one per core */
+    int block_size;           /* Bk for new sessions; 0: 128 */
+    int top_k;                /* k; 0: 16 */
+    int prefill_chunk;        /* tokens per forward chunk when appending; 0: 256 */
+    size_t host_cache_bytes;  /* decompressed-block cache; 0: 1 GiB */
+    int durable;              /* fsync every commit (default 1) */
+    int dense;                /* 1: dense attention instead of MSA (comparisons) */
+} msa_engine_params;
+
+MSA_API msa_engine_params msa_engine_default_params(void);
+
+/* Opens the model and the store. On success *out owns both; free it with
+ * msa_engine_free(). Returns MSA_OK, MSA_EINVAL (no model path),
+ * MSA_ENOTFOUND (model file missing), MSA_EFORMAT / MSA_EUNSUPPORTED (a model
+ * file we cannot read, with the reason), MSA_EVERSION (store of another
+ * format), MSA_EIO, MSA_ENOMEM. Nothing is left open after a failure. */
+MSA_API int msa_engine_open(const msa_engine_params *params, msa_engine **out);
+MSA_API void msa_engine_free(msa_engine *engine);
+
+/* The engine's tokenizer (owned by the engine) and model fingerprint (a
+ * 64-hex-digit string, static for the engine's life). */
+MSA_API const struct msa_tokenizer *msa_engine_tokenizer(const msa_engine *engine);
+MSA_API const char *msa_engine_fingerprint(const msa_engine *engine);
+
+enum {
+    MSA_SESSION_OPEN = 0,       /* the session must exist */
+    MSA_SESSION_CREATE = 1,     /* create it when missing */
+    MSA_SESSION_EXCLUSIVE = 2   /* with CREATE: fail with MSA_EEXIST if it exists */
+};
+
+/* Opens (or creates, per `flags`) the session `name` of the engine's store.
+ * A session written by another model is refused with MSA_EMODEL; a missing
+ * one without MSA_SESSION_CREATE is MSA_ENOTFOUND. Opening reads the
+ * session's tokens and index keys, never its KV blocks (those are paged in
+ * on demand). One writer per session at a time: a second open for writing,
+ * from any process, returns MSA_EBUSY. */
+MSA_API int msa_session_open(msa_engine *engine, const char *name, int flags,
+                             msa_session **out);
+MSA_API void msa_session_close(msa_session *session);
+
+/* Progress of long appends: called after every committed chunk with the
+ * tokens done and the total; return non-zero to stop (MSA_EINTR; what was
+ * committed stays). */
+typedef int (*msa_progress_fn)(void *user, int64_t done, int64_t total);
+
+/* Appends text (tokenized without BOS unless the session is empty) or
+ * tokens to the session and runs the model over them, committing each
+ * chunk's blocks and tokens in one store transaction. `source` tags the
+ * blocks ("src/main.c:1-80", "turn 3"; NULL: none). On failure the session
+ * holds exactly what was committed before it (whole chunks). */
+MSA_API int msa_session_append_text(msa_session *session, const char *text,
+                                    size_t len, const char *source,
+                                    msa_progress_fn progress, void *user);
+MSA_API int msa_session_append_tokens(msa_session *session,
+                                      const int32_t *tokens, size_t n,
+                                      const char *source,
+                                      msa_progress_fn progress, void *user);
+
+typedef struct msa_sampling_params {
+    float temperature;     /* 0: greedy (default) */
+    int top_k;             /* 0: off */
+    float top_p;           /* 1: off */
+    float min_p;           /* 0: off */
+    float repeat_penalty;  /* 1: off */
+    int repeat_last_n;     /* tokens the penalty looks back over (64) */
+    uint64_t seed;         /* same seed, same session: same tokens */
+} msa_sampling_params;
+
+MSA_API msa_sampling_params msa_sampling_default_params(void);
+
+/* Called for every generated token with the text it completes (whole UTF-8
+ * characters only; may be empty). Return non-zero to stop. */
+typedef int (*msa_token_fn)(void *user, int32_t token, const char *text,
+                            size_t len);
+
+typedef struct msa_generate_params {
+    msa_sampling_params sampling;
+    int max_tokens;        /* default 128 */
+    int stop_at_eos;       /* default 1 */
+    const char *source;    /* tag of the generated blocks ("turn 4 reply") */
+} msa_generate_params;
+
+MSA_API msa_generate_params msa_generate_default_params(void);
+
+/* Generates up to max_tokens tokens, appending each to the session (and
+ * committing at the end, or every block) and calling `on_token`. Returns
+ * MSA_OK when max_tokens, EOS or the callback stopped it. *n_generated
+ * (may be NULL) receives the count. */
+MSA_API int msa_session_generate(msa_session *session,
+                                 const msa_generate_params *params,
+                                 msa_token_fn on_token, void *user,
+                                 int *n_generated);
+
+typedef struct msa_session_info {
+    int64_t n_tokens;        /* tokens in the session (the last one pending) */
+    int64_t n_blocks;        /* KV blocks per layer, the partial one included */
+    int n_layers, block_size, top_k;
+    uint64_t bytes_on_disk;  /* compressed blocks and metadata */
+    uint64_t bytes_raw;      /* the same uncompressed */
+    char fingerprint[72];    /* the model that wrote it */
+    msa_pager_stats pager;   /* counters since the session was opened */
+    double last_step_ms;     /* the last decode step's model time */
+} msa_session_info;
+
+MSA_API int msa_session_get_info(msa_session *session, msa_session_info *info);
+
+/* Selections recorded since the session was opened (or last reset): how
+ * often each block was read, summed over layers, groups and steps, with
+ * its source tag; most-read first. Fills up to `cap` entries, *n gets the
+ * number filled. */
+typedef struct msa_block_reads {
+    int64_t block;           /* logical block id */
+    int64_t first_token;     /* token range the block covers */
+    int64_t n_tokens;
+    uint64_t reads;
+    char source[128];        /* the tag given when it was written */
+} msa_block_reads;
+
+MSA_API int msa_session_explain(msa_session *session, msa_block_reads *out,
+                                size_t cap, size_t *n);
+MSA_API void msa_session_explain_reset(msa_session *session);
+
+/* The session's tokens (a view valid until the next change of the session)
+ * and its name. */
+MSA_API const int32_t *msa_session_tokens(const msa_session *session,
+                                          int64_t *n);
+MSA_API const char *msa_session_name(const msa_session *session);
 
 
 #ifdef __cplusplus
