@@ -1,0 +1,434 @@
+"""Python bindings of msa-mem, a long-memory engine built on MiniMax Sparse
+Attention (MSA).
+
+The C library keeps a session's keys and values as compressed blocks in a
+persistent store and, at every decoding step, reads only the blocks MSA's
+index selects. These bindings wrap its public C API (engine/msa.h) through
+ctypes:
+
+    import msa_mem
+    with msa_mem.Engine("model.gguf", store="/tmp/store") as eng:
+        with eng.session("notes", create=True) as s:
+            s.append("Once upon a time")
+            for piece in s.generate(max_tokens=32):
+                print(piece, end="", flush=True)
+
+Errors raise msa_mem.Error (with .status, and the library's message).
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence
+
+__all__ = ["Engine", "Session", "Error", "BlockReads", "load_library", "version"]
+
+# ---- loading the library ----------------------------------------------------
+
+
+def _candidates() -> List[str]:
+    env = os.environ.get("MSA_LIBRARY")
+    if env:
+        return [env]
+    here = Path(__file__).resolve().parent
+    out = []
+    # Used from a checkout: bindings/python/msa_mem -> <root>/build/libmsa.so
+    for root in (here.parent.parent.parent, Path.cwd()):
+        for b in ("build", "build-cpu"):
+            out.append(str(root / b / "libmsa.so"))
+    out.append(str(here / "libmsa.so"))
+    out.append("libmsa.so.0")
+    out.append("libmsa.so")
+    return out
+
+
+_lib = None
+
+
+def load_library() -> C.CDLL:
+    """Loads libmsa once ($MSA_LIBRARY, the checkout's build tree, or the
+    system path) and declares the functions these bindings use."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    errors = []
+    for path in _candidates():
+        if os.path.sep in path and not os.path.exists(path):
+            continue
+        try:
+            lib = C.CDLL(path)
+            break
+        except OSError as e:
+            errors.append(f"{path}: {e}")
+    else:
+        raise OSError("libmsa not found; build it (tools/quickstart.sh build) or set "
+                      "MSA_LIBRARY to its path. Tried: " + "; ".join(errors or _candidates()))
+    _declare(lib)
+    _lib = lib
+    return lib
+
+
+class Error(Exception):
+    """A failing msa-mem call: .status is the MSA_E* code (negative), the
+    message is the library's detailed text."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        lib = load_library()
+        name = lib.msa_strerror(status).decode()
+        detail = lib.msa_last_error().decode(errors="replace")
+        raise Error(status, f"{name}: {detail}" if detail else name)
+
+
+# ---- C structures (must match engine/msa.h) ---------------------------------
+
+
+class _EngineParams(C.Structure):
+    _fields_ = [
+        ("model_path", C.c_char_p),
+        ("store_dir", C.c_char_p),
+        ("device", C.c_int),
+        ("cuda_device", C.c_int),
+        ("n_threads", C.c_int),
+        ("block_size", C.c_int),
+        ("top_k", C.c_int),
+        ("prefill_chunk", C.c_int),
+        ("host_cache_bytes", C.c_size_t),
+        ("durable", C.c_int),
+        ("dense", C.c_int),
+    ]
+
+
+class _SamplingParams(C.Structure):
+    _fields_ = [
+        ("temperature", C.c_float),
+        ("top_k", C.c_int),
+        ("top_p", C.c_float),
+        ("min_p", C.c_float),
+        ("repeat_penalty", C.c_float),
+        ("repeat_last_n", C.c_int),
+        ("seed", C.c_uint64),
+    ]
+
+
+class _GenerateParams(C.Structure):
+    _fields_ = [
+        ("sampling", _SamplingParams),
+        ("max_tokens", C.c_int),
+        ("stop_at_eos", C.c_int),
+        ("source", C.c_char_p),
+    ]
+
+
+class _PagerStats(C.Structure):
+    _fields_ = [(n, C.c_uint64) for n in (
+        "gpu_lookups", "gpu_hits", "gpu_misses", "gpu_evictions",
+        "host_lookups", "host_hits", "host_misses", "host_evictions",
+        "bytes_store_to_host", "bytes_host_to_gpu", "bytes_tail_to_gpu",
+        "bytes_index_to_gpu", "blocks_written", "steps")] + [
+        ("gpu_slots", C.c_int64), ("host_slots", C.c_int64),
+        ("block_bytes", C.c_int64), ("seconds_store", C.c_double)]
+
+
+class _SessionInfo(C.Structure):
+    _fields_ = [
+        ("n_tokens", C.c_int64),
+        ("n_blocks", C.c_int64),
+        ("n_layers", C.c_int),
+        ("block_size", C.c_int),
+        ("top_k", C.c_int),
+        ("bytes_on_disk", C.c_uint64),
+        ("bytes_raw", C.c_uint64),
+        ("fingerprint", C.c_char * 72),
+        ("pager", _PagerStats),
+        ("last_step_ms", C.c_double),
+    ]
+
+
+class _BlockReads(C.Structure):
+    _fields_ = [
+        ("block", C.c_int64),
+        ("first_token", C.c_int64),
+        ("n_tokens", C.c_int64),
+        ("reads", C.c_uint64),
+        ("source", C.c_char * 128),
+    ]
+
+
+_PROGRESS_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.c_int64, C.c_int64)
+_TOKEN_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.c_int32, C.POINTER(C.c_char), C.c_size_t)
+
+
+def _declare(lib: C.CDLL) -> None:
+    P = C.c_void_p
+    sig = {
+        "msa_version": (C.c_char_p, []),
+        "msa_strerror": (C.c_char_p, [C.c_int]),
+        "msa_last_error": (C.c_char_p, []),
+        "msa_engine_default_params": (_EngineParams, []),
+        "msa_engine_open": (C.c_int, [C.POINTER(_EngineParams), C.POINTER(P)]),
+        "msa_engine_free": (None, [P]),
+        "msa_engine_fingerprint": (C.c_char_p, [P]),
+        "msa_session_open": (C.c_int, [P, C.c_char_p, C.c_int, C.POINTER(P)]),
+        "msa_session_close": (None, [P]),
+        "msa_session_append_text": (C.c_int, [P, C.c_char_p, C.c_size_t, C.c_char_p,
+                                              _PROGRESS_FN, P]),
+        "msa_session_append_tokens": (C.c_int, [P, C.POINTER(C.c_int32), C.c_size_t,
+                                                C.c_char_p, _PROGRESS_FN, P]),
+        "msa_sampling_default_params": (_SamplingParams, []),
+        "msa_generate_default_params": (_GenerateParams, []),
+        "msa_session_generate": (C.c_int, [P, C.POINTER(_GenerateParams), _TOKEN_FN, P,
+                                           C.POINTER(C.c_int)]),
+        "msa_session_get_info": (C.c_int, [P, C.POINTER(_SessionInfo)]),
+        "msa_session_explain": (C.c_int, [P, C.POINTER(_BlockReads), C.c_size_t,
+                                          C.POINTER(C.c_size_t)]),
+        "msa_session_explain_reset": (None, [P]),
+        "msa_session_tokens": (C.POINTER(C.c_int32), [P, C.POINTER(C.c_int64)]),
+        "msa_session_name": (C.c_char_p, [P]),
+    }
+    for name, (res, args) in sig.items():
+        f = getattr(lib, name)
+        f.restype = res
+        f.argtypes = args
+
+
+def version() -> str:
+    """The library's version and build features, e.g. '0.1.0 cpu'."""
+    return load_library().msa_version().decode()
+
+
+# ---- the API ------------------------------------------------------------------
+
+
+@dataclass
+class BlockReads:
+    """How often a memory block was read (summed over layers, groups and
+    steps), with the token range it covers and its source tag."""
+    block: int
+    first_token: int
+    n_tokens: int
+    reads: int
+    source: str
+
+
+class Engine:
+    """A model, its tokenizer and a store. Use as a context manager, or call
+    close()."""
+
+    def __init__(self, model: str, store: Optional[str] = None, device: str = "cpu",
+                 threads: int = 0, block_size: int = 0, top_k: int = 0,
+                 durable: bool = True, dense: bool = False,
+                 host_cache_bytes: int = 0, prefill_chunk: int = 0):
+        lib = load_library()
+        p = lib.msa_engine_default_params()
+        self._model = os.fsencode(model)
+        self._store = os.fsencode(store) if store else None
+        p.model_path = self._model
+        p.store_dir = self._store
+        if device.startswith("cuda"):
+            p.device = 1
+            p.cuda_device = int(device.split(":")[1]) if ":" in device else 0
+        elif device != "cpu":
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}")
+        p.n_threads = threads
+        p.block_size = block_size
+        p.top_k = top_k
+        p.durable = int(durable)
+        p.dense = int(dense)
+        p.host_cache_bytes = host_cache_bytes
+        p.prefill_chunk = prefill_chunk
+        h = C.c_void_p()
+        _check(lib.msa_engine_open(C.byref(p), C.byref(h)))
+        self._h = h
+        self._lib = lib
+
+    @property
+    def fingerprint(self) -> str:
+        """The model's fingerprint, which binds sessions to it."""
+        return self._lib.msa_engine_fingerprint(self._handle()).decode()
+
+    def _handle(self) -> C.c_void_p:
+        if self._h is None:
+            raise Error(-1, "engine is closed")
+        return self._h
+
+    def session(self, name: str, create: bool = False, exclusive: bool = False) -> "Session":
+        """Opens session `name` (creating it when `create`; `exclusive` fails
+        if it already exists)."""
+        flags = (1 if create else 0) | (2 if exclusive else 0)
+        h = C.c_void_p()
+        _check(self._lib.msa_session_open(self._handle(), name.encode(), flags, C.byref(h)))
+        return Session(self, h)
+
+    def close(self) -> None:
+        if self._h is not None:
+            self._lib.msa_engine_free(self._h)
+            self._h = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Session:
+    """A named, persistent memory. Obtain one from Engine.session()."""
+
+    def __init__(self, engine: Engine, handle: C.c_void_p):
+        self._engine = engine  # keeps the engine alive while the session is
+        self._lib = engine._lib
+        self._h = handle
+
+    def _handle(self) -> C.c_void_p:
+        if self._h is None:
+            raise Error(-1, "session is closed")
+        return self._h
+
+    @property
+    def name(self) -> str:
+        return self._lib.msa_session_name(self._handle()).decode()
+
+    def tokens(self) -> List[int]:
+        """The session's token ids."""
+        n = C.c_int64()
+        p = self._lib.msa_session_tokens(self._handle(), C.byref(n))
+        return [p[i] for i in range(n.value)]
+
+    def append(self, text: str, source: Optional[str] = None, progress=None) -> None:
+        """Appends text to the memory (runs the model over it and commits).
+        `progress(done, total)` may return True to stop early."""
+        data = text.encode()
+        cb = self._progress_cb(progress)
+        _check(self._lib.msa_session_append_text(self._handle(), data, len(data),
+                                                 source.encode() if source else None,
+                                                 cb, None))
+
+    def append_tokens(self, ids: Sequence[int], source: Optional[str] = None,
+                      progress=None) -> None:
+        arr = (C.c_int32 * len(ids))(*ids)
+        cb = self._progress_cb(progress)
+        _check(self._lib.msa_session_append_tokens(self._handle(), arr, len(ids),
+                                                   source.encode() if source else None,
+                                                   cb, None))
+
+    @staticmethod
+    def _progress_cb(progress):
+        if progress is None:
+            return _PROGRESS_FN()
+        return _PROGRESS_FN(lambda _u, done, total: 1 if progress(done, total) else 0)
+
+    def generate(self, max_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, min_p: float = 0.0, repeat_penalty: float = 1.0,
+                 seed: int = 0, stop_at_eos: bool = True,
+                 source: Optional[str] = None) -> Iterator[str]:
+        """Generates text, yielding it piece by piece as tokens arrive; the
+        tokens join the session's memory. Stop early by leaving the loop."""
+        lib = self._lib
+        p = lib.msa_generate_default_params()
+        p.max_tokens = max_tokens
+        p.stop_at_eos = int(stop_at_eos)
+        p.sampling.temperature = temperature
+        p.sampling.top_k = top_k
+        p.sampling.top_p = top_p
+        p.sampling.min_p = min_p
+        p.sampling.repeat_penalty = repeat_penalty
+        p.sampling.seed = seed
+        src = source.encode() if source else None
+        p.source = src
+        q: "queue.Queue" = queue.Queue()
+        stop = threading.Event()
+
+        def on_token(_user, token, text, n):
+            q.put(C.string_at(text, n).decode("utf-8", errors="replace") if n else "")
+            return 1 if stop.is_set() else 0
+
+        cb = _TOKEN_FN(on_token)
+        result = {}
+
+        def run():
+            try:
+                result["rc"] = lib.msa_session_generate(self._handle(), C.byref(p), cb,
+                                                        None, None)
+                if result["rc"] != 0:
+                    result["err"] = (lib.msa_strerror(result["rc"]).decode(),
+                                     lib.msa_last_error().decode(errors="replace"))
+            finally:
+                q.put(None)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                if item:
+                    yield item
+        finally:
+            stop.set()
+            t.join()
+        if result.get("rc", 0) != 0:
+            name, detail = result["err"]
+            raise Error(result["rc"], f"{name}: {detail}" if detail else name)
+
+    def ask(self, question: str, max_tokens: int = 128, **sampling) -> str:
+        """Appends `question` and returns the generated answer."""
+        self.append(question, source="question")
+        return "".join(self.generate(max_tokens=max_tokens, **sampling))
+
+    def info(self) -> dict:
+        """Tokens, blocks, bytes on disk, the model fingerprint and the
+        pager's counters."""
+        i = _SessionInfo()
+        _check(self._lib.msa_session_get_info(self._handle(), C.byref(i)))
+        d = {f: getattr(i, f) for f, _ in _SessionInfo._fields_
+             if f not in ("fingerprint", "pager")}
+        d["fingerprint"] = i.fingerprint.decode()
+        d["pager"] = {f: getattr(i.pager, f) for f, _ in _PagerStats._fields_}
+        return d
+
+    def explain(self, limit: int = 64) -> List[BlockReads]:
+        """The memory blocks read since the session was opened (or
+        explain_reset()), most-read first, with their sources."""
+        buf = (_BlockReads * limit)()
+        n = C.c_size_t()
+        _check(self._lib.msa_session_explain(self._handle(), buf, limit, C.byref(n)))
+        return [BlockReads(b.block, b.first_token, b.n_tokens, b.reads,
+                           b.source.decode(errors="replace")) for b in buf[:n.value]]
+
+    def explain_reset(self) -> None:
+        self._lib.msa_session_explain_reset(self._handle())
+
+    def close(self) -> None:
+        if self._h is not None:
+            self._lib.msa_session_close(self._h)
+            self._h = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
