@@ -1,0 +1,187 @@
+/*
+ * index_ref.c: MSA index scoring and block max-pool on the CPU, followed by
+ * the per-(row, group) Top-k of topk_ref.c.
+ *
+ * For row i (position p) and group r, token j <= p scores
+ * q_idx[i, r] . k_idx[j, kh] with kh = 0 (shared index key) or kh = r (one
+ * index key head per group); block b scores the max over its visible
+ * tokens. The 1/sqrt(d_idx) scale is left out: it does not change the
+ * ranking, and only block ids leave this file.
+ *
+ * This scan is the part of a decode step that grows with the memory, so it
+ * is organised for bandwidth:
+ *   - work items are (row tile, block chunk): up to TILE rows of one
+ *     sequence against CHUNK_TOKENS tokens of index keys. Each index key is
+ *     read once per tile and dotted with the Hkv index queries of every row
+ *     in the tile while it sits in L1, so a decode step streams the index
+ *     keys once, not once per group, and a prefill chunk once per TILE rows.
+ *     Splitting along the blocks keeps all cores busy on a single decode row.
+ *   - block scores go to a scratch S of [rows][Hkv][local + 1] floats, 128x
+ *     smaller than token scores. Rows are processed in chunks so that S stays
+ *     under SCRATCH_BYTES however many rows and blocks the batch has.
+ *   - a second pass picks the Top-k of each (row, group) from S.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "kernels/base.h"
+#include "kernels/ref.h"
+
+enum {
+    TILE = 4,              /* rows of one sequence scored together */
+    CHUNK_TOKENS = 4096,   /* tokens of index keys per work item */
+};
+#define SCRATCH_BYTES ((size_t)64 << 20) /* bound on the block-score buffer */
+
+typedef struct item {
+    int row0, n_rows; /* the tile: rows row0 .. row0 + n_rows - 1 */
+    int seq;
+    int b0, b1;       /* logical blocks [b0, b1) */
+} item;
+
+typedef struct ctx {
+    const msa_ref_problem *p;
+    int r0;              /* first row of this chunk */
+    const size_t *soff;  /* [rows in chunk] offset of each row's S */
+    float *S;            /* per row [Hkv][local + 1] block scores */
+    const item *items;
+    int32_t *selected;   /* [n_q][Hkv][top_k] */
+} ctx;
+
+static void score_item(void *vc, int64_t idx) {
+    const ctx *c = vc;
+    const msa_ref_problem *p = c->p;
+    const item *it = &c->items[idx];
+    const int Bk = p->Bk, di = p->di, Hkv = p->Hkv, KH = p->KH;
+    const int32_t *tab = p->idx_table + p->idx_indptr[it->seq];
+
+    int vis_max = 0;
+    for (int b = it->b0; b < it->b1; b++) {
+        const int64_t base = (int64_t)b * Bk;
+        const float *kb = p->kidx + (size_t)tab[b] * KH * Bk * di; /* [KH][Bk][di] */
+        /* tokens of this block seen by each row of the tile; S starts at -inf */
+        int vis[TILE];
+        vis_max = 0;
+        for (int r = 0; r < it->n_rows; r++) {
+            int row = it->row0 + r;
+            int64_t v = (int64_t)p->q_pos[row] - base + 1;
+            vis[r] = v <= 0 ? 0 : v >= Bk ? Bk : (int)v;
+            if (vis[r] > vis_max) vis_max = vis[r];
+            if (vis[r]) {
+                int nbr = p->q_pos[row] / Bk + 1;
+                float *Sr = c->S + c->soff[row - c->r0];
+                for (int g = 0; g < Hkv; g++) Sr[(size_t)g * nbr + b] = -INFINITY;
+            }
+        }
+        for (int kh = 0; kh < KH; kh++) {
+            const int g0 = KH == 1 ? 0 : kh, g1 = KH == 1 ? Hkv : kh + 1;
+            for (int t = 0; t < vis_max; t++) {
+                const float *key = kb + ((size_t)kh * Bk + t) * di; /* [di] */
+                for (int r = 0; r < it->n_rows; r++) {
+                    if (t >= vis[r]) continue;
+                    int row = it->row0 + r;
+                    int nbr = p->q_pos[row] / Bk + 1;
+                    float *Sr = c->S + c->soff[row - c->r0];
+                    const float *qr = p->q_idx + (size_t)row * Hkv * di; /* [Hkv][di] */
+                    for (int g = g0; g < g1; g++) {
+                        float s = msa_ref_dot(qr + (size_t)g * di, key, di);
+                        float *dst = &Sr[(size_t)g * nbr + b];
+                        if (s > *dst) *dst = s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void select_task(void *vc, int64_t idx) {
+    const ctx *c = vc;
+    const msa_ref_problem *p = c->p;
+    int row = c->r0 + (int)(idx / p->Hkv), g = (int)(idx % p->Hkv);
+    int local = p->q_pos[row] / p->Bk;
+    const float *Sr = c->S + c->soff[row - c->r0] + (size_t)g * (local + 1);
+    msa_ref_topk(Sr, local, p->top_k, c->selected + ((size_t)row * p->Hkv + g) * p->top_k);
+}
+
+int msa_ref_index_select(const msa_ref_problem *p, int32_t *selected) {
+    if (p->n_q == 0) return MSA_OK;
+    const int Hkv = p->Hkv, Bk = p->Bk;
+    const int chunk_blocks = CHUNK_TOKENS / Bk > 0 ? CHUNK_TOKENS / Bk : 1;
+    const size_t cap = SCRATCH_BYTES / sizeof(float);
+
+    /* The scratch holds the largest row chunk: at most `cap` floats, or one
+     * row when a single row needs more. */
+    size_t s_need = 0, s_max = 0;
+    for (int i = 0; i < p->n_q; i++) {
+        size_t r = (size_t)Hkv * (p->q_pos[i] / Bk + 1);
+        if (r > s_max) s_max = r;
+        s_need += r;
+    }
+    size_t s_size = s_need < cap ? s_need : (cap > s_max ? cap : s_max);
+    float *S = malloc(s_size * sizeof(float));
+    size_t *soff = malloc((size_t)p->n_q * sizeof(size_t));
+    if (!S || !soff) {
+        free(S);
+        free(soff);
+        return msa_error(MSA_ENOMEM, "msa_index_select: cannot allocate %zu bytes of "
+                         "block-score scratch", s_size * sizeof(float));
+    }
+
+    int rc = MSA_OK;
+    int seq = 0;
+    for (int r0 = 0; r0 < p->n_q;) {
+        /* rows r0 .. r1-1 fit the scratch */
+        size_t used = 0;
+        int r1 = r0;
+        while (r1 < p->n_q) {
+            size_t r = (size_t)Hkv * (p->q_pos[r1] / Bk + 1);
+            if (r1 > r0 && used + r > s_size) break;
+            soff[r1 - r0] = used;
+            used += r;
+            r1++;
+        }
+        /* tiles of up to TILE rows of one sequence, cut into block chunks */
+        int64_t n_items = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            item *items = NULL;
+            if (pass == 1) {
+                items = malloc((size_t)n_items * sizeof(item));
+                if (!items) {
+                    rc = msa_error(MSA_ENOMEM, "msa_index_select: cannot allocate "
+                                   "%lld work items", (long long)n_items);
+                    break;
+                }
+            }
+            int64_t n = 0;
+            int s = seq;
+            for (int row = r0; row < r1;) {
+                while (p->q_indptr[s + 1] <= row) s++;
+                int end = row + TILE;
+                if (end > r1) end = r1;
+                if (end > p->q_indptr[s + 1]) end = p->q_indptr[s + 1];
+                int nb = 0;
+                for (int i = row; i < end; i++)
+                    if (p->q_pos[i] / Bk + 1 > nb) nb = p->q_pos[i] / Bk + 1;
+                for (int b0 = 0; b0 < nb; b0 += chunk_blocks, n++) {
+                    if (!items) continue;
+                    items[n] = (item){row, end - row, s, b0,
+                                      b0 + chunk_blocks < nb ? b0 + chunk_blocks : nb};
+                }
+                row = end;
+            }
+            n_items = n;
+            if (pass == 1) {
+                ctx c = {p, r0, soff, S, items, selected};
+                msa_parallel_for(n_items, p->n_threads, score_item, &c);
+                msa_parallel_for((int64_t)(r1 - r0) * Hkv, p->n_threads, select_task, &c);
+                free(items);
+            }
+        }
+        if (rc) break;
+        while (p->q_indptr[seq + 1] <= r1 - 1) seq++;
+        r0 = r1;
+    }
+    free(S);
+    free(soff);
+    return rc;
+}
