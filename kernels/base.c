@@ -7,7 +7,6 @@
  * microseconds of work costs a few microseconds of wake-up, which is what the
  * CPU decode path needs.
  */
-#define _GNU_SOURCE
 #include "kernels/base.h"
 
 #include <pthread.h>
