@@ -1,0 +1,386 @@
+/*
+ * block_attn.cu: exact softmax attention over a list of KV blocks, on the
+ * GPU. One kernel serves both halves of the comparison:
+ *
+ *   sparse (MSA): the list of a query tile is the union of its rows'
+ *                 selections; a (vector, block) pair counts only when the
+ *                 block is in that row's selection;
+ *   dense:        the list is every block up to the tile's last local block
+ *                 (the baseline MSA is timed against).
+ *
+ * In both, token j of a listed block is visible to row i when j <= q_pos[i]
+ * (in the sparse case only the local block can be partly visible).
+ *
+ * Work decomposition. The G query heads of a group share K/V, so the M
+ * dimension of the matrix products is "query vectors" = (row, head of the
+ * group) pairs of one sequence and one group, in row-major order: a decode
+ * row gives G vectors, a prefill chunk rows*G. A CTA takes a tile of
+ * 16 * NW vectors (NW = 1 warp for decode, 4 for prefill, each warp owning
+ * 16 vectors) and walks its block list:
+ *
+ *   K, V block [Bk][d] -> shared (cp.async, 16 B, K and V in separate groups
+ *                          so that scores start while V is in flight)
+ *   S = Q K^T            wmma 16x16x16, bf16/fp16 in, fp32 out -> shared
+ *   online softmax       per vector, exp2 with the log2(e) folded into the
+ *                          scale; P -> shared in the storage type
+ *   O = O * alpha + P V  O kept in shared fp32 (wmma's accumulator layout is
+ *                          opaque, so the per-row rescale is done in shared)
+ *
+ * Split-K: when there are too few tiles to fill the GPU (decode), the block
+ * list of a tile is cut into n_split contiguous pieces, one CTA each, which
+ * write (m, l, acc) partials; combine_kernel merges them into out and lse.
+ *
+ * Shapes: q [n_q][Hq][d], K/V pools [slots][Hkv][Bk][d], out [n_q][Hq][d],
+ * lse [n_q][Hq] (natural log), selected [n_q][Hkv][top_k],
+ * partials [n_q][Hq][n_split][d + 2] fp32 (m in log2 units, l, acc[d]).
+ *
+ * Version history (timings in docs/bench-kernels.md):
+ *   v1 (this file): single-buffered K/V, wmma, O in shared memory. Known
+ *      headroom: no double buffering of the next block's K/V, mma.sync with
+ *      register-resident O (or wgmma) would remove the shared round trips.
+ */
+#include <cub/block/block_scan.cuh>
+#include <mma.h>
+
+#include "kernels/cuda_common.cuh"
+
+using namespace nvcuda;
+
+struct attn_smem_layout {
+    size_t q, k, v, s, p, o, m, l, lim, sel, bits, list, total;
+};
+
+/* Byte offsets of the shared-memory carve-up of one CTA. */
+static attn_smem_layout attn_layout(int D, int NW, int Bk, int top_k, int max_blocks, bool sparse) {
+    const int V = 16 * NW;
+    attn_smem_layout L;
+    size_t off = 0;
+    auto take = [&](size_t bytes) { size_t o = off; off += (bytes + 15) & ~(size_t)15; return o; };
+    L.q = take((size_t)V * (D + 8) * 2);
+    L.k = take((size_t)Bk * (D + 8) * 2);
+    L.v = take((size_t)Bk * (D + 8) * 2);
+    L.s = take((size_t)V * (Bk + 4) * 4);
+    L.p = take((size_t)V * (Bk + 8) * 2);
+    L.o = take((size_t)V * (D + 4) * 4);
+    L.m = take((size_t)V * 4);
+    L.l = take((size_t)V * 4);
+    L.lim = take((size_t)V * 4);
+    size_t nsel = sparse ? (size_t)(V + 1) * top_k : 0;
+    L.sel = take(nsel * 4);
+    L.bits = take(sparse ? (size_t)((max_blocks + 31) / 32) * 4 : 0);
+    size_t nl = sparse ? (nsel < (size_t)max_blocks ? nsel : (size_t)max_blocks) : 0;
+    L.list = take(nl * 4);
+    L.total = off;
+    return L;
+}
+
+struct attn_args {
+    const void *q, *k, *v;
+    const int32_t *kv_indptr, *kv_table, *seq_len, *q_indptr, *q_pos, *selected;
+    void *out;
+    float *lse, *partials;
+    int n_seqs, Hq, Hkv, G, Bk, top_k, max_blocks, n_split, tiles_x;
+    float scale_log2; /* softmax scale * log2(e) */
+    attn_smem_layout L;
+};
+
+/* grid (tiles_x * n_split, n_seqs * Hkv), block NW * 32 threads. */
+template <typename T, int D, int NW, bool SPARSE>
+__global__ void __launch_bounds__(NW * 32) block_attn_kernel(const attn_args a) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    constexpr int V = 16 * NW, LD = D + 8, OLD = D + 4;
+    const int Bk = a.Bk, SLD = Bk + 4, PLD = Bk + 8;
+    T *Qs = (T *)(smem + a.L.q), *Ks = (T *)(smem + a.L.k), *Vs = (T *)(smem + a.L.v);
+    float *Ss = (float *)(smem + a.L.s), *Os = (float *)(smem + a.L.o);
+    T *Ps = (T *)(smem + a.L.p);
+    float *m_s = (float *)(smem + a.L.m), *l_s = (float *)(smem + a.L.l);
+    int *lim_s = (int *)(smem + a.L.lim), *sel_s = (int *)(smem + a.L.sel);
+    uint32_t *bits = (uint32_t *)(smem + a.L.bits);
+    int *list = (int *)(smem + a.L.list);
+    typedef cub::BlockScan<int, NW * 32> Scan;
+    __shared__ typename Scan::TempStorage scan_tmp;
+    __shared__ int s_nlist;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int s = blockIdx.y / a.Hkv, r = blockIdx.y % a.Hkv;
+    const int sp = blockIdx.x % a.n_split;
+    const int G = a.G, Bkk = Bk;
+    const int q0 = a.q_indptr[s], nrows = a.q_indptr[s + 1] - q0;
+    if (nrows <= 0) return;
+    const int nvec = nrows * G, ntiles = (nvec + V - 1) / V;
+    const int slen = a.seq_len[s];
+    const int nb = msa_seq_blocks(a.kv_indptr, a.seq_len, s, Bk);
+    const int32_t *table = a.kv_table + a.kv_indptr[s];
+    const T *kpool = (const T *)a.k, *vpool = (const T *)a.v;
+
+    for (int t = blockIdx.x / a.n_split; t < ntiles; t += a.tiles_x) {
+        const int v0 = t * V;
+        const int row_lo = q0 + v0 / G;
+        const int row_hi = q0 + min(nvec - 1, v0 + V - 1) / G;
+        /* Q tile, per-vector limits, running stats, O = 0 */
+        for (int i = tid; i < V * (D / 8); i += blockDim.x) {
+            int vi = i / (D / 8), c = i % (D / 8), v = v0 + vi;
+            uint4 val = make_uint4(0, 0, 0, 0);
+            if (v < nvec) {
+                int row = q0 + v / G, head = r * G + v % G;
+                val = *(const uint4 *)((const T *)a.q + ((size_t)row * a.Hq + head) * D + c * 8);
+            }
+            *(uint4 *)(Qs + vi * LD + c * 8) = val;
+        }
+        for (int i = tid; i < V * OLD; i += blockDim.x) Os[i] = 0.0f;
+        int tile_lim = -1;
+        if (tid < V) {
+            int v = v0 + tid, lim = -1;
+            if (v < nvec) lim = msa_row_limit(a.q_pos[q0 + v / G], slen);
+            if (lim >= nb * Bkk) lim = -1; /* table shorter than the sequence: treat as invalid */
+            lim_s[tid] = lim;
+            m_s[tid] = -INFINITY;
+            l_s[tid] = 0.0f;
+        }
+        /* The block list. */
+        int nlist;
+        if (SPARSE) {
+            const int nrt = row_hi - row_lo + 1, k = a.top_k;
+            const int nwords = (a.max_blocks + 31) / 32;
+            for (int i = tid; i < nwords; i += blockDim.x) bits[i] = 0;
+            __syncthreads();
+            for (int i = tid; i < nrt * k; i += blockDim.x) {
+                int bsel = a.selected[((size_t)(row_lo + i / k) * a.Hkv + r) * k + i % k];
+                sel_s[i] = bsel;
+                if (bsel >= 0 && bsel < nb && bsel < a.max_blocks) atomicOr(&bits[bsel >> 5], 1u << (bsel & 31));
+            }
+            __syncthreads();
+            const int per = (nwords + blockDim.x - 1) / blockDim.x;
+            const int w0 = tid * per, w1 = min(nwords, w0 + per);
+            int cnt = 0;
+            for (int w = w0; w < w1; w++) cnt += __popc(bits[w]);
+            int off;
+            Scan(scan_tmp).ExclusiveSum(cnt, off);
+            for (int w = w0; w < w1; w++) {
+                uint32_t x = bits[w];
+                while (x) { int bb = __ffs(x) - 1; x &= x - 1; list[off++] = w * 32 + bb; }
+            }
+            if (tid == blockDim.x - 1) s_nlist = off;
+            __syncthreads();
+            nlist = s_nlist;
+        } else {
+            __syncthreads();
+            for (int i = 0; i < V; i++) tile_lim = max(tile_lim, lim_s[i]);
+            nlist = tile_lim < 0 ? 0 : tile_lim / Bkk + 1;
+        }
+        const int chunk = (nlist + a.n_split - 1) / a.n_split;
+        const int li0 = sp * chunk, li1 = min(nlist, li0 + chunk);
+
+        /* Q fragments stay in registers for the whole block walk. */
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qa[D / 16];
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(qa[kk], Qs + warp * 16 * LD + kk * 16, LD);
+
+        for (int li = li0; li < li1; li++) {
+            const int b = SPARSE ? list[li] : li;
+            const int slot = b < nb ? table[b] : -1;
+            if (slot < 0) continue; /* unmapped block: nothing to attend */
+            const size_t base = ((size_t)slot * a.Hkv + r) * Bk * D;
+            for (int i = tid; i < Bk * (D / 8); i += blockDim.x) {
+                int rr = i / (D / 8), c = i % (D / 8);
+                msa_cp_async16(Ks + rr * LD + c * 8, kpool + base + (size_t)rr * D + c * 8);
+            }
+            msa_cp_async_commit();
+            for (int i = tid; i < Bk * (D / 8); i += blockDim.x) {
+                int rr = i / (D / 8), c = i % (D / 8);
+                msa_cp_async16(Vs + rr * LD + c * 8, vpool + base + (size_t)rr * D + c * 8);
+            }
+            msa_cp_async_commit();
+            msa_cp_async_wait<1>();
+            __syncthreads();
+
+            /* S = Q K^T for this warp's 16 vectors: [16][Bk] */
+            float *Sw = Ss + warp * 16 * SLD;
+            for (int j = 0; j < Bk / 16; j++) {
+                wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+                wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) {
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kb;
+                    wmma::load_matrix_sync(kb, Ks + j * 16 * LD + kk * 16, LD);
+                    wmma::mma_sync(acc, qa[kk], kb, acc);
+                }
+                wmma::store_matrix_sync(Sw + j * 16, acc, SLD, wmma::mem_row_major);
+            }
+            __syncwarp();
+
+            /* online softmax, one vector at a time, the whole warp per row */
+            T *Pw = Ps + warp * 16 * PLD;
+            float *Ow = Os + warp * 16 * OLD;
+            for (int rr = 0; rr < 16; rr++) {
+                const int vi = warp * 16 + rr, v = v0 + vi;
+                int lim = lim_s[vi];
+                if (SPARSE && lim >= 0) {
+                    const int *rs = sel_s + ((q0 + v / G) - row_lo) * a.top_k;
+                    bool hit = false;
+                    for (int j = lane; j < a.top_k; j += 32) hit |= rs[j] == b;
+                    if (!__any_sync(0xffffffffu, hit)) lim = -1;
+                }
+                const int p0 = b * Bkk;
+                float mx = -INFINITY;
+                for (int c = lane; c < Bk; c += 32)
+                    if (p0 + c <= lim) mx = fmaxf(mx, Sw[rr * SLD + c] * a.scale_log2);
+                for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+                const float m_old = m_s[vi];
+                const float m_new = fmaxf(m_old, mx);
+                const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+                float sum = 0.0f;
+                for (int c = lane; c < Bk; c += 32) {
+                    float p = p0 + c <= lim ? exp2f(Sw[rr * SLD + c] * a.scale_log2 - m_use) : 0.0f;
+                    sum += p;
+                    Pw[rr * PLD + c] = msa_from_f32<T>(p);
+                }
+                for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                const float alpha = exp2f(m_old - m_use); /* 0 when m_old = -inf */
+                if (alpha != 1.0f)
+                    for (int c = lane; c < D; c += 32) Ow[rr * OLD + c] *= alpha;
+                __syncwarp();
+                if (lane == 0) { m_s[vi] = m_new; l_s[vi] = l_s[vi] * alpha + sum; }
+            }
+            msa_cp_async_wait<0>();
+            __syncthreads();
+
+            /* O += P V: [16][Bk] x [Bk][D] */
+#pragma unroll
+            for (int jd = 0; jd < D / 16; jd++) {
+                wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+                wmma::load_matrix_sync(acc, Ow + jd * 16, OLD, wmma::mem_row_major);
+                for (int kk = 0; kk < Bk / 16; kk++) {
+                    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pa;
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vb;
+                    wmma::load_matrix_sync(pa, Pw + kk * 16, PLD);
+                    wmma::load_matrix_sync(vb, Vs + kk * 16 * LD + jd * 16, LD);
+                    wmma::mma_sync(acc, pa, vb, acc);
+                }
+                wmma::store_matrix_sync(Ow + jd * 16, acc, OLD, wmma::mem_row_major);
+            }
+            __syncthreads(); /* K/V/S/P are overwritten by the next block */
+        }
+        __syncthreads();
+
+        /* write out (n_split == 1) or partials */
+        for (int vi = warp * 16; vi < warp * 16 + 16; vi++) {
+            const int v = v0 + vi;
+            if (v >= nvec) break;
+            const int row = q0 + v / G, head = r * G + v % G;
+            const float m = m_s[vi], l = l_s[vi];
+            if (a.n_split == 1) {
+                const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+                T *o = (T *)a.out + ((size_t)row * a.Hq + head) * D;
+                for (int c = lane; c < D; c += 32) o[c] = msa_from_f32<T>(Os[vi * OLD + c] * inv);
+                if (a.lse && lane == 0)
+                    a.lse[(size_t)row * a.Hq + head] = l > 0.0f ? (m + log2f(l)) * MSA_LN2 : -INFINITY;
+            } else {
+                float *pp = a.partials + (((size_t)row * a.Hq + head) * a.n_split + sp) * (D + 2);
+                if (lane == 0) { pp[0] = m; pp[1] = l; }
+                for (int c = lane; c < D; c += 32) pp[2 + c] = Os[vi * OLD + c];
+            }
+        }
+        __syncthreads(); /* the next tile reuses shared memory */
+    }
+}
+
+/* grid (n_q * Hq), block D threads: merges the n_split partials of a head. */
+template <typename T, int D>
+__global__ void combine_kernel(const float *__restrict__ partials, T *__restrict__ out,
+                               float *__restrict__ lse, int n_split) {
+    const size_t rh = blockIdx.x;
+    const float *pp = partials + rh * n_split * (D + 2);
+    float M = -INFINITY;
+    for (int i = 0; i < n_split; i++) M = fmaxf(M, pp[i * (D + 2)]);
+    const float Mu = M == -INFINITY ? 0.0f : M;
+    float L = 0.0f, acc = 0.0f;
+    for (int i = 0; i < n_split; i++) {
+        const float *q = pp + i * (D + 2);
+        const float w = exp2f(q[0] - Mu); /* 0 for an empty split */
+        L += q[1] * w;
+        acc += q[2 + threadIdx.x] * w;
+    }
+    out[rh * D + threadIdx.x] = msa_from_f32<T>(L > 0.0f ? acc / L : 0.0f);
+    if (lse && threadIdx.x == 0) lse[rh] = L > 0.0f ? (M + log2f(L)) * MSA_LN2 : -INFINITY;
+}
+
+int msa_cuda_attn_splits(const msa_cuda_shape &sh, int n_q, int max_blocks, int dense) {
+    const long tiles = ((long)n_q * sh.G + 15) / 16 * sh.Hkv; /* CTAs without splitting */
+    const long target = 4 * 132;                              /* about 4 waves on an H100 */
+    long n = (target + tiles - 1) / tiles;
+    long cap = dense ? (max_blocks + 3) / 4 : sh.top_k;       /* >= 4 blocks per split (dense) */
+    if (n > cap) n = cap;
+    if (n < 1) n = 1;
+    /* keep the partials under 1 GB */
+    while (n > 1 && (double)n_q * sh.Hq * n * (sh.d + 2) * 4 > 1e9) n--;
+    return (int)n;
+}
+
+template <typename T, int D, int NW, bool SPARSE>
+static int launch_attn(attn_args &a, int n_q, cudaStream_t st) {
+    a.L = attn_layout(D, NW, a.Bk, a.top_k, a.max_blocks, SPARSE);
+    int dev = 0, optin = 0;
+    int rc = msa_cuda_check(cudaGetDevice(&dev), "get device");
+    if (!rc) rc = msa_cuda_check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attribute");
+    if (rc) return rc;
+    if (a.L.total + 1024 > (size_t)optin)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA attention: %zu bytes of shared memory needed (Bk %d, d %d, top_k %d, max_blocks %d), %d available",
+                         a.L.total, a.Bk, D, a.top_k, a.max_blocks, optin);
+    static size_t attr_bytes; /* benign race: raised monotonically to the same values */
+    if (attr_bytes < a.L.total) {
+        rc = msa_cuda_check(cudaFuncSetAttribute(block_attn_kernel<T, D, NW, SPARSE>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.L.total),
+                            "attention: shared memory limit");
+        if (rc) return rc;
+        attr_bytes = a.L.total;
+    }
+    dim3 grid((unsigned)(a.tiles_x * a.n_split), (unsigned)(a.n_seqs * a.Hkv));
+    block_attn_kernel<T, D, NW, SPARSE><<<grid, NW * 32, a.L.total, st>>>(a);
+    rc = MSA_CUDA_LAUNCHED("attention kernel");
+    if (rc || a.n_split == 1) return rc;
+    combine_kernel<T, D><<<(unsigned)n_q * a.Hq, D, 0, st>>>(a.partials, (T *)a.out, a.lse, a.n_split);
+    return MSA_CUDA_LAUNCHED("attention combine kernel");
+}
+
+template <typename T, int D>
+static int launch_d(attn_args &a, int n_q, bool sparse, bool prefill, cudaStream_t st) {
+    if (prefill)
+        return sparse ? launch_attn<T, D, 4, true>(a, n_q, st) : launch_attn<T, D, 4, false>(a, n_q, st);
+    return sparse ? launch_attn<T, D, 1, true>(a, n_q, st) : launch_attn<T, D, 1, false>(a, n_q, st);
+}
+
+int msa_cuda_launch_block_attn(const msa_cuda_shape &sh, const msa_paged_kv *kv,
+                               const msa_attn_batch *b, const int32_t *selected, int n_split,
+                               float *partials, cudaStream_t st) {
+    if (b->n_q <= 0 || kv->n_seqs <= 0) return MSA_OK;
+    if (sh.Bk % 16 || sh.Bk > 128)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA attention: block size %d (a multiple of 16, at most 128)", sh.Bk);
+    if (selected && sh.top_k > 64)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA sparse attention: top_k %d (at most 64)", sh.top_k);
+    attn_args a;
+    memset(&a, 0, sizeof a);
+    a.q = b->q; a.k = kv->k; a.v = kv->v;
+    a.kv_indptr = kv->kv_indptr; a.kv_table = kv->kv_table; a.seq_len = kv->seq_len;
+    a.q_indptr = b->q_indptr; a.q_pos = b->q_pos; a.selected = selected;
+    a.out = b->out; a.lse = b->lse; a.partials = partials;
+    a.n_seqs = kv->n_seqs; a.Hq = sh.Hq; a.Hkv = sh.Hkv; a.G = sh.G; a.Bk = sh.Bk;
+    a.top_k = sh.top_k; a.max_blocks = kv->max_blocks; a.n_split = n_split < 1 ? 1 : n_split;
+    a.scale_log2 = sh.scale * MSA_LOG2E;
+    /* Average rows per sequence decides the tile width; tiles beyond the
+     * grid are walked by a grid-stride loop, so uneven batches stay correct. */
+    const int rows_avg = (b->n_q + kv->n_seqs - 1) / kv->n_seqs;
+    const bool prefill = (long)rows_avg * sh.G > 16;
+    const int V = prefill ? 64 : 16;
+    a.tiles_x = (int)(((long)rows_avg * sh.G + V - 1) / V);
+    if (a.tiles_x < 1) a.tiles_x = 1;
+    if ((long)a.tiles_x * a.n_split > 0x7fffffffL || (long)kv->n_seqs * sh.Hkv > 65535)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA attention: grid too large (%d sequences)", kv->n_seqs);
+    const bool bf = kv->dtype == MSA_DTYPE_BF16;
+    const bool sparse = selected != NULL;
+    if (sh.d == 128) return bf ? launch_d<__nv_bfloat16, 128>(a, b->n_q, sparse, prefill, st)
+                               : launch_d<__half, 128>(a, b->n_q, sparse, prefill, st);
+    if (sh.d == 64) return bf ? launch_d<__nv_bfloat16, 64>(a, b->n_q, sparse, prefill, st)
+                              : launch_d<__half, 64>(a, b->n_q, sparse, prefill, st);
+    return msa_error(MSA_EUNSUPPORTED, "CUDA attention: head dim %d (64 or 128)", sh.d);
+}

@@ -1,0 +1,192 @@
+/*
+ * index_score.cu: MSA's index branch on the GPU, token scores fused with the
+ * block max-pool. For every query row i, group r and logical block b:
+ *
+ *   S[i][r][b] = max over visible j in block b of (q_idx[i][r] . k_idx[j]) / sqrt(d_idx)
+ *
+ * with -inf where no token of the block is visible. Token scores never reach
+ * device memory: the CTA that owns block b reduces them in shared memory and
+ * writes one float per (row, group).
+ *
+ * This is the part of a decode step that grows with the context: every index
+ * key is read once per step (at N = 1M, d_idx = 128, bf16: 256 MB per layer),
+ * so the kernel is designed around that read:
+ *
+ *   - one CTA per (sequence, logical block, index key head); it streams the
+ *     key block [Bk][d_idx] into shared memory with 16-byte cp.async (all of
+ *     it in flight at once, 32 KB for Bk = d_idx = 128), so each key byte
+ *     comes from HBM exactly once per step;
+ *   - every index query that uses this key head is scored against the block
+ *     from shared memory: with the shared key head (idx_key_heads = 1, MSA)
+ *     that is all rows x all Hkv groups of the sequence, so one pass serves
+ *     every group and every row of a prefill chunk; with per-group keys it is
+ *     the rows of that one group;
+ *   - the dot products run on the tensor cores (wmma 16x16x16, bf16/fp16 in,
+ *     fp32 accumulate): M = 16 query vectors per warp, N = 16 tokens, K =
+ *     d_idx. In decode M is mostly padding, which costs nothing because the
+ *     kernel is bandwidth-bound; in prefill (2K rows x 8 groups per block)
+ *     it is what keeps the scan off the FP32 pipes.
+ *
+ * Version history (measured on the device, see docs/bench-kernels.md):
+ *   v1 (this file): cp.async key tile + wmma + per-warp 16x16 scratch for the
+ *      masked max-pool. Reaches the HBM figures reported in the benchmark
+ *      table at N >= 128K in decode.
+ */
+#include <mma.h>
+
+#include "kernels/cuda_common.cuh"
+
+using namespace nvcuda;
+
+#define IDX_WARPS 4
+#define IDX_SC_LD 20 /* fp32 scratch row stride (wmma needs a multiple of 4) */
+
+template <int DI>
+static size_t index_smem_bytes(int Bk) {
+    return (size_t)Bk * (DI + 8) * 2          /* Ks [Bk][DI+8]            */
+         + (size_t)IDX_WARPS * 16 * (DI + 8) * 2 /* Qs [warps][16][DI+8]   */
+         + (size_t)IDX_WARPS * 16 * IDX_SC_LD * 4; /* Sc [warps][16][20] f32 */
+}
+
+/* grid (max_blocks, n_seqs * idx_heads), block 128 threads. */
+template <typename T, int DI>
+__global__ void __launch_bounds__(IDX_WARPS * 32)
+index_scores_kernel(const T *__restrict__ kidx,          /* [slots][idx_heads][Bk][DI] */
+                    const int32_t *__restrict__ idx_indptr, const int32_t *__restrict__ idx_table,
+                    const int32_t *__restrict__ seq_len, const int32_t *__restrict__ q_indptr,
+                    const int32_t *__restrict__ q_pos,
+                    const T *__restrict__ q_idx,         /* [n_q][Hkv][DI] */
+                    float *__restrict__ scores,          /* [n_q][Hkv][max_blocks] */
+                    int Hkv, int idx_heads, int Bk, int max_blocks, float scale) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int LD = DI + 8;
+    T *Ks = (T *)smem;
+    T *Qs = Ks + (size_t)Bk * LD;
+    float *Sc = (float *)(Qs + IDX_WARPS * 16 * LD);
+
+    const int b = blockIdx.x;
+    const int s = blockIdx.y / idx_heads, kh = blockIdx.y % idx_heads;
+    const int gpk = Hkv / idx_heads; /* groups served by this key head */
+    const int q0 = q_indptr[s], nrows = q_indptr[s + 1] - q0;
+    const int nb = msa_seq_blocks(idx_indptr, seq_len, s, Bk);
+    if (nrows <= 0 || b >= nb) return; /* top-k never reads past nb */
+    const int nvec = nrows * gpk;
+    const int slen = seq_len[s];
+    const int slot = idx_table[idx_indptr[s] + b];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+
+    if (slot < 0) { /* unmapped index block: no visible token */
+        for (int v = tid; v < nvec; v += blockDim.x) {
+            int row = q0 + v / gpk, grp = kh * gpk + v % gpk;
+            scores[((size_t)row * Hkv + grp) * max_blocks + b] = -INFINITY;
+        }
+        return;
+    }
+
+    /* Key block -> shared, 16 bytes per copy, everything in flight. */
+    const T *kb = kidx + ((size_t)slot * idx_heads + kh) * Bk * DI;
+    const int CPR = DI / 8; /* 16-byte chunks per key row */
+    for (int i = tid; i < Bk * CPR; i += blockDim.x) {
+        int r = i / CPR, c = i % CPR;
+        msa_cp_async16(Ks + r * LD + c * 8, kb + (size_t)r * DI + c * 8);
+    }
+    msa_cp_async_commit();
+    msa_cp_async_wait<0>();
+    __syncthreads();
+
+    T *Qw = Qs + warp * 16 * LD;
+    float *Sw = Sc + warp * 16 * IDX_SC_LD;
+    const int blk0 = b * Bk;
+    for (int t = warp; t * 16 < nvec; t += IDX_WARPS) {
+        /* this lane's vector (lanes 16..31 mirror 0..15) */
+        const int vi = t * 16 + (lane & 15);
+        int row = 0, grp = 0, lim = -1;
+        if (vi < nvec) {
+            row = q0 + vi / gpk;
+            grp = kh * gpk + vi % gpk;
+            lim = msa_row_limit(q_pos[row], slen);
+        }
+        int tile_lim = lim;
+        for (int o = 16; o; o >>= 1) tile_lim = max(tile_lim, __shfl_xor_sync(0xffffffffu, tile_lim, o));
+        if (tile_lim < blk0) { /* no vector of this tile sees the block */
+            if (lane < 16 && vi < nvec) scores[((size_t)row * Hkv + grp) * max_blocks + b] = -INFINITY;
+            continue;
+        }
+        /* Q tile [16][DI] -> shared (zeros past nvec) */
+        for (int i = lane; i < 16 * CPR; i += 32) {
+            int r = i / CPR, c = i % CPR, v = t * 16 + r;
+            uint4 val = make_uint4(0, 0, 0, 0);
+            if (v < nvec) {
+                int rr = q0 + v / gpk, gg = kh * gpk + v % gpk;
+                val = *(const uint4 *)(q_idx + ((size_t)rr * Hkv + gg) * DI + c * 8);
+            }
+            *(uint4 *)(Qw + r * LD + c * 8) = val;
+        }
+        __syncwarp();
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[DI / 16];
+#pragma unroll
+        for (int kk = 0; kk < DI / 16; kk++) wmma::load_matrix_sync(a[kk], Qw + kk * 16, LD);
+
+        float best = -INFINITY;
+        const int r = lane & 15, h = lane >> 4;
+        for (int j = 0; j < Bk / 16; j++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+            for (int kk = 0; kk < DI / 16; kk++) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf;
+                wmma::load_matrix_sync(bf, Ks + j * 16 * LD + kk * 16, LD);
+                wmma::mma_sync(acc, a[kk], bf, acc);
+            }
+            wmma::store_matrix_sync(Sw, acc, IDX_SC_LD, wmma::mem_row_major);
+            __syncwarp();
+            const int p0 = blk0 + j * 16 + h * 8;
+#pragma unroll
+            for (int c = 0; c < 8; c++)
+                if (p0 + c <= lim) best = fmaxf(best, Sw[r * IDX_SC_LD + h * 8 + c]);
+            __syncwarp();
+        }
+        best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 16));
+        if (lane < 16 && vi < nvec)
+            scores[((size_t)row * Hkv + grp) * max_blocks + b] = best == -INFINITY ? best : best * scale;
+        __syncwarp();
+    }
+}
+
+template <typename T, int DI>
+static int launch_t(const msa_cuda_shape &sh, const msa_paged_kv *kv, const msa_attn_batch *bt,
+                    float *scores, cudaStream_t st) {
+    size_t smem = index_smem_bytes<DI>(sh.Bk);
+    static int attr_set; /* benign race: every caller sets the same value */
+    if (!attr_set) {
+        int rc = msa_cuda_check(cudaFuncSetAttribute(index_scores_kernel<T, DI>,
+                                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     (int)index_smem_bytes<DI>(256)),
+                                "index scores: shared memory limit");
+        if (rc) return rc;
+        attr_set = 1;
+    }
+    const int32_t *indptr = kv->idx_indptr ? kv->idx_indptr : kv->kv_indptr;
+    const int32_t *table = kv->idx_table ? kv->idx_table : kv->kv_table;
+    dim3 grid(kv->max_blocks, kv->n_seqs * sh.idx_heads);
+    index_scores_kernel<T, DI><<<grid, IDX_WARPS * 32, smem, st>>>(
+        (const T *)kv->kidx, indptr, table, kv->seq_len, bt->q_indptr, bt->q_pos,
+        (const T *)bt->q_idx, scores, sh.Hkv, sh.idx_heads, sh.Bk, kv->max_blocks,
+        1.0f / sqrtf((float)sh.d_idx));
+    return MSA_CUDA_LAUNCHED("index scores kernel");
+}
+
+int msa_cuda_launch_index_scores(const msa_cuda_shape &sh, const msa_paged_kv *kv,
+                                 const msa_attn_batch *b, float *scores, cudaStream_t st) {
+    if (kv->max_blocks <= 0 || kv->n_seqs <= 0) return MSA_OK;
+    if (sh.Bk % 16 || sh.Bk > 256)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA index scores: block size %d (need a multiple of 16, at most 256)", sh.Bk);
+    if (kv->n_seqs * sh.idx_heads > 65535)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA index scores: %d sequences x key heads", kv->n_seqs * sh.idx_heads);
+    const bool bf = kv->dtype == MSA_DTYPE_BF16;
+    if (sh.d_idx == 128) return bf ? launch_t<__nv_bfloat16, 128>(sh, kv, b, scores, st)
+                                   : launch_t<__half, 128>(sh, kv, b, scores, st);
+    if (sh.d_idx == 64) return bf ? launch_t<__nv_bfloat16, 64>(sh, kv, b, scores, st)
+                                  : launch_t<__half, 64>(sh, kv, b, scores, st);
+    return msa_error(MSA_EUNSUPPORTED, "CUDA index scores: d_idx %d (64 or 128)", sh.d_idx);
+}

@@ -1,0 +1,195 @@
+/*
+ * topk.cu: MSA block selection on the GPU. For every (row, group) it turns
+ * the block scores of index_score.cu into the row's selection:
+ *
+ *   selected[i][r][0]       = the local block q_pos / Bk (always taken)
+ *   selected[i][r][1..kk]   = the kk = min(top_k - 1, local) best blocks among
+ *                             0 .. local-1, by descending score, ties to the
+ *                             lower block id
+ *   selected[i][r][kk+1..]  = -1
+ *
+ * Blocks after the local one are invisible and never candidates, so the
+ * candidates are exactly the blocks 0 .. local-1. Selection is exp-free:
+ * raw scores are ranked (softmax is monotone).
+ *
+ * Design: one CTA (512 threads) per (row, group); the candidate scores are
+ * mapped to order-preserving uint32 keys and kept in shared memory; an
+ * MSB-first radix select (4 passes of 8 bits, shared-memory histogram, one
+ * warp scans the 256 bins) finds the threshold key T, the kk-th largest.
+ * Every key > T is taken (fewer than kk of them); the remaining places go to
+ * the keys equal to T with the lowest block ids (a block-wide exclusive scan
+ * over contiguous per-thread chunks keeps id order). The kk winners are
+ * ranked by pairwise comparison (score desc, id asc) and written.
+ *
+ * Limits: the candidates of one row must fit in shared memory as uint32
+ * (max_blocks <= 48K, i.e. 6M tokens at Bk = 128); top_k <= 512.
+ *
+ * Version history:
+ *   v1 (this file): radix select over shared memory. torch.topk on the same
+ *      [rows*groups][blocks] scores is the comparison in tools/bench_torch.py.
+ */
+#include <cub/block/block_scan.cuh>
+
+#include "kernels/cuda_common.cuh"
+
+#define TOPK_THREADS 512
+#define TOPK_MAX_BLOCKS (48 * 1024)
+
+__device__ __forceinline__ uint32_t order_key(float f) {
+    uint32_t u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* grid (n_q * Hkv), block 512 threads, dynamic smem: max_blocks uint32. */
+__global__ void __launch_bounds__(TOPK_THREADS)
+topk_kernel(const float *__restrict__ scores, /* [n_q][Hkv][max_blocks] */
+            const int32_t *__restrict__ q_indptr, const int32_t *__restrict__ q_pos,
+            const int32_t *__restrict__ seq_len, const int32_t *__restrict__ idx_indptr,
+            int32_t *__restrict__ selected,    /* [n_q][Hkv][top_k] */
+            int n_seqs, int Hkv, int Bk, int top_k, int max_blocks) {
+    extern __shared__ uint32_t keys[];
+    __shared__ int hist[256];
+    __shared__ uint32_t s_prefix;
+    __shared__ int s_remaining, s_count;
+    __shared__ int win_id[512];
+    __shared__ uint32_t win_key[512];
+    typedef cub::BlockScan<int, TOPK_THREADS> Scan;
+    __shared__ typename Scan::TempStorage scan_tmp;
+
+    const int rg = blockIdx.x, row = rg / Hkv;
+    const int tid = threadIdx.x;
+    int32_t *out = selected + (size_t)rg * top_k;
+
+    /* which blocks are candidates */
+    int local = -1;
+    const int s = msa_row_seq(q_indptr, n_seqs, row);
+    if (s >= 0) {
+        int lim = msa_row_limit(q_pos[row], seq_len[s]);
+        int nb = msa_seq_blocks(idx_indptr, seq_len, s, Bk);
+        if (lim >= 0 && lim / Bk < nb && lim / Bk < max_blocks) local = lim / Bk;
+    }
+    if (local < 0) { /* invalid row: nothing selected */
+        for (int i = tid; i < top_k; i += blockDim.x) out[i] = -1;
+        return;
+    }
+    const int n = local; /* candidates 0 .. local-1 */
+    const int kk = min(top_k - 1, n);
+    for (int i = tid; i < top_k; i += blockDim.x) out[i] = i == 0 ? local : -1;
+    if (kk <= 0) return;
+
+    const float *sc = scores + (size_t)rg * max_blocks;
+    for (int i = tid; i < n; i += blockDim.x) keys[i] = order_key(sc[i]);
+    if (tid == 0) { s_prefix = 0; s_remaining = kk; s_count = 0; }
+    __syncthreads();
+
+    /* Radix select: after the passes, T = s_prefix is the kk-th largest key
+     * and s_remaining the number of keys equal to T to take. Skipped when
+     * every candidate is taken. */
+    uint32_t mask = 0;
+    if (kk < n) {
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            if (tid < 256) hist[tid] = 0;
+            __syncthreads();
+            const uint32_t prefix = s_prefix;
+            for (int i = tid; i < n; i += blockDim.x) {
+                uint32_t u = keys[i];
+                if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255], 1);
+            }
+            __syncthreads();
+            if (tid < 32) { /* lane l scans bins 255-8l .. 248-8l, top down */
+                int h[8], tot = 0;
+#pragma unroll
+                for (int i = 0; i < 8; i++) { h[i] = hist[255 - 8 * tid - i]; tot += h[i]; }
+                int incl = tot;
+                for (int o = 1; o < 32; o <<= 1) {
+                    int y = __shfl_up_sync(0xffffffffu, incl, o);
+                    if (tid >= o) incl += y;
+                }
+                int excl = incl - tot, rem = s_remaining;
+                if (excl < rem && rem <= incl) { /* exactly one lane */
+                    int cum = excl;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) {
+                        if (cum + h[i] >= rem) {
+                            s_prefix = prefix | ((uint32_t)(255 - 8 * tid - i) << shift);
+                            s_remaining = rem - cum;
+                            break;
+                        }
+                        cum += h[i];
+                    }
+                }
+            }
+            mask |= 255u << shift;
+            __syncthreads();
+        }
+    } else {
+        if (tid == 0) { s_prefix = 0; s_remaining = 0x7fffffff; }
+        __syncthreads();
+    }
+    const uint32_t T = s_prefix;
+    const int take_eq = s_remaining;
+
+    /* Collect: keys > T anywhere; keys == T in id order (contiguous chunks +
+     * exclusive scan), the first take_eq of them. */
+    const int per = (n + TOPK_THREADS - 1) / TOPK_THREADS;
+    const int lo = tid * per, hi = min(n, lo + per);
+    int n_eq = 0;
+    for (int i = lo; i < hi; i++) {
+        uint32_t u = keys[i];
+        if (u > T) {
+            int p = atomicAdd(&s_count, 1);
+            win_id[p] = i; win_key[p] = u;
+        } else if (u == T) {
+            n_eq++;
+        }
+    }
+    int eq_off;
+    Scan(scan_tmp).ExclusiveSum(n_eq, eq_off);
+    __syncthreads();
+    const int n_gt = s_count;
+    for (int i = lo; i < hi && eq_off < take_eq; i++) {
+        if (keys[i] == T) {
+            win_id[n_gt + eq_off] = i; win_key[n_gt + eq_off] = T;
+            eq_off++;
+        }
+    }
+    __syncthreads();
+
+    /* Rank the kk winners: score desc, then id asc. */
+    if (tid < kk) {
+        uint32_t ku = win_key[tid];
+        int ki = win_id[tid], rank = 0;
+        for (int j = 0; j < kk; j++) {
+            uint32_t u = win_key[j];
+            int id = win_id[j];
+            rank += (u > ku) || (u == ku && id < ki);
+        }
+        out[1 + rank] = ki;
+    }
+}
+
+int msa_cuda_launch_topk(const msa_cuda_shape &sh, const msa_paged_kv *kv,
+                         const msa_attn_batch *b, const float *scores, int32_t *selected,
+                         cudaStream_t st) {
+    if (b->n_q <= 0) return MSA_OK;
+    if (sh.top_k < 1 || sh.top_k > 512)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA top-k: top_k %d (1..512)", sh.top_k);
+    if (kv->max_blocks > TOPK_MAX_BLOCKS)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA top-k: max_blocks %d (at most %d)",
+                         kv->max_blocks, TOPK_MAX_BLOCKS);
+    size_t smem = (size_t)kv->max_blocks * sizeof(uint32_t);
+    static int attr_set;
+    if (!attr_set) {
+        int rc = msa_cuda_check(cudaFuncSetAttribute(topk_kernel,
+                                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     TOPK_MAX_BLOCKS * 4),
+                                "top-k: shared memory limit");
+        if (rc) return rc;
+        attr_set = 1;
+    }
+    const int32_t *indptr = kv->idx_indptr ? kv->idx_indptr : kv->kv_indptr;
+    topk_kernel<<<(unsigned)b->n_q * sh.Hkv, TOPK_THREADS, smem, st>>>(
+        scores, b->q_indptr, b->q_pos, kv->seq_len, indptr, selected, kv->n_seqs, sh.Hkv, sh.Bk,
+        sh.top_k, kv->max_blocks);
+    return MSA_CUDA_LAUNCHED("top-k kernel");
+}
