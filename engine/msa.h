@@ -247,6 +247,283 @@ MSA_API int msa_cuda_available(void);
 /* 3. The store                                                             */
 /* ------------------------------------------------------------------------ */
 /* 3a. Stores and sessions on disk (persist/) */
+/*
+ * A store is an LMDB environment in a directory. It holds named sessions;
+ * a session is bound to one model (its fingerprint) and one set of shapes,
+ * and records its token sequence and, for every layer and every block of
+ * block_size tokens, the K block, the V block and the index keys of that
+ * block, compressed (zstd over byte planes; optionally fp8 for K/V) and
+ * checksummed (CRC32C). The last, partly filled block is stored too and
+ * rewritten as it fills, so a session resumes exactly where it stopped.
+ *
+ * Layouts handed to and from the store, per (layer, block):
+ *
+ *   k, v : [n_kv_heads][block_size][head_dim]       kv_dtype
+ *   kidx : [idx_key_heads][block_size][idx_dim]     idx_dtype
+ *
+ * Only the first n_tokens rows of each head are stored; on read the rows
+ * past n_tokens are zero.
+ *
+ * Transactions. Writes go through msa_store_txn_*: begin, put tokens and
+ * blocks, commit. A commit is atomic (LMDB): after a crash the store holds
+ * every session exactly as of its last commit. One forward chunk (the
+ * tokens and, for every layer, the blocks they touch) is meant to be one
+ * transaction. Puts are compressed and buffered in memory; the LMDB write
+ * lock is only taken inside msa_store_txn_commit(), which also grows the map
+ * when it is full and retries.
+ *
+ * Processes. Many readers and one writer at a time, across processes, as
+ * LMDB allows. A handle (msa_store, msa_store_session, msa_store_txn) is
+ * used by one thread at a time; distinct handles may be used from distinct
+ * threads. The on-disk format has its own version (MSA_STORE_FORMAT_VERSION),
+ * separate from the library's.
+ */
+
+#define MSA_STORE_FORMAT_VERSION 1
+#define MSA_STORE_NAME_MAX 255        /* bytes in a session name */
+#define MSA_STORE_FINGERPRINT_MAX 128 /* bytes in a model fingerprint */
+#define MSA_STORE_TAG_MAX 1024        /* bytes in a block's source tag */
+
+typedef struct msa_store msa_store;
+typedef struct msa_store_session msa_store_session;
+typedef struct msa_store_txn msa_store_txn;
+
+/* K/V codecs. Index keys are always stored losslessly. */
+typedef enum msa_store_lossy {
+    MSA_STORE_LOSSLESS = 0, /* byte-plane shuffle + zstd; exact */
+    MSA_STORE_LOSSY_FP8 = 1 /* fp8 e4m3 with one f32 scale per row, + zstd */
+} msa_store_lossy;
+
+typedef struct msa_store_params {
+    const char *dir;    /* NULL: $XDG_DATA_HOME/msa-mem, else
+                           ~/.local/share/msa-mem (msa_store_default_dir) */
+    int durable;        /* 1 (default): every commit is fsync'ed. 0: commits
+                           reach the OS only (MDB_NOSYNC); msa_store_sync()
+                           makes them durable; a crash of the machine (not of
+                           the process) may lose the latest commits */
+    int readonly;       /* 0 (default). 1: open for reading only */
+    int create;         /* 1 (default): create the directory and the store
+                           when missing */
+    size_t map_size;    /* initial map size in bytes (default 1 GiB); the
+                           map grows by itself */
+    size_t map_max;     /* the map never grows past this (default 0: no
+                           limit); commits that need more give MSA_ENOSPC */
+    int level;          /* zstd level for new blocks (default 1) */
+    msa_store_lossy lossy; /* codec for new K/V blocks (default lossless) */
+    int max_readers;    /* LMDB reader slots (default 126) */
+} msa_store_params;
+
+/* Defaults as listed in msa_store_params. */
+MSA_API msa_store_params msa_store_default_params(void);
+
+/* The default store directory into buf: $XDG_DATA_HOME/msa-mem, else
+ * $HOME/.local/share/msa-mem. Returns MSA_OK, MSA_ERANGE when buf is too
+ * small, MSA_ENOTFOUND when neither variable is set. */
+MSA_API int msa_store_default_dir(char *buf, size_t n);
+
+/* Opens (and, when params->create, creates) the store in params->dir and
+ * stores the handle in *out. Stale reader slots of dead processes are
+ * cleared.
+ *
+ * Returns MSA_OK; MSA_EFORMAT when the directory holds other files but no
+ * store (nothing is created there) or its LMDB holds no store magic;
+ * MSA_EVERSION for a store of a newer format version; MSA_ENOTFOUND when it
+ * does not exist and create is 0; MSA_EIO, MSA_ENOMEM, MSA_EBUSY (reader
+ * table full); MSA_EINVAL for bad params. On failure *out is NULL and
+ * nothing was created except, when create is set, missing directories. */
+MSA_API int msa_store_open(const msa_store_params *params, msa_store **out);
+
+/* Closes the store. Sessions and transactions opened from it must be
+ * closed first. Accepts NULL. */
+MSA_API void msa_store_close(msa_store *store);
+
+/* The store's directory (valid until msa_store_close). */
+MSA_API const char *msa_store_dir(const msa_store *store);
+
+/* Flushes committed data to disk (for stores opened with durable = 0).
+ * Returns MSA_OK or MSA_EIO; the store stays usable. */
+MSA_API int msa_store_sync(msa_store *store);
+
+/* What a session is: bound at creation, never changed. */
+typedef struct msa_store_shape {
+    int n_layers;
+    int n_kv_heads;     /* Hkv */
+    int head_dim;       /* d */
+    int idx_key_heads;  /* 1 or Hkv */
+    int idx_dim;        /* d_idx */
+    int block_size;     /* Bk tokens per block */
+    msa_dtype kv_dtype;
+    msa_dtype idx_dtype;
+} msa_store_shape;
+
+/* A session as msa_store_list() and msa_store_session_info() report it. */
+typedef struct msa_store_session_info {
+    char name[MSA_STORE_NAME_MAX + 1];
+    char fingerprint[MSA_STORE_FINGERPRINT_MAX + 1];
+    msa_store_shape shape;
+    uint64_t n_tokens;
+    uint64_t n_blocks;      /* blocks per layer (the last may be partial) */
+    uint64_t raw_bytes;     /* K, V and index keys before compression */
+    uint64_t stored_bytes;  /* compressed blocks and tokens on disk; blocks
+                               shared with a fork count in both */
+    double ratio;           /* raw_bytes / stored block bytes (0 if empty) */
+    int64_t created;        /* Unix seconds */
+    int64_t last_use;       /* Unix seconds of the last commit or open */
+    char parent[MSA_STORE_NAME_MAX + 1]; /* forked from ("" if none) */
+} msa_store_session_info;
+
+/* All sessions, sorted by name, into a malloc'ed array (*out, *n; free
+ * with msa_store_list_free). Returns MSA_OK (also with *n = 0), MSA_ENOMEM,
+ * MSA_EIO, MSA_ECORRUPT for an unreadable session record (named). On
+ * failure *out is NULL and *n is 0. */
+MSA_API int msa_store_list(msa_store *store, msa_store_session_info **out,
+                           size_t *n);
+MSA_API void msa_store_list_free(msa_store_session_info *list);
+
+/* Creates an empty session bound to `fingerprint` (1..128 printable bytes)
+ * and `shape`. Returns MSA_OK; MSA_EEXIST when the name is taken; MSA_EINVAL
+ * for an empty or too long name or fingerprint or a bad shape; MSA_ENOSPC,
+ * MSA_EIO. On failure the store is unchanged. */
+MSA_API int msa_store_session_create(msa_store *store, const char *name,
+                                     const char *fingerprint,
+                                     const msa_store_shape *shape);
+
+/* Opens a session for reading and appending. When `fingerprint` is not
+ * NULL it must equal the session's, else MSA_EMODEL (the message names
+ * both). Returns MSA_OK, MSA_ENOTFOUND, MSA_EMODEL, MSA_ECORRUPT (bad
+ * session record), MSA_ENOMEM, MSA_EBUSY (reader table full). On failure
+ * *out is NULL. */
+MSA_API int msa_store_session_open(msa_store *store, const char *name,
+                                   const char *fingerprint,
+                                   msa_store_session **out);
+
+/* Closes a session handle (its transaction must be finished). Accepts NULL. */
+MSA_API void msa_store_session_close(msa_store_session *s);
+
+/* The session's current state (re-read from the store, so commits of other
+ * handles and processes show). Returns MSA_OK, MSA_ENOTFOUND (removed
+ * meanwhile), MSA_ECORRUPT, MSA_EIO. */
+MSA_API int msa_store_session_info(msa_store_session *s,
+                                   msa_store_session_info *out);
+
+/* Reads tokens [start, start + n) into out. Returns MSA_OK; MSA_ERANGE when
+ * the range passes the end; MSA_ECORRUPT (naming session and chunk);
+ * MSA_ENOTFOUND when the session was removed. out is unspecified on
+ * failure. */
+MSA_API int msa_store_read_tokens(msa_store_session *s, uint64_t start,
+                                  uint64_t n, int32_t *out);
+
+/* Per-block metadata. */
+typedef struct msa_store_block_info {
+    int n_tokens;                    /* rows filled, 1..block_size */
+    char tag[MSA_STORE_TAG_MAX + 1]; /* source tag ("src/main.c:10-42") */
+    uint32_t stored_bytes;           /* compressed size of the block */
+    int lossy;                       /* codec used (msa_store_lossy) */
+} msa_store_block_info;
+
+/* Reads, verifies and decompresses the block (layer, block) into the
+ * caller's buffers (any of k, v, kidx may be NULL to skip it; info too).
+ * Every read verifies the block's CRC32C; a bad block is never returned as
+ * data. Returns MSA_OK; MSA_ENOTFOUND for a block past the end; MSA_EINVAL
+ * for a layer out of range; MSA_ECORRUPT naming session, layer and block;
+ * MSA_ENOMEM. Buffers are unspecified on failure. */
+MSA_API int msa_store_read_block(msa_store_session *s, int layer,
+                                 uint64_t block, void *k, void *v, void *kidx,
+                                 msa_store_block_info *info);
+
+/* Reads the index keys of blocks [first, first + n) of one layer into out,
+ * [n][idx_key_heads][block_size][idx_dim] (rows past a block's n_tokens are
+ * zero), in one read transaction. Errors as msa_store_read_block(), plus
+ * MSA_ERANGE when the range passes the last block. */
+MSA_API int msa_store_read_index(msa_store_session *s, int layer,
+                                 uint64_t first, uint64_t n, void *out);
+
+/* Starts an append to the session. One transaction per session handle at a
+ * time. Returns MSA_OK, MSA_EBUSY (the handle has one open), MSA_ENOMEM,
+ * MSA_ENOTFOUND. */
+MSA_API int msa_store_txn_begin(msa_store_session *s, msa_store_txn **out);
+
+/* Appends n tokens. Returns MSA_OK, MSA_ENOMEM (the txn stays usable), or
+ * MSA_EINVAL. */
+MSA_API int msa_store_txn_put_tokens(msa_store_txn *t, const int32_t *tokens,
+                                     size_t n);
+
+/* Puts the block (layer, block): K, V and index keys of its first n_tokens
+ * rows, with a source tag (NULL: ""). All three are required and travel
+ * together. Per layer, blocks go in order: `block` must be the layer's
+ * current last block when it is partial (a rewrite, n_tokens not smaller
+ * than before) or the next one. The data is compressed now; the caller's
+ * buffers may be reused when this returns. Returns MSA_OK; MSA_EINVAL
+ * (names the rule broken; the txn stays usable); MSA_ENOMEM. */
+MSA_API int msa_store_txn_put_block(msa_store_txn *t, int layer, uint64_t block,
+                                    int n_tokens, const void *k, const void *v,
+                                    const void *kidx, const char *tag);
+
+/* What a transaction wrote so far. lossy errors are over K and V values of
+ * lossy blocks: the largest absolute error and the RMS error relative to
+ * the RMS of the data (0 when lossless). */
+typedef struct msa_store_txn_stats {
+    uint64_t raw_bytes, stored_bytes, blocks, tokens;
+    double lossy_max_abs_err, lossy_rel_rms_err;
+} msa_store_txn_stats;
+MSA_API void msa_store_txn_stats_get(const msa_store_txn *t,
+                                     msa_store_txn_stats *out);
+
+/* Commits and frees the transaction (also on failure). Every layer must
+ * then cover exactly the session's tokens (index keys and KV never part).
+ * Returns MSA_OK; MSA_EINVAL when a layer's blocks do not cover the tokens;
+ * MSA_EBUSY when another handle or process appended to the session since
+ * begin; MSA_ENOTFOUND (removed meanwhile); MSA_ENOSPC when the disk or
+ * map_max is reached; MSA_EIO; MSA_ENOMEM. On failure nothing of the
+ * transaction is in the store. */
+MSA_API int msa_store_txn_commit(msa_store_txn *t);
+
+/* Drops the transaction. Accepts NULL. */
+MSA_API void msa_store_txn_abort(msa_store_txn *t);
+
+/* Removes a session; blocks shared with forks stay for them. Returns
+ * MSA_OK, MSA_ENOTFOUND, MSA_ENOSPC, MSA_EIO. */
+MSA_API int msa_store_remove(msa_store *store, const char *name);
+
+/* Makes dst a copy of src that shares src's blocks (reference counted,
+ * copy on write for the partial last block); both then grow independently.
+ * Costs a few bytes per block, not the blocks. Returns MSA_OK,
+ * MSA_ENOTFOUND, MSA_EEXIST, MSA_EINVAL, MSA_ENOSPC, MSA_EIO. On failure the
+ * store is unchanged. */
+MSA_API int msa_store_fork(msa_store *store, const char *src, const char *dst);
+
+/* Writes one session into a portable file (format "MSAMEMX1": records with
+ * a CRC32C each and a final record counting them). Blocks are copied
+ * compressed and verified on the way. Returns MSA_OK, MSA_ENOTFOUND,
+ * MSA_ECORRUPT (a bad block; the file is removed), MSA_EIO, MSA_ENOSPC. */
+MSA_API int msa_store_export(msa_store *store, const char *name,
+                             const char *path);
+
+/* Reads a file written by msa_store_export into a new session `name` (NULL:
+ * the name in the file). The whole file is verified inside one write
+ * transaction. Returns MSA_OK; MSA_EFORMAT for a truncated, tampered or
+ * foreign file; MSA_EVERSION for a newer file format; MSA_EEXIST;
+ * MSA_ENOSPC; MSA_EIO. On failure the store is unchanged. */
+MSA_API int msa_store_import(msa_store *store, const char *path,
+                             const char *name);
+
+/* Rewrites the store without free pages (mdb_env_copy2 MDB_CP_COMPACT into
+ * a temporary file, fsync, rename over data.mdb) and reopens it. Needs the
+ * store to be open in this process only. Returns MSA_OK; MSA_EBUSY when
+ * another process has it open; MSA_ENOSPC, MSA_EIO (the original is kept;
+ * the handle stays usable, except after MSA_EIO on reopen, which the
+ * message says). saved (optional) gets bytes freed on disk. */
+MSA_API int msa_store_compact(msa_store *store, int64_t *saved);
+
+/* Checks the whole store: every session record, token chunk, block entry
+ * and block checksum, decodes every block, and recounts block references.
+ * Each finding is passed to `report` (may be NULL) as one line naming
+ * session, layer and block. Returns MSA_OK when clean, MSA_ECORRUPT when
+ * anything was found (*n_findings says how many), or MSA_EIO/MSA_ENOMEM
+ * when the check itself could not run. Changes nothing. */
+MSA_API int msa_store_fsck(msa_store *store,
+                           void (*report)(void *ctx, const char *finding),
+                           void *ctx, uint64_t *n_findings);
 
 /* 3b. The pager and its counters (memory/) */
 
@@ -281,10 +558,301 @@ typedef struct msa_pager_stats {
 /* 4. The engine: models, tokenizers, sessions                              */
 /* ------------------------------------------------------------------------ */
 /* 4a. Models (engine/model*) */
+/*
+ * A model is a Llama-family transformer (GGUF "llama" or "qwen2", or a
+ * Hugging Face directory) held as fp32 on the CPU: F32 tensors are mapped
+ * from the file, F16/BF16/Q8_0 ones converted on load (so a model costs
+ * 4 bytes per parameter of RAM). Models without trained MSA index weights
+ * get the training-free index of docs/index.md; a trained index is stored
+ * as the GGUF tensors blk.N.msa_idx_q.weight, blk.N.msa_idx_k.weight,
+ * blk.N.msa_idx_q_norm.weight and blk.N.msa_idx_k_norm.weight.
+ */
+typedef struct msa_model msa_model;
+
+typedef struct msa_model_params {
+    int n_threads;           /* CPU workers (0: one per core) */
+    msa_device_kind device;  /* where the forward pass runs (CPU for now) */
+    int no_fingerprint_cache;/* 1: neither read nor write PATH.msa-fp */
+} msa_model_params;
+
+/* n_threads 0, device CPU, fingerprint cache on. */
+MSA_API msa_model_params msa_model_default_params(void);
+
+typedef struct msa_model_info {
+    char arch[32];           /* "llama", "qwen2" */
+    int n_layers;
+    int dim;                 /* model (embedding) dim */
+    int n_heads;             /* query heads Hq */
+    int n_kv_heads;          /* Hkv */
+    int head_dim;            /* d */
+    int ff_dim;              /* feed-forward hidden dim */
+    int vocab_size;
+    int context_length;      /* trained context */
+    float rope_theta;
+    int has_trained_index;   /* 1: trained MSA index weights in the file */
+    int idx_dim;             /* d_idx: trained dim, or head_dim (training-free) */
+    int idx_key_heads;       /* 1 (trained, shared) or Hkv (training-free) */
+    char fingerprint[72];    /* SHA-256 hex of shapes and tensor bytes */
+} msa_model_info;
+
+/* Opens a model: a GGUF file or a Hugging Face directory (config.json +
+ * safetensors). params NULL: defaults. Computes the fingerprint (SHA-256 of
+ * every tensor's name, type, shape and bytes) once and caches it in
+ * PATH.msa-fp keyed by the file's size and mtime (a read-only folder just
+ * means recomputing next time). On success *out owns the model; free it with
+ * msa_model_free().
+ * Returns MSA_OK; MSA_ENOTFOUND (no such file), MSA_EIO, MSA_EFORMAT (not a
+ * valid model file, a tensor missing or of the wrong shape: the message
+ * names it), MSA_EVERSION (GGUF version), MSA_EUNSUPPORTED (another
+ * architecture or tensor type, the message names it), MSA_ENOMEM. *out is
+ * NULL after a failure. */
+MSA_API int msa_model_open(const char *path, const msa_model_params *params,
+                           msa_model **out);
+
+/* Releases the model and its mapping. Accepts NULL. */
+MSA_API void msa_model_free(msa_model *m);
+
+/* Copies the model's description into *info. MSA_OK or MSA_EINVAL. */
+MSA_API int msa_model_get_info(const msa_model *m, msa_model_info *info);
+
+/* Converts a llama2.c checkpoint (MODEL.bin) and its tokenizer
+ * (TOKENIZER.bin) into a GGUF v3 file of architecture "llama" at out_path,
+ * tokenizer embedded, F32 tensors. The output is written to a temporary
+ * name and renamed, so it is never left half-written.
+ * Returns MSA_OK; MSA_ENOTFOUND (an input missing), MSA_EFORMAT (an input
+ * truncated or inconsistent: the message says which), MSA_EIO / MSA_ENOSPC
+ * (writing), MSA_ENOMEM. */
+MSA_API int msa_convert_llama2c(const char *model_bin, const char *tokenizer_bin,
+                                const char *out_path);
 
 /* 4b. Tokenizers (engine/tokenizer*) */
+/*
+ * Two families, loaded from what a model ships with:
+ *   - SentencePiece-style ("llama" in GGUF, llama2.c's tokenizer.bin): spaces
+ *     become U+2581, a dummy space is prepended, the best-scoring adjacent
+ *     pair is merged repeatedly, and characters outside the vocabulary fall
+ *     back to <0xNN> byte tokens.
+ *   - Byte-level BPE ("gpt2" in GGUF, Hugging Face tokenizer.json): text is
+ *     split by the pre-tokenizer's regex (GPT-2, Llama-3 or Qwen2 variant),
+ *     bytes are mapped to printable characters, and merges apply by rank.
+ * Ids are int32_t. A tokenizer is immutable once open: msa_tokenize(),
+ * msa_detokenize() and the lookups may run on one handle from many threads.
+ */
+typedef struct msa_tokenizer msa_tokenizer;
+
+/* Flags for msa_tokenize(). */
+enum {
+    MSA_TOK_ADD_BOS = 1,       /* put the BOS token first (if the vocab has one) */
+    MSA_TOK_ADD_EOS = 2,       /* put the EOS token last (if the vocab has one) */
+    MSA_TOK_PARSE_SPECIAL = 4  /* turn the text of control/special tokens
+                                  ("<|eot_id|>", "<s>") into their ids; off,
+                                  they are tokenized as plain text */
+};
+
+/* Flags for msa_detokenize() and the streaming decoder. */
+enum {
+    MSA_DETOK_SPECIAL = 1,     /* render control tokens (BOS, EOS, ...) as
+                                  their text; by default they render as "" */
+    MSA_DETOK_KEEP_SPACE = 2   /* SentencePiece: keep the dummy space that
+                                  starts the first piece (or the piece after
+                                  BOS); by default it is dropped */
+};
+
+/* Opens a tokenizer from `path`: a GGUF file (vocab-only or a full model;
+ * only its metadata is read), a Hugging Face tokenizer.json (with
+ * tokenizer_config.json beside it read for BOS/EOS when present), a
+ * directory holding tokenizer.json, or a llama2.c tokenizer .bin. On
+ * success *out owns the tokenizer (free with msa_tokenizer_free()).
+ * Returns MSA_ENOTFOUND (no such file, or a directory without
+ * tokenizer.json), MSA_EIO, MSA_EFORMAT (malformed file), MSA_EUNSUPPORTED
+ * (a tokenizer model or pre-tokenizer this build does not know: the message
+ * names it), MSA_ENOMEM. On failure *out is NULL. */
+MSA_API int msa_tokenizer_open(const char *path, msa_tokenizer **out);
+
+/* Releases a tokenizer; NULL is accepted. */
+MSA_API void msa_tokenizer_free(msa_tokenizer *tok);
+
+/* Encodes `len` bytes of `text` (UTF-8; invalid bytes are kept as byte
+ * tokens, never dropped) into ids[0 .. *n_out-1]. With cap too small,
+ * returns MSA_ERANGE, *n_out = the count needed and ids[0 .. cap-1] holds
+ * the first ids, so a caller can retry with a larger array. Returns
+ * MSA_EINVAL for NULL arguments (text may be NULL when len is 0),
+ * MSA_ENOMEM. */
+MSA_API int msa_tokenize(const msa_tokenizer *tok, const char *text, size_t len,
+                         int flags, int32_t *ids, size_t cap, size_t *n_out);
+
+/* Decodes n ids into buf as raw bytes (no terminating NUL; the result is the
+ * original text's bytes, which may end inside a UTF-8 sequence if the ids
+ * do). With cap too small returns MSA_ERANGE, *len_out = the bytes needed
+ * and buf holds a prefix. Returns MSA_EINVAL for an id outside the vocab. */
+MSA_API int msa_detokenize(const msa_tokenizer *tok, const int32_t *ids,
+                           size_t n, int flags, char *buf, size_t cap,
+                           size_t *len_out);
+
+/* The vocabulary string of `id` as stored ("\xe2\x96\x81the" in
+ * SentencePiece vocabs, "\xc4\xa0the" in byte-level ones): *piece points
+ * into the tokenizer, is not NUL-terminated, and lives as long as it.
+ * Returns MSA_EINVAL for an id outside the vocab. */
+MSA_API int msa_token_piece(const msa_tokenizer *tok, int32_t id,
+                            const char **piece, size_t *len);
+
+/* The id of a vocabulary string (exact match of the stored form), or -1. */
+MSA_API int32_t msa_token_lookup(const msa_tokenizer *tok, const char *piece,
+                                 size_t len);
+
+/* Vocabulary size; BOS / EOS ids (-1 when the vocab has none). */
+MSA_API int32_t msa_tokenizer_n_vocab(const msa_tokenizer *tok);
+MSA_API int32_t msa_tokenizer_bos(const msa_tokenizer *tok);
+MSA_API int32_t msa_tokenizer_eos(const msa_tokenizer *tok);
+
+/* Whether the vocabulary asks for BOS at the start of a text
+ * (tokenizer.ggml.add_bos_token, tokenizer_config.json's add_bos_token, or
+ * a default for the family): callers pass MSA_TOK_ADD_BOS when it is 1. */
+MSA_API int msa_tokenizer_add_bos(const msa_tokenizer *tok);
+
+/* Whether `id` ends generation (EOS, or another end-of-turn control token
+ * such as "<|eot_id|>" or "<|im_end|>"). */
+MSA_API int msa_token_is_eog(const msa_tokenizer *tok, int32_t id);
+
+/* A short, static name of the tokenizer: "spm", "bpe:gpt-2", "bpe:llama-bpe",
+ * "bpe:qwen2", ... */
+MSA_API const char *msa_tokenizer_kind(const msa_tokenizer *tok);
+
+/* Streaming decoder: turns ids, one at a time, into text that never ends
+ * inside a UTF-8 sequence. Bytes of an incomplete character are held until
+ * the next id completes it; bytes that cannot start or continue a valid
+ * character come out as U+FFFD. The struct is the caller's (stack or heap);
+ * its fields are private. Initialise with msa_detok_stream_init(); no free
+ * is needed. One stream per thread at a time. */
+typedef struct msa_detok_stream {
+    const msa_tokenizer *tok;
+    int flags;
+    int32_t prev;             /* last id pushed, -1 at the start */
+    unsigned char pend[4];    /* bytes of an unfinished character */
+    int n_pend;
+} msa_detok_stream;
+
+/* Starts a stream over `tok` with MSA_DETOK_* flags. */
+MSA_API void msa_detok_stream_init(msa_detok_stream *s, const msa_tokenizer *tok,
+                                   int flags);
+
+/* Decodes one id and writes the text it completes to buf (no NUL), *len_out
+ * bytes, possibly 0. MSA_DETOK_STREAM_MAX bytes of buf are always enough for
+ * ids whose piece is at most 64 bytes; with cap too small returns
+ * MSA_ERANGE with *len_out = the bytes needed and the stream unchanged.
+ * MSA_EINVAL for an id outside the vocab (stream unchanged). */
+#define MSA_DETOK_STREAM_MAX 256
+MSA_API int msa_detok_stream_push(msa_detok_stream *s, int32_t id, char *buf,
+                                  size_t cap, size_t *len_out);
+
+/* Ends the stream: held bytes of an unfinished character come out as one
+ * U+FFFD (at most 3 bytes into buf). The stream may then be reused as if
+ * just initialised. MSA_ERANGE when cap < 3 and bytes are held. */
+MSA_API int msa_detok_stream_flush(msa_detok_stream *s, char *buf, size_t cap,
+                                   size_t *len_out);
 
 /* 4c. Downloads (engine/pull*) */
+/*
+ * msa_pull() fetches one file (a GGUF model, a safetensors shard, a
+ * tokenizer.json) over HTTP(S), resumably and verified.
+ *
+ * Sources. An http:// or https:// URL, or a Hugging Face shorthand
+ * ORG/REPO:PATH or ORG/REPO@REVISION:PATH, which stands for
+ * ENDPOINT/ORG/REPO/resolve/REVISION/PATH (ENDPOINT: params.endpoint, else
+ * $HF_ENDPOINT, else https://huggingface.co; REVISION defaults to main).
+ *
+ * Destination. A file path; a path ending in '/' or naming a directory
+ * receives the source's file name; NULL means the models folder
+ * ($XDG_DATA_HOME/msa-mem/models/, else ~/.local/share/msa-mem/models/),
+ * created when missing. Data is written to DEST.part and renamed to DEST
+ * only when complete and verified, so nothing posing as a model is ever
+ * left at DEST by a failure. An existing DEST.part is resumed with an HTTP
+ * Range request (206 and a Content-Range that starts where the file ends
+ * are required; a server that ignores Range is read again from the start).
+ *
+ * Verification. The SHA-256 of the whole file (a resumed prefix is read
+ * back and hashed again) is checked against, in this order of preference:
+ * params.sha256; X-Linked-Etag (Hugging Face, LFS files, on the redirect);
+ * X-Checksum-Sha256 (64 hex digits); Repr-Digest or Digest with sha-256
+ * (base64); and a strong ETag of exactly 64 hex digits. Servers that state
+ * none of these are trusted for the bytes they send (result.verified = 0).
+ *
+ * Credentials. The token (params.token, else $HF_TOKEN) is sent as
+ * "Authorization: Bearer" only to the Hugging Face endpoint's host (for a
+ * shorthand, or a URL on that host) and never forwarded on a redirect to
+ * another host (Hugging Face redirects LFS files to a CDN). TLS peer and
+ * host verification are always on.
+ */
+
+/* Called as bytes arrive (and about ten times a second while waiting to
+ * retry): `done` counts bytes of the file on disk, the resumed prefix
+ * included; `total` is the file's size, 0 while unknown. Return non-zero to
+ * cancel: msa_pull() then returns MSA_EINTR and keeps DEST.part. */
+typedef int (*msa_pull_progress_fn)(void *user, uint64_t done, uint64_t total);
+
+typedef struct msa_pull_params {
+    const char *endpoint;   /* Hugging Face endpoint; NULL: $HF_ENDPOINT or
+                               https://huggingface.co */
+    const char *token;      /* bearer token; NULL: $HF_TOKEN; "" for none */
+    const char *sha256;     /* expected digest (64 hex digits), or NULL */
+    int max_retries;        /* extra attempts after transient failures
+                               (connection lost, timeouts, HTTP 408/429/5xx);
+                               default 5 */
+    double retry_wait_s;    /* first wait before a retry, doubled each time
+                               up to 30 s (Retry-After is honoured up to
+                               60 s); default 1 */
+    long connect_timeout_s; /* default 30 */
+    long stall_timeout_s;   /* give up on (and retry) a transfer that moves
+                               no bytes for this long; default 60 */
+    int resume;             /* reuse an existing DEST.part (default 1); 0
+                               starts over */
+    int overwrite;          /* replace an existing DEST (default 0) */
+} msa_pull_params;
+
+/* Defaults as listed in msa_pull_params. */
+MSA_API msa_pull_params msa_pull_default_params(void);
+
+typedef struct msa_pull_result {
+    char path[4096];        /* where the file now is */
+    char url[4096];         /* the URL first requested (credentials never
+                               appear in it) */
+    uint64_t bytes;         /* size of the file */
+    uint64_t resumed_bytes; /* bytes kept from an earlier DEST.part */
+    char sha256[65];        /* lowercase hex digest of the whole file */
+    int verified;           /* 1 when a stated digest was checked */
+    char verified_by[32];   /* which: "param", "X-Linked-Etag", ... or "" */
+} msa_pull_result;
+
+/* Downloads `source` to `dest` (NULL: the models folder) as described
+ * above. `params` may be NULL (defaults); `progress` may be NULL; `result`
+ * may be NULL and is filled on success. Blocks until done; safe to call
+ * from several threads for distinct destinations.
+ *
+ * Returns MSA_OK, or:
+ *   MSA_EINVAL     a malformed source, or no file name to derive DEST from.
+ *   MSA_EEXIST     DEST exists and params.overwrite is 0.
+ *   MSA_EBUSY      another msa_pull() is writing DEST.part.
+ *   MSA_ENOTFOUND  HTTP 404; DEST.part is removed.
+ *   MSA_EAUTH      HTTP 401 or 403: set HF_TOKEN (or params.token) to a
+ *                  token with access, and accept the model's terms on the
+ *                  website for gated repositories.
+ *   MSA_ECORRUPT   the SHA-256 differs from the one stated, or the server
+ *                  sent more or fewer bytes than it announced; DEST.part is
+ *                  removed.
+ *   MSA_ENOSPC     the disk is full (checked against the announced size
+ *                  before writing, and on every write); DEST.part is kept.
+ *   MSA_ENET       a network or TLS failure that outlasted the retries, or
+ *                  an HTTP status not listed here; DEST.part is kept and
+ *                  the next call resumes it.
+ *   MSA_EINTR      cancelled by `progress`; DEST.part is kept.
+ *   MSA_EIO        a local file could not be created, written or renamed.
+ * msa_last_error() says which file, which URL and what the server or the
+ * system said. After any failure DEST is untouched; an empty DEST.part is
+ * never left behind. */
+MSA_API int msa_pull(const char *source, const char *dest,
+                     const msa_pull_params *params,
+                     msa_pull_progress_fn progress, void *user,
+                     msa_pull_result *result);
 
 /* 4d. Sessions and generation (engine/session*) */
 /*
@@ -436,6 +1004,43 @@ MSA_API void msa_session_explain_reset(msa_session *session);
 MSA_API const int32_t *msa_session_tokens(const msa_session *session,
                                           int64_t *n);
 MSA_API const char *msa_session_name(const msa_session *session);
+
+/* ---- chat ---------------------------------------------------------------- */
+
+typedef enum msa_chat_template {
+    MSA_CHAT_PLAIN = 0,   /* "User: ...\nAssistant:" */
+    MSA_CHAT_LLAMA3 = 1,  /* <|start_header_id|>role<|end_header_id|> ... <|eot_id|> */
+    MSA_CHAT_CHATML = 2,  /* <|im_start|>role ... <|im_end|> (Qwen2) */
+    MSA_CHAT_LLAMA2 = 3   /* [INST] ... [/INST] */
+} msa_chat_template;
+
+/* "plain", "llama3", "chatml" (or "qwen2"), "llama2" to a template, or
+ * MSA_EINVAL. */
+MSA_API int msa_chat_template_from_name(const char *name);
+MSA_API const char *msa_chat_template_name(int tmpl);
+
+/* The template a model's Jinja chat template (tokenizer.chat_template)
+ * corresponds to, by its markers; MSA_CHAT_PLAIN when none match or NULL. */
+MSA_API int msa_chat_template_detect(const char *jinja);
+
+/* The engine's template: detected from the model's metadata. */
+MSA_API int msa_engine_chat_template(const msa_engine *engine);
+
+/* Renders one message (role "system", "user" or "assistant") and, when
+ * add_generation_prompt, the header that opens the assistant's reply.
+ * snprintf semantics: returns the length of the whole text, writes at most
+ * cap - 1 bytes and a terminating NUL. */
+MSA_API size_t msa_chat_render(int tmpl, const char *role, const char *content,
+                               int add_generation_prompt, char *buf, size_t cap);
+
+/* Appends one chat message to the session, rendered with `tmpl` (< 0: the
+ * engine's) and tokenized with special tokens recognised, tagged "turn N"
+ * (N counts messages) unless `source` is given. Errors as
+ * msa_session_append_text(). */
+MSA_API int msa_session_append_message(msa_session *session, int tmpl,
+                                       const char *role, const char *content,
+                                       int add_generation_prompt,
+                                       const char *source);
 
 
 #ifdef __cplusplus
