@@ -863,10 +863,11 @@ MSA_API int msa_pull(const char *source, const char *dest,
  * re-prefilled: a session reopened by another process continues with the
  * same logits as one that never stopped.
  *
- * One detail makes that exact: the last token of a session is kept
- * "pending" (stored as a token, not yet run through the model). The next
- * append or generate runs it first. So a session's KV always covers
- * n_tokens - 1 tokens, and resuming needs nothing but the stored blocks.
+ * What makes that exact: every token's keys and values are stored, and a
+ * reopened session that generates first recomputes the logits of its last
+ * token by running that one token's query over the stored memory without
+ * appending (one token of work, whatever the session's length; the same
+ * arithmetic as the original step, so the same logits).
  */
 
 typedef struct msa_engine msa_engine;
@@ -971,7 +972,7 @@ MSA_API int msa_session_generate(msa_session *session,
                                  int *n_generated);
 
 typedef struct msa_session_info {
-    int64_t n_tokens;        /* tokens in the session (the last one pending) */
+    int64_t n_tokens;        /* tokens in the session */
     int64_t n_blocks;        /* KV blocks per layer, the partial one included */
     int n_layers, block_size, top_k;
     uint64_t bytes_on_disk;  /* compressed blocks and metadata */
