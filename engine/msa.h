@@ -817,7 +817,9 @@ typedef struct msa_pull_result {
     char url[4096];         /* the URL first requested (credentials never
                                appear in it) */
     uint64_t bytes;         /* size of the file */
-    uint64_t resumed_bytes; /* bytes kept from an earlier DEST.part */
+    uint64_t resumed_bytes; /* bytes kept from an earlier attempt (a DEST.part
+                               left by an earlier call, or a connection lost
+                               during this one); 0: fetched whole */
     char sha256[65];        /* lowercase hex digest of the whole file */
     int verified;           /* 1 when a stated digest was checked */
     char verified_by[32];   /* which: "param", "X-Linked-Etag", ... or "" */
