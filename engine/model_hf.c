@@ -1,0 +1,276 @@
+/*
+ * model_hf.c: Hugging Face model directories (config.json + safetensors)
+ * for the Llama and Qwen2 architectures.
+ *
+ * config.json is read with jansson and resolved the way Hugging Face's
+ * LlamaConfig / Qwen2Config resolve it: num_key_value_heads defaults to
+ * num_attention_heads, head_dim to hidden_size / num_attention_heads,
+ * tie_word_embeddings to false for Llama, rope_theta to 10000. Qwen2 always
+ * has q/k/v biases; Llama has them (and an o bias) when attention_bias is
+ * true. rope_scaling of type "llama3" or "linear" is applied through the
+ * inverse frequencies (msa_hf_rope_inv_freq); other types are refused rather
+ * than silently run with the wrong positions.
+ *
+ * RoPE layout. Hugging Face's Llama code rotates pairs (i, i + d/2) of each
+ * head ("rotate half"); llama2.c and GGUF rotate pairs (2i, 2i + 1). The two
+ * differ only by a fixed permutation of each head's q and k rows, which is
+ * what HF's conversion script applies to Meta's weights. This loader undoes
+ * it: q_proj/k_proj rows (and their biases) are permuted back on load, so
+ * the engine runs one RoPE convention (interleaved) for every format. Since
+ * attention only ever sees q.k dot products, the permutation is exact for
+ * natively trained rotate-half models too (Qwen2).
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "engine/safetensors.h"
+#include "kernels/base.h"
+
+/* ---- config.json ------------------------------------------------------------ */
+
+/* An integer field; `def` when absent (def < 0: required). Returns 0 or a
+ * status. JSON reals with an integral value are accepted (some exporters
+ * write 1e-05-style numbers everywhere). */
+static int cfg_int(json_t *root, const char *key, int def, int *out) {
+    json_t *j = json_object_get(root, key);
+    if (!j || json_is_null(j)) {
+        if (def < 0)
+            return msa_error(MSA_EFORMAT, "config.json: '%s' is missing", key);
+        *out = def;
+        return MSA_OK;
+    }
+    double v;
+    if (json_is_integer(j)) v = (double)json_integer_value(j);
+    else if (json_is_real(j)) v = json_real_value(j);
+    else return msa_error(MSA_EFORMAT, "config.json: '%s' is not a number", key);
+    if (v != floor(v) || v < 0 || v > 1e9)
+        return msa_error(MSA_EFORMAT, "config.json: '%s' = %g is not a "
+                         "non-negative integer", key, v);
+    *out = (int)v;
+    return MSA_OK;
+}
+
+static int cfg_float(json_t *root, const char *key, double def, float *out) {
+    json_t *j = json_object_get(root, key);
+    if (!j || json_is_null(j)) {
+        *out = (float)def;
+        return MSA_OK;
+    }
+    if (!json_is_number(j))
+        return msa_error(MSA_EFORMAT, "config.json: '%s' is not a number", key);
+    double v = json_number_value(j);
+    if (!isfinite(v))
+        return msa_error(MSA_EFORMAT, "config.json: '%s' is not finite", key);
+    *out = (float)v;
+    return MSA_OK;
+}
+
+static int cfg_bool(json_t *root, const char *key, int def, int *out) {
+    json_t *j = json_object_get(root, key);
+    if (!j || json_is_null(j)) *out = def;
+    else if (json_is_boolean(j)) *out = json_is_true(j);
+    else return msa_error(MSA_EFORMAT, "config.json: '%s' is not a boolean", key);
+    return MSA_OK;
+}
+
+static int cfg_rope_scaling(json_t *root, msa_hf_config *cfg) {
+    cfg->rope_type = MSA_HF_ROPE_DEFAULT;
+    cfg->rope_factor = 1.0f;
+    cfg->rope_low_freq_factor = 1.0f;
+    cfg->rope_high_freq_factor = 4.0f;
+    cfg->rope_original_max_pos = 8192;
+    json_t *rs = json_object_get(root, "rope_scaling");
+    if (!rs || json_is_null(rs)) return MSA_OK;
+    if (!json_is_object(rs))
+        return msa_error(MSA_EFORMAT, "config.json: rope_scaling is not an object");
+    json_t *jt = json_object_get(rs, "rope_type");
+    if (!jt) jt = json_object_get(rs, "type"); /* older configs */
+    const char *type = json_is_string(jt) ? json_string_value(jt) : "";
+    int rc = cfg_float(rs, "factor", 1.0, &cfg->rope_factor);
+    if (rc) return rc;
+    if (strcmp(type, "default") == 0) return MSA_OK;
+    if (!(cfg->rope_factor > 0))
+        return msa_error(MSA_EFORMAT, "config.json: rope_scaling.factor %g",
+                         cfg->rope_factor);
+    if (strcmp(type, "linear") == 0) {
+        cfg->rope_type = MSA_HF_ROPE_LINEAR;
+        return MSA_OK;
+    }
+    if (strcmp(type, "llama3") == 0) {
+        cfg->rope_type = MSA_HF_ROPE_LLAMA3;
+        if ((rc = cfg_float(rs, "low_freq_factor", 1.0, &cfg->rope_low_freq_factor)) ||
+            (rc = cfg_float(rs, "high_freq_factor", 4.0, &cfg->rope_high_freq_factor)) ||
+            (rc = cfg_int(rs, "original_max_position_embeddings", 8192,
+                          &cfg->rope_original_max_pos)))
+            return rc;
+        if (!(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor) ||
+            cfg->rope_original_max_pos <= 0)
+            return msa_error(MSA_EFORMAT, "config.json: llama3 rope_scaling "
+                             "needs high_freq_factor > low_freq_factor and a "
+                             "positive original_max_position_embeddings");
+        return MSA_OK;
+    }
+    return msa_error(MSA_EUNSUPPORTED, "config.json: rope_scaling type '%s' is "
+                     "not supported (default, linear and llama3 are)", type);
+}
+
+int msa_hf_config_parse(const char *text, size_t size, msa_hf_config *cfg) {
+    if (!text || !cfg) return msa_error(MSA_EINVAL, "config.json: NULL argument");
+    memset(cfg, 0, sizeof *cfg);
+    json_error_t jerr;
+    json_t *root = json_loadb(text, size, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return msa_error(MSA_EFORMAT, "config.json: line %d column %d: %s",
+                         jerr.line, jerr.column, jerr.text);
+    int rc = MSA_OK;
+    if (!json_is_object(root)) {
+        rc = msa_error(MSA_EFORMAT, "config.json: not a JSON object");
+        goto out;
+    }
+    /* Architecture: architectures[0], else model_type. */
+    json_t *ja = json_object_get(root, "architectures");
+    const char *arch = NULL;
+    if (json_is_array(ja) && json_array_size(ja) > 0 &&
+        json_is_string(json_array_get(ja, 0)))
+        arch = json_string_value(json_array_get(ja, 0));
+    json_t *jm = json_object_get(root, "model_type");
+    const char *mtype = json_is_string(jm) ? json_string_value(jm) : "";
+    if (arch ? (!strcmp(arch, "LlamaForCausalLM") ||
+                !strcmp(arch, "MistralForCausalLM"))
+             : (!strcmp(mtype, "llama") || !strcmp(mtype, "mistral"))) {
+        cfg->arch = MSA_HF_ARCH_LLAMA;
+    } else if (arch ? !strcmp(arch, "Qwen2ForCausalLM") : !strcmp(mtype, "qwen2")) {
+        cfg->arch = MSA_HF_ARCH_QWEN2;
+    } else {
+        rc = msa_error(MSA_EUNSUPPORTED, "config.json: architecture '%s' is not "
+                       "supported (LlamaForCausalLM, Qwen2ForCausalLM are)",
+                       arch ? arch : mtype);
+        goto out;
+    }
+    snprintf(cfg->arch_name, sizeof cfg->arch_name, "%s", arch ? arch : mtype);
+    int is_qwen = cfg->arch == MSA_HF_ARCH_QWEN2;
+    if ((rc = cfg_int(root, "hidden_size", -1, &cfg->hidden_size)) ||
+        (rc = cfg_int(root, "intermediate_size", -1, &cfg->intermediate_size)) ||
+        (rc = cfg_int(root, "num_hidden_layers", -1, &cfg->num_hidden_layers)) ||
+        (rc = cfg_int(root, "num_attention_heads", -1, &cfg->num_attention_heads)) ||
+        (rc = cfg_int(root, "vocab_size", -1, &cfg->vocab_size)))
+        goto out;
+    if (cfg->num_attention_heads <= 0 || cfg->hidden_size <= 0) {
+        rc = msa_error(MSA_EFORMAT, "config.json: hidden_size and "
+                       "num_attention_heads must be positive");
+        goto out;
+    }
+    if ((rc = cfg_int(root, "num_key_value_heads", cfg->num_attention_heads,
+                      &cfg->num_key_value_heads)) ||
+        (rc = cfg_int(root, "head_dim",
+                      cfg->hidden_size / cfg->num_attention_heads,
+                      &cfg->head_dim)) ||
+        (rc = cfg_int(root, "max_position_embeddings", 2048,
+                      &cfg->max_position_embeddings)) ||
+        (rc = cfg_bool(root, "tie_word_embeddings", 0,
+                       &cfg->tie_word_embeddings)) ||
+        (rc = cfg_bool(root, "attention_bias", is_qwen, &cfg->attention_bias)) ||
+        (rc = cfg_float(root, "rms_norm_eps", 1e-6, &cfg->rms_norm_eps)) ||
+        (rc = cfg_float(root, "rope_theta", 10000.0, &cfg->rope_theta)) ||
+        (rc = cfg_rope_scaling(root, cfg)))
+        goto out;
+    if (is_qwen) cfg->attention_bias = 1; /* Qwen2 always has q/k/v biases */
+    json_t *jd = json_object_get(root, "torch_dtype");
+    if (!jd) jd = json_object_get(root, "dtype");
+    if (json_is_string(jd))
+        snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "%s",
+                 json_string_value(jd));
+    /* Consistency. */
+    if (cfg->intermediate_size <= 0 || cfg->num_hidden_layers <= 0 ||
+        cfg->vocab_size <= 0 || cfg->num_key_value_heads <= 0 ||
+        cfg->head_dim <= 0 || cfg->head_dim % 2 != 0 ||
+        cfg->num_attention_heads % cfg->num_key_value_heads != 0 ||
+        cfg->max_position_embeddings <= 0) {
+        rc = msa_error(MSA_EFORMAT, "config.json: inconsistent sizes (layers "
+                       "%d, heads %d, kv heads %d, head_dim %d, ffn %d, vocab "
+                       "%d): all positive, head_dim even, kv heads dividing "
+                       "heads", cfg->num_hidden_layers,
+                       cfg->num_attention_heads, cfg->num_key_value_heads,
+                       cfg->head_dim, cfg->intermediate_size, cfg->vocab_size);
+        goto out;
+    }
+    if ((int64_t)cfg->num_attention_heads * cfg->head_dim > (1 << 20)) {
+        rc = msa_error(MSA_EFORMAT, "config.json: heads x head_dim too large");
+        goto out;
+    }
+    if (!(cfg->rms_norm_eps > 0) || !(cfg->rope_theta > 0)) {
+        rc = msa_error(MSA_EFORMAT, "config.json: rms_norm_eps and rope_theta "
+                       "must be positive");
+        goto out;
+    }
+out:
+    json_decref(root);
+    return rc;
+}
+
+int msa_hf_config_read(const char *dir, msa_hf_config *cfg) {
+    if (!dir || !cfg) return msa_error(MSA_EINVAL, "config.json: NULL argument");
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+        return msa_error(MSA_EINVAL, "%s: path too long", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return msa_error(errno == ENOENT ? MSA_ENOTFOUND : MSA_EIO, "%s: %s",
+                         path, strerror(errno));
+    char *buf = malloc(1 << 20);
+    if (!buf) {
+        fclose(f);
+        return msa_error(MSA_ENOMEM, "%s: out of memory", path);
+    }
+    size_t n = fread(buf, 1, 1 << 20, f);
+    int err = ferror(f), more = !err && fgetc(f) != EOF;
+    fclose(f);
+    int rc;
+    if (err) rc = msa_error(MSA_EIO, "%s: read error", path);
+    else if (more) rc = msa_error(MSA_EFORMAT, "%s: larger than 1 MiB", path);
+    else rc = msa_error_context(msa_hf_config_parse(buf, n, cfg), "%s: ", dir);
+    free(buf);
+    return rc;
+}
+
+void msa_hf_rope_inv_freq(const msa_hf_config *cfg, float *inv_freq) {
+    int half = cfg->head_dim / 2;
+    const double pi = 3.14159265358979323846;
+    for (int i = 0; i < half; i++) {
+        double f = pow((double)cfg->rope_theta, -2.0 * i / cfg->head_dim);
+        if (cfg->rope_type == MSA_HF_ROPE_LINEAR) {
+            f /= cfg->rope_factor;
+        } else if (cfg->rope_type == MSA_HF_ROPE_LLAMA3) {
+            /* Wavelengths longer than original/low_freq_factor are slowed by
+             * `factor`; shorter than original/high_freq_factor are kept; in
+             * between, a linear blend in 1/wavelength. */
+            double wavelen = 2 * pi / f;
+            double low_wl = cfg->rope_original_max_pos / cfg->rope_low_freq_factor;
+            double high_wl = cfg->rope_original_max_pos / cfg->rope_high_freq_factor;
+            if (wavelen > low_wl) {
+                f /= cfg->rope_factor;
+            } else if (wavelen >= high_wl) {
+                double smooth = (cfg->rope_original_max_pos / wavelen -
+                                 cfg->rope_low_freq_factor) /
+                                (cfg->rope_high_freq_factor -
+                                 cfg->rope_low_freq_factor);
+                f = (1 - smooth) * f / cfg->rope_factor + smooth * f;
+            }
+        }
+        inv_freq[i] = (float)f;
+    }
+}
+
+int msa_hf_is_model_dir(const char *path) {
+    if (!path) return 0;
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) return 0;
+    char p[4096];
+    if (snprintf(p, sizeof p, "%s/config.json", path) >= (int)sizeof p) return 0;
+    return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
