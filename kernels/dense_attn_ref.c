@@ -26,7 +26,7 @@ static void dense_task(void *vc, int64_t i) {
 }
 
 int msa_ref_dense_attention(const msa_ref_problem *p) {
-    if (p->n_q == 0) return MSA_OK;
+    if (p->n_q <= 0) return MSA_OK;
     size_t n = (size_t)p->n_q * p->Hq * 2;
     float *ml = malloc(n * sizeof(float));
     if (!ml)

@@ -16,7 +16,10 @@
  *     in the tile while it sits in L1, so a decode step streams the index
  *     keys once, not once per group, and a prefill chunk once per TILE rows.
  *     Splitting along the blocks keeps all cores busy on a single decode row.
- *   - block scores go to a scratch S of [rows][Hkv][local + 1] floats, 128x
+ *   - only the full blocks before a row's local block are scored: the local
+ *     block is always taken, so its score (and its causal mask) is never
+ *     needed.
+ *   - block scores go to a scratch S of [rows][Hkv][local] floats, 128x
  *     smaller than token scores. Rows are processed in chunks so that S stays
  *     under SCRATCH_BYTES however many rows and blocks the batch has.
  *   - a second pass picks the Top-k of each (row, group) from S.
@@ -43,7 +46,7 @@ typedef struct ctx {
     const msa_ref_problem *p;
     int r0;              /* first row of this chunk */
     const size_t *soff;  /* [rows in chunk] offset of each row's S */
-    float *S;            /* per row [Hkv][local + 1] block scores */
+    float *S;            /* per row [Hkv][local] block scores */
     const item *items;
     int32_t *selected;   /* [n_q][Hkv][top_k] */
 } ctx;
@@ -55,20 +58,17 @@ static void score_item(void *vc, int64_t idx) {
     const int Bk = p->Bk, di = p->di, Hkv = p->Hkv, KH = p->KH;
     const int32_t *tab = p->idx_table + p->idx_indptr[it->seq];
 
-    int vis_max = 0;
     for (int b = it->b0; b < it->b1; b++) {
-        const int64_t base = (int64_t)b * Bk;
         const float *kb = p->kidx + (size_t)tab[b] * KH * Bk * di; /* [KH][Bk][di] */
-        /* tokens of this block seen by each row of the tile; S starts at -inf */
-        int vis[TILE];
-        vis_max = 0;
+        /* rows of the tile that rank this block: those for which it is a
+         * full block before the local one. The local block is always taken,
+         * so its score is never needed (nor its causal mask). */
+        int vis[TILE], vis_max = 0;
         for (int r = 0; r < it->n_rows; r++) {
-            int row = it->row0 + r;
-            int64_t v = (int64_t)p->q_pos[row] - base + 1;
-            vis[r] = v <= 0 ? 0 : v >= Bk ? Bk : (int)v;
-            if (vis[r] > vis_max) vis_max = vis[r];
+            int row = it->row0 + r, nbr = p->q_pos[row] / Bk;
+            vis[r] = b < nbr ? Bk : 0;
             if (vis[r]) {
-                int nbr = p->q_pos[row] / Bk + 1;
+                vis_max = Bk;
                 float *Sr = c->S + c->soff[row - c->r0];
                 for (int g = 0; g < Hkv; g++) Sr[(size_t)g * nbr + b] = -INFINITY;
             }
@@ -80,7 +80,7 @@ static void score_item(void *vc, int64_t idx) {
                 for (int r = 0; r < it->n_rows; r++) {
                     if (t >= vis[r]) continue;
                     int row = it->row0 + r;
-                    int nbr = p->q_pos[row] / Bk + 1;
+                    int nbr = p->q_pos[row] / Bk;
                     float *Sr = c->S + c->soff[row - c->r0];
                     const float *qr = p->q_idx + (size_t)row * Hkv * di; /* [Hkv][di] */
                     for (int g = g0; g < g1; g++) {
@@ -99,12 +99,12 @@ static void select_task(void *vc, int64_t idx) {
     const msa_ref_problem *p = c->p;
     int row = c->r0 + (int)(idx / p->Hkv), g = (int)(idx % p->Hkv);
     int local = p->q_pos[row] / p->Bk;
-    const float *Sr = c->S + c->soff[row - c->r0] + (size_t)g * (local + 1);
+    const float *Sr = c->S + c->soff[row - c->r0] + (size_t)g * local;
     msa_ref_topk(Sr, local, p->top_k, c->selected + ((size_t)row * p->Hkv + g) * p->top_k);
 }
 
 int msa_ref_index_select(const msa_ref_problem *p, int32_t *selected) {
-    if (p->n_q == 0) return MSA_OK;
+    if (p->n_q <= 0) return MSA_OK;
     const int Hkv = p->Hkv, Bk = p->Bk;
     const int chunk_blocks = CHUNK_TOKENS / Bk > 0 ? CHUNK_TOKENS / Bk : 1;
     const size_t cap = SCRATCH_BYTES / sizeof(float);
@@ -113,12 +113,12 @@ int msa_ref_index_select(const msa_ref_problem *p, int32_t *selected) {
      * row when a single row needs more. */
     size_t s_need = 0, s_max = 0;
     for (int i = 0; i < p->n_q; i++) {
-        size_t r = (size_t)Hkv * (p->q_pos[i] / Bk + 1);
+        size_t r = (size_t)Hkv * (p->q_pos[i] / Bk);
         if (r > s_max) s_max = r;
         s_need += r;
     }
     size_t s_size = s_need < cap ? s_need : (cap > s_max ? cap : s_max);
-    float *S = malloc(s_size * sizeof(float));
+    float *S = malloc((s_size + 1) * sizeof(float)); /* s_size may be 0 */
     size_t *soff = malloc((size_t)p->n_q * sizeof(size_t));
     if (!S || !soff) {
         free(S);
@@ -134,7 +134,7 @@ int msa_ref_index_select(const msa_ref_problem *p, int32_t *selected) {
         size_t used = 0;
         int r1 = r0;
         while (r1 < p->n_q) {
-            size_t r = (size_t)Hkv * (p->q_pos[r1] / Bk + 1);
+            size_t r = (size_t)Hkv * (p->q_pos[r1] / Bk);
             if (r1 > r0 && used + r > s_size) break;
             soff[r1 - r0] = used;
             used += r;
@@ -160,8 +160,8 @@ int msa_ref_index_select(const msa_ref_problem *p, int32_t *selected) {
                 if (end > r1) end = r1;
                 if (end > p->q_indptr[s + 1]) end = p->q_indptr[s + 1];
                 int nb = 0;
-                for (int i = row; i < end; i++)
-                    if (p->q_pos[i] / Bk + 1 > nb) nb = p->q_pos[i] / Bk + 1;
+                for (int i = row; i < end; i++) /* blocks before the local ones */
+                    if (p->q_pos[i] / Bk > nb) nb = p->q_pos[i] / Bk;
                 for (int b0 = 0; b0 < nb; b0 += chunk_blocks, n++) {
                     if (!items) continue;
                     items[n] = (item){row, end - row, s, b0,

@@ -114,7 +114,7 @@ static void sparse_task(void *vc, int64_t i) {
 }
 
 int msa_ref_sparse_attention(const msa_ref_problem *p, const int32_t *selected) {
-    if (p->n_q == 0) return MSA_OK;
+    if (p->n_q <= 0) return MSA_OK;
     size_t n = (size_t)p->n_q * p->Hq * 2;
     float *ml = malloc(n * sizeof(float));
     if (!ml)
