@@ -658,8 +658,11 @@ int msa_pull(const char *source, const char *dest, const msa_pull_params *params
             } else if (cc == CURLE_COULDNT_RESOLVE_HOST) {
                 rc = msa_error(MSA_ENET, "%s: cannot resolve the host: %s", url, what);
             } else {
-                rc = msa_error(MSA_ENET, "%s: %s (after %d attempt%s)", url, what, attempt + 1,
-                               attempt ? "s" : "");
+                uint64_t kept = x.offset + x.written;
+                rc = msa_error(MSA_ENET, "%s: %s (after %d attempt%s)%s%s%s", url, what,
+                               attempt + 1, attempt ? "s" : "",
+                               kept ? "; the partial download is kept in " : "",
+                               kept ? part : "", kept ? " and the next pull resumes it" : "");
             }
         } else if (x.status == 404) {
             rc = msa_error(MSA_ENOTFOUND, "%s: not found (HTTP 404)%s%s%s", url,
