@@ -561,7 +561,7 @@ static int wrong_type(const kv_entry *e, const char *want) {
 }
 
 int msa_gguf_get_str(const msa_gguf *g, const char *key, const char **s, size_t *len) {
-    const kv_entry *e;
+    const kv_entry *e = NULL;
     int rc = lookup(g, key, &e);
     if (rc) return rc;
     if (e->type != MSA_GGUF_STRING) return wrong_type(e, "string");
@@ -572,7 +572,7 @@ int msa_gguf_get_str(const msa_gguf *g, const char *key, const char **s, size_t 
 }
 
 int msa_gguf_get_int(const msa_gguf *g, const char *key, int64_t *v) {
-    const kv_entry *e;
+    const kv_entry *e = NULL;
     int rc = lookup(g, key, &e);
     if (rc) return rc;
     const uint8_t *p = g->base + e->val;
@@ -600,7 +600,7 @@ int msa_gguf_get_int(const msa_gguf *g, const char *key, int64_t *v) {
 }
 
 int msa_gguf_get_float(const msa_gguf *g, const char *key, double *v) {
-    const kv_entry *e;
+    const kv_entry *e = NULL;
     int rc = lookup(g, key, &e);
     if (rc) return rc;
     if (e->type == MSA_GGUF_FLOAT32) {
@@ -619,7 +619,7 @@ int msa_gguf_get_float(const msa_gguf *g, const char *key, double *v) {
 
 int msa_gguf_get_array(const msa_gguf *g, const char *key, msa_gguf_type *elem, uint64_t *n,
                        const void **data) {
-    const kv_entry *e;
+    const kv_entry *e = NULL;
     int rc = lookup(g, key, &e);
     if (rc) return rc;
     if (e->type != MSA_GGUF_ARRAY) return wrong_type(e, "array");
@@ -633,7 +633,7 @@ int msa_gguf_get_array(const msa_gguf *g, const char *key, msa_gguf_type *elem, 
 
 int msa_gguf_get_str_item(const msa_gguf *g, const char *key, uint64_t i, const char **s,
                           size_t *len) {
-    const kv_entry *e;
+    const kv_entry *e = NULL;
     int rc = lookup(g, key, &e);
     if (rc) return rc;
     if (e->type != MSA_GGUF_ARRAY || e->elem != MSA_GGUF_STRING)
