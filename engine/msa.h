@@ -904,6 +904,11 @@ MSA_API void msa_engine_free(msa_engine *engine);
 MSA_API const struct msa_tokenizer *msa_engine_tokenizer(const msa_engine *engine);
 MSA_API const char *msa_engine_fingerprint(const msa_engine *engine);
 
+/* The engine's store (for the msa_store_* functions: list, fork, export...)
+ * and model (for msa_model_get_info). Both owned by the engine. */
+MSA_API msa_store *msa_engine_store(msa_engine *engine);
+MSA_API const msa_model *msa_engine_model(const msa_engine *engine);
+
 enum {
     MSA_SESSION_OPEN = 0,       /* the session must exist */
     MSA_SESSION_CREATE = 1,     /* create it when missing */
