@@ -146,9 +146,10 @@ int msa_cmd_pull(msa_cli *cli, int argc, char **argv) {
     } else if (!cli->quiet) {
         char size[32];
         printf("%s\n", res.path);
-        fprintf(stderr, "%s, sha256 %s (%s)%s\n", msa_cli_bytes((double)res.bytes, size, sizeof size),
-                res.sha256, res.verified ? "verified" : "no digest stated by the server, not verified",
-                res.resumed_bytes ? ", resumed" : "");
+        fprintf(stderr, "%s, sha256 %s (%s%s)%s\n",
+                msa_cli_bytes((double)res.bytes, size, sizeof size), res.sha256,
+                res.verified ? "verified against " : "no digest stated by the server, not verified",
+                res.verified ? res.verified_by : "", res.resumed_bytes ? ", resumed" : "");
     }
     return MSA_EXIT_OK;
 }
