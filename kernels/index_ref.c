@@ -34,7 +34,9 @@ enum {
     TILE = 4,              /* rows of one sequence scored together */
     CHUNK_TOKENS = 4096,   /* tokens of index keys per work item */
 };
-#define SCRATCH_BYTES ((size_t)64 << 20) /* bound on the block-score buffer */
+#define SCRATCH_BYTES ((size_t)64 << 20) /* bound on the block-score buffer; the
+                                            environment's MSA_INDEX_SCRATCH_KB
+                                            overrides it (tests force chunking) */
 
 typedef struct item {
     int row0, n_rows; /* the tile: rows row0 .. row0 + n_rows - 1 */
@@ -107,7 +109,8 @@ int msa_ref_index_select(const msa_ref_problem *p, int32_t *selected) {
     if (p->n_q <= 0) return MSA_OK;
     const int Hkv = p->Hkv, Bk = p->Bk;
     const int chunk_blocks = CHUNK_TOKENS / Bk > 0 ? CHUNK_TOKENS / Bk : 1;
-    const size_t cap = SCRATCH_BYTES / sizeof(float);
+    const char *env = getenv("MSA_INDEX_SCRATCH_KB");
+    const size_t cap = (env && atol(env) > 0 ? (size_t)atol(env) << 10 : SCRATCH_BYTES) / sizeof(float);
 
     /* The scratch holds the largest row chunk: at most `cap` floats, or one
      * row when a single row needs more. */

@@ -548,6 +548,11 @@ static void test_validation(void) {
     EXPECT_ERR(MSA_EINVAL, msa_index_select(&cfg, &kb, &bt, &ex), "as idx_table");
     kb = kv; kb.idx_indptr = P.kv_indptr; kb.idx_table = tab;
     EXPECT_ERR(MSA_EINVAL, msa_attention(&cfg, &kb, &bt, &ex), "kv->idx_table[1] = -1");
+    /* msa_attention: the local block of row 0 (always selected) has no KV slot */
+    memcpy(tab, P.kv_table, sizeof(int32_t) * P.nb_total);
+    tab[P.q_pos[0] / c.Bk] = -1;
+    kb = kv; kb.kv_table = tab; kb.idx_indptr = P.kv_indptr; kb.idx_table = P.kv_table;
+    EXPECT_ERR(MSA_EINVAL, msa_attention(&cfg, &kb, &bt, &ex), "has no KV slot");
     free(tab);
 
     int32_t pos[16];
@@ -633,10 +638,15 @@ int main(void) {
         {"future blocks never chosen", 1, {640}, 4, 2, 8, 8, 1, 32, 4, 0, 2, 10, 2, 1, 1, 0},
         {"odd sizes (Bk 7, d 13)", 3, {100, 7, 58}, 6, 3, 13, 5, 3, 7, 4, 0.3f, 2, 5, 3, 1, 0, 0},
         {"Bk 100 > tile, d 128", 1, {1234}, 8, 2, 128, 32, 1, 100, 4, 0, 2, 3, 2, 0, 0, 0},
-        {"gaussian index data", 2, {2000, 1500}, 8, 4, 64, 32, 1, 32, 8, 0, 0, 1, 0, 1, 0, 0},
+        {"gaussian index data", 2, {2000, 1500}, 8, 4, 64, 32, 1, 32, 8, 0, 2, 10, 0, 1, 0, 0},
         {"empty sequence, batch", 4, {90, 0, 130, 17}, 4, 2, 8, 8, 1, 16, 3, 0, 2, 3, 2, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
+    /* the block-score scratch cut into many row chunks (one or a few rows each) */
+    setenv("MSA_INDEX_SCRATCH_KB", "1", 1);
+    const tcase chunked = {"scratch in row chunks", 2, {3000, 1100}, 4, 2, 8, 8, 1, 16, 5, 0, 2, 12, 2, 1, 0, 0};
+    run_case(&chunked);
+    unsetenv("MSA_INDEX_SCRATCH_KB");
     test_validation();
     return t_done("test-kernels");
 }
