@@ -356,7 +356,7 @@ typedef struct msa_store_shape {
     msa_dtype idx_dtype;
 } msa_store_shape;
 
-/* A session as msa_store_list() and msa_store_session_info() report it. */
+/* A session as msa_store_list() and msa_store_session_stat() report it. */
 typedef struct msa_store_session_info {
     char name[MSA_STORE_NAME_MAX + 1];
     char fingerprint[MSA_STORE_FINGERPRINT_MAX + 1];
@@ -368,7 +368,7 @@ typedef struct msa_store_session_info {
                                shared with a fork count in both */
     double ratio;           /* raw_bytes / stored block bytes (0 if empty) */
     int64_t created;        /* Unix seconds */
-    int64_t last_use;       /* Unix seconds of the last commit or open */
+    int64_t last_use;       /* Unix seconds of the last commit */
     char parent[MSA_STORE_NAME_MAX + 1]; /* forked from ("" if none) */
 } msa_store_session_info;
 
@@ -403,7 +403,7 @@ MSA_API void msa_store_session_close(msa_store_session *s);
 /* The session's current state (re-read from the store, so commits of other
  * handles and processes show). Returns MSA_OK, MSA_ENOTFOUND (removed
  * meanwhile), MSA_ECORRUPT, MSA_EIO. */
-MSA_API int msa_store_session_info(msa_store_session *s,
+MSA_API int msa_store_session_stat(msa_store_session *s,
                                    msa_store_session_info *out);
 
 /* Reads tokens [start, start + n) into out. Returns MSA_OK; MSA_ERANGE when

@@ -1,0 +1,133 @@
+/*
+ * internal.h: what the files of persist/ share and nothing outside sees:
+ * CRC32C, the block codec, the on-disk record layouts, the one place LMDB
+ * codes become MSA_* statuses, and the fault-injection hook used by the
+ * store's tests.
+ *
+ * All multi-byte integers on disk are little-endian; LMDB keys are
+ * big-endian so that LMDB's byte order sorts them numerically.
+ */
+#ifndef MSA_PERSIST_INTERNAL_H
+#define MSA_PERSIST_INTERNAL_H
+
+#include <lmdb.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#include "engine/msa.h"
+#include "kernels/base.h"
+
+/* ---- CRC32C (Castagnoli) ------------------------------------------------- */
+
+/* crc32c of buf continuing from crc (0 to start). Uses the SSE4.2 crc32
+ * instruction when the CPU has it, else a slicing-by-8 table. */
+uint32_t msa_crc32c(uint32_t crc, const void *buf, size_t n);
+/* The portable version alone (tests compare the two). */
+uint32_t msa_crc32c_sw(uint32_t crc, const void *buf, size_t n);
+
+/* ---- little/big endian helpers ------------------------------------------ */
+
+static inline void msa_put_le32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static inline uint32_t msa_get_le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline void msa_put_le64(uint8_t *p, uint64_t v) {
+    msa_put_le32(p, (uint32_t)v);
+    msa_put_le32(p + 4, (uint32_t)(v >> 32));
+}
+static inline uint64_t msa_get_le64(const uint8_t *p) {
+    return (uint64_t)msa_get_le32(p) | (uint64_t)msa_get_le32(p + 4) << 32;
+}
+static inline void msa_put_be32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+static inline void msa_put_be64(uint8_t *p, uint64_t v) {
+    msa_put_be32(p, (uint32_t)(v >> 32));
+    msa_put_be32(p + 4, (uint32_t)v);
+}
+static inline uint32_t msa_get_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+static inline uint64_t msa_get_be64(const uint8_t *p) {
+    return (uint64_t)msa_get_be32(p) << 32 | msa_get_be32(p + 4);
+}
+
+/* ---- block codec ------------------------------------------------------------
+ *
+ * A stored block value ("MSB1"):
+ *
+ *   0   u32 magic 'MSB1'
+ *   4   u32 crc32c of bytes [8, end)
+ *   8   u8  kv dtype, u8 idx dtype, u8 lossy, u8 n_planes (total)
+ *   12  u32 n_tokens
+ *   16  u32 crc32c of the plain (pre-zstd) planes, in order
+ *   20  u32 raw bytes (K + V + index keys as the caller holds them, filled rows)
+ *   24  n_planes x u32: plane length after zstd; bit 31 set = stored as is
+ *   ..  the planes
+ *
+ * A section (K, V, index keys) of e elements of s bytes is s byte planes of
+ * e bytes (plane j holds byte j of every element), so that the exponent
+ * bytes of 16-bit floats, which barely vary, sit together for zstd. A lossy
+ * K or V section is one plane of fp8 e4m3 codes plus the 4 byte planes of
+ * its per-row f32 scales.
+ */
+enum { MSA_BLOCK_HDR = 24, MSA_BLOCK_MAX_PLANES = 3 * 5 };
+#define MSA_BLOCK_MAGIC 0x3142534du /* "MSB1" little-endian */
+
+typedef struct msa_codec_shape {
+    int n_kv_heads, head_dim, idx_key_heads, idx_dim, block_size;
+    msa_dtype kv_dtype, idx_dtype;
+} msa_codec_shape;
+
+typedef struct msa_codec_err {
+    double max_abs, sum_sq_err, sum_sq; /* over lossy values */
+} msa_codec_err;
+
+/* Encodes the first n_tokens rows of each head into a malloc'ed value
+ * (*out, *out_len). Returns MSA_OK or MSA_ENOMEM / MSA_EIO (zstd failure).
+ * err (optional) accumulates the lossy error. */
+int msa_block_encode(const msa_codec_shape *sh, int n_tokens, const void *k,
+                     const void *v, const void *kidx, int level, int lossy,
+                     void **out, size_t *out_len, msa_codec_err *err);
+
+/* Verifies the value's checksum (cheap) and, when any of k, v, kidx is
+ * given, decodes those sections into [heads][block_size][dim] buffers
+ * (rows past n_tokens zeroed) and verifies the plain checksum too (only
+ * when all three are decoded, or always when `full`). Returns MSA_OK,
+ * MSA_ECORRUPT (message says what failed, caller adds the block's name),
+ * MSA_ENOMEM. *n_tokens gets the fill. */
+int msa_block_decode(const msa_codec_shape *sh, const void *val, size_t len,
+                     void *k, void *v, void *kidx, int *n_tokens, int full);
+
+/* Just the header check: magic, crc over the value, plane lengths add up. */
+int msa_block_verify(const void *val, size_t len);
+
+/* ---- LMDB ------------------------------------------------------------------ */
+
+/* The one place LMDB (and errno) codes become statuses. Records
+ * "<what>: <mdb_strerror(rc)>" for msa_last_error() and returns the status:
+ * MDB_NOTFOUND -> MSA_ENOTFOUND, MDB_MAP_FULL / ENOSPC / EDQUOT ->
+ * MSA_ENOSPC, MDB_READERS_FULL / EAGAIN / EBUSY -> MSA_EBUSY, ENOMEM ->
+ * MSA_ENOMEM, MDB_CORRUPTED / MDB_PAGE_NOTFOUND / MDB_INVALID ->
+ * MSA_ECORRUPT, MDB_VERSION_MISMATCH -> MSA_EVERSION, EINVAL /
+ * MDB_BAD_VALSIZE / MDB_BAD_DBI -> MSA_EINVAL, ENOENT -> MSA_ENOTFOUND,
+ * everything else -> MSA_EIO. */
+int msa_mdb_status(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- fault injection (tests only; inert unless armed) ----------------------
+ *
+ * Every write, commit and allocation on the store's write paths passes a
+ * fault point. When armed with (err, nth), the nth point from now fails
+ * as if the system had returned errno `err` (ENOSPC, EIO or ENOMEM).
+ * The environment variable MSA_STORE_FAULT="enospc:N" (or eio:N, enomem:N)
+ * arms it at the first point. msa_fault_points() counts points passed
+ * since the last arm, so that a test can learn how many steps an append
+ * has and fail each one in turn. */
+void msa_fault_arm(int err, long nth);
+long msa_fault_points(void);
+/* 0 or the errno to fail with at this point. */
+int msa_fault_point(void);
+
+#endif /* MSA_PERSIST_INTERNAL_H */

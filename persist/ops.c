@@ -1,0 +1,515 @@
+/*
+ * ops.c: whole-session and whole-store operations: remove, fork, export,
+ * import, compact and fsck.
+ *
+ * Export file ("MSAMEMX1", version 1), all integers little-endian:
+ *
+ *   header   "MSAMEMX1" u32 version u32 crc32c(first 12 bytes)
+ *   records  u32 type, u32 length, payload, u32 crc32c(type, length, payload)
+ *     1 SESSION  u32 name length, name, session record (as stored)
+ *     2 TOKENS   u32 chunk, token chunk value (as stored)
+ *     3 BLOCK    u32 layer, u64 block, u32 entry length, entry, block value
+ *     4 END      u64 records before END, u64 tokens
+ *
+ * Import verifies every record's CRC, every block's checksums and that the
+ * blocks and tokens add up to the session record, all inside one LMDB write
+ * transaction that is only committed when the END record checks out; a
+ * truncated or tampered file leaves the store as it was.
+ */
+#include "persist/store_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Visits every key with the first `plen` bytes of `prefix`. fn returns
+ * nonzero to stop (passed back). */
+static int scan_prefix(MDB_txn *t, MDB_dbi d, const uint8_t *prefix, size_t plen,
+                       int (*fn)(void *ctx, MDB_val *k, MDB_val *v), void *ctx) {
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t, d, &c);
+    if (rc) return msa_mdb_status(rc, "opening a cursor");
+    MDB_val k = {plen, (void *)prefix}, v;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && k.mv_size >= plen && !memcmp(k.mv_data, prefix, plen)) {
+        if ((rc = fn(ctx, &k, &v))) break;
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    if (rc == MDB_NOTFOUND) return MSA_OK;
+    return rc > 0 || rc < -30000 ? msa_mdb_status(rc, "scanning") : rc;
+}
+
+/* ---- remove ---------------------------------------------------------------- */
+
+typedef struct keylist {
+    uint8_t (*keys)[20];
+    uint64_t *ids;
+    size_t n, cap;
+} keylist;
+
+static int keylist_add(keylist *l, const MDB_val *k, uint64_t id) {
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 256;
+        void *a = msa_fault_point() == ENOMEM ? NULL : realloc(l->keys, cap * 20);
+        if (!a) return msa_error(MSA_ENOMEM, "collecting keys");
+        l->keys = a;
+        void *b = realloc(l->ids, cap * 8);
+        if (!b) return msa_error(MSA_ENOMEM, "collecting keys");
+        l->ids = b;
+        l->cap = cap;
+    }
+    memset(l->keys[l->n], 0, 20);
+    memcpy(l->keys[l->n], k->mv_data, k->mv_size > 20 ? 20 : k->mv_size);
+    l->ids[l->n++] = id;
+    return MSA_OK;
+}
+
+static int collect_tok(void *ctx, MDB_val *k, MDB_val *v) {
+    (void)v;
+    return keylist_add(ctx, k, 0);
+}
+
+static int collect_blk(void *ctx, MDB_val *k, MDB_val *v) {
+    msa_bent e;
+    int rc = msa_bent_decode(v, &e);
+    return rc ? rc : keylist_add(ctx, k, e.id);
+}
+
+typedef struct rm_ctx {
+    msa_store *st;
+    const char *name;
+} rm_ctx;
+
+static int remove_fn(MDB_txn *t, void *vp) {
+    rm_ctx *c = vp;
+    msa_srec r;
+    int rc = msa_get_srec(t, c->st, c->name, &r);
+    if (rc) return rc;
+    uint8_t pre[8];
+    msa_put_be64(pre, r.sid);
+    keylist toks = {0}, blks = {0};
+    if (!(rc = scan_prefix(t, c->st->tokens, pre, 8, collect_tok, &toks)))
+        rc = scan_prefix(t, c->st->blockmap, pre, 8, collect_blk, &blks);
+    for (size_t i = 0; !rc && i < toks.n; i++) {
+        MDB_val k = {12, toks.keys[i]};
+        int r2 = msa_del(t, c->st->tokens, &k);
+        if (r2) rc = msa_mdb_status(r2, "session '%s': removing tokens", c->name);
+    }
+    for (size_t i = 0; !rc && i < blks.n; i++) {
+        MDB_val k = {20, blks.keys[i]};
+        int r2 = msa_del(t, c->st->blockmap, &k);
+        if (r2) rc = msa_mdb_status(r2, "session '%s': removing a block entry", c->name);
+        else rc = msa_block_release(t, c->st, blks.ids[i]);
+    }
+    free(toks.keys); free(toks.ids); free(blks.keys); free(blks.ids);
+    if (rc) return rc;
+    MDB_val k = {strlen(c->name), (void *)c->name};
+    int r2 = msa_del(t, c->st->sessions, &k);
+    return r2 ? msa_mdb_status(r2, "session '%s': removing its record", c->name) : MSA_OK;
+}
+
+int msa_store_remove(msa_store *st, const char *name) {
+    if (!name || !*name) return msa_error(MSA_EINVAL, "no session name");
+    rm_ctx c = {st, name};
+    return msa_with_write(st, remove_fn, &c, name);
+}
+
+/* ---- fork -------------------------------------------------------------------- */
+
+typedef struct fork_ctx {
+    msa_store *st;
+    const char *src, *dst;
+    uint64_t new_sid;
+    MDB_txn *t;
+} fork_ctx;
+
+static int fork_tok(void *vp, MDB_val *k, MDB_val *v) {
+    fork_ctx *c = vp;
+    uint8_t kb[12];
+    memcpy(kb, k->mv_data, 12);
+    msa_put_be64(kb, c->new_sid);
+    MDB_val nk = {12, kb};
+    int rc = msa_put(c->t, c->st->tokens, &nk, v, 0);
+    return rc ? msa_mdb_status(rc, "fork '%s': copying tokens", c->dst) : 0;
+}
+
+static int fork_blk(void *vp, MDB_val *k, MDB_val *v) {
+    fork_ctx *c = vp;
+    msa_bent e;
+    int rc = msa_bent_decode(v, &e);
+    if (rc) return msa_error_context(rc, "fork of '%s'", c->src);
+    uint8_t kb[20];
+    memcpy(kb, k->mv_data, 20);
+    msa_put_be64(kb, c->new_sid);
+    MDB_val nk = {20, kb};
+    if ((rc = msa_put(c->t, c->st->blockmap, &nk, v, 0)))
+        return msa_mdb_status(rc, "fork '%s': copying a block entry", c->dst);
+    return msa_block_addref(c->t, c->st, e.id);
+}
+
+static int fork_fn(MDB_txn *t, void *vp) {
+    fork_ctx *c = vp;
+    c->t = t;
+    msa_srec r;
+    int rc = msa_get_srec(t, c->st, c->src, &r);
+    if (rc) return rc;
+    MDB_val k = {strlen(c->dst), (void *)c->dst}, v;
+    rc = mdb_get(t, c->st->sessions, &k, &v);
+    if (rc == 0) return msa_error(MSA_EEXIST, "session '%s' already exists", c->dst);
+    if (rc != MDB_NOTFOUND) return msa_mdb_status(rc, "session '%s'", c->dst);
+    uint64_t old = r.sid;
+    if ((rc = msa_meta_next(t, c->st, "next_session", &c->new_sid, 1))) return rc;
+    uint8_t pre[8];
+    msa_put_be64(pre, old);
+    if ((rc = scan_prefix(t, c->st->tokens, pre, 8, fork_tok, c))) return rc;
+    if ((rc = scan_prefix(t, c->st->blockmap, pre, 8, fork_blk, c))) return rc;
+    r.sid = c->new_sid;
+    r.gen = 0;
+    r.created = r.last_use = msa_unix_now();
+    snprintf(r.parent, sizeof r.parent, "%s", c->src);
+    return msa_put_srec(t, c->st, c->dst, &r);
+}
+
+int msa_store_fork(msa_store *st, const char *src, const char *dst) {
+    if (!src || !dst || !*dst || strlen(dst) > MSA_STORE_NAME_MAX || !strcmp(src, dst))
+        return msa_error(MSA_EINVAL, "fork needs a source and a different, valid destination name");
+    fork_ctx c = {st, src, dst, 0, NULL};
+    return msa_with_write(st, fork_fn, &c, dst);
+}
+
+/* ---- export ----------------------------------------------------------------- */
+
+#define EXPORT_MAGIC "MSAMEMX1"
+enum { EXPORT_VERSION = 1, REC_SESSION = 1, REC_TOKENS = 2, REC_BLOCK = 3, REC_END = 4 };
+
+typedef struct exp_ctx {
+    FILE *f;
+    const char *name;
+    uint64_t records;
+    int err;
+    MDB_txn *t;
+    msa_store *st;
+    msa_codec_shape cs;
+} exp_ctx;
+
+static int put_record(exp_ctx *c, uint32_t type, const void *a, size_t an, const void *b, size_t bn,
+                      const void *d, size_t dn) {
+    uint8_t h[8];
+    msa_put_le32(h, type);
+    msa_put_le32(h + 4, (uint32_t)(an + bn + dn));
+    uint32_t crc = msa_crc32c(0, h, 8);
+    crc = msa_crc32c(crc, a, an);
+    crc = msa_crc32c(crc, b, bn);
+    crc = msa_crc32c(crc, d, dn);
+    uint8_t cb[4];
+    msa_put_le32(cb, crc);
+    if (fwrite(h, 1, 8, c->f) != 8 || (an && fwrite(a, 1, an, c->f) != an) ||
+        (bn && fwrite(b, 1, bn, c->f) != bn) || (dn && fwrite(d, 1, dn, c->f) != dn) ||
+        fwrite(cb, 1, 4, c->f) != 4)
+        return msa_error(errno == ENOSPC ? MSA_ENOSPC : MSA_EIO, "export '%s': write: %s", c->name, strerror(errno));
+    c->records++;
+    return MSA_OK;
+}
+
+static int exp_tok(void *vp, MDB_val *k, MDB_val *v) {
+    exp_ctx *c = vp;
+    uint8_t ch[4];
+    msa_put_le32(ch, msa_get_be32((uint8_t *)k->mv_data + 8));
+    return put_record(c, REC_TOKENS, ch, 4, v->mv_data, v->mv_size, NULL, 0);
+}
+
+static int exp_blk(void *vp, MDB_val *k, MDB_val *v) {
+    exp_ctx *c = vp;
+    const uint8_t *kb = k->mv_data;
+    uint32_t layer = msa_get_be32(kb + 8);
+    uint64_t block = msa_get_be64(kb + 12);
+    msa_bent e;
+    int rc = msa_bent_decode(v, &e);
+    if (rc) return msa_error_context(rc, "session '%s', layer %u, block %llu", c->name, layer, (unsigned long long)block);
+    uint8_t ib[8];
+    msa_put_be64(ib, e.id);
+    MDB_val bk = {8, ib}, bv;
+    if ((rc = mdb_get(c->t, c->st->blocks, &bk, &bv)))
+        return msa_error(MSA_ECORRUPT, "session '%s', layer %u, block %llu: stored block missing", c->name,
+                         layer, (unsigned long long)block);
+    if ((rc = msa_block_verify(bv.mv_data, bv.mv_size)))
+        return msa_error_context(rc, "session '%s', layer %u, block %llu", c->name, layer, (unsigned long long)block);
+    uint8_t hdr[20];
+    msa_put_le32(hdr, layer);
+    msa_put_le64(hdr + 4, block);
+    msa_put_le32(hdr + 12, (uint32_t)v->mv_size);
+    /* hdr[16..20) unused: keep the entry length field 4 bytes as documented */
+    return put_record(c, REC_BLOCK, hdr, 16, v->mv_data, v->mv_size, bv.mv_data, bv.mv_size);
+}
+
+int msa_store_export(msa_store *st, const char *name, const char *path) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return msa_error(MSA_EIO, "export '%s': %s: %s", name, tmp, strerror(errno));
+    exp_ctx c = {f, name, 0, 0, NULL, st, {0}};
+    MDB_txn *t = NULL;
+    pthread_rwlock_rdlock(&st->grow);
+    int rc = msa_read_begin(st, &t);
+    msa_srec r;
+    if (!rc) rc = msa_get_srec(t, st, name, &r);
+    if (!rc) {
+        c.t = t;
+        uint8_t hdr[16];
+        memcpy(hdr, EXPORT_MAGIC, 8);
+        msa_put_le32(hdr + 8, EXPORT_VERSION);
+        msa_put_le32(hdr + 12, msa_crc32c(0, hdr, 12));
+        if (fwrite(hdr, 1, 16, f) != 16) rc = msa_error(MSA_EIO, "export '%s': write", name);
+        MDB_val k = {strlen(name), (void *)name}, v;
+        uint8_t nl[4];
+        msa_put_le32(nl, (uint32_t)k.mv_size);
+        if (!rc && !(rc = mdb_get(t, st->sessions, &k, &v)))
+            rc = put_record(&c, REC_SESSION, nl, 4, name, k.mv_size, v.mv_data, v.mv_size);
+        uint8_t pre[8];
+        msa_put_be64(pre, r.sid);
+        if (!rc) rc = scan_prefix(t, st->tokens, pre, 8, exp_tok, &c);
+        if (!rc) rc = scan_prefix(t, st->blockmap, pre, 8, exp_blk, &c);
+        if (!rc) {
+            uint8_t end[16];
+            msa_put_le64(end, c.records);
+            msa_put_le64(end + 8, r.n_tokens);
+            rc = put_record(&c, REC_END, end, 16, NULL, 0, NULL, 0);
+        }
+    }
+    if (t) msa_read_end(st, t);
+    pthread_rwlock_unlock(&st->grow);
+    if (!rc && (fflush(f) || fsync(fileno(f))))
+        rc = msa_error(errno == ENOSPC ? MSA_ENOSPC : MSA_EIO, "export '%s': %s", name, strerror(errno));
+    if (fclose(f) && !rc) rc = msa_error(MSA_EIO, "export '%s': close: %s", name, strerror(errno));
+    if (!rc && rename(tmp, path)) rc = msa_error(MSA_EIO, "export '%s': rename to %s: %s", name, path, strerror(errno));
+    if (rc) unlink(tmp);
+    return rc;
+}
+
+/* ---- import -------------------------------------------------------------------- */
+
+typedef struct imp_ctx {
+    msa_store *st;
+    const char *path, *name;
+    char name_buf[MSA_STORE_NAME_MAX + 1];
+} imp_ctx;
+
+static int read_exact(FILE *f, void *buf, size_t n, const char *path) {
+    if (fread(buf, 1, n, f) != n)
+        return ferror(f) ? msa_error(MSA_EIO, "import %s: read: %s", path, strerror(errno))
+                         : msa_error(MSA_EFORMAT, "import %s: the file is truncated", path);
+    return MSA_OK;
+}
+
+static int import_fn(MDB_txn *t, void *vp) {
+    imp_ctx *c = vp;
+    msa_store *st = c->st;
+    FILE *f = fopen(c->path, "rb");
+    if (!f) return msa_error(errno == ENOENT ? MSA_ENOTFOUND : MSA_EIO, "import %s: %s", c->path, strerror(errno));
+    uint8_t hdr[16];
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    int rc = read_exact(f, hdr, 16, c->path);
+    if (!rc && (memcmp(hdr, EXPORT_MAGIC, 8) || msa_crc32c(0, hdr, 12) != msa_get_le32(hdr + 12)))
+        rc = msa_error(MSA_EFORMAT, "import %s: not an msa-mem export file", c->path);
+    if (!rc && msa_get_le32(hdr + 8) != EXPORT_VERSION)
+        rc = msa_error(MSA_EVERSION, "import %s: export format version %u, this build reads %d", c->path,
+                       msa_get_le32(hdr + 8), EXPORT_VERSION);
+    msa_srec r;
+    int have_session = 0, ended = 0;
+    uint64_t records = 0, tokens = 0, blocks = 0, raw = 0, stored = 0, next_chunk = 0;
+    uint64_t *next_block = NULL;
+    const char *name = NULL;
+    msa_codec_shape cs;
+    while (!rc && !ended) {
+        uint8_t rh[8];
+        if ((rc = read_exact(f, rh, 8, c->path))) break;
+        uint32_t type = msa_get_le32(rh), len = msa_get_le32(rh + 4);
+        if (len > (1u << 30)) { rc = msa_error(MSA_EFORMAT, "import %s: record of %u bytes", c->path, len); break; }
+        if (len + 4 > cap) {
+            void *p = msa_fault_point() == ENOMEM ? NULL : realloc(buf, len + 4);
+            if (!p) { rc = msa_error(MSA_ENOMEM, "import %s: %u bytes", c->path, len); break; }
+            buf = p;
+            cap = len + 4;
+        }
+        if ((rc = read_exact(f, buf, len + 4, c->path))) break;
+        uint32_t crc = msa_crc32c(msa_crc32c(0, rh, 8), buf, len);
+        if (crc != msa_get_le32(buf + len)) {
+            rc = msa_error(MSA_EFORMAT, "import %s: record %llu checksum mismatch (tampered or damaged)",
+                           c->path, (unsigned long long)records);
+            break;
+        }
+        if (!have_session && type != REC_SESSION) {
+            rc = msa_error(MSA_EFORMAT, "import %s: no session record first", c->path);
+            break;
+        }
+        if (type == REC_SESSION) {
+            uint32_t nl = len >= 4 ? msa_get_le32(buf) : 0;
+            if (have_session || nl == 0 || nl > MSA_STORE_NAME_MAX || 4 + nl > len) {
+                rc = msa_error(MSA_EFORMAT, "import %s: bad session record", c->path);
+                break;
+            }
+            MDB_val v = {len - 4 - nl, buf + 4 + nl};
+            if ((rc = msa_srec_decode(&v, &r))) { rc = msa_error_context(MSA_EFORMAT, "import %s", c->path); break; }
+            if (!c->name) {
+                memcpy(c->name_buf, buf + 4, nl);
+                c->name_buf[nl] = 0;
+            }
+            name = c->name ? c->name : c->name_buf;
+            MDB_val k = {strlen(name), (void *)name};
+            int g = mdb_get(t, st->sessions, &k, &v);
+            if (g == 0) { rc = msa_error(MSA_EEXIST, "import %s: session '%s' already exists", c->path, name); break; }
+            if (g != MDB_NOTFOUND) { rc = msa_mdb_status(g, "import %s", c->path); break; }
+            if ((rc = msa_meta_next(t, st, "next_session", &r.sid, 1))) break;
+            next_block = calloc((size_t)r.shape.n_layers, sizeof *next_block);
+            if (!next_block) { rc = msa_error(MSA_ENOMEM, "import %s", c->path); break; }
+            cs = msa_codec_shape_of(&r.shape);
+            have_session = 1;
+        } else if (type == REC_TOKENS) {
+            uint32_t chunk = len >= 12 ? msa_get_le32(buf) : 0;
+            uint32_t cnt = len >= 12 ? msa_get_le32(buf + 8) : 0;
+            if (len < 12 || chunk != next_chunk || len != 12 + 4 * cnt ||
+                msa_crc32c(0, buf + 8, len - 8) != msa_get_le32(buf + 4)) {
+                rc = msa_error(MSA_EFORMAT, "import %s: bad token chunk %u", c->path, chunk);
+                break;
+            }
+            next_chunk++;
+            tokens += cnt;
+            uint8_t kb[12];
+            msa_key_tokens(kb, r.sid, chunk);
+            MDB_val k = {12, kb}, v = {len - 4, buf + 4};
+            int g = msa_put(t, st->tokens, &k, &v, 0);
+            if (g) { rc = msa_mdb_status(g, "import %s: writing tokens", c->path); break; }
+        } else if (type == REC_BLOCK) {
+            uint32_t layer = len >= 16 ? msa_get_le32(buf) : 0, el = len >= 16 ? msa_get_le32(buf + 12) : 0;
+            uint64_t block = len >= 16 ? msa_get_le64(buf + 4) : 0;
+            msa_bent e;
+            MDB_val ev = {el, buf + 16};
+            if (len < 16 || 16 + (uint64_t)el > len || layer >= (uint32_t)r.shape.n_layers ||
+                block != next_block[layer] || msa_bent_decode(&ev, &e)) {
+                rc = msa_error(MSA_EFORMAT, "import %s: bad block record (layer %u, block %llu)", c->path,
+                               layer, (unsigned long long)block);
+                break;
+            }
+            next_block[layer]++;
+            uint8_t *bval = buf + 16 + el;
+            size_t blen = len - 16 - el;
+            int n = 0;
+            if (blen != e.stored_len || msa_block_verify(bval, blen) ||
+                msa_block_decode(&cs, bval, blen, NULL, NULL, NULL, &n, 0) || (uint32_t)n != e.n_tokens) {
+                rc = msa_error(MSA_EFORMAT, "import %s: layer %u, block %llu fails its checksum", c->path,
+                               layer, (unsigned long long)block);
+                break;
+            }
+            if ((rc = msa_meta_next(t, st, "next_block", &e.id, 1))) break;
+            uint8_t kb[20], ib[8], eb[1100];
+            msa_key_block(kb, r.sid, layer, block);
+            msa_put_be64(ib, e.id);
+            MDB_val bk = {8, ib}, bv = {blen, bval}, k = {20, kb}, v = {msa_bent_encode(&e, eb), eb};
+            int g = msa_put(t, st->blocks, &bk, &bv, MDB_APPEND);
+            if (!g) g = msa_put(t, st->blockmap, &k, &v, 0);
+            if (g) { rc = msa_mdb_status(g, "import %s: writing layer %u, block %llu", c->path, layer, (unsigned long long)block); break; }
+            blocks++;
+            raw += e.raw_len;
+            stored += e.stored_len;
+        } else if (type == REC_END) {
+            if (len != 16 || msa_get_le64(buf) != records || msa_get_le64(buf + 8) != r.n_tokens) {
+                rc = msa_error(MSA_EFORMAT, "import %s: the end record does not match", c->path);
+                break;
+            }
+            ended = 1;
+        } else {
+            rc = msa_error(MSA_EFORMAT, "import %s: unknown record type %u", c->path, type);
+            break;
+        }
+        records++;
+    }
+    if (!rc) {
+        uint64_t nb = msa_blocks_for(r.n_tokens, r.shape.block_size);
+        for (int l = 0; l < r.shape.n_layers && !rc; l++)
+            if (next_block[l] != nb) rc = msa_error(MSA_EFORMAT, "import %s: layer %d has %llu of %llu blocks",
+                                                    c->path, l, (unsigned long long)next_block[l], (unsigned long long)nb);
+        if (!rc && (tokens != r.n_tokens || raw != r.raw_bytes || stored != r.stored_bytes))
+            rc = msa_error(MSA_EFORMAT, "import %s: tokens or blocks do not add up to the session record", c->path);
+        if (!rc && fgetc(f) != EOF) rc = msa_error(MSA_EFORMAT, "import %s: data after the end record", c->path);
+    }
+    if (!rc) {
+        r.gen = 0;
+        r.last_use = msa_unix_now();
+        rc = msa_put_srec(t, st, name, &r);
+    }
+    free(next_block);
+    free(buf);
+    fclose(f);
+    (void)blocks;
+    return rc;
+}
+
+int msa_store_import(msa_store *st, const char *path, const char *name) {
+    if (name && (!*name || strlen(name) > MSA_STORE_NAME_MAX)) return msa_error(MSA_EINVAL, "bad session name");
+    imp_ctx c = {st, path, name, {0}};
+    return msa_with_write(st, import_fn, &c, "import");
+}
+
+/* ---- compact ------------------------------------------------------------------- */
+
+static int file_size(const char *path, int64_t *out) {
+    struct stat sb;
+    if (stat(path, &sb)) return -1;
+    *out = sb.st_size;
+    return 0;
+}
+
+int msa_store_compact(msa_store *st, int64_t *saved) {
+    if (saved) *saved = 0;
+    if (st->params.readonly) return msa_error(MSA_EINVAL, "%s: compact needs a writable store", st->dir);
+    if (st->n_sessions_open) return msa_error(MSA_EBUSY, "%s: close this store's sessions before compacting", st->dir);
+    if (st->lock_fd < 0 || flock(st->lock_fd, LOCK_EX | LOCK_NB))
+        return msa_error(MSA_EBUSY, "%s: the store is open in another process; compact needs it alone", st->dir);
+    char tmpdir[4200], tmpfile[4300], data[4200];
+    snprintf(tmpdir, sizeof tmpdir, "%s/compact.tmp", st->dir);
+    snprintf(tmpfile, sizeof tmpfile, "%s/data.mdb", tmpdir);
+    snprintf(data, sizeof data, "%s/data.mdb", st->dir);
+    unlink(tmpfile);
+    mkdir(tmpdir, 0755);
+    int64_t before = 0, after = 0;
+    file_size(data, &before);
+    int rc = mdb_env_copy2(st->env, tmpdir, MDB_CP_COMPACT);
+    if (rc) {
+        rc = msa_mdb_status(rc, "%s: compact copy", st->dir);
+        goto fail;
+    }
+    int fd = open(tmpfile, O_RDONLY);
+    if (fd < 0 || fsync(fd)) {
+        rc = msa_error(MSA_EIO, "%s: fsync of the compacted copy: %s", st->dir, strerror(errno));
+        if (fd >= 0) close(fd);
+        goto fail;
+    }
+    close(fd);
+    file_size(tmpfile, &after);
+    mdb_env_close(st->env);
+    st->env = NULL;
+    if (rename(tmpfile, data)) {
+        rc = msa_error(MSA_EIO, "%s: renaming the compacted copy: %s", st->dir, strerror(errno));
+    } else {
+        int dfd = open(st->dir, O_RDONLY | O_DIRECTORY);
+        if (dfd >= 0) { fsync(dfd); close(dfd); }
+    }
+    rmdir(tmpdir);
+    int rc2 = msa_store_env_open(st);
+    flock(st->lock_fd, LOCK_SH);
+    if (rc2) return msa_error_context(rc2, "%s: reopening after compact (the store handle is unusable; "
+                                      "close it and open again)", st->dir);
+    if (!rc && saved) *saved = before - after;
+    return rc;
+fail:
+    unlink(tmpfile);
+    rmdir(tmpdir);
+    flock(st->lock_fd, LOCK_SH);
+    return rc;
+}

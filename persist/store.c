@@ -1,0 +1,1114 @@
+/*
+ * store.c: the store (an LMDB environment in a directory), its sessions,
+ * append transactions and the read path.
+ *
+ * A transaction compresses each put at once and keeps the values in
+ * memory; only msa_store_txn_commit() takes LMDB's write lock, writes
+ * everything in one LMDB transaction and commits. That keeps the lock short
+ * (other processes' writers wait for one commit, not for a forward pass),
+ * and it lets a commit that hits MDB_MAP_FULL abort, grow the map and run
+ * again from the buffered values. A commit checks that the session has not
+ * moved since begin (its generation counter), so two appenders cannot
+ * interleave.
+ *
+ * Known limits: a session's whole token list is rewritten only in its last
+ * chunk (4096 tokens per LMDB value); block entries are one LMDB value per
+ * (layer, block), so per-token decode appends rewrite the partial block of
+ * every layer, which is what keeping the last block on disk costs.
+ */
+#include "persist/store_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- the one LMDB -> MSA mapping ----------------------------------------- */
+
+int msa_mdb_status(int rc, const char *fmt, ...) {
+    int st;
+    switch (rc) {
+    case 0: return MSA_OK;
+    case MDB_NOTFOUND: case ENOENT: st = MSA_ENOTFOUND; break;
+    case MDB_MAP_FULL: case ENOSPC: case EDQUOT: st = MSA_ENOSPC; break;
+    case MDB_READERS_FULL: case EAGAIN: case EBUSY: st = MSA_EBUSY; break;
+    case ENOMEM: st = MSA_ENOMEM; break;
+    case MDB_CORRUPTED: case MDB_PAGE_NOTFOUND: case MDB_INVALID: st = MSA_ECORRUPT; break;
+    case MDB_VERSION_MISMATCH: st = MSA_EVERSION; break;
+    case EINVAL: case MDB_BAD_VALSIZE: case MDB_BAD_DBI: st = MSA_EINVAL; break;
+    default: st = MSA_EIO; break;
+    }
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return msa_error(st, "%s: %s", what, mdb_strerror(rc));
+}
+
+int msa_put(MDB_txn *t, MDB_dbi d, MDB_val *k, MDB_val *v, unsigned flags) {
+    int f = msa_fault_point();
+    return f ? f : mdb_put(t, d, k, v, flags);
+}
+
+int msa_del(MDB_txn *t, MDB_dbi d, MDB_val *k) {
+    int f = msa_fault_point();
+    return f ? f : mdb_del(t, d, k, NULL);
+}
+
+int64_t msa_unix_now(void) { return (int64_t)time(NULL); }
+
+/* ---- records ----------------------------------------------------------------- */
+
+void msa_key_tokens(uint8_t k[12], uint64_t sid, uint32_t chunk) {
+    msa_put_be64(k, sid);
+    msa_put_be32(k + 8, chunk);
+}
+
+void msa_key_block(uint8_t k[20], uint64_t sid, uint32_t layer, uint64_t block) {
+    msa_put_be64(k, sid);
+    msa_put_be32(k + 8, layer);
+    msa_put_be64(k + 12, block);
+}
+
+uint64_t msa_blocks_for(uint64_t n, int bs) { return (n + (uint64_t)bs - 1) / (uint64_t)bs; }
+
+int msa_shape_check(const msa_store_shape *s) {
+    if (!s || s->n_layers < 1 || s->n_layers > 4096 || s->n_kv_heads < 1 || s->n_kv_heads > 1024 ||
+        s->head_dim < 1 || s->head_dim > 4096 || s->idx_dim < 1 || s->idx_dim > 4096 ||
+        (s->idx_key_heads != 1 && s->idx_key_heads != s->n_kv_heads) || s->block_size < 1 ||
+        s->block_size > 65536 || (unsigned)s->kv_dtype > MSA_DTYPE_BF16 ||
+        (unsigned)s->idx_dtype > MSA_DTYPE_BF16)
+        return msa_error(MSA_EINVAL, "invalid session shape (layers %d, kv heads %d, head dim %d, "
+                         "index heads %d, index dim %d, block %d)",
+                         s ? s->n_layers : 0, s ? s->n_kv_heads : 0, s ? s->head_dim : 0,
+                         s ? s->idx_key_heads : 0, s ? s->idx_dim : 0, s ? s->block_size : 0);
+    size_t kvb = (size_t)s->n_kv_heads * s->block_size * s->head_dim * msa_dtype_size(s->kv_dtype);
+    if (kvb > (256u << 20))
+        return msa_error(MSA_EINVAL, "a K block of %zu bytes is too large", kvb);
+    return MSA_OK;
+}
+
+msa_codec_shape msa_codec_shape_of(const msa_store_shape *s) {
+    msa_codec_shape c = {s->n_kv_heads, s->head_dim, s->idx_key_heads, s->idx_dim,
+                         s->block_size, s->kv_dtype, s->idx_dtype};
+    return c;
+}
+
+enum { SREC_FIXED = 104 };
+
+size_t msa_srec_encode(const msa_srec *r, uint8_t *b) {
+    size_t fl = strlen(r->fingerprint), pl = strlen(r->parent);
+    msa_put_le32(b + 4, 1);
+    msa_put_le64(b + 8, r->sid);
+    msa_put_le64(b + 16, r->n_tokens);
+    msa_put_le64(b + 24, r->raw_bytes);
+    msa_put_le64(b + 32, r->stored_bytes);
+    msa_put_le64(b + 40, r->gen);
+    msa_put_le64(b + 48, (uint64_t)r->created);
+    msa_put_le64(b + 56, (uint64_t)r->last_use);
+    const msa_store_shape *s = &r->shape;
+    int f[8] = {s->n_layers, s->n_kv_heads, s->head_dim, s->idx_key_heads,
+                s->idx_dim, s->block_size, (int)s->kv_dtype, (int)s->idx_dtype};
+    for (int i = 0; i < 8; i++) msa_put_le32(b + 64 + 4 * i, (uint32_t)f[i]);
+    msa_put_le32(b + 96, (uint32_t)fl);
+    msa_put_le32(b + 100, (uint32_t)pl);
+    memcpy(b + SREC_FIXED, r->fingerprint, fl);
+    memcpy(b + SREC_FIXED + fl, r->parent, pl);
+    size_t n = SREC_FIXED + fl + pl;
+    msa_put_le32(b, msa_crc32c(0, b + 4, n - 4));
+    return n;
+}
+
+int msa_srec_decode(const MDB_val *v, msa_srec *r) {
+    const uint8_t *b = v->mv_data;
+    memset(r, 0, sizeof *r);
+    if (v->mv_size < SREC_FIXED) return msa_error(MSA_ECORRUPT, "session record too short");
+    if (msa_crc32c(0, b + 4, v->mv_size - 4) != msa_get_le32(b))
+        return msa_error(MSA_ECORRUPT, "session record checksum mismatch");
+    if (msa_get_le32(b + 4) != 1) return msa_error(MSA_EVERSION, "session record version %u", msa_get_le32(b + 4));
+    uint32_t fl = msa_get_le32(b + 96), pl = msa_get_le32(b + 100);
+    if (fl > MSA_STORE_FINGERPRINT_MAX || pl > MSA_STORE_NAME_MAX || SREC_FIXED + fl + pl != v->mv_size)
+        return msa_error(MSA_ECORRUPT, "session record malformed");
+    r->sid = msa_get_le64(b + 8);
+    r->n_tokens = msa_get_le64(b + 16);
+    r->raw_bytes = msa_get_le64(b + 24);
+    r->stored_bytes = msa_get_le64(b + 32);
+    r->gen = msa_get_le64(b + 40);
+    r->created = (int64_t)msa_get_le64(b + 48);
+    r->last_use = (int64_t)msa_get_le64(b + 56);
+    int f[8];
+    for (int i = 0; i < 8; i++) f[i] = (int)msa_get_le32(b + 64 + 4 * i);
+    msa_store_shape s = {f[0], f[1], f[2], f[3], f[4], f[5], (msa_dtype)f[6], (msa_dtype)f[7]};
+    r->shape = s;
+    memcpy(r->fingerprint, b + SREC_FIXED, fl);
+    memcpy(r->parent, b + SREC_FIXED + fl, pl);
+    if (msa_shape_check(&s)) return msa_error(MSA_ECORRUPT, "session record has an invalid shape");
+    return MSA_OK;
+}
+
+enum { BENT_FIXED = 28 };
+
+size_t msa_bent_encode(const msa_bent *e, uint8_t *b) {
+    size_t tl = strlen(e->tag);
+    msa_put_le32(b + 4, e->n_tokens);
+    msa_put_le64(b + 8, e->id);
+    msa_put_le32(b + 16, e->stored_len);
+    msa_put_le32(b + 20, e->raw_len);
+    msa_put_le32(b + 24, (uint32_t)tl);
+    memcpy(b + BENT_FIXED, e->tag, tl);
+    msa_put_le32(b, msa_crc32c(0, b + 4, BENT_FIXED + tl - 4));
+    return BENT_FIXED + tl;
+}
+
+int msa_bent_decode(const MDB_val *v, msa_bent *e) {
+    const uint8_t *b = v->mv_data;
+    if (v->mv_size < BENT_FIXED || msa_crc32c(0, b + 4, v->mv_size - 4) != msa_get_le32(b))
+        return msa_error(MSA_ECORRUPT, "block entry checksum mismatch");
+    uint32_t tl = msa_get_le32(b + 24);
+    if (tl > MSA_STORE_TAG_MAX || BENT_FIXED + tl != v->mv_size)
+        return msa_error(MSA_ECORRUPT, "block entry malformed");
+    e->n_tokens = msa_get_le32(b + 4);
+    e->id = msa_get_le64(b + 8);
+    e->stored_len = msa_get_le32(b + 16);
+    e->raw_len = msa_get_le32(b + 20);
+    memcpy(e->tag, b + BENT_FIXED, tl);
+    e->tag[tl] = 0;
+    return MSA_OK;
+}
+
+int msa_get_srec(MDB_txn *t, msa_store *st, const char *name, msa_srec *r) {
+    MDB_val k = {strlen(name), (void *)name}, v;
+    int rc = mdb_get(t, st->sessions, &k, &v);
+    if (rc == MDB_NOTFOUND) return msa_error(MSA_ENOTFOUND, "no session '%s'", name);
+    if (rc) return msa_mdb_status(rc, "session '%s'", name);
+    rc = msa_srec_decode(&v, r);
+    return rc ? msa_error_context(rc, "session '%s'", name) : MSA_OK;
+}
+
+int msa_put_srec(MDB_txn *t, msa_store *st, const char *name, const msa_srec *r) {
+    uint8_t buf[512];
+    MDB_val k = {strlen(name), (void *)name}, v = {msa_srec_encode(r, buf), buf};
+    int rc = msa_put(t, st->sessions, &k, &v, 0);
+    return rc ? msa_mdb_status(rc, "session '%s': writing its record", name) : MSA_OK;
+}
+
+int msa_meta_next(MDB_txn *t, msa_store *st, const char *key, uint64_t *out, uint64_t n) {
+    MDB_val k = {strlen(key), (void *)key}, v;
+    uint64_t cur = 1;
+    int rc = mdb_get(t, st->meta, &k, &v);
+    if (rc == 0 && v.mv_size == 8) cur = msa_get_le64(v.mv_data);
+    else if (rc && rc != MDB_NOTFOUND) return msa_mdb_status(rc, "store meta '%s'", key);
+    *out = cur;
+    uint8_t b[8];
+    msa_put_le64(b, cur + n);
+    v.mv_size = 8;
+    v.mv_data = b;
+    rc = msa_put(t, st->meta, &k, &v, 0);
+    return rc ? msa_mdb_status(rc, "store meta '%s'", key) : MSA_OK;
+}
+
+int msa_block_addref(MDB_txn *t, msa_store *st, uint64_t id) {
+    uint8_t kb[8], vb[4];
+    msa_put_be64(kb, id);
+    MDB_val k = {8, kb}, v;
+    uint32_t n = 1;
+    int rc = mdb_get(t, st->refs, &k, &v);
+    if (rc == 0 && v.mv_size == 4) n = msa_get_le32(v.mv_data);
+    else if (rc && rc != MDB_NOTFOUND) return msa_mdb_status(rc, "block %llu references", (unsigned long long)id);
+    msa_put_le32(vb, n + 1);
+    v.mv_size = 4;
+    v.mv_data = vb;
+    rc = msa_put(t, st->refs, &k, &v, 0);
+    return rc ? msa_mdb_status(rc, "block %llu references", (unsigned long long)id) : MSA_OK;
+}
+
+int msa_block_release(MDB_txn *t, msa_store *st, uint64_t id) {
+    uint8_t kb[8], vb[4];
+    msa_put_be64(kb, id);
+    MDB_val k = {8, kb}, v;
+    int rc = mdb_get(t, st->refs, &k, &v);
+    if (rc == 0 && v.mv_size == 4 && msa_get_le32(v.mv_data) > 2) {
+        msa_put_le32(vb, msa_get_le32(v.mv_data) - 1);
+        v.mv_size = 4;
+        v.mv_data = vb;
+        rc = msa_put(t, st->refs, &k, &v, 0);
+    } else if (rc == 0) {
+        rc = msa_del(t, st->refs, &k);
+    } else if (rc == MDB_NOTFOUND) {
+        rc = msa_del(t, st->blocks, &k);
+        if (rc == MDB_NOTFOUND) rc = 0; /* already gone: fsck reports such things */
+    }
+    return rc ? msa_mdb_status(rc, "releasing block %llu", (unsigned long long)id) : MSA_OK;
+}
+
+/* ---- transactions with map growth --------------------------------------------- */
+
+static int grow_map(msa_store *st, const char *what) {
+    size_t max = st->params.map_max;
+    if (max && st->map_size >= max)
+        return msa_error(MSA_ENOSPC, "%s: the store's map reached its limit of %zu bytes", what, max);
+    size_t next = st->map_size * 2;
+    if (next < st->map_size + (64u << 20)) next = st->map_size + (64u << 20);
+    if (max && next > max) next = max;
+    pthread_rwlock_wrlock(&st->grow);
+    int rc = mdb_env_set_mapsize(st->env, next);
+    pthread_rwlock_unlock(&st->grow);
+    if (rc) return msa_mdb_status(rc, "%s: growing the map to %zu bytes", what, next);
+    MDB_envinfo info;
+    mdb_env_info(st->env, &info);
+    st->map_size = info.me_mapsize;
+    return MSA_OK;
+}
+
+static int adopt_map_size(msa_store *st) {
+    pthread_rwlock_wrlock(&st->grow);
+    int rc = mdb_env_set_mapsize(st->env, 0);
+    MDB_envinfo info;
+    mdb_env_info(st->env, &info);
+    st->map_size = info.me_mapsize;
+    pthread_rwlock_unlock(&st->grow);
+    return rc;
+}
+
+int msa_with_write(msa_store *st, int (*fn)(MDB_txn *t, void *ctx), void *ctx, const char *what) {
+    if (st->params.readonly) return msa_error(MSA_EINVAL, "%s: the store is open read-only", what);
+    for (int attempt = 0; attempt < 64; attempt++) {
+        MDB_txn *t;
+        pthread_rwlock_rdlock(&st->grow);
+        int rc = mdb_txn_begin(st->env, NULL, 0, &t);
+        pthread_rwlock_unlock(&st->grow);
+        if (rc == MDB_MAP_RESIZED) {
+            adopt_map_size(st);
+            continue;
+        }
+        if (rc) return msa_mdb_status(rc, "%s: starting a write transaction", what);
+        msa_error_clear();
+        int st_rc = fn(t, ctx);
+        if (st_rc == MSA_OK) {
+            int f = msa_fault_point();
+            rc = f ? f : mdb_txn_commit(t);
+            if (f) mdb_txn_abort(t);
+            if (rc == 0) return MSA_OK;
+            if (rc == MDB_MAP_FULL) { /* the commit itself ran out of map */
+                if ((st_rc = grow_map(st, what))) return st_rc;
+                continue;
+            }
+            return msa_mdb_status(rc, "%s: commit", what);
+        }
+        mdb_txn_abort(t);
+        /* fn ran out of map: LMDB reports MDB_MAP_FULL, which maps to
+         * MSA_ENOSPC; grow unless the message came from a real disk */
+        if (st_rc == MSA_ENOSPC && strstr(msa_last_error(), mdb_strerror(MDB_MAP_FULL))) {
+            if ((st_rc = grow_map(st, what))) return st_rc;
+            continue;
+        }
+        return st_rc;
+    }
+    return msa_error(MSA_EBUSY, "%s: gave up after repeated map resizes", what);
+}
+
+int msa_read_begin(msa_store *st, MDB_txn **t) {
+    for (int attempt = 0; attempt < 8; attempt++) {
+        int rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, t);
+        if (rc == 0) return MSA_OK;
+        if (rc == MDB_MAP_RESIZED) {
+            pthread_rwlock_unlock(&st->grow);
+            adopt_map_size(st);
+            pthread_rwlock_rdlock(&st->grow);
+            continue;
+        }
+        if (rc == MDB_READERS_FULL) {
+            int dead = 0;
+            mdb_reader_check(st->env, &dead);
+            if (dead) continue;
+        }
+        return msa_mdb_status(rc, "starting a read transaction");
+    }
+    return msa_error(MSA_EBUSY, "starting a read transaction: repeated map resizes");
+}
+
+void msa_read_end(msa_store *st, MDB_txn *t) {
+    (void)st;
+    if (t) mdb_txn_abort(t);
+}
+
+/* ---- open / close -------------------------------------------------------------- */
+
+msa_store_params msa_store_default_params(void) {
+    msa_store_params p;
+    memset(&p, 0, sizeof p);
+    p.durable = 1;
+    p.create = 1;
+    p.map_size = (size_t)1 << 30;
+    p.level = 1;
+    p.lossy = MSA_STORE_LOSSLESS;
+    p.max_readers = 126;
+    return p;
+}
+
+int msa_store_default_dir(char *buf, size_t n) {
+    const char *x = getenv("XDG_DATA_HOME"), *h = getenv("HOME");
+    int len;
+    if (x && *x) len = snprintf(buf, n, "%s/msa-mem", x);
+    else if (h && *h) len = snprintf(buf, n, "%s/.local/share/msa-mem", h);
+    else return msa_error(MSA_ENOTFOUND, "no store directory: set XDG_DATA_HOME or HOME, or pass one");
+    if (len < 0 || (size_t)len >= n) return msa_error(MSA_ERANGE, "store directory path too long");
+    return MSA_OK;
+}
+
+static int mkdir_p(const char *path) {
+    char tmp[4096];
+    if (strlen(path) >= sizeof tmp) return msa_error(MSA_EINVAL, "path too long: %s", path);
+    strcpy(tmp, path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0755) && errno != EEXIST) return msa_error(MSA_EIO, "mkdir %s: %s", tmp, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) && errno != EEXIST) return msa_error(MSA_EIO, "mkdir %s: %s", tmp, strerror(errno));
+    return MSA_OK;
+}
+
+#define LOCK_NAME "msa-mem.lock"
+
+/* A directory we may create a store in: empty, or only our lock files. */
+static int dir_is_free(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int ok = 1;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, LOCK_NAME) ||
+            !strcmp(e->d_name, "lock.mdb"))
+            continue;
+        ok = 0;
+        break;
+    }
+    closedir(d);
+    return ok;
+}
+
+static int open_dbis(msa_store *st, MDB_txn *t, unsigned flags) {
+    struct { const char *name; MDB_dbi *dbi; } dbs[] = {
+        {"meta", &st->meta}, {"sessions", &st->sessions}, {"tokens", &st->tokens},
+        {"blockmap", &st->blockmap}, {"blocks", &st->blocks}, {"refs", &st->refs}};
+    for (int i = 0; i < 6; i++) {
+        int rc = mdb_dbi_open(t, dbs[i].name, flags, dbs[i].dbi);
+        if (rc == MDB_NOTFOUND) return msa_error(MSA_EFORMAT, "%s: not an msa-mem store (no '%s' table)", st->dir, dbs[i].name);
+        if (rc) return msa_mdb_status(rc, "%s: opening table '%s'", st->dir, dbs[i].name);
+    }
+    return MSA_OK;
+}
+
+static int check_format(msa_store *st, MDB_txn *t) {
+    MDB_val k = {6, "format"}, v;
+    int rc = mdb_get(t, st->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) return msa_error(MSA_EFORMAT, "%s: not an msa-mem store (no format record)", st->dir);
+    if (rc) return msa_mdb_status(rc, "%s: reading the format record", st->dir);
+    const uint8_t *b = v.mv_data;
+    if (v.mv_size != 16 || memcmp(b, MSA_STORE_MAGIC, 8) || msa_crc32c(0, b, 12) != msa_get_le32(b + 12))
+        return msa_error(MSA_EFORMAT, "%s: not an msa-mem store (bad format record)", st->dir);
+    uint32_t ver = msa_get_le32(b + 8);
+    if (ver > MSA_STORE_FORMAT_VERSION || ver == 0)
+        return msa_error(MSA_EVERSION, "%s: store format version %u, this build (%s) reads version %d "
+                         "and older: open it with a newer msa-mem",
+                         st->dir, ver, msa_version(), MSA_STORE_FORMAT_VERSION);
+    return MSA_OK;
+}
+
+static int init_store(msa_store *st) {
+    MDB_txn *t;
+    int rc = mdb_txn_begin(st->env, NULL, st->params.readonly ? MDB_RDONLY : 0, &t);
+    if (rc) return msa_mdb_status(rc, "%s: starting a transaction", st->dir);
+    /* A store's main table holds exactly our six tables; an empty one is a
+     * store being created. Anything else is someone else's LMDB. */
+    MDB_stat ms;
+    mdb_stat(t, 0, &ms);
+    if (ms.ms_entries == 0) {
+        if (st->params.readonly) {
+            mdb_txn_abort(t);
+            return msa_error(MSA_EFORMAT, "%s: empty environment, not an msa-mem store", st->dir);
+        }
+        if ((rc = open_dbis(st, t, MDB_CREATE))) goto fail;
+        uint8_t b[16];
+        memcpy(b, MSA_STORE_MAGIC, 8);
+        msa_put_le32(b + 8, MSA_STORE_FORMAT_VERSION);
+        msa_put_le32(b + 12, msa_crc32c(0, b, 12));
+        MDB_val k = {6, "format"}, v = {16, b};
+        if ((rc = mdb_put(t, st->meta, &k, &v, 0))) {
+            rc = msa_mdb_status(rc, "%s: writing the format record", st->dir);
+            goto fail;
+        }
+        if ((rc = mdb_txn_commit(t))) return msa_mdb_status(rc, "%s: creating the store", st->dir);
+        return MSA_OK;
+    }
+    if ((rc = open_dbis(st, t, 0))) goto fail;
+    if ((rc = check_format(st, t))) goto fail;
+    if ((rc = mdb_txn_commit(t))) return msa_mdb_status(rc, "%s: opening tables", st->dir);
+    return MSA_OK;
+fail:
+    mdb_txn_abort(t);
+    return rc;
+}
+
+int msa_store_env_open(msa_store *st) {
+    int rc = mdb_env_create(&st->env);
+    if (rc) return msa_mdb_status(rc, "%s: creating the environment", st->dir);
+    mdb_env_set_maxdbs(st->env, 8);
+    mdb_env_set_maxreaders(st->env, (unsigned)st->params.max_readers);
+    mdb_env_set_mapsize(st->env, st->params.map_size);
+    unsigned flags = MDB_NOTLS | (st->params.durable ? 0 : MDB_NOSYNC) |
+                     (st->params.readonly ? MDB_RDONLY : 0);
+    rc = mdb_env_open(st->env, st->dir, flags, 0644);
+    if (rc) {
+        mdb_env_close(st->env);
+        st->env = NULL;
+        return msa_mdb_status(rc, "%s: opening the LMDB environment", st->dir);
+    }
+    int dead = 0;
+    mdb_reader_check(st->env, &dead);
+    MDB_envinfo info;
+    mdb_env_info(st->env, &info);
+    st->map_size = info.me_mapsize;
+    if ((rc = init_store(st))) {
+        mdb_env_close(st->env);
+        st->env = NULL;
+    }
+    return rc;
+}
+
+int msa_store_open(const msa_store_params *params, msa_store **out) {
+    *out = NULL;
+    msa_store_params p = params ? *params : msa_store_default_params();
+    if (p.map_size < (1u << 20)) p.map_size = 1u << 20;
+    if (p.map_max && p.map_size > p.map_max) p.map_size = p.map_max;
+    if (p.max_readers < 1) p.max_readers = 126;
+    if (p.level < -7 || p.level > 22) return msa_error(MSA_EINVAL, "zstd level %d out of range", p.level);
+    char dbuf[4096];
+    if (!p.dir || !*p.dir) {
+        int rc = msa_store_default_dir(dbuf, sizeof dbuf);
+        if (rc) return rc;
+        p.dir = dbuf;
+    }
+    struct stat sb;
+    char path[4200];
+    if (stat(p.dir, &sb)) {
+        if (!p.create || p.readonly) return msa_error(MSA_ENOTFOUND, "no store at %s", p.dir);
+        int rc = mkdir_p(p.dir);
+        if (rc) return rc;
+    } else if (!S_ISDIR(sb.st_mode)) {
+        return msa_error(MSA_EFORMAT, "%s is not a directory", p.dir);
+    }
+    snprintf(path, sizeof path, "%s/data.mdb", p.dir);
+    if (access(path, F_OK)) {
+        if (!p.create || p.readonly) return msa_error(MSA_ENOTFOUND, "no store at %s", p.dir);
+        if (!dir_is_free(p.dir))
+            return msa_error(MSA_EFORMAT, "%s holds other files and no msa-mem store; "
+                             "refusing to create one there (use an empty or new directory)", p.dir);
+    }
+    msa_store *st = calloc(1, sizeof *st);
+    if (!st || !(st->dir = strdup(p.dir))) {
+        free(st);
+        return msa_error(MSA_ENOMEM, "opening store %s", p.dir);
+    }
+    p.dir = st->dir;
+    st->params = p;
+    pthread_rwlock_init(&st->grow, NULL);
+    snprintf(path, sizeof path, "%s/" LOCK_NAME, st->dir);
+    st->lock_fd = open(path, (p.readonly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0644);
+    if (st->lock_fd >= 0) flock(st->lock_fd, LOCK_SH);
+    int rc = msa_store_env_open(st);
+    if (rc) {
+        msa_store_close(st);
+        return rc;
+    }
+    *out = st;
+    return MSA_OK;
+}
+
+void msa_store_close(msa_store *st) {
+    if (!st) return;
+    if (st->env) mdb_env_close(st->env);
+    if (st->lock_fd >= 0) close(st->lock_fd);
+    pthread_rwlock_destroy(&st->grow);
+    free(st->dir);
+    free(st);
+}
+
+const char *msa_store_dir(const msa_store *st) { return st ? st->dir : NULL; }
+
+int msa_store_sync(msa_store *st) {
+    int rc = mdb_env_sync(st->env, 1);
+    return rc ? msa_mdb_status(rc, "%s: sync", st->dir) : MSA_OK;
+}
+
+/* ---- sessions -------------------------------------------------------------------- */
+
+static int name_check(const char *name) {
+    if (!name || !*name || strlen(name) > MSA_STORE_NAME_MAX)
+        return msa_error(MSA_EINVAL, "session names are 1 to %d bytes", MSA_STORE_NAME_MAX);
+    for (const char *c = name; *c; c++)
+        if ((unsigned char)*c < 0x20) return msa_error(MSA_EINVAL, "session name with a control character");
+    return MSA_OK;
+}
+
+static int fp_check(const char *fp) {
+    if (!fp || !*fp || strlen(fp) > MSA_STORE_FINGERPRINT_MAX)
+        return msa_error(MSA_EINVAL, "model fingerprints are 1 to %d bytes", MSA_STORE_FINGERPRINT_MAX);
+    for (const char *c = fp; *c; c++)
+        if ((unsigned char)*c < 0x21 || (unsigned char)*c > 0x7e)
+            return msa_error(MSA_EINVAL, "model fingerprint with a non-printable byte");
+    return MSA_OK;
+}
+
+typedef struct create_ctx {
+    msa_store *st;
+    const char *name;
+    msa_srec rec;
+} create_ctx;
+
+static int create_fn(MDB_txn *t, void *vp) {
+    create_ctx *c = vp;
+    MDB_val k = {strlen(c->name), (void *)c->name}, v;
+    int rc = mdb_get(t, c->st->sessions, &k, &v);
+    if (rc == 0) return msa_error(MSA_EEXIST, "session '%s' already exists", c->name);
+    if (rc != MDB_NOTFOUND) return msa_mdb_status(rc, "session '%s'", c->name);
+    if ((rc = msa_meta_next(t, c->st, "next_session", &c->rec.sid, 1))) return rc;
+    return msa_put_srec(t, c->st, c->name, &c->rec);
+}
+
+int msa_store_session_create(msa_store *st, const char *name, const char *fingerprint,
+                             const msa_store_shape *shape) {
+    int rc;
+    if ((rc = name_check(name)) || (rc = fp_check(fingerprint)) || (rc = msa_shape_check(shape)))
+        return rc;
+    create_ctx c = {st, name, {0}};
+    c.rec.shape = *shape;
+    strcpy(c.rec.fingerprint, fingerprint);
+    c.rec.created = c.rec.last_use = msa_unix_now();
+    return msa_with_write(st, create_fn, &c, name);
+}
+
+static void info_of(const char *name, size_t name_len, const msa_srec *r, msa_store_session_info *o) {
+    memset(o, 0, sizeof *o);
+    memcpy(o->name, name, name_len);
+    strcpy(o->fingerprint, r->fingerprint);
+    strcpy(o->parent, r->parent);
+    o->shape = r->shape;
+    o->n_tokens = r->n_tokens;
+    o->n_blocks = msa_blocks_for(r->n_tokens, r->shape.block_size);
+    o->raw_bytes = r->raw_bytes;
+    o->stored_bytes = r->stored_bytes + 4 * r->n_tokens;
+    o->ratio = r->stored_bytes ? (double)r->raw_bytes / (double)r->stored_bytes : 0;
+    o->created = r->created;
+    o->last_use = r->last_use;
+}
+
+int msa_store_list(msa_store *st, msa_store_session_info **out, size_t *n) {
+    *out = NULL;
+    *n = 0;
+    MDB_txn *t = NULL;
+    MDB_cursor *c = NULL;
+    pthread_rwlock_rdlock(&st->grow);
+    int rc = msa_read_begin(st, &t);
+    if (rc) goto done;
+    if ((rc = mdb_cursor_open(t, st->sessions, &c))) {
+        rc = msa_mdb_status(rc, "listing sessions");
+        goto done;
+    }
+    size_t cap = 0;
+    MDB_val k, v;
+    for (int op = MDB_FIRST; (rc = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
+        msa_srec r;
+        if ((rc = msa_srec_decode(&v, &r))) {
+            rc = msa_error_context(rc, "session '%.*s'", (int)k.mv_size, (char *)k.mv_data);
+            break;
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 16;
+            void *p = realloc(*out, cap * sizeof **out);
+            if (!p) { rc = msa_error(MSA_ENOMEM, "listing sessions"); break; }
+            *out = p;
+        }
+        info_of(k.mv_data, k.mv_size < MSA_STORE_NAME_MAX ? k.mv_size : MSA_STORE_NAME_MAX, &r, &(*out)[(*n)++]);
+    }
+    if (rc == MDB_NOTFOUND) rc = MSA_OK;
+    else if (rc > 0) rc = msa_mdb_status(rc, "listing sessions");
+done:
+    if (c) mdb_cursor_close(c);
+    msa_read_end(st, t);
+    pthread_rwlock_unlock(&st->grow);
+    if (rc) {
+        free(*out);
+        *out = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+void msa_store_list_free(msa_store_session_info *list) { free(list); }
+
+static int sess_read(msa_store_session *s, MDB_txn **t) {
+    pthread_rwlock_rdlock(&s->st->grow);
+    int rc = msa_read_begin(s->st, t);
+    if (rc) pthread_rwlock_unlock(&s->st->grow);
+    return rc;
+}
+
+static void sess_read_end(msa_store_session *s, MDB_txn *t) {
+    msa_read_end(s->st, t);
+    pthread_rwlock_unlock(&s->st->grow);
+}
+
+int msa_store_session_open(msa_store *st, const char *name, const char *fingerprint,
+                           msa_store_session **out) {
+    *out = NULL;
+    int rc = name_check(name);
+    if (rc) return rc;
+    msa_store_session *s = calloc(1, sizeof *s);
+    if (!s) return msa_error(MSA_ENOMEM, "session '%s'", name);
+    s->st = st;
+    strcpy(s->name, name);
+    MDB_txn *t;
+    if ((rc = sess_read(s, &t))) {
+        free(s);
+        return rc;
+    }
+    rc = msa_get_srec(t, st, name, &s->rec);
+    sess_read_end(s, t);
+    if (!rc && fingerprint && strcmp(fingerprint, s->rec.fingerprint))
+        rc = msa_error(MSA_EMODEL, "session '%s' was written by model %s, not by %s", name,
+                       s->rec.fingerprint, fingerprint);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    st->n_sessions_open++;
+    *out = s;
+    return MSA_OK;
+}
+
+void msa_store_session_close(msa_store_session *s) {
+    if (!s) return;
+    if (s->txn) msa_store_txn_abort(s->txn);
+    s->st->n_sessions_open--;
+    free(s);
+}
+
+static int refresh(msa_store_session *s, MDB_txn *t) {
+    msa_srec r;
+    int rc = msa_get_srec(t, s->st, s->name, &r);
+    if (rc) return rc;
+    if (r.sid != s->rec.sid) return msa_error(MSA_ENOTFOUND, "session '%s' was removed", s->name);
+    s->rec = r;
+    return MSA_OK;
+}
+
+int msa_store_session_stat(msa_store_session *s, msa_store_session_info *out) {
+    MDB_txn *t;
+    int rc = sess_read(s, &t);
+    if (rc) return rc;
+    rc = refresh(s, t);
+    sess_read_end(s, t);
+    if (!rc) info_of(s->name, strlen(s->name), &s->rec, out);
+    return rc;
+}
+
+int msa_store_read_tokens(msa_store_session *s, uint64_t start, uint64_t n, int32_t *out) {
+    MDB_txn *t;
+    int rc = sess_read(s, &t);
+    if (rc) return rc;
+    if ((rc = refresh(s, t))) goto done;
+    if (start > s->rec.n_tokens || n > s->rec.n_tokens - start) {
+        rc = msa_error(MSA_ERANGE, "session '%s': tokens %llu..%llu past its %llu tokens", s->name,
+                       (unsigned long long)start, (unsigned long long)(start + n),
+                       (unsigned long long)s->rec.n_tokens);
+        goto done;
+    }
+    uint64_t pos = start;
+    while (pos < start + n) {
+        uint32_t chunk = (uint32_t)(pos / MSA_TOK_CHUNK);
+        uint8_t kb[12];
+        msa_key_tokens(kb, s->rec.sid, chunk);
+        MDB_val k = {12, kb}, v;
+        if ((rc = mdb_get(t, s->st->tokens, &k, &v))) {
+            rc = rc == MDB_NOTFOUND ? msa_error(MSA_ECORRUPT, "session '%s': token chunk %u missing", s->name, chunk)
+                                    : msa_mdb_status(rc, "session '%s': token chunk %u", s->name, chunk);
+            goto done;
+        }
+        const uint8_t *b = v.mv_data;
+        uint32_t cnt = v.mv_size >= 8 ? msa_get_le32(b + 4) : 0;
+        if (v.mv_size < 8 || cnt > MSA_TOK_CHUNK || v.mv_size != 8 + 4 * (size_t)cnt ||
+            msa_crc32c(0, b + 4, v.mv_size - 4) != msa_get_le32(b)) {
+            rc = msa_error(MSA_ECORRUPT, "session '%s': token chunk %u checksum mismatch", s->name, chunk);
+            goto done;
+        }
+        uint64_t off = pos - (uint64_t)chunk * MSA_TOK_CHUNK, take = cnt > off ? cnt - off : 0;
+        if (take > start + n - pos) take = start + n - pos;
+        if (!take) {
+            rc = msa_error(MSA_ECORRUPT, "session '%s': token chunk %u is short", s->name, chunk);
+            goto done;
+        }
+        for (uint64_t i = 0; i < take; i++)
+            out[pos - start + i] = (int32_t)msa_get_le32(b + 8 + 4 * (off + i));
+        pos += take;
+    }
+done:
+    sess_read_end(s, t);
+    return rc;
+}
+
+static int read_one(msa_store_session *s, MDB_txn *t, int layer, uint64_t block, void *k,
+                    void *v, void *kidx, msa_store_block_info *info) {
+    if (layer < 0 || layer >= s->rec.shape.n_layers)
+        return msa_error(MSA_EINVAL, "session '%s': layer %d of %d", s->name, layer, s->rec.shape.n_layers);
+    uint8_t kb[20], kb2[8];
+    msa_key_block(kb, s->rec.sid, (uint32_t)layer, block);
+    MDB_val key = {20, kb}, val;
+    int rc = mdb_get(t, s->st->blockmap, &key, &val);
+    if (rc == MDB_NOTFOUND)
+        return msa_error(MSA_ENOTFOUND, "session '%s', layer %d, block %llu: no such block", s->name,
+                         layer, (unsigned long long)block);
+    if (rc) return msa_mdb_status(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
+    msa_bent e;
+    if ((rc = msa_bent_decode(&val, &e)))
+        return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
+    msa_put_be64(kb2, e.id);
+    MDB_val bk = {8, kb2};
+    rc = mdb_get(t, s->st->blocks, &bk, &val);
+    if (rc == MDB_NOTFOUND)
+        return msa_error(MSA_ECORRUPT, "session '%s', layer %d, block %llu: stored block %llu missing",
+                         s->name, layer, (unsigned long long)block, (unsigned long long)e.id);
+    if (rc) return msa_mdb_status(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
+    msa_codec_shape cs = msa_codec_shape_of(&s->rec.shape);
+    int n = 0;
+    rc = msa_block_decode(&cs, val.mv_data, val.mv_size, k, v, kidx, &n, 0);
+    if (!rc && (uint32_t)n != e.n_tokens) rc = msa_error(MSA_ECORRUPT, "fill %d, entry says %u", n, e.n_tokens);
+    if (rc)
+        return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
+    if (info) {
+        info->n_tokens = n;
+        strcpy(info->tag, e.tag);
+        info->stored_bytes = (uint32_t)val.mv_size;
+        info->lossy = ((const uint8_t *)val.mv_data)[10];
+    }
+    return MSA_OK;
+}
+
+int msa_store_read_block(msa_store_session *s, int layer, uint64_t block, void *k, void *v,
+                         void *kidx, msa_store_block_info *info) {
+    MDB_txn *t;
+    int rc = sess_read(s, &t);
+    if (rc) return rc;
+    rc = read_one(s, t, layer, block, k, v, kidx, info);
+    sess_read_end(s, t);
+    return rc;
+}
+
+int msa_store_read_index(msa_store_session *s, int layer, uint64_t first, uint64_t n, void *out) {
+    MDB_txn *t;
+    int rc = sess_read(s, &t);
+    if (rc) return rc;
+    if ((rc = refresh(s, t))) goto done;
+    uint64_t nb = msa_blocks_for(s->rec.n_tokens, s->rec.shape.block_size);
+    if (first > nb || n > nb - first) {
+        rc = msa_error(MSA_ERANGE, "session '%s': blocks %llu..%llu past its %llu blocks", s->name,
+                       (unsigned long long)first, (unsigned long long)(first + n), (unsigned long long)nb);
+        goto done;
+    }
+    const msa_store_shape *sh = &s->rec.shape;
+    size_t per = (size_t)sh->idx_key_heads * sh->block_size * sh->idx_dim * msa_dtype_size(sh->idx_dtype);
+    for (uint64_t b = 0; b < n && !rc; b++)
+        rc = read_one(s, t, layer, first + b, NULL, NULL, (uint8_t *)out + b * per, NULL);
+done:
+    sess_read_end(s, t);
+    return rc;
+}
+
+/* ---- append transactions ---------------------------------------------------------- */
+
+typedef struct pending {
+    int layer, n_tokens;
+    uint64_t block;
+    uint32_t raw;
+    void *val;
+    size_t len;
+    char *tag;
+} pending;
+
+struct msa_store_txn {
+    msa_store_session *s;
+    msa_srec base;          /* the session as of begin */
+    msa_srec after;         /* as it is once the commit succeeds */
+    int32_t *toks;
+    size_t ntok, tok_cap;
+    pending *p;
+    size_t np, p_cap;
+    uint64_t *covered;      /* [n_layers] tokens each layer's blocks cover */
+    int64_t *last;          /* [n_layers] index in p of the layer's last put, -1 */
+    msa_codec_err err;
+    msa_store_txn_stats stats;
+};
+
+int msa_store_txn_begin(msa_store_session *s, msa_store_txn **out) {
+    *out = NULL;
+    if (s->txn) return msa_error(MSA_EBUSY, "session '%s' already has a transaction open", s->name);
+    MDB_txn *t;
+    int rc = sess_read(s, &t);
+    if (rc) return rc;
+    rc = refresh(s, t);
+    sess_read_end(s, t);
+    if (rc) return rc;
+    int L = s->rec.shape.n_layers;
+    msa_store_txn *x = calloc(1, sizeof *x);
+    if (x) {
+        x->covered = malloc(L * sizeof *x->covered);
+        x->last = malloc(L * sizeof *x->last);
+    }
+    if (!x || !x->covered || !x->last) {
+        if (x) { free(x->covered); free(x->last); free(x); }
+        return msa_error(MSA_ENOMEM, "session '%s': beginning a transaction", s->name);
+    }
+    x->s = s;
+    x->base = s->rec;
+    for (int l = 0; l < L; l++) {
+        x->covered[l] = s->rec.n_tokens;
+        x->last[l] = -1;
+    }
+    s->txn = x;
+    *out = x;
+    return MSA_OK;
+}
+
+void msa_store_txn_abort(msa_store_txn *x) {
+    if (!x) return;
+    for (size_t i = 0; i < x->np; i++) {
+        free(x->p[i].val);
+        free(x->p[i].tag);
+    }
+    free(x->p);
+    free(x->toks);
+    free(x->covered);
+    free(x->last);
+    if (x->s) x->s->txn = NULL;
+    free(x);
+}
+
+int msa_store_txn_put_tokens(msa_store_txn *x, const int32_t *tokens, size_t n) {
+    if (!n) return MSA_OK;
+    if (!tokens) return msa_error(MSA_EINVAL, "session '%s': NULL tokens", x->s->name);
+    if (x->ntok + n > x->tok_cap) {
+        size_t cap = x->tok_cap ? x->tok_cap : 1024;
+        while (cap < x->ntok + n) cap *= 2;
+        void *p = msa_fault_point() == ENOMEM ? NULL : realloc(x->toks, cap * sizeof *x->toks);
+        if (!p) return msa_error(MSA_ENOMEM, "session '%s': %zu tokens", x->s->name, cap);
+        x->toks = p;
+        x->tok_cap = cap;
+    }
+    memcpy(x->toks + x->ntok, tokens, n * sizeof *tokens);
+    x->ntok += n;
+    x->stats.tokens += n;
+    return MSA_OK;
+}
+
+int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_tokens,
+                            const void *k, const void *v, const void *kidx, const char *tag) {
+    msa_store_session *s = x->s;
+    const msa_store_shape *sh = &x->base.shape;
+    int bs = sh->block_size;
+    if (layer < 0 || layer >= sh->n_layers)
+        return msa_error(MSA_EINVAL, "session '%s': layer %d of %d", s->name, layer, sh->n_layers);
+    if (!k || !v || !kidx)
+        return msa_error(MSA_EINVAL, "session '%s', layer %d, block %llu: K, V and index keys go together",
+                         s->name, layer, (unsigned long long)block);
+    if (n_tokens < 1 || n_tokens > bs)
+        return msa_error(MSA_EINVAL, "session '%s', layer %d, block %llu: %d tokens in a block of %d",
+                         s->name, layer, (unsigned long long)block, n_tokens, bs);
+    if (!tag) tag = "";
+    if (strlen(tag) > MSA_STORE_TAG_MAX)
+        return msa_error(MSA_EINVAL, "session '%s': source tag longer than %d bytes", s->name, MSA_STORE_TAG_MAX);
+    uint64_t cov = x->covered[layer], cur = cov / bs;
+    uint64_t fill = cov - cur * bs; /* tokens already in block `cur` */
+    if (block != cur)
+        return msa_error(MSA_EINVAL, "session '%s', layer %d: block %llu out of order (the layer's next "
+                         "block is %llu)", s->name, layer, (unsigned long long)block, (unsigned long long)cur);
+    if ((uint64_t)n_tokens < fill)
+        return msa_error(MSA_EINVAL, "session '%s', layer %d, block %llu: %d tokens, fewer than the %llu stored",
+                         s->name, layer, (unsigned long long)block, n_tokens, (unsigned long long)fill);
+    msa_codec_shape cs = msa_codec_shape_of(sh);
+    void *val;
+    size_t len;
+    int rc = msa_block_encode(&cs, n_tokens, k, v, kidx, s->st->params.level, s->st->params.lossy,
+                              &val, &len, &x->err);
+    if (rc) return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
+    char *tg = strdup(tag);
+    pending *slot = NULL;
+    if (x->last[layer] >= 0 && x->p[x->last[layer]].block == block) {
+        slot = &x->p[x->last[layer]]; /* a rewrite within this transaction */
+        x->stats.raw_bytes -= slot->raw;
+        x->stats.stored_bytes -= slot->len;
+        x->stats.blocks--;
+        free(slot->val);
+        free(slot->tag);
+    } else if (tg) {
+        if (x->np == x->p_cap) {
+            size_t cap = x->p_cap ? x->p_cap * 2 : 64;
+            void *p = msa_fault_point() == ENOMEM ? NULL : realloc(x->p, cap * sizeof *x->p);
+            if (p) {
+                x->p = p;
+                x->p_cap = cap;
+            }
+        }
+        if (x->np < x->p_cap) {
+            x->last[layer] = (int64_t)x->np;
+            slot = &x->p[x->np++];
+        }
+    }
+    if (!slot || !tg) {
+        free(val);
+        free(tg);
+        if (slot) { /* the rewritten slot lost its value: drop it */
+            *slot = x->p[--x->np];
+            x->last[layer] = -1;
+            for (int l = 0; l < sh->n_layers; l++)
+                if (x->last[l] == (int64_t)x->np) x->last[l] = slot - x->p;
+        }
+        return msa_error(MSA_ENOMEM, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
+    }
+    uint32_t raw = (uint32_t)msa_get_le32((uint8_t *)val + 20);
+    *slot = (pending){layer, n_tokens, block, raw, val, len, tg};
+    x->covered[layer] = block * bs + (uint64_t)n_tokens;
+    x->stats.raw_bytes += raw;
+    x->stats.stored_bytes += len;
+    x->stats.blocks++;
+    return MSA_OK;
+}
+
+void msa_store_txn_stats_get(const msa_store_txn *x, msa_store_txn_stats *out) {
+    *out = x->stats;
+    out->lossy_max_abs_err = x->err.max_abs;
+    out->lossy_rel_rms_err = x->err.sum_sq > 0 ? sqrt(x->err.sum_sq_err / x->err.sum_sq) : 0;
+}
+
+static int append_tokens(MDB_txn *t, msa_store *st, const char *name, uint64_t sid, uint64_t have,
+                         const int32_t *tok, size_t n) {
+    uint8_t *buf = malloc(8 + 4 * MSA_TOK_CHUNK);
+    if (!buf || msa_fault_point() == ENOMEM) {
+        free(buf);
+        return msa_error(MSA_ENOMEM, "session '%s': token chunk", name);
+    }
+    int rc = MSA_OK;
+    size_t done = 0;
+    while (done < n) {
+        uint64_t pos = have + done;
+        uint32_t chunk = (uint32_t)(pos / MSA_TOK_CHUNK), off = (uint32_t)(pos % MSA_TOK_CHUNK);
+        uint8_t kb[12];
+        msa_key_tokens(kb, sid, chunk);
+        MDB_val k = {12, kb}, v;
+        if (off) {
+            int r = mdb_get(t, st->tokens, &k, &v);
+            if (r || v.mv_size != 8 + 4 * (size_t)off) {
+                rc = r ? msa_mdb_status(r, "session '%s': token chunk %u", name, chunk)
+                       : msa_error(MSA_ECORRUPT, "session '%s': token chunk %u has the wrong size", name, chunk);
+                break;
+            }
+            memcpy(buf + 8, (uint8_t *)v.mv_data + 8, 4 * (size_t)off);
+        }
+        uint32_t take = MSA_TOK_CHUNK - off;
+        if (take > n - done) take = (uint32_t)(n - done);
+        for (uint32_t i = 0; i < take; i++) msa_put_le32(buf + 8 + 4 * (off + i), (uint32_t)tok[done + i]);
+        msa_put_le32(buf + 4, off + take);
+        msa_put_le32(buf, msa_crc32c(0, buf + 4, 4 + 4 * (size_t)(off + take)));
+        v.mv_size = 8 + 4 * (size_t)(off + take);
+        v.mv_data = buf;
+        int r = msa_put(t, st->tokens, &k, &v, 0);
+        if (r) {
+            rc = msa_mdb_status(r, "session '%s': writing token chunk %u", name, chunk);
+            break;
+        }
+        done += take;
+    }
+    free(buf);
+    return rc;
+}
+
+static int commit_fn(MDB_txn *t, void *vp) {
+    msa_store_txn *x = vp;
+    msa_store_session *s = x->s;
+    msa_store *st = s->st;
+    msa_srec r;
+    int rc = msa_get_srec(t, st, s->name, &r);
+    if (rc) return rc;
+    if (r.sid != x->base.sid) return msa_error(MSA_ENOTFOUND, "session '%s' was removed", s->name);
+    if (r.gen != x->base.gen)
+        return msa_error(MSA_EBUSY, "session '%s' was appended to by another writer since this "
+                         "transaction began", s->name);
+    if ((rc = append_tokens(t, st, s->name, r.sid, r.n_tokens, x->toks, x->ntok))) return rc;
+    uint64_t first_id;
+    if ((rc = msa_meta_next(t, st, "next_block", &first_id, x->np))) return rc;
+    for (size_t i = 0; i < x->np; i++) {
+        pending *p = &x->p[i];
+        uint8_t kb[20], ib[8], eb[BENT_FIXED + MSA_STORE_TAG_MAX];
+        msa_key_block(kb, r.sid, (uint32_t)p->layer, p->block);
+        MDB_val k = {20, kb}, v;
+        int g = mdb_get(t, st->blockmap, &k, &v);
+        if (g == 0) {
+            msa_bent old;
+            if ((rc = msa_bent_decode(&v, &old)))
+                return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, p->layer,
+                                         (unsigned long long)p->block);
+            if ((rc = msa_block_release(t, st, old.id))) return rc;
+            r.stored_bytes -= old.stored_len;
+            r.raw_bytes -= old.raw_len;
+        } else if (g != MDB_NOTFOUND) {
+            return msa_mdb_status(g, "session '%s', layer %d, block %llu", s->name, p->layer,
+                                  (unsigned long long)p->block);
+        }
+        msa_bent e = {(uint32_t)p->n_tokens, (uint32_t)p->len, p->raw, first_id + i, {0}};
+        strcpy(e.tag, p->tag);
+        msa_put_be64(ib, e.id);
+        MDB_val bk = {8, ib}, bv = {p->len, p->val};
+        if ((g = msa_put(t, st->blocks, &bk, &bv, MDB_APPEND)))
+            return msa_mdb_status(g, "session '%s', layer %d, block %llu: writing", s->name, p->layer,
+                                  (unsigned long long)p->block);
+        v.mv_size = msa_bent_encode(&e, eb);
+        v.mv_data = eb;
+        if ((g = msa_put(t, st->blockmap, &k, &v, 0)))
+            return msa_mdb_status(g, "session '%s', layer %d, block %llu: writing its entry", s->name,
+                                  p->layer, (unsigned long long)p->block);
+        r.stored_bytes += p->len;
+        r.raw_bytes += p->raw;
+    }
+    r.n_tokens += x->ntok;
+    r.gen++;
+    r.last_use = msa_unix_now();
+    if ((rc = msa_put_srec(t, st, s->name, &r))) return rc;
+    x->after = r; /* what the session is if this commits */
+    return MSA_OK;
+}
+
+int msa_store_txn_commit(msa_store_txn *x) {
+    msa_store_session *s = x->s;
+    uint64_t want = x->base.n_tokens + x->ntok;
+    for (int l = 0; l < x->base.shape.n_layers; l++)
+        if (x->covered[l] != want) {
+            int rc = msa_error(MSA_EINVAL, "session '%s', layer %d: blocks cover %llu tokens, the session "
+                               "would hold %llu; nothing committed", s->name, l,
+                               (unsigned long long)x->covered[l], (unsigned long long)want);
+            msa_store_txn_abort(x);
+            return rc;
+        }
+    int rc = msa_with_write(s->st, commit_fn, x, s->name);
+    if (rc == MSA_OK) s->rec = x->after;
+    msa_store_txn_abort(x);
+    return rc;
+}
