@@ -1,0 +1,386 @@
+/*
+ * bench-pager.c: what the block pager (memory/) costs.
+ *
+ *   copy     (CUDA) host-to-device throughput: one large pinned copy (the
+ *            peak of this machine, measured in the same run), one
+ *            cudaMemcpyAsync per scattered block, and the pager itself
+ *            paging a step of scattered blocks (GPU misses, host hits)
+ *            through kv_view. Bytes are counted as K+V of the blocks moved.
+ *   decode   a decode-like access pattern: every step appends one token per
+ *            layer, and each of the Hkv groups selects k blocks per layer
+ *            (the local block plus k-1 others), mostly the ones of the last
+ *            step with `changes` of them replaced. Pool sizes 100%, 25% and
+ *            5% of the session's blocks; hit rates and pager time per step
+ *            (index_view + kv_view of every layer, copies finished). No
+ *            attention runs: this times the pager alone.
+ *
+ * Usage: bench-pager [--cpu] [--json] [--layers L] [--blocks B] [--steps N]
+ *                    [--hkv H] [--dim D] [--changes C] [--seed S]
+ * The tables go to stdout; --json adds one JSON document after them.
+ * Without CUDA (or with --cpu) only the decode part runs, with the host
+ * cache as the pool and fp32 blocks.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/msa.h"
+#include "kernels/base.h"
+#include "memory/pager.h"
+
+#ifdef MSA_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+static uint64_t rng = 88172645463325252ULL;
+static uint64_t rnd(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+#ifdef MSA_HAVE_CUDA
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+static double median(double *x, int n) {
+    qsort(x, n, sizeof *x, cmp_double);
+    return x[n / 2];
+}
+#endif
+
+#define DIE(...)                                                                  \
+    do {                                                                          \
+        fprintf(stderr, __VA_ARGS__);                                             \
+        fprintf(stderr, "\n");                                                    \
+        exit(1);                                                                  \
+    } while (0)
+#define OK(x)                                                                     \
+    do {                                                                          \
+        int rc_ = (x);                                                            \
+        if (rc_) DIE("%s: %s: %s", #x, msa_strerror(rc_), msa_last_error());       \
+    } while (0)
+
+typedef struct opts {
+    int cpu, json, layers, blocks, steps, hkv, dim, changes;
+} opts;
+
+/* A source of `blocks` full blocks per layer filled with random bits (not
+ * zeros: the copy engines and caches must see real data). */
+static msa_memsource *make_source(const msa_pager_params *p, int blocks) {
+    msa_memsource *ms;
+    OK(msa_memsource_init(&ms, p));
+    size_t half = msa_pager_block_bytes(p) / 2;
+    size_t idx = (size_t)p->cfg.idx_key_heads * p->cfg.block_size * p->cfg.idx_dim *
+                 msa_dtype_size(p->dtype);
+    uint64_t *k = malloc(half), *v = malloc(half), *ki = malloc(idx);
+    for (int l = 0; l < p->n_layers; l++)
+        for (int b = 0; b < blocks; b++) {
+            /* small finite values in every dtype: random low mantissa bits */
+            for (size_t i = 0; i < half / 8; i++) k[i] = rnd() & 0x3f003f003f003f00ULL;
+            for (size_t i = 0; i < half / 8; i++) v[i] = rnd() & 0x3f003f003f003f00ULL;
+            for (size_t i = 0; i < idx / 8; i++) ki[i] = rnd() & 0x3f003f003f003f00ULL;
+            OK(msa_memsource_put(ms, l, b, k, v, ki, -1));
+        }
+    free(k), free(v), free(ki);
+    return ms;
+}
+
+static msa_pager_params bench_params(const opts *o, int gpu) {
+    msa_pager_params p = msa_pager_default_params();
+    p.cfg.n_kv_heads = o->hkv;
+    p.cfg.n_q_heads = o->hkv * 8;
+    p.cfg.head_dim = o->dim;
+    p.cfg.idx_dim = 128;
+    p.cfg.idx_key_heads = 1;
+    p.cfg.block_size = 128;
+    p.cfg.top_k = 16;
+    p.n_layers = o->layers;
+    p.max_tokens = (int64_t)(o->blocks + o->steps / 128 + 4) * 128;
+    p.dtype = gpu ? MSA_DTYPE_BF16 : MSA_DTYPE_F32;
+    p.device = gpu ? MSA_DEVICE_CUDA : MSA_DEVICE_CPU;
+    p.gpu_index_bytes = (size_t)4 << 30;
+    return p;
+}
+
+/* ---- copy throughput ------------------------------------------------------------ */
+
+typedef struct copy_result {
+    double peak_gbs, scattered_gbs, pager_gbs;
+    size_t block_bytes;
+    int blocks_per_step;
+} copy_result;
+
+#ifdef MSA_HAVE_CUDA
+#define CU(x)                                                                     \
+    do {                                                                          \
+        cudaError_t e_ = (x);                                                     \
+        if (e_ != cudaSuccess) DIE("%s: %s", #x, cudaGetErrorString(e_));          \
+    } while (0)
+
+static copy_result bench_copy(const opts *o) {
+    copy_result r;
+    memset(&r, 0, sizeof r);
+    opts oc = *o;
+    oc.layers = 1;
+    oc.blocks = 512;
+    msa_pager_params p = bench_params(&oc, 1);
+    size_t bb = msa_pager_block_bytes(&p), half = bb / 2;
+    int per_step = 64, n = oc.blocks;
+    r.block_bytes = bb;
+    r.blocks_per_step = per_step;
+    size_t total = (size_t)per_step * bb;
+    /* peak: one pinned copy of a step's bytes */
+    char *h, *d;
+    CU(cudaHostAlloc((void **)&h, (size_t)n * bb, 0));
+    CU(cudaMalloc((void **)&d, (size_t)n * bb));
+    for (size_t i = 0; i < (size_t)n * bb / 8; i++) ((uint64_t *)h)[i] = rnd();
+    cudaStream_t s;
+    CU(cudaStreamCreate(&s));
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    double t[21];
+    for (int rep = 0; rep < 21; rep++) {
+        CU(cudaEventRecord(e0, s));
+        CU(cudaMemcpyAsync(d, h + (size_t)(rep % 4) * total, total, cudaMemcpyHostToDevice, s));
+        CU(cudaEventRecord(e1, s));
+        CU(cudaEventSynchronize(e1));
+        float ms;
+        CU(cudaEventElapsedTime(&ms, e0, e1));
+        t[rep] = ms * 1e-3;
+    }
+    r.peak_gbs = total / median(t + 1, 20) / 1e9;
+    /* scattered: K and V of random blocks to random slots, one call each */
+    for (int rep = 0; rep < 21; rep++) {
+        CU(cudaEventRecord(e0, s));
+        for (int i = 0; i < per_step; i++) {
+            size_t src = (size_t)(rnd() % n) * bb, dst = (size_t)(rnd() % n) * bb;
+            CU(cudaMemcpyAsync(d + dst, h + src, half, cudaMemcpyHostToDevice, s));
+            CU(cudaMemcpyAsync(d + dst + half, h + src + half, half, cudaMemcpyHostToDevice, s));
+        }
+        CU(cudaEventRecord(e1, s));
+        CU(cudaEventSynchronize(e1));
+        float ms;
+        CU(cudaEventElapsedTime(&ms, e0, e1));
+        t[rep] = ms * 1e-3;
+    }
+    r.scattered_gbs = total / median(t + 1, 20) / 1e9;
+    cudaFreeHost(h);
+    cudaFree(d);
+    /* the pager: host cache holds every block, GPU pool one step; each step
+     * selects per_step blocks none of which is in the pool */
+    p.host_cache_bytes = (size_t)(n + 1) * bb;
+    p.gpu_pool_bytes = (size_t)per_step * bb;
+    p.stream = s;
+    msa_memsource *ms = make_source(&p, n);
+    msa_block_source src = msa_memsource_source(ms);
+    msa_kvmem *m;
+    OK(msa_kvmem_paged_init(&m, &p, &src));
+    int32_t *sel = malloc(sizeof(int32_t) * per_step);
+    msa_paged_kv kv;
+    int reps = 21;
+    for (int rep = -n / per_step; rep < reps; rep++) { /* first: fill the host cache */
+        int base = rep < 0 ? (rep + n / per_step) * per_step : (rep % 2) * per_step;
+        for (int i = 0; i < per_step; i++) sel[i] = base + i;
+        CU(cudaStreamSynchronize(s));
+        double t0 = msa_now();
+        OK(m->ops->kv_view(m, 0, sel, per_step, &kv));
+        CU(cudaStreamSynchronize(s));
+        if (rep >= 0) t[rep] = msa_now() - t0;
+    }
+    msa_pager_stats st;
+    msa_kvmem_paged_stats(m, &st);
+    r.pager_gbs = total / median(t + 1, reps - 1) / 1e9;
+    msa_kvmem_paged_free(m);
+    msa_memsource_free(ms);
+    free(sel);
+    cudaStreamDestroy(s);
+    return r;
+}
+#endif
+
+/* ---- decode pattern ------------------------------------------------------------- */
+
+typedef struct decode_result {
+    double pool_frac;
+    int pool_slots, host_slots;
+    double gpu_hit, host_hit, ms_per_step, gbs_store, gbs_h2d;
+    uint64_t gpu_misses, host_misses, evictions;
+} decode_result;
+
+static decode_result bench_decode(const opts *o, int gpu, double frac, msa_memsource *ms,
+                                  int32_t *sel_state) {
+    decode_result r;
+    memset(&r, 0, sizeof r);
+    r.pool_frac = frac;
+    msa_pager_params p = bench_params(o, gpu);
+    size_t bb = msa_pager_block_bytes(&p);
+    int64_t session = (int64_t)o->layers * o->blocks;
+    int64_t slots = (int64_t)(session * frac + 0.5);
+    int k = p.cfg.top_k, H = p.cfg.n_kv_heads;
+    if (slots < H * (k - 1) + 1) slots = H * (k - 1) + 1;
+    if (gpu) {
+        p.gpu_pool_bytes = (size_t)slots * bb;
+        p.host_cache_bytes = (size_t)(session + H * k) * bb;
+    } else {
+        p.host_cache_bytes = (size_t)slots * bb;
+    }
+#ifdef MSA_HAVE_CUDA
+    cudaStream_t s = NULL;
+    if (gpu) {
+        CU(cudaStreamCreate(&s));
+        p.stream = s;
+    }
+#endif
+    msa_block_source src = msa_memsource_source(ms);
+    msa_kvmem *m;
+    OK(msa_kvmem_paged_init(&m, &p, &src));
+    int rows = H * p.cfg.head_dim, irows = p.cfg.idx_dim;
+    float *k1 = malloc(sizeof(float) * rows), *v1 = malloc(sizeof(float) * rows),
+          *ki1 = malloc(sizeof(float) * irows);
+    for (int i = 0; i < rows; i++) k1[i] = v1[i] = (float)(rnd() % 1000) * 1e-3f;
+    for (int i = 0; i < irows; i++) ki1[i] = (float)(rnd() % 1000) * 1e-3f;
+    int n_sel = H * k, warm = 20;
+    double t_total = 0;
+    msa_paged_kv kv;
+    for (int step = -warm; step < o->steps; step++) {
+        if (step == 0) msa_kvmem_paged_reset_stats(m);
+        double t0 = msa_now();
+        for (int l = 0; l < o->layers; l++) {
+            OK(m->ops->append(m, l, 1, k1, v1, ki1));
+            int64_t len = m->ops->length(m, l);
+            int32_t local = (int32_t)((len - 1) / 128), nb_old = local; /* blocks before it */
+            int32_t *sel = sel_state + (size_t)l * n_sel;
+            for (int g = 0; g < H; g++) {
+                int32_t *e = sel + g * k;
+                e[0] = local;
+                /* a few changes per step; the first step of a layer fills all */
+                int fill = e[1] < 0, change = fill ? k - 1 : o->changes;
+                for (int c = 0; c < change; c++) {
+                    int j = fill ? 1 + c : 1 + (int)(rnd() % (k - 1));
+                    for (;;) { /* a block not already in this group's set */
+                        int32_t b = (int32_t)(rnd() % nb_old), dup = 0;
+                        for (int u = 0; u < k; u++) dup |= e[u] == b;
+                        if (!dup) {
+                            e[j] = b;
+                            break;
+                        }
+                    }
+                }
+            }
+            OK(m->ops->index_view(m, l, &kv));
+            OK(m->ops->kv_view(m, l, sel, n_sel, &kv));
+        }
+#ifdef MSA_HAVE_CUDA
+        if (gpu) CU(cudaStreamSynchronize(s));
+#endif
+        if (step >= 0) t_total += msa_now() - t0;
+    }
+    msa_pager_stats st;
+    msa_kvmem_paged_stats(m, &st);
+    r.pool_slots = (int)(gpu ? st.gpu_slots : st.host_slots);
+    r.host_slots = (int)st.host_slots;
+    r.gpu_hit = st.gpu_lookups ? (double)st.gpu_hits / st.gpu_lookups : 0;
+    r.host_hit = st.host_lookups ? (double)st.host_hits / st.host_lookups : 0;
+    r.ms_per_step = t_total / o->steps * 1e3;
+    r.gbs_store = st.bytes_store_to_host / t_total / 1e9;
+    r.gbs_h2d = st.bytes_host_to_gpu / t_total / 1e9;
+    r.gpu_misses = st.gpu_misses;
+    r.host_misses = st.host_misses;
+    r.evictions = gpu ? st.gpu_evictions : st.host_evictions;
+    msa_kvmem_paged_free(m);
+#ifdef MSA_HAVE_CUDA
+    if (s) cudaStreamDestroy(s);
+#endif
+    free(k1), free(v1), free(ki1);
+    return r;
+}
+
+int main(int argc, char **argv) {
+    opts o = {0, 0, 4, 640, 200, 8, 128, 2};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int more = i + 1 < argc;
+        if (!strcmp(a, "--cpu")) o.cpu = 1;
+        else if (!strcmp(a, "--json")) o.json = 1;
+        else if (!strcmp(a, "--layers") && more) o.layers = atoi(argv[++i]);
+        else if (!strcmp(a, "--blocks") && more) o.blocks = atoi(argv[++i]);
+        else if (!strcmp(a, "--steps") && more) o.steps = atoi(argv[++i]);
+        else if (!strcmp(a, "--hkv") && more) o.hkv = atoi(argv[++i]);
+        else if (!strcmp(a, "--dim") && more) o.dim = atoi(argv[++i]);
+        else if (!strcmp(a, "--changes") && more) o.changes = atoi(argv[++i]);
+        else if (!strcmp(a, "--seed") && more) rng = strtoull(argv[++i], NULL, 0) | 1;
+        else DIE("usage: bench-pager [--cpu] [--json] [--layers L] [--blocks B] [--steps N] "
+                 "[--hkv H] [--dim D] [--changes C] [--seed S]");
+    }
+    if (o.layers < 1 || o.blocks < 32 || o.steps < 1 || o.hkv < 1 || o.dim < 1 || o.changes < 0 ||
+        o.changes > 15)
+        DIE("bench-pager: bad sizes");
+    int gpu = !o.cpu && msa_cuda_available();
+    printf("bench-pager: %s, %s blocks of Hkv %d x Bk 128 x d %d, %d layers x %d blocks, "
+           "k 16, %d changes per group per step, %d steps\n",
+           gpu ? "CUDA pool" : "CPU (host cache is the pool)", gpu ? "bf16" : "fp32", o.hkv,
+           o.dim, o.layers, o.blocks, o.changes, o.steps);
+    copy_result cr;
+    memset(&cr, 0, sizeof cr);
+#ifdef MSA_HAVE_CUDA
+    if (gpu) {
+        cr = bench_copy(&o);
+        printf("\nhost-to-device, %d blocks of %zu bytes per step\n", cr.blocks_per_step,
+               cr.block_bytes);
+        printf("  %-34s %8.2f GB/s\n", "one pinned copy (peak)", cr.peak_gbs);
+        printf("  %-34s %8.2f GB/s  %5.1f%% of peak\n", "scattered cudaMemcpyAsync",
+               cr.scattered_gbs, 100 * cr.scattered_gbs / cr.peak_gbs);
+        printf("  %-34s %8.2f GB/s  %5.1f%% of peak\n", "pager kv_view (GPU miss, host hit)",
+               cr.pager_gbs, 100 * cr.pager_gbs / cr.peak_gbs);
+    }
+#endif
+    msa_pager_params p = bench_params(&o, gpu);
+    msa_memsource *ms = make_source(&p, o.blocks);
+    double fracs[3] = {1.0, 0.25, 0.05};
+    decode_result dr[3];
+    int n_sel = o.hkv * 16;
+    int32_t *sel_state = malloc(sizeof(int32_t) * o.layers * n_sel);
+    for (int f = 0; f < 3; f++) {
+        rng = 12345; /* the same access pattern at every pool size */
+        for (int i = 0; i < o.layers * n_sel; i++) sel_state[i] = -1;
+        /* a fresh copy of the session: the previous run appended to it */
+        msa_memsource_free(ms);
+        ms = make_source(&p, o.blocks);
+        dr[f] = bench_decode(&o, gpu, fracs[f], ms, sel_state);
+    }
+    printf("\ndecode pattern, %.1f MB per block\n", msa_pager_block_bytes(&p) / 1e6);
+    printf("  %-6s %7s %9s %9s %10s %11s %11s %10s\n", "pool", "slots", "pool hit", "host hit",
+           "ms/step", "store GB/s", "h2d GB/s", "evictions");
+    for (int f = 0; f < 3; f++)
+        printf("  %5.0f%% %7d %8.2f%% %8.2f%% %10.3f %11.2f %11.2f %10llu\n",
+               100 * dr[f].pool_frac, dr[f].pool_slots,
+               100 * (gpu ? dr[f].gpu_hit : dr[f].host_hit), 100 * dr[f].host_hit,
+               dr[f].ms_per_step, dr[f].gbs_store, dr[f].gbs_h2d,
+               (unsigned long long)dr[f].evictions);
+    if (o.json) {
+        printf("{\"device\": \"%s\", \"dtype\": \"%s\", \"hkv\": %d, \"dim\": %d, \"block_size\": 128, "
+               "\"top_k\": 16, \"layers\": %d, \"blocks_per_layer\": %d, \"steps\": %d, "
+               "\"changes\": %d, \"block_bytes\": %zu,\n",
+               gpu ? "cuda" : "cpu", gpu ? "bf16" : "f32", o.hkv, o.dim, o.layers, o.blocks,
+               o.steps, o.changes, msa_pager_block_bytes(&p));
+        printf(" \"copy\": {\"peak_gbs\": %.3f, \"scattered_gbs\": %.3f, \"pager_gbs\": %.3f, "
+               "\"blocks_per_step\": %d},\n",
+               cr.peak_gbs, cr.scattered_gbs, cr.pager_gbs, cr.blocks_per_step);
+        printf(" \"decode\": [");
+        for (int f = 0; f < 3; f++)
+            printf("%s\n  {\"pool_fraction\": %.2f, \"pool_slots\": %d, \"pool_hit_rate\": %.5f, "
+                   "\"host_hit_rate\": %.5f, \"ms_per_step\": %.4f, \"store_gbs\": %.3f, "
+                   "\"h2d_gbs\": %.3f, \"evictions\": %llu}",
+                   f ? "," : "", dr[f].pool_frac, dr[f].pool_slots,
+                   gpu ? dr[f].gpu_hit : dr[f].host_hit, dr[f].host_hit, dr[f].ms_per_step,
+                   dr[f].gbs_store, dr[f].gbs_h2d, (unsigned long long)dr[f].evictions);
+        printf("]}\n");
+    }
+    msa_memsource_free(ms);
+    free(sel_state);
+    return 0;
+}
