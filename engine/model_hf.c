@@ -28,7 +28,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "engine/model.h"
 #include "engine/safetensors.h"
+#include "engine/sha256.h"
 #include "kernels/base.h"
 
 /* ---- config.json ------------------------------------------------------------ */
@@ -273,4 +275,166 @@ int msa_hf_is_model_dir(const char *path) {
     char p[4096];
     if (snprintf(p, sizeof p, "%s/config.json", path) >= (int)sizeof p) return 0;
     return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* ---- weights ------------------------------------------------------------------ */
+
+typedef struct hf_loader {
+    msa_model *m;
+    msa_safetensors *st;
+    const msa_hf_config *cfg;
+} hf_loader;
+
+/* Loads tensor `name` as fp32 into a buffer the model owns. Expected shape:
+ * (rows, cols), or (rows) when cols == 0. heads > 0: the rows are `heads`
+ * heads of head_dim rows in rotate-half order, permuted here to interleaved
+ * order (row h*d + 2i + j takes HF row h*d + j*d/2 + i). *dst is NULL and
+ * MSA_OK returned when the tensor is absent and !required. */
+static int hf_load(hf_loader *L, const char *name, int required, int64_t rows,
+                   int64_t cols, int heads, const float **dst) {
+    *dst = NULL;
+    msa_st_tensor t;
+    int rc = msa_safetensors_find(L->st, name, &t);
+    if (rc == MSA_ENOTFOUND && !required) {
+        msa_error_clear();
+        return MSA_OK;
+    }
+    if (rc == MSA_ENOTFOUND)
+        return msa_error(MSA_EFORMAT, "tensor '%s' is missing", name);
+    if (rc) return rc;
+    int dims = cols ? 2 : 1;
+    if (t.n_dims != dims || t.shape[0] != rows || (cols && t.shape[1] != cols))
+        return msa_error(MSA_EFORMAT, "tensor '%s': shape [%lld%s%lld], expected "
+                         "[%lld%s%lld]", name, (long long)t.shape[0],
+                         t.n_dims > 1 ? ", " : "",
+                         t.n_dims > 1 ? (long long)t.shape[1] : 0LL,
+                         (long long)rows, cols ? ", " : "",
+                         cols ? (long long)cols : 0LL);
+    if (!t.supported)
+        return msa_error(MSA_EUNSUPPORTED, "tensor '%s': dtype %s (F32, F16 "
+                         "and BF16 are supported)", name,
+                         msa_st_dtype_name(t.st_dtype));
+    float *buf;
+    if ((rc = msa_model_alloc(L->m, (size_t)t.n_elements, &buf))) return rc;
+    if (!heads) {
+        rc = msa_st_tensor_read_f32(&t, 0, t.n_elements, buf);
+        *dst = buf;
+        return rc;
+    }
+    int64_t d = L->cfg->head_dim, w = cols ? cols : 1;
+    if (rows != heads * d)
+        return msa_error(MSA_EFORMAT, "tensor '%s': %lld rows for %d heads",
+                         name, (long long)rows, heads);
+    for (int64_t h = 0; h < heads; h++)
+        for (int64_t k = 0; k < d; k++) {
+            int64_t hf_row = h * d + (k % 2) * (d / 2) + k / 2;
+            rc = msa_st_tensor_read_f32(&t, hf_row * w, w, buf + (h * d + k) * w);
+            if (rc) return rc;
+        }
+    *dst = buf;
+    return MSA_OK;
+}
+
+/* SHA-256 over, per tensor in name order, its name, dtype, shape and bytes:
+ * the identity a session is bound to. Format-specific by design (the same
+ * weights as GGUF fingerprint differently). */
+static void hf_fingerprint(hf_loader *L) {
+    msa_sha256_ctx s;
+    msa_sha256_init(&s);
+    msa_sha256_update(&s, "msa-hf 1", 8);
+    for (int i = 0; i < msa_safetensors_count(L->st); i++) {
+        msa_st_tensor t;
+        if (msa_safetensors_get(L->st, i, &t)) continue;
+        msa_sha256_update(&s, t.name, strlen(t.name) + 1);
+        const char *dn = msa_st_dtype_name(t.st_dtype);
+        msa_sha256_update(&s, dn, strlen(dn) + 1);
+        msa_sha256_update(&s, t.shape, sizeof(int64_t) * (size_t)t.n_dims);
+        msa_sha256_update(&s, t.data, (size_t)t.size);
+    }
+    uint8_t dig[MSA_SHA256_DIGEST_SIZE];
+    char hex[MSA_SHA256_HEX_SIZE];
+    msa_sha256_final(&s, dig);
+    msa_sha256_hex(dig, hex);
+    snprintf(L->m->info.fingerprint, sizeof L->m->info.fingerprint, "%s", hex);
+}
+
+static int hf_load_weights(hf_loader *L) {
+    const msa_hf_config *c = L->cfg;
+    msa_model *m = L->m;
+    const int64_t D = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    const int Hq = c->num_attention_heads, Hkv = c->num_key_value_heads;
+    const int64_t qd = (int64_t)Hq * c->head_dim, kvd = (int64_t)Hkv * c->head_dim;
+    int is_qwen = c->arch == MSA_HF_ARCH_QWEN2;
+    int rc;
+    if ((rc = hf_load(L, "model.embed_tokens.weight", 1, V, D, 0, &m->tok_embd)) ||
+        (rc = hf_load(L, "model.norm.weight", 1, D, 0, 0, &m->output_norm)))
+        return rc;
+    if (c->tie_word_embeddings) {
+        m->output = m->tok_embd;
+    } else if ((rc = hf_load(L, "lm_head.weight", 1, V, D, 0, &m->output))) {
+        return msa_error_context(rc, "tie_word_embeddings is false: ");
+    }
+    m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers);
+    if (!m->layers) return msa_error(MSA_ENOMEM, "model: %d layers", c->num_hidden_layers);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        msa_model_layer *y = &m->layers[l];
+        char n[160];
+#define HF(field, suffix, req, rows, cols, heads)                                   \
+    do {                                                                        \
+        snprintf(n, sizeof n, "model.layers.%d.%s", l, suffix);                 \
+        if ((rc = hf_load(L, n, req, rows, cols, heads, &y->field))) return rc; \
+    } while (0)
+        HF(attn_norm, "input_layernorm.weight", 1, D, 0, 0);
+        HF(wq, "self_attn.q_proj.weight", 1, qd, D, Hq);
+        HF(wk, "self_attn.k_proj.weight", 1, kvd, D, Hkv);
+        HF(wv, "self_attn.v_proj.weight", 1, kvd, D, 0);
+        HF(wo, "self_attn.o_proj.weight", 1, D, qd, 0);
+        if (c->attention_bias) {
+            /* Qwen2: q/k/v biases; Llama with attention_bias: o too. */
+            HF(bq, "self_attn.q_proj.bias", 1, qd, 0, Hq);
+            HF(bk, "self_attn.k_proj.bias", 1, kvd, 0, Hkv);
+            HF(bv, "self_attn.v_proj.bias", 1, kvd, 0, 0);
+            if (!is_qwen) HF(bo, "self_attn.o_proj.bias", 1, D, 0, 0);
+        }
+        HF(ffn_norm, "post_attention_layernorm.weight", 1, D, 0, 0);
+        HF(w1, "mlp.gate_proj.weight", 1, F, D, 0);
+        HF(w2, "mlp.down_proj.weight", 1, D, F, 0);
+        HF(w3, "mlp.up_proj.weight", 1, F, D, 0);
+#undef HF
+    }
+    return MSA_OK;
+}
+
+int msa_model_load_hf(const char *dir, const msa_model_params *p, msa_model *m) {
+    (void)p;
+    msa_hf_config cfg;
+    int rc = msa_hf_config_read(dir, &cfg);
+    if (rc) return rc;
+    msa_model_info *I = &m->info;
+    snprintf(I->arch, sizeof I->arch, "%s",
+             cfg.arch == MSA_HF_ARCH_QWEN2 ? "qwen2" : "llama");
+    I->n_layers = cfg.num_hidden_layers;
+    I->dim = cfg.hidden_size;
+    I->n_heads = cfg.num_attention_heads;
+    I->n_kv_heads = cfg.num_key_value_heads;
+    I->head_dim = cfg.head_dim;
+    I->ff_dim = cfg.intermediate_size;
+    I->vocab_size = cfg.vocab_size;
+    I->context_length = cfg.max_position_embeddings;
+    I->rope_theta = cfg.rope_theta;
+    m->rms_eps = cfg.rms_norm_eps;
+    m->rope_neox = 0; /* q/k rows are permuted to interleaved pairs below */
+    if (cfg.rope_type != MSA_HF_ROPE_DEFAULT) {
+        float *f;
+        if ((rc = msa_model_alloc(m, (size_t)cfg.head_dim / 2, &f))) return rc;
+        msa_hf_rope_inv_freq(&cfg, f);
+        m->rope_inv_freq = f;
+    }
+    hf_loader L = {m, NULL, &cfg};
+    if ((rc = msa_safetensors_open(dir, &L.st))) return rc;
+    rc = hf_load_weights(&L);
+    if (!rc) hf_fingerprint(&L);
+    msa_safetensors_close(L.st);
+    if (rc) return rc;
+    return msa_model_validate(m);
 }

@@ -177,6 +177,20 @@ void msa_hf_rope_inv_freq(const msa_hf_config *cfg, float *inv_freq);
  * test msa_model_open() uses to hand a path to the Hugging Face loader. */
 int msa_hf_is_model_dir(const char *path);
 
+/* Fills `m` from the Hugging Face directory `dir` (config.json and the
+ * safetensors weights); called by msa_model_open() (engine/model.c) with a
+ * zeroed model whose n_threads is set. Every weight is converted to an fp32
+ * buffer the model owns (msa_model_alloc), q_proj/k_proj rows (and biases)
+ * permuted from rotate-half to interleaved RoPE order (m->rope_neox = 0), so
+ * the files are closed again before this returns. The fingerprint is
+ * SHA-256 over every tensor's name, dtype, shape and bytes.
+ * Returns MSA_OK; what msa_hf_config_read() and msa_safetensors_open()
+ * return; MSA_EFORMAT for a missing tensor or one of the wrong shape (the
+ * message names it); MSA_EUNSUPPORTED for a tensor that is not F32, F16 or
+ * BF16; MSA_ENOMEM. On failure `m` holds whatever was loaded so far and
+ * the caller frees it with msa_model_free(). */
+int msa_model_load_hf(const char *dir, const msa_model_params *p, msa_model *m);
+
 #ifdef __cplusplus
 }
 #endif

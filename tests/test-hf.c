@@ -21,6 +21,7 @@
 #include <stdarg.h>
 #include <sys/stat.h>
 
+#include "engine/model.h"
 #include "engine/safetensors.h"
 #include "kernels/base.h"
 #include "tests/testutil.h"
@@ -529,6 +530,64 @@ static void test_config(void) {
     }
 }
 
+/* ---- running a converted model ------------------------------------------------- */
+
+/* Opens the model directory `dir` with msa_model_open() and writes the
+ * logits of every position of tokens[0..n-1] into *logits (malloc'd,
+ * [n][V]); *V its vocabulary. MSA_OK or the failing status. */
+static int run_dir(const char *dir, const int32_t *tokens, int n, float **logits,
+                   int *V) {
+    msa_model *m = NULL;
+    msa_kvmem *mem = NULL;
+    *logits = NULL;
+    int rc = msa_model_open(dir, NULL, &m);
+    if (rc) return rc;
+    msa_kvcache_params kp = msa_kvcache_params_for(m, 128);
+    rc = msa_kvcache_init(&kp, &mem);
+    if (!rc) {
+        *V = m->info.vocab_size;
+        *logits = malloc(sizeof(float) * (size_t)n * *V);
+        msa_forward_opts o = msa_forward_default_opts();
+        o.all_logits = 1;
+        rc = *logits ? msa_model_forward(m, mem, tokens, n, 0, &o, *logits)
+                     : MSA_ENOMEM;
+    }
+    msa_kvcache_free(mem);
+    msa_model_free(m);
+    if (rc) {
+        free(*logits);
+        *logits = NULL;
+    }
+    return rc;
+}
+
+/* max |a - b| over n floats. */
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double e = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= e)) e = d; /* NaN propagates */
+    }
+    return e;
+}
+
+/* The smallest per-row cosine similarity of two [rows][cols] arrays. */
+static double min_row_cosine(const float *a, const float *b, int rows, int cols) {
+    double worst = 1;
+    for (int r = 0; r < rows; r++) {
+        double ab = 0, aa = 0, bb = 0;
+        for (int c = 0; c < cols; c++) {
+            double x = a[(size_t)r * cols + c], y = b[(size_t)r * cols + c];
+            ab += x * y;
+            aa += x * x;
+            bb += y * y;
+        }
+        double cs = ab / (sqrt(aa * bb) + 1e-30);
+        if (!(cs >= worst)) worst = cs;
+    }
+    return worst;
+}
+
 /* ---- stories260K, converted -------------------------------------------------------- */
 
 /* Runs a shell command; 0 on success. */
@@ -597,6 +656,8 @@ static void test_stories(void) {
     CHECK(sh("python3 %s/tools/llama2c_to_hf.py %s %s/f32", src, bin, dir) == 0);
     CHECK(sh("python3 %s/tools/llama2c_to_hf.py %s %s/sharded --shards 3", src,
              bin, dir) == 0);
+    CHECK(sh("python3 %s/tools/llama2c_to_hf.py %s %s/bf16 --dtype bf16", src,
+             bin, dir) == 0);
     int hdr[7];
     size_t nf;
     float *all = read_bin(bin, hdr, &nf);
@@ -642,11 +703,89 @@ static void test_stories(void) {
         msa_safetensors_close(st);
     }
     printf("stories260K: converted to HF (F32, 3 shards); q/k rows checked\n");
+
+    /* The converted model against llama2.c's logits along its greedy path. */
+    char path[512];
+    snprintf(path, sizeof path, "%s/stories260K/expected.greedy256.ids.txt", assets);
+    FILE *f = fopen(path, "r");
+    int32_t ids[256];
+    int n = 0;
+    if (f && fscanf(f, " input_ids:") == 0)
+        while (n < 256 && fscanf(f, "%d", &ids[n]) == 1) n++;
+    if (f) fclose(f);
+    CHECKF(n == 256, "%s: read %d ids", path, n);
+    snprintf(path, sizeof path, "%s/stories260K/expected.greedy256.logits.f32", assets);
+    float *ref = malloc(sizeof(float) * 256 * V);
+    f = fopen(path, "rb");
+    CHECK(f && fread(ref, sizeof(float), (size_t)256 * V, f) == (size_t)256 * V);
+    if (f) fclose(f);
+    const char *runs[] = {"f32", "sharded", "bf16"};
+    for (int r = 0; r < 3 && n == 256; r++) {
+        char p[512];
+        snprintf(p, sizeof p, "%s/%s", dir, runs[r]);
+        float *lg = NULL;
+        int Vm = 0;
+        CHECK_OK(run_dir(p, ids, n, &lg, &Vm));
+        if (!lg) continue;
+        CHECK(Vm == V);
+        double e = max_abs_diff(lg, ref, (size_t)n * V);
+        double cs = min_row_cosine(lg, ref, n, V);
+        printf("stories260K %s: logits max-abs error %.3g, min cosine %.6f "
+               "over %d positions\n", runs[r], e, cs, n);
+        if (r < 2) CHECKF(e < 1e-4, "%s: max-abs %g", runs[r], e);
+        else CHECKF(cs > 0.999 && e < 0.5, "bf16: max-abs %g, cosine %g", e, cs);
+        free(lg);
+    }
+    free(ref);
     free(all);
     rm_tree(dir);
 }
 
-int main(void) {
+/* ---- transformers reference (tools/hf_reference.py, GPU machine) ----------- */
+
+/* `test-hf --reference DIR`: DIR holds a model saved by transformers plus
+ * tokens.txt, logits.f32 ([T][V] fp32 from transformers in fp32) and
+ * tolerance.txt ("f32": max |a-b| / max |b| < 1e-4; "bf16": cosine > 0.999
+ * at every position). */
+static int reference_main(const char *dir) {
+    char p[1024], tol[16] = "";
+    int32_t tokens[4096];
+    int n = 0;
+    snprintf(p, sizeof p, "%s/tokens.txt", dir);
+    FILE *f = fopen(p, "r");
+    if (!f) T_SKIP("%s: %s", p, strerror(errno));
+    while (n < 4096 && fscanf(f, "%d", &tokens[n]) == 1) n++;
+    fclose(f);
+    snprintf(p, sizeof p, "%s/tolerance.txt", dir);
+    f = fopen(p, "r");
+    if (!f || fscanf(f, "%15s", tol) != 1) tol[0] = 0;
+    if (f) fclose(f);
+    float *lg = NULL;
+    int V = 0;
+    CHECK_OK(run_dir(dir, tokens, n, &lg, &V));
+    if (!lg) return t_done("test-hf --reference");
+    float *ref = malloc(sizeof(float) * (size_t)n * V);
+    snprintf(p, sizeof p, "%s/logits.f32", dir);
+    f = fopen(p, "rb");
+    CHECKF(f && fread(ref, sizeof(float), (size_t)n * V, f) == (size_t)n * V &&
+           fgetc(f) == EOF, "%s: not %d x %d floats", p, n, V);
+    if (f) fclose(f);
+    double e = max_abs_diff(lg, ref, (size_t)n * V), scale = 0;
+    for (size_t i = 0; i < (size_t)n * V; i++)
+        if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
+    double rel = e / (scale > 0 ? scale : 1), cs = min_row_cosine(lg, ref, n, V);
+    printf("%s: %d tokens, vocab %d: max-abs %.3g, max relative %.3g, min "
+           "cosine %.7f (%s)\n", dir, n, V, e, rel, cs, tol);
+    if (strcmp(tol, "bf16") == 0) CHECKF(cs > 0.999, "cosine %g", cs);
+    else CHECKF(rel < 1e-4, "relative error %g", rel);
+    free(lg);
+    free(ref);
+    return t_done("test-hf --reference");
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--reference") == 0)
+        return reference_main(argv[2]);
     t_seed();
     test_valid();
     test_malformed();
