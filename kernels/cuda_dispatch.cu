@@ -13,8 +13,8 @@
  * kernels/attention.c has validated the shapes on the host; the checks left
  * here are the ones only the device path has (dtype, head dims, workspace).
  */
-#include "kernels/cuda.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/cuda.h"
 
 static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
