@@ -390,7 +390,7 @@ int msa_session_open(msa_engine *e, const char *name, int flags, msa_session **o
     if (rc) goto fail;
 
     msa_store_session_info info;
-    rc = msa_store_session_info(s->ss, &info);
+    rc = msa_store_session_stat(s->ss, &info);
     if (rc) goto fail;
     s->shape = info.shape;
     if (s->shape.n_layers != e->info.n_layers || s->shape.n_kv_heads != e->info.n_kv_heads ||
@@ -707,7 +707,7 @@ int msa_session_get_info(msa_session *s, msa_session_info *out) {
     if (!s || !out) return msa_error(MSA_EINVAL, "msa_session_get_info: NULL argument");
     memset(out, 0, sizeof *out);
     msa_store_session_info si;
-    int rc = msa_store_session_info(s->ss, &si);
+    int rc = msa_store_session_stat(s->ss, &si);
     if (rc) return rc;
     out->n_tokens = s->n_tokens;
     out->n_blocks = (int64_t)si.n_blocks;
@@ -716,7 +716,7 @@ int msa_session_get_info(msa_session *s, msa_session_info *out) {
     out->top_k = s->e->p.top_k;
     out->bytes_on_disk = si.stored_bytes;
     out->bytes_raw = si.raw_bytes;
-    snprintf(out->fingerprint, sizeof out->fingerprint, "%s", si.fingerprint);
+    snprintf(out->fingerprint, sizeof out->fingerprint, "%.71s", si.fingerprint);
     msa_kvmem_paged_stats(s->mem, &out->pager);
     out->last_step_ms = s->last_step_ms;
     return MSA_OK;
@@ -756,7 +756,7 @@ int msa_session_explain(msa_session *s, msa_block_reads *out, size_t cap, size_t
         o->n_tokens = left < Bk ? left : Bk;
         msa_store_block_info bi;
         if (msa_store_read_block(s->ss, 0, (uint64_t)r[i].block, NULL, NULL, NULL, &bi) == MSA_OK)
-            snprintf(o->source, sizeof o->source, "%s", bi.tag);
+            snprintf(o->source, sizeof o->source, "%.127s", bi.tag);
     }
     free(r);
     if (n) *n = k;
