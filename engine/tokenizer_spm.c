@@ -49,8 +49,12 @@ int msa_tok_encode_spm(const msa_tokenizer *t, const char *text, size_t len, int
     /* one symbol per UTF-8 character */
     int n = 0;
     for (size_t i = 0; i < k;) {
+        /* a broken sequence is one symbol per byte, so that it never
+         * swallows the first byte of a following space marker */
         int cl = msa_utf8_len((uint8_t)w.buf[i]);
-        if (i + (size_t)cl > k) cl = (int)(k - i);
+        if (i + (size_t)cl > k) cl = 1;
+        for (int j = 1; j < cl; j++)
+            if (((uint8_t)w.buf[i + (size_t)j] & 0xc0) != 0x80) cl = 1;
         msa_tok_sym *s = &w.sym[n];
         s->start = (int32_t)i;
         s->len = cl;

@@ -147,6 +147,39 @@ static void check_stream(const char *name, msa_tokenizer *tok, const char *text)
     printf("%-28s stream of %zu tokens, %d split characters: ok\n", name, n, split);
 }
 
+/* Random strings (broken UTF-8 included) must decode back to themselves,
+ * and a count-only call (cap 0) must agree with the real one. */
+static void check_random(const char *name, msa_tokenizer *tok) {
+    static const char *alpha[] = {"a", "b", "Z", " ", "  ", "\n", "\t", "\xc3\xa9", "\xe2\x80",
+                                  "\x99", "\xf0\x9f\xa6\x99", "1", "234", "'s", "'LL", "<s>",
+                                  "\xff", ".", "!?", "\r\n", "\xe4\xbd\xa0"};
+    int n_alpha = (int)(sizeof alpha / sizeof alpha[0]), ok = 0, runs = 300;
+    char text[512], out[2048];
+    int32_t ids[1024];
+    for (int r = 0; r < runs; r++) {
+        size_t len = 0;
+        int parts = t_randint(40);
+        for (int i = 0; i < parts; i++) {
+            const char *a = alpha[t_randint(n_alpha)];
+            memcpy(text + len, a, strlen(a));
+            len += strlen(a);
+        }
+        size_t n = 0, n0 = 0, dl = 0;
+        int rc = msa_tokenize(tok, text, len, 0, ids, 1024, &n);
+        int rc0 = msa_tokenize(tok, text, len, 0, NULL, 0, &n0);
+        int rc2 = msa_detokenize(tok, ids, n, 0, out, sizeof out, &dl);
+        int good = rc == MSA_OK && n0 == n && (n ? rc0 == MSA_ERANGE : rc0 == MSA_OK) &&
+                   rc2 == MSA_OK && dl == len && !memcmp(out, text, len);
+        if (!good && ok == r)
+            fprintf(stderr, "%s: random string %d \"%.*s\" fails to round-trip: "
+                    "rc %d %d %d, n %zu %zu, \"%.*s\"\n", name, r, (int)len, text, rc, rc0,
+                    rc2, n, n0, (int)dl, out);
+        CHECK(good);
+        ok += good;
+    }
+    printf("%-28s random round trips %d/%d\n", name, ok, runs);
+}
+
 static void check_llama3(msa_tokenizer *tok) {
     int32_t ids[64];
     size_t n;
@@ -264,6 +297,7 @@ static void bench(msa_tokenizer *tok, const char *assets) {
 
 int main(void) {
     const char *assets = t_assets();
+    t_seed();
     if (!assets) T_SKIP("../shared/assets not found (set MSA_ASSETS)");
     char a[512], b[1024], c[1024];
     msa_tokenizer *tok;
@@ -277,6 +311,7 @@ int main(void) {
         snprintf(b, sizeof b, "%s.inp", a);
         snprintf(c, sizeof c, "%s.out", a);
         run_vectors("llama-spm (gguf)", tok, b, c, 1);
+        check_random("llama-spm (gguf)", tok);
         check_spm(tok);
         check_stream("llama-spm (gguf)", tok,
                      "Llamas \xf0\x9f\xa6\x99 and \xe1\x80\xa1\xe1\x80\x9b "
@@ -293,6 +328,7 @@ int main(void) {
         snprintf(b, sizeof b, "%s.inp", a);
         snprintf(c, sizeof c, "%s.out", a);
         run_vectors("gpt-2 (gguf)", tok, b, c, 1);
+        check_random("gpt-2 (gguf)", tok);
         check_stream("gpt-2 (gguf)", tok, "\xf0\x9f\x9a\x80 rocket \xe7\x81\xab\xe7\xae\xad "
                      "\xce\xb1\xce\xb2\xce\xb3");
         msa_tokenizer_free(tok);
@@ -309,6 +345,7 @@ int main(void) {
         snprintf(b, sizeof b, "%s/vocab/ggml-vocab-llama-bpe.gguf.inp", assets);
         snprintf(c, sizeof c, "%s/vocab/ggml-vocab-llama-bpe.gguf.out", assets);
         run_vectors("llama-3 (tokenizer.json)", tok, b, c, 1);
+        check_random("llama-3 (tokenizer.json)", tok);
         check_llama3(tok);
         check_stream("llama-3 (tokenizer.json)", tok,
                      "\xf0\x9f\xa6\x99\xf0\x9f\xa6\x99 \xe1\x80\xa1\xe1\x80\x9b\xe1\x80\x9b "
@@ -326,7 +363,30 @@ int main(void) {
         snprintf(b, sizeof b, "%s/stories260K/tok512.tests.inp", assets);
         snprintf(c, sizeof c, "%s/stories260K/tok512.tests.runc.out", assets);
         run_vectors("stories260K (tok512.bin)", tok, b, c, 1);
+        check_random("stories260K (tok512.bin)", tok);
         msa_tokenizer_free(tok);
+    }
+
+    /* stories260K again, through the GGUF that msa_convert_llama2c() writes
+     * (pieces with U+2581 there, plain spaces in the .bin) */
+    char dir[] = "/tmp/msa-test-tok-XXXXXX";
+    if (mkdtemp(dir)) {
+        char model[512], gguf[600];
+        snprintf(model, sizeof model, "%s/stories260K/stories260K.bin", assets);
+        snprintf(gguf, sizeof gguf, "%s/stories260K.gguf", dir);
+        snprintf(a, sizeof a, "%s/stories260K/tok512.bin", assets);
+        CHECK_OK(rc = msa_convert_llama2c(model, a, gguf));
+        if (!rc && !(rc = msa_tokenizer_open(gguf, &tok))) {
+            CHECK(msa_tokenizer_n_vocab(tok) == 512 && !strcmp(msa_tokenizer_kind(tok), "spm"));
+            snprintf(b, sizeof b, "%s/stories260K/tok512.tests.inp", assets);
+            snprintf(c, sizeof c, "%s/stories260K/tok512.tests.runc.out", assets);
+            run_vectors("stories260K (gguf)", tok, b, c, 1);
+            check_stream("stories260K (gguf)", tok, "Lily saw a \xf0\x9f\x90\xb6 dog.");
+            msa_tokenizer_free(tok);
+        }
+        CHECK_OK(rc);
+        unlink(gguf);
+        rmdir(dir);
     }
 
     /* errors */
