@@ -80,20 +80,33 @@ static int cfg_bool(json_t *root, const char *key, int def, int *out) {
     return MSA_OK;
 }
 
-static int cfg_rope_scaling(json_t *root, msa_hf_config *cfg) {
+/* RoPE: transformers 5 writes "rope_parameters": {rope_type, rope_theta,
+ * factor, ...}; earlier versions "rope_theta" and an optional
+ * "rope_scaling": {rope_type (or type), factor, ...}. Both are read. */
+static int cfg_rope(json_t *root, msa_hf_config *cfg) {
     cfg->rope_type = MSA_HF_ROPE_DEFAULT;
     cfg->rope_factor = 1.0f;
     cfg->rope_low_freq_factor = 1.0f;
     cfg->rope_high_freq_factor = 4.0f;
     cfg->rope_original_max_pos = 8192;
-    json_t *rs = json_object_get(root, "rope_scaling");
+    json_t *rs = json_object_get(root, "rope_parameters");
+    int rc;
+    if (rs && !json_is_null(rs)) {
+        if (!json_is_object(rs))
+            return msa_error(MSA_EFORMAT, "config.json: rope_parameters is not "
+                             "an object");
+        if ((rc = cfg_float(rs, "rope_theta", cfg->rope_theta, &cfg->rope_theta)))
+            return rc;
+    } else {
+        rs = json_object_get(root, "rope_scaling");
+    }
     if (!rs || json_is_null(rs)) return MSA_OK;
     if (!json_is_object(rs))
         return msa_error(MSA_EFORMAT, "config.json: rope_scaling is not an object");
     json_t *jt = json_object_get(rs, "rope_type");
     if (!jt) jt = json_object_get(rs, "type"); /* older configs */
-    const char *type = json_is_string(jt) ? json_string_value(jt) : "";
-    int rc = cfg_float(rs, "factor", 1.0, &cfg->rope_factor);
+    const char *type = json_is_string(jt) ? json_string_value(jt) : "default";
+    rc = cfg_float(rs, "factor", 1.0, &cfg->rope_factor);
     if (rc) return rc;
     if (strcmp(type, "default") == 0) return MSA_OK;
     if (!(cfg->rope_factor > 0))
@@ -179,7 +192,7 @@ int msa_hf_config_parse(const char *text, size_t size, msa_hf_config *cfg) {
         (rc = cfg_bool(root, "attention_bias", is_qwen, &cfg->attention_bias)) ||
         (rc = cfg_float(root, "rms_norm_eps", 1e-6, &cfg->rms_norm_eps)) ||
         (rc = cfg_float(root, "rope_theta", 10000.0, &cfg->rope_theta)) ||
-        (rc = cfg_rope_scaling(root, cfg)))
+        (rc = cfg_rope(root, cfg)))
         goto out;
     if (is_qwen) cfg->attention_bias = 1; /* Qwen2 always has q/k/v biases */
     json_t *jd = json_object_get(root, "torch_dtype");

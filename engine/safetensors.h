@@ -147,9 +147,9 @@ typedef struct msa_hf_config {
     int tie_word_embeddings;    /* lm_head shares embed_tokens */
     int attention_bias;         /* q/k/v (and o for Llama) carry biases */
     float rms_norm_eps;
-    float rope_theta;
-    msa_hf_rope_type rope_type;
-    float rope_factor;          /* rope_scaling.factor (1 when none) */
+    float rope_theta;           /* rope_theta, or rope_parameters.rope_theta */
+    msa_hf_rope_type rope_type; /* from rope_scaling or rope_parameters */
+    float rope_factor;          /* scaling factor (1 when none) */
     float rope_low_freq_factor; /* llama3 */
     float rope_high_freq_factor;/* llama3 */
     int rope_original_max_pos;  /* llama3: original_max_position_embeddings */

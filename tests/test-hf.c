@@ -473,6 +473,26 @@ static void test_config(void) {
     CHECK_OK(parse(l3, &c));
     CHECK(c.rope_type == MSA_HF_ROPE_LLAMA3 && c.rope_factor == 8.0f &&
           c.rope_original_max_pos == 8192 && c.head_dim == 128);
+    /* The same in transformers 5's form (rope_parameters). */
+    const char *l3v5 =
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":4096,"
+        "\"intermediate_size\":14336,\"num_hidden_layers\":32,"
+        "\"num_attention_heads\":32,\"num_key_value_heads\":8,\"head_dim\":128,"
+        "\"vocab_size\":128256,\"rms_norm_eps\":1e-05,\"dtype\":\"bfloat16\","
+        "\"rope_parameters\":{\"factor\":8.0,\"low_freq_factor\":1.0,"
+        "\"high_freq_factor\":4.0,\"original_max_position_embeddings\":8192,"
+        "\"rope_theta\":500000.0,\"rope_type\":\"llama3\"}}";
+    msa_hf_config c5;
+    CHECK_OK(parse(l3v5, &c5));
+    CHECK(c5.rope_type == MSA_HF_ROPE_LLAMA3 && c5.rope_theta == 500000.0f &&
+          c5.rope_factor == 8.0f && !strcmp(c5.torch_dtype, "bfloat16"));
+    CHECK_OK(parse("{\"model_type\":\"qwen2\",\"hidden_size\":8,"
+                   "\"intermediate_size\":8,\"num_hidden_layers\":1,"
+                   "\"num_attention_heads\":2,\"vocab_size\":8,"
+                   "\"rope_parameters\":{\"rope_theta\":1000000.0,"
+                   "\"rope_type\":\"default\"}}", &c5));
+    CHECK(c5.rope_type == MSA_HF_ROPE_DEFAULT && c5.rope_theta == 1e6f &&
+          c5.arch == MSA_HF_ARCH_QWEN2);
     float f[64];
     msa_hf_rope_inv_freq(&c, f);
     /* High frequencies (short wavelengths) untouched, the lowest divided by
