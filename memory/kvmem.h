@@ -12,7 +12,10 @@
  *
  * Two implementations: engine/kvcache.c keeps everything in host RAM (the
  * simplest correct memory, used by tests and short sessions); the pager in
- * memory/ backs it with the store and a bounded host cache / GPU pool.
+ * memory/ backs it with the store and a bounded host cache / GPU pool
+ * (memory/pager.h, msa_kvmem_paged_init). On a CUDA pager the views hold
+ * device pointers and kv_view accepts `selected` in host or device memory
+ * (a device selection is copied back, which waits for the stream).
  *
  * All sessions hold one sequence (n_seqs = 1). Host rows are fp32.
  */

@@ -22,6 +22,15 @@
  * the GPU tail slot as the rows not yet copied, at the next step that
  * selects the tail block.
  *
+ * Overlap: a step's copies are queued together on the copy stream and run
+ * while the host fills and uploads the block table; copies into slots that
+ * the in-flight attention does not read start without waiting for it. A
+ * selection in device memory has to be copied back first, which waits for
+ * the compute stream, so in a decode step where the GPU selects, the copies
+ * cannot overlap that layer's own selection; they overlap the caller's
+ * later work only through the events. Misses of a step are read from the
+ * source in parallel when the source is thread-safe.
+ *
  * Index keys are held per layer in a growing host array [blocks][ikh][Bk]
  * [d_idx] and mirrored on the GPU, where new rows are copied up at each
  * index_view. Known limits: index keys beyond gpu_index_bytes are refused
