@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# tools/gpu-run.sh: the one script the GPU machine runs for the CUDA
+# attention core: build, GPU test, kernel benchmark, PyTorch comparison.
+# Everything it prints also lands under $OUT (test.log, bench.log,
+# bench.json, torch.log, torch.json, gpu.txt).
+#
+#   tools/gpu-run.sh [all|test|bench]      (default all)
+#
+# It builds with CMake (only the targets it needs); if the tree does not
+# configure (another folder mid-change), it compiles kernels/ alone with
+# gcc/nvcc, which is all the test and the benchmark link against.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WHAT=${1:-all}
+OUT=${OUT:-/tmp/kcuda-out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$PWD/.devdeps/lib:${LD_LIBRARY_PATH:-}
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+
+B=build-gpu
+TEST=$B/tests/test-kernels-cuda
+BENCH=$B/tools/bench-msa
+t0=$(date +%s)
+if cmake -B $B -G Ninja -DCMAKE_PREFIX_PATH="$PWD/.devdeps" -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/configure.log" 2>&1 &&
+   cmake --build $B --target test-kernels-cuda bench-msa >"$OUT/build.log" 2>&1; then
+  echo "cmake build ok ($(( $(date +%s) - t0 )) s)"
+else
+  echo "cmake build failed; tail of the logs:"; tail -n 15 "$OUT/configure.log" "$OUT/build.log" 2>/dev/null
+  echo "building kernels/ directly"
+  M=build-manual; mkdir -p $M
+  FL="-O2 -I. -DMSA_HAVE_CUDA -D_GNU_SOURCE"
+  objs=()
+  for f in kernels/*.c; do gcc -std=gnu11 $FL -c "$f" -o "$M/$(basename "$f").o" & objs+=("$M/$(basename "$f").o"); done
+  for f in kernels/*.cu; do nvcc -std=c++17 -O3 -arch=sm_90 --use_fast_math -lineinfo $FL -c "$f" -o "$M/$(basename "$f").o" & objs+=("$M/$(basename "$f").o"); done
+  wait
+  gcc -std=gnu11 $FL -I/usr/local/cuda/include -c tests/test-kernels-cuda.c -o $M/test.o
+  nvcc -std=c++17 -O3 -arch=sm_90 $FL -c tools/bench-msa.cu -o $M/bench.o
+  nvcc -o $M/test-kernels-cuda $M/test.o "${objs[@]}" -lm -lpthread
+  nvcc -o $M/bench-msa $M/bench.o "${objs[@]}" -lm -lpthread
+  TEST=$M/test-kernels-cuda; BENCH=$M/bench-msa
+  echo "manual build done ($(( $(date +%s) - t0 )) s)"
+fi
+
+rc=0
+if [ "$WHAT" = all ] || [ "$WHAT" = test ]; then
+  echo "== test-kernels-cuda"
+  $TEST 2>&1 | tee "$OUT/test.log"; rc=${PIPESTATUS[0]}
+  echo "test exit $rc"
+fi
+if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
+  echo "== bench-msa"
+  $BENCH --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+  echo "== bench_torch.py"
+  PYTHONUNBUFFERED=1 python3 tools/bench_torch.py --ours "$OUT/bench.json" --json "$OUT/torch.json" 2>&1 | tee "$OUT/torch.log"
+  echo "== summary"; grep -E "^\||^device" "$OUT/bench.log"
+fi
+exit $rc
