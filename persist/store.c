@@ -279,6 +279,7 @@ static int adopt_map_size(msa_store *st) {
 }
 
 int msa_with_write(msa_store *st, int (*fn)(MDB_txn *t, void *ctx), void *ctx, const char *what) {
+    if (!st->env) return msa_error(MSA_EIO, "%s: the store handle is unusable after a failed reopen", what);
     if (st->params.readonly) return msa_error(MSA_EINVAL, "%s: the store is open read-only", what);
     for (int attempt = 0; attempt < 64; attempt++) {
         MDB_txn *t;
@@ -316,6 +317,8 @@ int msa_with_write(msa_store *st, int (*fn)(MDB_txn *t, void *ctx), void *ctx, c
 }
 
 int msa_read_begin(msa_store *st, MDB_txn **t) {
+    *t = NULL;
+    if (!st->env) return msa_error(MSA_EIO, "%s: the store handle is unusable after a failed reopen", st->dir);
     for (int attempt = 0; attempt < 8; attempt++) {
         int rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, t);
         if (rc == 0) return MSA_OK;
@@ -432,7 +435,11 @@ static int init_store(msa_store *st) {
     /* A store's main table holds exactly our six tables; an empty one is a
      * store being created. Anything else is someone else's LMDB. */
     MDB_stat ms;
-    mdb_stat(t, 0, &ms);
+    MDB_dbi main_dbi;
+    if ((rc = mdb_dbi_open(t, NULL, 0, &main_dbi)) || (rc = mdb_stat(t, main_dbi, &ms))) {
+        mdb_txn_abort(t);
+        return msa_mdb_status(rc, "%s: reading the main table", st->dir);
+    }
     if (ms.ms_entries == 0) {
         if (st->params.readonly) {
             mdb_txn_abort(t);

@@ -1,0 +1,510 @@
+/*
+ * test-store.c: the store's unit tests.
+ *
+ *   codec       lossless round trips for bf16/fp16/fp32 (random and partly
+ *               filled blocks), fp8 lossy error bounds, CRC32C hw == sw
+ *   roundtrip   append in several transactions (partial blocks rewritten),
+ *               read back exactly, in this process and in a fresh process
+ *               (the program re-executes itself with "verify")
+ *   rules       blocks out of order, K without index keys, uncovered layers
+ *               are refused and nothing is committed
+ *   format      a newer format version (MSA_EVERSION), a folder of other
+ *               files and a foreign LMDB (MSA_EFORMAT), wrong model (MSA_EMODEL)
+ *   fork        shares blocks, both grow apart, remove one keeps the other
+ *   export      round trip; truncated and tampered files are refused and
+ *               change nothing
+ *   corrupt     a flipped byte inside a stored block: MSA_ECORRUPT naming
+ *               layer and block, fsck finds it
+ *   faults      ENOSPC, EIO, ENOMEM at every fault point of an append, a
+ *               fork and a remove; the store reopens with exactly the
+ *               committed data; a map limit gives MSA_ENOSPC
+ *   compact     shrinks after removal, data intact
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "tests/testutil.h"
+#include "tests/test-store-util.h"
+
+static uint64_t seed;
+
+static void fsck_print(void *ctx, const char *line) {
+    (void)ctx;
+    fprintf(stderr, "  fsck: %s\n", line);
+}
+static void fsck_quiet(void *ctx, const char *line) {
+    (void)line;
+    ++*(int *)ctx;
+}
+
+static void check_session(msa_store *st, const char *name, uint64_t sd, uint64_t n_expect) {
+    uint64_t n = 0;
+    int rc;
+    uint64_t h = ts_store_hash(st, name, sd, &n, &rc);
+    CHECKF(rc == 0, "%s: %s", name, msa_last_error());
+    CHECKF(n == n_expect, "%s: %llu tokens, expected %llu", name, (unsigned long long)n, (unsigned long long)n_expect);
+    msa_store_shape s = ts_shape();
+    CHECKF(h == ts_hash(NULL, &s, sd, n_expect, &rc), "%s: content differs", name);
+}
+
+static void test_codec(void) {
+    uint8_t buf[1000];
+    for (int i = 0; i < 1000; i++) buf[i] = (uint8_t)t_rand_u64();
+    for (int off = 0; off < 9; off++) CHECK(msa_crc32c(0, buf + off, 900) == msa_crc32c_sw(0, buf + off, 900));
+    CHECK(msa_crc32c_sw(0, "123456789", 9) == 0xE3069283u);
+    msa_dtype dts[3] = {MSA_DTYPE_BF16, MSA_DTYPE_F16, MSA_DTYPE_F32};
+    for (int di = 0; di < 3; di++)
+        for (int lossy = 0; lossy < 2; lossy++) {
+            msa_codec_shape cs = {2, 24, 2, 8, 16, dts[di], dts[di]};
+            size_t es = msa_dtype_size(dts[di]), kn = 2 * 16 * 24, in = 2 * 16 * 8;
+            uint8_t *k = malloc(kn * es), *v = malloc(kn * es), *ix = malloc(in * es);
+            uint8_t *k2 = malloc(kn * es), *v2 = malloc(kn * es), *i2 = malloc(in * es);
+            int fill = 1 + t_randint(16);
+            memset(k, 0, kn * es); memset(v, 0, kn * es); memset(ix, 0, in * es);
+            for (int h = 0; h < 2; h++)
+                for (int t = 0; t < fill; t++) {
+                    for (int c = 0; c < 24; c++) {
+                        size_t o = ((size_t)h * 16 + t) * 24 + c;
+                        float a = t_randn() * (c == 3 ? 30.f : 1.f), b = t_randn();
+                        if (es == 4) { memcpy(k + 4 * o, &a, 4); memcpy(v + 4 * o, &b, 4); }
+                        else {
+                            uint16_t ha = dts[di] == MSA_DTYPE_BF16 ? msa_f32_to_bf16(a) : msa_f32_to_f16(a);
+                            uint16_t hb = dts[di] == MSA_DTYPE_BF16 ? msa_f32_to_bf16(b) : msa_f32_to_f16(b);
+                            memcpy(k + 2 * o, &ha, 2); memcpy(v + 2 * o, &hb, 2);
+                        }
+                    }
+                    for (int c = 0; c < 8; c++) {
+                        size_t o = ((size_t)h * 16 + t) * 8 + c;
+                        for (size_t j = 0; j < es; j++) ix[o * es + j] = (uint8_t)t_rand_u64();
+                    }
+                }
+            void *val;
+            size_t len;
+            msa_codec_err err = {0};
+            CHECK_OK(msa_block_encode(&cs, fill, k, v, ix, 3, lossy, &val, &len, &err));
+            int n = 0;
+            CHECK_OK(msa_block_decode(&cs, val, len, k2, v2, i2, &n, 1));
+            CHECK(n == fill);
+            CHECK(!memcmp(ix, i2, in * es)); /* index keys always exact */
+            if (!lossy) {
+                CHECKF(!memcmp(k, k2, kn * es) && !memcmp(v, v2, kn * es), "dtype %d lossless mismatch", di);
+            } else {
+                double rel = err.sum_sq > 0 ? sqrt(err.sum_sq_err / err.sum_sq) : 0;
+                CHECKF(rel > 0 && rel < 0.05, "fp8 relative RMS error %g", rel);
+            }
+            /* every single-byte flip is caught */
+            uint8_t *bad = malloc(len);
+            for (int trial = 0; trial < 20; trial++) {
+                memcpy(bad, val, len);
+                size_t at = (size_t)t_randint((int)len);
+                bad[at] ^= (uint8_t)(1 + t_randint(255));
+                CHECKF(msa_block_decode(&cs, bad, len, k2, v2, i2, &n, 1) == MSA_ECORRUPT, "flip at %zu of %zu", at, len);
+            }
+            free(bad); free(val);
+            free(k); free(v); free(ix); free(k2); free(v2); free(i2);
+        }
+}
+
+static void test_roundtrip(const char *dir, const char *self) {
+    msa_store *st = ts_open(dir);
+    CHECK(st != NULL);
+    if (!st) return;
+    msa_store_shape s = ts_shape();
+    CHECK_OK(msa_store_session_create(st, "notes", "fp-A", &s));
+    CHECK(msa_store_session_create(st, "notes", "fp-A", &s) == MSA_EEXIST);
+    msa_store_session *ss;
+    CHECK_OK(msa_store_session_open(st, "notes", "fp-A", &ss));
+    uint64_t n = 0, steps[] = {5, 11, 1, 16, 40, 3, 1, 1, 70};
+    for (int i = 0; i < 9; i++) {
+        CHECK_OK(ts_append(ss, &s, seed, n, steps[i]));
+        n += steps[i];
+    }
+    /* a decode-style append: one token per txn */
+    for (int i = 0; i < 20; i++) CHECK_OK(ts_append(ss, &s, seed, n++, 1));
+    int rc;
+    CHECK(ts_hash(ss, &s, seed, n, &rc) == ts_hash(NULL, &s, seed, n, &rc));
+    /* index keys of a range */
+    uint64_t nb = msa_blocks_for(n, s.block_size);
+    uint16_t *idx = malloc(nb * 16 * 8 * 2);
+    CHECK_OK(msa_store_read_index(ss, 1, 0, nb, idx));
+    ts_bufs b;
+    ts_bufs_init(&b, &s);
+    int ok = 1;
+    for (uint64_t blk = 0; blk < nb; blk++) {
+        int fill = (int)((n - blk * 16) < 16 ? n - blk * 16 : 16);
+        ts_fill(&b, &s, seed, 1, blk, fill);
+        ok &= !memcmp(idx + blk * 16 * 8, b.i, b.in * 2);
+    }
+    CHECK(ok);
+    CHECK(msa_store_read_index(ss, 1, 1, nb, idx) == MSA_ERANGE);
+    CHECK(msa_store_read_block(ss, 0, nb, b.k, b.v, b.i, NULL) == MSA_ENOTFOUND);
+    ts_bufs_free(&b);
+    free(idx);
+    msa_store_session_info info;
+    CHECK_OK(msa_store_session_stat(ss, &info));
+    CHECK(info.n_tokens == n && info.n_blocks == nb && !strcmp(info.fingerprint, "fp-A"));
+    msa_store_session_close(ss);
+    msa_store_close(st);
+    /* a fresh process reads the same content */
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' verify '%s' %llu %llu", self, dir, (unsigned long long)seed, (unsigned long long)n);
+    CHECKF(system(cmd) == 0, "%s", cmd);
+}
+
+static int verify_main(const char *dir, uint64_t sd, uint64_t n) {
+    msa_store *st = ts_open(dir);
+    if (!st) return 1;
+    check_session(st, "notes", sd, n);
+    msa_store_close(st);
+    return t_failures ? 1 : 0;
+}
+
+static void test_rules(const char *dir) {
+    msa_store *st = ts_open(dir);
+    msa_store_shape s = ts_shape();
+    CHECK_OK(msa_store_session_create(st, "rules", "fp", &s));
+    msa_store_session *ss;
+    CHECK_OK(msa_store_session_open(st, "rules", NULL, &ss));
+    CHECK_OK(ts_append(ss, &s, seed, 0, 20));
+    ts_bufs b;
+    ts_bufs_init(&b, &s);
+    msa_store_txn *x;
+    CHECK_OK(msa_store_txn_begin(ss, &x));
+    CHECK(msa_store_txn_put_block(x, 0, 3, 4, b.k, b.v, b.i, "") == MSA_EINVAL); /* skips block 2 */
+    CHECK(msa_store_txn_put_block(x, 0, 1, 2, b.k, b.v, b.i, "") == MSA_EINVAL); /* shrinks block 1 */
+    CHECK(msa_store_txn_put_block(x, 0, 1, 8, b.k, b.v, NULL, "") == MSA_EINVAL); /* no index keys */
+    msa_store_txn *x3 = NULL;
+    CHECK(msa_store_txn_begin(ss, &x3) == MSA_EBUSY && x3 == NULL);
+    int32_t t5[5] = {1, 2, 3, 4, 5};
+    CHECK_OK(msa_store_txn_put_tokens(x, t5, 5));
+    ts_fill(&b, &s, seed, 0, 1, 9);
+    CHECK_OK(msa_store_txn_put_block(x, 0, 1, 9, b.k, b.v, b.i, "x"));
+    CHECK(msa_store_txn_commit(x) == MSA_EINVAL); /* layers 1, 2 not covered */
+    check_session(st, "rules", seed, 20);
+    /* two handles: the second commit sees the first moved the session */
+    msa_store_session *s2;
+    CHECK_OK(msa_store_session_open(st, "rules", NULL, &s2));
+    msa_store_txn *x2;
+    CHECK_OK(msa_store_txn_begin(s2, &x2));
+    CHECK_OK(ts_put(x2, &s, seed, 20, 4));
+    CHECK_OK(ts_append(ss, &s, seed, 20, 4));
+    CHECK(msa_store_txn_commit(x2) == MSA_EBUSY);
+    check_session(st, "rules", seed, 24);
+    ts_bufs_free(&b);
+    msa_store_session_close(s2);
+    msa_store_session_close(ss);
+    msa_store_close(st);
+}
+
+static void test_format(const char *base) {
+    char dir[4300], path[4400];
+    /* wrong model */
+    msa_store *st = ts_open(base);
+    msa_store_session *ss = NULL;
+    CHECK(msa_store_session_open(st, "notes", "fp-B", &ss) == MSA_EMODEL && ss == NULL);
+    CHECK(strstr(msa_last_error(), "fp-A") && strstr(msa_last_error(), "fp-B"));
+    CHECK(msa_store_session_open(st, "nope", NULL, &ss) == MSA_ENOTFOUND);
+    msa_store_close(st);
+    /* a folder of someone else's files */
+    snprintf(dir, sizeof dir, "%s/other", base);
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/notes.txt", dir);
+    FILE *f = fopen(path, "w");
+    fputs("mine\n", f);
+    fclose(f);
+    msa_store_params p = msa_store_default_params();
+    p.dir = dir;
+    CHECK(msa_store_open(&p, &st) == MSA_EFORMAT && st == NULL);
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    CHECK(access(path, F_OK) != 0);
+    /* a foreign LMDB environment */
+    snprintf(dir, sizeof dir, "%s/foreign", base);
+    mkdir(dir, 0755);
+    MDB_env *env;
+    MDB_txn *t;
+    MDB_dbi dbi;
+    int rc;
+    mdb_env_create(&env);
+    mdb_env_open(env, dir, 0, 0644);
+    mdb_txn_begin(env, NULL, 0, &t);
+    mdb_dbi_open(t, NULL, 0, &dbi);
+    MDB_val k = {3, "key"}, v = {5, "value"};
+    mdb_put(t, dbi, &k, &v, 0);
+    mdb_txn_commit(t);
+    mdb_env_close(env);
+    p.dir = dir;
+    rc = msa_store_open(&p, &st);
+    CHECKF(rc == MSA_EFORMAT, "foreign LMDB: %d %s", rc, msa_last_error());
+    /* a newer format version */
+    mdb_env_create(&env);
+    mdb_env_set_maxdbs(env, 8);
+    mdb_env_open(env, base, 0, 0644);
+    mdb_txn_begin(env, NULL, 0, &t);
+    mdb_dbi_open(t, "meta", 0, &dbi);
+    uint8_t fmt[16];
+    memcpy(fmt, "MSAMEMST", 8);
+    msa_put_le32(fmt + 8, MSA_STORE_FORMAT_VERSION + 1);
+    msa_put_le32(fmt + 12, msa_crc32c(0, fmt, 12));
+    MDB_val fk = {6, "format"}, fv = {16, fmt};
+    mdb_put(t, dbi, &fk, &fv, 0);
+    mdb_txn_commit(t);
+    p.dir = base;
+    CHECK(msa_store_open(&p, &st) == MSA_EVERSION);
+    CHECK(strstr(msa_last_error(), "version"));
+    msa_put_le32(fmt + 8, MSA_STORE_FORMAT_VERSION);
+    msa_put_le32(fmt + 12, msa_crc32c(0, fmt, 12));
+    mdb_txn_begin(env, NULL, 0, &t);
+    mdb_put(t, dbi, &fk, &fv, 0);
+    mdb_txn_commit(t);
+    mdb_env_close(env);
+    CHECK_OK(msa_store_open(&p, &st));
+    msa_store_close(st);
+}
+
+static void test_fork_export(const char *dir, uint64_t n_notes) {
+    msa_store *st = ts_open(dir);
+    msa_store_shape s = ts_shape();
+    CHECK_OK(msa_store_fork(st, "notes", "notes2"));
+    CHECK(msa_store_fork(st, "notes", "notes2") == MSA_EEXIST);
+    msa_store_session *a, *b;
+    CHECK_OK(msa_store_session_open(st, "notes", NULL, &a));
+    CHECK_OK(msa_store_session_open(st, "notes2", NULL, &b));
+    uint64_t seed2 = seed; /* same past, different futures: fork shares the parent's partial block */
+    CHECK_OK(ts_append(a, &s, seed, n_notes, 7));
+    CHECK_OK(ts_append(b, &s, seed2, n_notes, 30));
+    msa_store_session_close(a);
+    msa_store_session_close(b);
+    check_session(st, "notes", seed, n_notes + 7);
+    check_session(st, "notes2", seed2, n_notes + 30);
+    uint64_t nf = 0;
+    CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    /* export, tamper, truncate */
+    char file[4300], bad[4300];
+    snprintf(file, sizeof file, "%s.export", dir);
+    snprintf(bad, sizeof bad, "%s.bad", dir);
+    CHECK_OK(msa_store_export(st, "notes2", file));
+    CHECK_OK(msa_store_remove(st, "notes2"));
+    CHECK(msa_store_remove(st, "notes2") == MSA_ENOTFOUND);
+    check_session(st, "notes", seed, n_notes + 7);
+    CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    FILE *f = fopen(file, "rb");
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *data = malloc((size_t)len);
+    CHECK(fread(data, 1, (size_t)len, f) == (size_t)len);
+    fclose(f);
+    for (int trial = 0; trial < 12; trial++) {
+        long cut = trial < 6 ? 1 + t_randint((int)len - 1) : len;
+        long flip = trial < 6 ? -1 : t_randint((int)len);
+        f = fopen(bad, "wb");
+        if (flip >= 0) data[flip] ^= 0x20;
+        fwrite(data, 1, (size_t)cut, f);
+        if (flip >= 0) data[flip] ^= 0x20;
+        fclose(f);
+        int rc = msa_store_import(st, bad, "imported");
+        CHECKF(rc == MSA_EFORMAT || rc == MSA_EVERSION, "cut %ld flip %ld: %d %s", cut, flip, rc, msa_last_error());
+        msa_store_session *x = NULL;
+        CHECK(msa_store_session_open(st, "imported", NULL, &x) == MSA_ENOTFOUND);
+        msa_store_session_close(x);
+    }
+    CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    CHECK_OK(msa_store_import(st, file, NULL));
+    CHECK(msa_store_import(st, file, NULL) == MSA_EEXIST);
+    check_session(st, "notes2", seed2, n_notes + 30);
+    CHECK_OK(msa_store_import(st, file, "copy"));
+    check_session(st, "copy", seed2, n_notes + 30);
+    CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    free(data);
+    unlink(file);
+    unlink(bad);
+    msa_store_close(st);
+}
+
+static void test_corrupt(const char *dir) {
+    /* flip one byte in the middle of one stored block, straight in LMDB */
+    MDB_env *env;
+    MDB_txn *t;
+    MDB_dbi dbi;
+    mdb_env_create(&env);
+    mdb_env_set_maxdbs(env, 8);
+    mdb_env_set_mapsize(env, 64u << 20);
+    CHECK(mdb_env_open(env, dir, 0, 0644) == 0);
+    mdb_txn_begin(env, NULL, 0, &t);
+    mdb_dbi_open(t, "blocks", 0, &dbi);
+    MDB_stat ms;
+    mdb_stat(t, dbi, &ms);
+    MDB_cursor *c;
+    mdb_cursor_open(t, dbi, &c);
+    MDB_val k, v;
+    int pick = t_randint((int)ms.ms_entries), i = 0;
+    int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    while (rc == 0 && i++ < pick) rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    uint8_t key[8];
+    memcpy(key, k.mv_data, 8);
+    uint8_t *copy = malloc(v.mv_size);
+    memcpy(copy, v.mv_data, v.mv_size);
+    size_t at = 24 + (size_t)t_randint((int)v.mv_size - 24);
+    copy[at] ^= 0x10;
+    MDB_val nk = {8, key}, nv = {v.mv_size, copy};
+    mdb_cursor_close(c);
+    mdb_put(t, dbi, &nk, &nv, 0);
+    mdb_txn_commit(t);
+    mdb_env_close(env);
+    free(copy);
+    msa_store *st = ts_open(dir);
+    int found = 0, findings = 0;
+    msa_store_session_info *list;
+    size_t n;
+    CHECK_OK(msa_store_list(st, &list, &n));
+    msa_store_shape s = ts_shape();
+    ts_bufs b;
+    ts_bufs_init(&b, &s);
+    for (size_t si = 0; si < n; si++) {
+        msa_store_session *ss;
+        CHECK_OK(msa_store_session_open(st, list[si].name, NULL, &ss));
+        for (int l = 0; l < s.n_layers; l++)
+            for (uint64_t blk = 0; blk < list[si].n_blocks; blk++) {
+                int r = msa_store_read_block(ss, l, blk, b.k, b.v, b.i, NULL);
+                if (r == MSA_ECORRUPT) {
+                    found++;
+                    char want[64];
+                    snprintf(want, sizeof want, "layer %d, block %llu", l, (unsigned long long)blk);
+                    CHECKF(strstr(msa_last_error(), want) && strstr(msa_last_error(), list[si].name), "message: %s",
+                           msa_last_error());
+                } else {
+                    CHECK(r == MSA_OK);
+                }
+            }
+        msa_store_session_close(ss);
+    }
+    CHECKF(found >= 1, "the flipped block was returned as data (byte %zu)", at);
+    uint64_t nf = 0;
+    CHECK(msa_store_fsck(st, fsck_quiet, &findings, &nf) == MSA_ECORRUPT);
+    CHECK(nf >= 1 && findings == (int)nf);
+    ts_bufs_free(&b);
+    msa_store_list_free(list);
+    msa_store_close(st);
+}
+
+/* Runs op under an injected `err` at every fault point; after each, the
+ * store must reopen and hold `before` or, when op succeeded, `after`. */
+typedef int (*fault_op)(msa_store *st, uint64_t n);
+
+static int op_append(msa_store *st, uint64_t n) {
+    msa_store_session *ss;
+    int rc = msa_store_session_open(st, "f", NULL, &ss);
+    if (rc) return rc;
+    msa_store_shape s = ts_shape();
+    rc = ts_append(ss, &s, seed, n, 21);
+    msa_store_session_close(ss);
+    return rc;
+}
+
+static void test_faults(const char *dir) {
+    msa_store *st = ts_open(dir);
+    msa_store_shape s = ts_shape();
+    CHECK_OK(msa_store_session_create(st, "f", "fp", &s));
+    CHECK_OK(op_append(st, 0));
+    uint64_t n = 21;
+    msa_fault_arm(0, 0);
+    CHECK_OK(op_append(st, n));
+    n += 21;
+    long points = msa_fault_points();
+    CHECK(points > 10);
+    int errs[3] = {ENOSPC, EIO, ENOMEM}, failures = 0;
+    for (int e = 0; e < 3; e++)
+        for (long p = 1; p <= points + 1; p++) {
+            msa_fault_arm(errs[e], p);
+            int rc = op_append(st, n);
+            msa_fault_arm(0, 0);
+            if (rc == 0) n += 21;
+            else {
+                failures++;
+                int want = errs[e] == ENOSPC ? MSA_ENOSPC : errs[e] == EIO ? MSA_EIO : MSA_ENOMEM;
+                CHECKF(rc == want, "fault %d at point %ld: %d (%s)", errs[e], p, rc, msa_last_error());
+            }
+            if (p % 7 == 0 || p == points) { /* reopen: exactly the committed data */
+                msa_store_close(st);
+                st = ts_open(dir);
+            }
+            check_session(st, "f", seed, n);
+        }
+    printf("faults: %ld fault points per append, %d injected failures\n", points, failures);
+    CHECKF(failures >= (int)points, "only %d injected failures", failures);
+    /* fork and remove under faults */
+    for (long p = 1; p < 40; p++) {
+        msa_fault_arm(EIO, p);
+        int rc = msa_store_fork(st, "f", "g");
+        msa_fault_arm(0, 0);
+        msa_store_session *g = NULL;
+        int orc = msa_store_session_open(st, "g", NULL, &g);
+        msa_store_session_close(g);
+        CHECK(rc == 0 ? orc == 0 : orc == MSA_ENOTFOUND);
+        if (rc == 0) {
+            msa_fault_arm(EIO, p);
+            rc = msa_store_remove(st, "g");
+            msa_fault_arm(0, 0);
+            if (rc) check_session(st, "g", seed, n);
+            CHECK_OK(rc ? msa_store_remove(st, "g") : 0);
+        }
+    }
+    uint64_t nf = 0;
+    CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    msa_store_close(st);
+    /* a real limit: the map may not grow past 4 MiB */
+    msa_store_params p = msa_store_default_params();
+    p.dir = dir;
+    p.map_size = 2u << 20;
+    p.map_max = 4u << 20;
+    CHECK_OK(msa_store_open(&p, &st));
+    msa_store_session *ss;
+    CHECK_OK(msa_store_session_open(st, "f", NULL, &ss));
+    int rc = 0;
+    for (int i = 0; i < 400 && !rc; i++) {
+        rc = ts_append(ss, &s, seed, n, 100);
+        if (!rc) n += 100;
+    }
+    CHECKF(rc == MSA_ENOSPC, "map limit: %d %s", rc, msa_last_error());
+    msa_store_session_close(ss);
+    check_session(st, "f", seed, n);
+    CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    /* at its limit the store cannot even remove (LMDB copies pages on
+     * write): reopen it with room, remove, then compact */
+    msa_store_close(st);
+    p.map_max = 0;
+    CHECK_OK(msa_store_open(&p, &st));
+    CHECK_OK(msa_store_remove(st, "f"));
+    int64_t saved = 0;
+    CHECK_OK(msa_store_compact(st, &saved));
+    CHECKF(saved > 0, "compact saved %lld bytes", (long long)saved);
+    CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    msa_store_close(st);
+}
+
+int main(int argc, char **argv) {
+    if (argc == 5 && !strcmp(argv[1], "verify")) {
+        int rc = verify_main(argv[2], strtoull(argv[3], NULL, 0), strtoull(argv[4], NULL, 0));
+        return rc;
+    }
+    seed = t_seed();
+    char dir[4200];
+    ts_tmpdir(dir, sizeof dir, "store");
+    char self[4096];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+    self[sl > 0 ? sl : 0] = 0;
+    test_codec();
+    test_roundtrip(dir, self);
+    test_rules(dir);
+    test_format(dir);
+    test_fork_export(dir, 5 + 11 + 1 + 16 + 40 + 3 + 1 + 1 + 70 + 20);
+    test_corrupt(dir);
+    char fdir[4300];
+    snprintf(fdir, sizeof fdir, "%s/faults", dir);
+    test_faults(fdir);
+    if (!t_failures) ts_rmrf(dir);
+    else fprintf(stderr, "store left in %s\n", dir);
+    return t_done("test-store");
+}
