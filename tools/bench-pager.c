@@ -364,7 +364,7 @@ int main(int argc, char **argv) {
     }
 #endif
     msa_pager_params p = bench_params(&o, gpu);
-    msa_memsource *ms = make_source(&p, o.blocks);
+    msa_memsource *ms = NULL;
     double fracs[3] = {1.0, 0.25, 0.05};
     decode_result dr[3];
     int n_sel = o.hkv * 16;
