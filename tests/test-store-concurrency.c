@@ -55,6 +55,7 @@ static int reader(const char *dir, uint64_t sd) {
     }
     printf("reader %d: %llu reads, last saw %llu tokens\n", (int)getpid(), (unsigned long long)reads,
            (unsigned long long)last_n);
+    fflush(stdout);
     ts_bufs_free(&b);
     ts_bufs_free(&e);
     msa_store_session_close(ss);

@@ -1,0 +1,242 @@
+/*
+ * cmd_store.c: the store's commands: ls, info, rm, fork, export, import,
+ * fsck, compact and `bench store`. Each opens the store named by --store
+ * (or MSA_STORE, or the default directory), does one thing, and prints
+ * text or, with --json, one JSON document built with jansson.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "kernels/base.h"
+
+static int open_store(msa_cli *cli, int create, msa_store **st) {
+    msa_store_params p = msa_store_default_params();
+    p.dir = cli->store_dir;
+    p.create = create;
+    int rc = msa_store_open(&p, st);
+    return rc ? msa_cli_fail(rc, "opening the store") : 0;
+}
+
+static void print_json(json_t *j) {
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+    if (s) puts(s);
+    free(s);
+    json_decref(j);
+}
+
+static const char *when(int64_t t, char *buf, size_t n) {
+    struct tm tm;
+    time_t tt = (time_t)t;
+    localtime_r(&tt, &tm);
+    strftime(buf, n, "%Y-%m-%d %H:%M", &tm);
+    return buf;
+}
+
+static json_t *info_json(const msa_store_session_info *s) {
+    const msa_store_shape *h = &s->shape;
+    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:s}}",
+                     "name", s->name, "model", s->fingerprint, "parent", s->parent,
+                     "tokens", (json_int_t)s->n_tokens, "blocks", (json_int_t)s->n_blocks,
+                     "raw_bytes", (json_int_t)s->raw_bytes, "bytes_on_disk", (json_int_t)s->stored_bytes,
+                     "ratio", s->ratio, "created", (json_int_t)s->created, "last_use", (json_int_t)s->last_use,
+                     "shape", "layers", h->n_layers, "kv_heads", h->n_kv_heads, "head_dim", h->head_dim,
+                     "index_key_heads", h->idx_key_heads, "index_dim", h->idx_dim, "block_size", h->block_size,
+                     "kv_dtype", msa_dtype_name(h->kv_dtype), "index_dtype", msa_dtype_name(h->idx_dtype));
+}
+
+int msa_cmd_ls(msa_cli *cli, int argc, char **argv) {
+    if (msa_cli_wants_help(argc, argv)) {
+        printf("usage: msa-mem ls [--store DIR] [--json]\n\n"
+               "Lists the store's sessions: tokens, blocks, bytes on disk, compression\n"
+               "ratio, model fingerprint and last use.\n\n"
+               "Examples:\n  msa-mem ls\n  msa-mem --store /data/mem ls --json\n");
+        return 0;
+    }
+    if (argc > 1) return msa_cli_usage_error("ls", "unexpected argument '%s'", argv[1]);
+    msa_store *st;
+    int rc = open_store(cli, 0, &st);
+    if (rc) return rc;
+    msa_store_session_info *list;
+    size_t n;
+    if ((rc = msa_store_list(st, &list, &n))) {
+        msa_store_close(st);
+        return msa_cli_fail(rc, "listing sessions");
+    }
+    if (cli->json) {
+        json_t *a = json_array();
+        for (size_t i = 0; i < n; i++) json_array_append_new(a, info_json(&list[i]));
+        print_json(json_pack("{s:s, s:o}", "store", msa_store_dir(st), "sessions", a));
+    } else {
+        printf("%-24s %10s %8s %10s %6s  %-18s %s\n", "NAME", "TOKENS", "BLOCKS", "ON DISK", "RATIO", "MODEL", "LAST USE");
+        for (size_t i = 0; i < n; i++) {
+            char b[32], w[32], fp[19];
+            snprintf(fp, sizeof fp, "%.16s%s", list[i].fingerprint, strlen(list[i].fingerprint) > 16 ? ".." : "");
+            printf("%-24s %10llu %8llu %10s %5.2fx  %-18s %s\n", list[i].name, (unsigned long long)list[i].n_tokens,
+                   (unsigned long long)list[i].n_blocks, msa_cli_bytes((double)list[i].stored_bytes, b, sizeof b),
+                   list[i].ratio, fp, when(list[i].last_use, w, sizeof w));
+        }
+        if (!n) printf("(no sessions in %s)\n", msa_store_dir(st));
+    }
+    msa_store_list_free(list);
+    msa_store_close(st);
+    return 0;
+}
+
+int msa_cmd_info(msa_cli *cli, int argc, char **argv) {
+    if (msa_cli_wants_help(argc, argv) || argc != 2) {
+        if (argc != 2 && !msa_cli_wants_help(argc, argv)) return msa_cli_usage_error("info", "needs one session name");
+        printf("usage: msa-mem info NAME [--json]\n\nShows a session: model, shapes, tokens, blocks, sizes, times.\n\n"
+               "Example:\n  msa-mem info notes --json\n");
+        return 0;
+    }
+    msa_store *st;
+    int rc = open_store(cli, 0, &st);
+    if (rc) return rc;
+    msa_store_session *s;
+    msa_store_session_info in;
+    if ((rc = msa_store_session_open(st, argv[1], NULL, &s)) || (rc = msa_store_session_stat(s, &in))) {
+        msa_store_close(st);
+        return msa_cli_fail(rc, "info %s", argv[1]);
+    }
+    msa_store_session_close(s);
+    if (cli->json) {
+        print_json(info_json(&in));
+    } else {
+        char b1[32], b2[32], w1[32], w2[32];
+        const msa_store_shape *h = &in.shape;
+        printf("session   %s\n", in.name);
+        if (*in.parent) printf("forked    from %s\n", in.parent);
+        printf("model     %s\n", in.fingerprint);
+        printf("shape     %d layers, %d KV heads x %d (%s), index %d x %d (%s), blocks of %d\n", h->n_layers,
+               h->n_kv_heads, h->head_dim, msa_dtype_name(h->kv_dtype), h->idx_key_heads, h->idx_dim,
+               msa_dtype_name(h->idx_dtype), h->block_size);
+        printf("tokens    %llu in %llu blocks per layer\n", (unsigned long long)in.n_tokens, (unsigned long long)in.n_blocks);
+        printf("size      %s raw, %s on disk (%.2fx)\n", msa_cli_bytes((double)in.raw_bytes, b1, sizeof b1),
+               msa_cli_bytes((double)in.stored_bytes, b2, sizeof b2), in.ratio);
+        printf("created   %s\nlast use  %s\n", when(in.created, w1, sizeof w1), when(in.last_use, w2, sizeof w2));
+    }
+    msa_store_close(st);
+    return 0;
+}
+
+/* rm, fork, export, import, compact share a shape: check args, open, act */
+static int simple_help(const char *cmd, const char *usage, const char *what, const char *ex) {
+    printf("usage: msa-mem %s %s\n\n%s\n\nExample:\n  %s\n", cmd, usage, what, ex);
+    return 0;
+}
+
+static int done_json(msa_cli *cli, json_t *j) {
+    if (cli->json) print_json(j);
+    else json_decref(j);
+    return 0;
+}
+
+int msa_cmd_rm(msa_cli *cli, int argc, char **argv) {
+    if (msa_cli_wants_help(argc, argv))
+        return simple_help("rm", "NAME...", "Removes sessions (blocks shared with forks stay for them).", "msa-mem rm old-notes");
+    if (argc < 2) return msa_cli_usage_error("rm", "needs a session name");
+    msa_store *st;
+    int rc = open_store(cli, 0, &st);
+    if (rc) return rc;
+    for (int i = 1; i < argc; i++)
+        if ((rc = msa_store_remove(st, argv[i]))) {
+            msa_store_close(st);
+            return msa_cli_fail(rc, "rm %s", argv[i]);
+        }
+    msa_store_close(st);
+    return done_json(cli, json_pack("{s:b}", "ok", 1));
+}
+
+int msa_cmd_fork(msa_cli *cli, int argc, char **argv) {
+    if (msa_cli_wants_help(argc, argv))
+        return simple_help("fork", "SRC DST", "Makes DST a copy of SRC that shares its blocks; both grow apart.",
+                           "msa-mem fork notes notes-experiment");
+    if (argc != 3) return msa_cli_usage_error("fork", "needs SRC and DST");
+    msa_store *st;
+    int rc = open_store(cli, 0, &st);
+    if (rc) return rc;
+    rc = msa_store_fork(st, argv[1], argv[2]);
+    msa_store_close(st);
+    if (rc) return msa_cli_fail(rc, "fork %s %s", argv[1], argv[2]);
+    return done_json(cli, json_pack("{s:b, s:s}", "ok", 1, "session", argv[2]));
+}
+
+int msa_cmd_export(msa_cli *cli, int argc, char **argv) {
+    if (msa_cli_wants_help(argc, argv))
+        return simple_help("export", "NAME FILE", "Writes a session to one portable, checksummed file.",
+                           "msa-mem export notes notes.msax");
+    if (argc != 3) return msa_cli_usage_error("export", "needs NAME and FILE");
+    msa_store *st;
+    int rc = open_store(cli, 0, &st);
+    if (rc) return rc;
+    rc = msa_store_export(st, argv[1], argv[2]);
+    msa_store_close(st);
+    if (rc) return msa_cli_fail(rc, "export %s", argv[1]);
+    return done_json(cli, json_pack("{s:b, s:s}", "ok", 1, "file", argv[2]));
+}
+
+int msa_cmd_import(msa_cli *cli, int argc, char **argv) {
+    if (msa_cli_wants_help(argc, argv))
+        return simple_help("import", "FILE [NAME]",
+                           "Reads an exported session (under NAME, else its own name). A truncated or\n"
+                           "tampered file is refused and the store is left unchanged.",
+                           "msa-mem import notes.msax notes-copy");
+    if (argc != 2 && argc != 3) return msa_cli_usage_error("import", "needs FILE and an optional NAME");
+    msa_store *st;
+    int rc = open_store(cli, 1, &st);
+    if (rc) return rc;
+    rc = msa_store_import(st, argv[1], argc == 3 ? argv[2] : NULL);
+    msa_store_close(st);
+    if (rc) return msa_cli_fail(rc, "import %s", argv[1]);
+    return done_json(cli, json_pack("{s:b}", "ok", 1));
+}
+
+int msa_cmd_compact(msa_cli *cli, int argc, char **argv) {
+    if (msa_cli_wants_help(argc, argv))
+        return simple_help("compact", "", "Rewrites the store without free pages; needs no other process using it.",
+                           "msa-mem compact");
+    msa_store *st;
+    int rc = open_store(cli, 0, &st);
+    if (rc) return rc;
+    int64_t saved = 0;
+    rc = msa_store_compact(st, &saved);
+    msa_store_close(st);
+    if (rc) return msa_cli_fail(rc, "compact");
+    char b[32];
+    if (!cli->json) printf("compacted: %s freed\n", msa_cli_bytes((double)saved, b, sizeof b));
+    return done_json(cli, json_pack("{s:b, s:I}", "ok", 1, "bytes_freed", (json_int_t)saved));
+}
+
+static void fsck_line(void *ctx, const char *line) {
+    if (ctx) json_array_append_new(ctx, json_string(line));
+    else printf("%s\n", line);
+}
+
+int msa_cmd_fsck(msa_cli *cli, int argc, char **argv) {
+    if (msa_cli_wants_help(argc, argv))
+        return simple_help("fsck", "",
+                           "Checks every session record, token chunk, block entry and block checksum,\n"
+                           "decodes every block and recounts shared blocks. Exit status 4 when\n"
+                           "anything is wrong; each finding is one line.",
+                           "msa-mem fsck --json");
+    msa_store *st;
+    int rc = open_store(cli, 0, &st);
+    if (rc) return rc;
+    json_t *arr = cli->json ? json_array() : NULL;
+    uint64_t n = 0;
+    rc = msa_store_fsck(st, fsck_line, arr, &n);
+    msa_store_close(st);
+    if (rc && rc != MSA_ECORRUPT) {
+        json_decref(arr);
+        return msa_cli_fail(rc, "fsck");
+    }
+    if (cli->json) print_json(json_pack("{s:b, s:I, s:o}", "clean", !n, "findings_count", (json_int_t)n, "findings", arr));
+    else if (!n) printf("clean\n");
+    if (n) return msa_cli_fail(MSA_ECORRUPT, "fsck");
+    return 0;
+}
