@@ -314,24 +314,42 @@ static int sidecar_top_k(const sidecar *sc) {
     return (int)json_integer_value(json_object_get(sc->root, "top_k"));
 }
 
-/* Creation time of session `name`, 0 when unknown. */
-static int64_t session_created(msa_engine *e, const char *name) {
+/* Creation time (0 when unknown) and parent ("" when none) of `name`. */
+static int64_t session_created(msa_engine *e, const char *name, char *parent, size_t n_parent) {
     msa_store_session_info *list;
     size_t n;
     int64_t t = 0;
+    parent[0] = 0;
     if (msa_store_list(msa_engine_store(e), &list, &n) != MSA_OK) return 0;
     for (size_t i = 0; i < n; i++)
-        if (!strcmp(list[i].name, name)) t = list[i].created;
+        if (!strcmp(list[i].name, name)) {
+            t = list[i].created;
+            snprintf(parent, n_parent, "%s", list[i].parent);
+        }
     msa_store_list_free(list);
     return t;
 }
 
-/* Drops a sidecar that belongs to an earlier session of the same name. */
-static void sidecar_validate(sidecar *sc, int64_t created) {
+static void sidecar_load(const msa_cli *cli, const char *name, sidecar *sc);
+
+/* Drops a sidecar that belongs to an earlier session of the same name. A
+ * session without one that was forked from another (`msa-mem fork`) starts
+ * from its parent's: the fork holds what the parent held. */
+static void sidecar_validate(const msa_cli *cli, sidecar *sc, int64_t created,
+                             const char *parent) {
     json_t *c = json_object_get(sc->root, "created");
     if (c && json_integer_value(c) != created) {
         json_object_del(sc->root, "files");
         json_object_del(sc->root, "top_k");
+        c = NULL;
+    }
+    if (!c && parent && *parent) {
+        sidecar ps;
+        sidecar_load(cli, parent, &ps);
+        json_t *f = json_object_get(ps.root, "files"), *k = json_object_get(ps.root, "top_k");
+        if (f) json_object_set(sc->root, "files", f);
+        if (k) json_object_set(sc->root, "top_k", k);
+        json_decref(ps.root);
     }
     json_object_set_new(sc->root, "created", json_integer(created));
 }
@@ -410,7 +428,20 @@ static int open_session(msa_cli *cli, const char *cmd, const char *name, int fla
             return msa_cli_fail(rc, "session '%s' (create it with `msa-mem new %s`)", name, name);
         return msa_cli_fail(rc, "cannot open session '%s'", name);
     }
-    sidecar_validate(&o->sc, session_created(o->e, name));
+    char parent[MSA_STORE_NAME_MAX + 1];
+    int64_t created = session_created(o->e, name, parent, sizeof parent);
+    sidecar_validate(cli, &o->sc, created, parent);
+    if (!ro->top_k && sidecar_top_k(&o->sc) && sidecar_top_k(&o->sc) != p.top_k) {
+        /* a fork learned its top-k only now: reopen with it */
+        msa_session_close(o->s);
+        msa_engine_free(o->e);
+        o->s = NULL;
+        o->e = NULL;
+        run_opts again = *ro;
+        again.top_k = sidecar_top_k(&o->sc);
+        json_decref(o->sc.root);
+        return open_session(cli, cmd, name, flags & ~MSA_SESSION_EXCLUSIVE, &again, o);
+    }
     return 0;
 }
 
@@ -977,10 +1008,14 @@ int msa_cmd_ingest(msa_cli *cli, int argc, char **argv) {
                    "session now %lld tokens\n",
                    n_done, n_done == 1 ? "" : "s", name, (long long)(tokens1 - tokens0), el, tps,
                    (long long)tokens1);
-            if (counts[1] + counts[2] + counts[3] + counts[4] + items.ignored)
-                printf("skipped: %zu unchanged, %zu binary, %zu larger than %lld bytes, "
-                       "%zu unreadable, %zu ignored by .gitignore\n",
-                       counts[1], counts[2], counts[3], max_size, counts[4], items.ignored);
+            if (counts[1] + counts[2] + counts[3] + counts[4] + items.ignored) {
+                const char *what[5] = {"", "unchanged", "binary", "too large", "unreadable"};
+                printf("skipped:");
+                for (int k = 1; k < 5; k++)
+                    if (counts[k]) printf(" %zu %s%s", counts[k], what[k], k == 3 ? " (> --max-file-size)" : "");
+                if (items.ignored) printf(" %zu ignored by .gitignore", items.ignored);
+                putchar('\n');
+            }
         }
     }
     if (interrupted) {
