@@ -165,6 +165,52 @@ class _BlockReads(C.Structure):
     ]
 
 
+class _StoreShape(C.Structure):
+    _fields_ = [
+        ("n_layers", C.c_int),
+        ("n_kv_heads", C.c_int),
+        ("head_dim", C.c_int),
+        ("idx_key_heads", C.c_int),
+        ("idx_dim", C.c_int),
+        ("block_size", C.c_int),
+        ("kv_dtype", C.c_int),
+        ("idx_dtype", C.c_int),
+    ]
+
+
+_STORE_NAME_MAX = 255
+_STORE_FINGERPRINT_MAX = 128
+
+
+class _StoreSessionInfo(C.Structure):
+    _fields_ = [
+        ("name", C.c_char * (_STORE_NAME_MAX + 1)),
+        ("fingerprint", C.c_char * (_STORE_FINGERPRINT_MAX + 1)),
+        ("shape", _StoreShape),
+        ("n_tokens", C.c_uint64),
+        ("n_blocks", C.c_uint64),
+        ("raw_bytes", C.c_uint64),
+        ("stored_bytes", C.c_uint64),
+        ("ratio", C.c_double),
+        ("created", C.c_int64),
+        ("last_use", C.c_int64),
+        ("parent", C.c_char * (_STORE_NAME_MAX + 1)),
+    ]
+
+
+# The structs above, for the test that checks them against the C compiler's
+# sizeof and offsetof (tests/test_python.py).
+STRUCTS = {
+    "msa_engine_params": _EngineParams,
+    "msa_sampling_params": _SamplingParams,
+    "msa_generate_params": _GenerateParams,
+    "msa_pager_stats": _PagerStats,
+    "msa_session_info": _SessionInfo,
+    "msa_block_reads": _BlockReads,
+    "msa_store_shape": _StoreShape,
+    "msa_store_session_info": _StoreSessionInfo,
+}
+
 _PROGRESS_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.c_int64, C.c_int64)
 _TOKEN_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.c_int32, C.POINTER(C.c_char), C.c_size_t)
 
@@ -195,6 +241,14 @@ def _declare(lib: C.CDLL) -> None:
         "msa_session_explain_reset": (None, [P]),
         "msa_session_tokens": (C.POINTER(C.c_int32), [P, C.POINTER(C.c_int64)]),
         "msa_session_name": (C.c_char_p, [P]),
+        "msa_engine_store": (P, [P]),
+        "msa_store_fork": (C.c_int, [P, C.c_char_p, C.c_char_p]),
+        "msa_store_remove": (C.c_int, [P, C.c_char_p]),
+        "msa_store_export": (C.c_int, [P, C.c_char_p, C.c_char_p]),
+        "msa_store_import": (C.c_int, [P, C.c_char_p, C.c_char_p]),
+        "msa_store_list": (C.c_int, [P, C.POINTER(C.POINTER(_StoreSessionInfo)),
+                                     C.POINTER(C.c_size_t)]),
+        "msa_store_list_free": (None, [C.POINTER(_StoreSessionInfo)]),
     }
     for name, (res, args) in sig.items():
         f = getattr(lib, name)
@@ -269,6 +323,51 @@ class Engine:
         h = C.c_void_p()
         _check(self._lib.msa_session_open(self._handle(), name.encode(), flags, C.byref(h)))
         return Session(self, h)
+
+    # ---- the store (msa_store_* through msa_engine_store) --------------------
+
+    def _store_handle(self) -> C.c_void_p:
+        return C.c_void_p(self._lib.msa_engine_store(self._handle()))
+
+    def sessions(self) -> List[dict]:
+        """The store's sessions as dicts (name, fingerprint, n_tokens,
+        n_blocks, raw_bytes, stored_bytes, ratio, created, last_use, parent,
+        block_size), sorted by name."""
+        arr = C.POINTER(_StoreSessionInfo)()
+        n = C.c_size_t()
+        _check(self._lib.msa_store_list(self._store_handle(), C.byref(arr), C.byref(n)))
+        try:
+            out = []
+            for i in range(n.value):
+                r = arr[i]
+                out.append({"name": r.name.decode(errors="replace"),
+                            "fingerprint": r.fingerprint.decode(), "n_tokens": r.n_tokens,
+                            "n_blocks": r.n_blocks, "raw_bytes": r.raw_bytes,
+                            "stored_bytes": r.stored_bytes, "ratio": r.ratio,
+                            "created": r.created, "last_use": r.last_use,
+                            "parent": r.parent.decode(errors="replace"),
+                            "block_size": r.shape.block_size})
+            return out
+        finally:
+            self._lib.msa_store_list_free(arr)
+
+    def fork(self, src: str, dst: str) -> None:
+        """Makes session `dst` a copy of `src` that shares its blocks."""
+        _check(self._lib.msa_store_fork(self._store_handle(), src.encode(), dst.encode()))
+
+    def remove(self, name: str) -> None:
+        """Removes session `name` (it must not be open)."""
+        _check(self._lib.msa_store_remove(self._store_handle(), name.encode()))
+
+    def export(self, name: str, path: str) -> None:
+        """Writes session `name` to a portable, checksummed file."""
+        _check(self._lib.msa_store_export(self._store_handle(), name.encode(), os.fsencode(path)))
+
+    def import_(self, path: str, name: Optional[str] = None) -> None:
+        """Reads a file written by export() into a new session (`name`, else
+        the name in the file)."""
+        _check(self._lib.msa_store_import(self._store_handle(), os.fsencode(path),
+                                          name.encode() if name else None))
 
     def close(self) -> None:
         if self._h is not None:
