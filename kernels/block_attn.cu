@@ -51,7 +51,7 @@ struct attn_smem_layout {
 };
 
 /* Byte offsets of the shared-memory carve-up of one CTA. */
-static attn_smem_layout attn_layout(int D, int NW, int Bk, int top_k, int max_blocks, bool sparse) {
+static attn_smem_layout attn_layout(int D, int NW, int NWT, int Bk, int top_k, int max_blocks, bool sparse) {
     const int V = 16 * NW;
     attn_smem_layout L;
     size_t off = 0;
@@ -61,9 +61,9 @@ static attn_smem_layout attn_layout(int D, int NW, int Bk, int top_k, int max_bl
     L.v = take((size_t)Bk * (D + 8) * 2);
     L.s = take((size_t)V * (Bk + 4) * 4);
     L.p = take((size_t)V * (Bk + 8) * 2);
-    L.o = take((size_t)V * (D + 4) * 4);
-    L.m = take((size_t)V * 4);
-    L.l = take((size_t)V * 4);
+    L.o = take((size_t)NWT * V * (D + 4) * 4);
+    L.m = take((size_t)NWT * V * 4);
+    L.l = take((size_t)NWT * V * 4);
     L.lim = take((size_t)V * 4);
     size_t nsel = sparse ? (size_t)(V + 1) * top_k : 0;
     L.sel = take(nsel * 4);
@@ -84,9 +84,12 @@ struct attn_args {
     attn_smem_layout L;
 };
 
-/* grid (tiles_x * n_split, n_seqs * Hkv), block NW * 32 threads. */
-template <typename T, int D, int NW, bool SPARSE>
-__global__ void __launch_bounds__(NW * 32) block_attn_kernel(const attn_args a) {
+/* grid (tiles_x * n_split, n_seqs * Hkv), block NW * NWT * 32 threads:
+ * NW warps along the vectors (16 each) times NWT warps along the tokens of
+ * a block (warp wt takes the 16-token column tiles j = wt, wt + NWT, ...),
+ * each with its own running (m, l, O), merged at the end of the tile. */
+template <typename T, int D, int NW, int NWT, bool SPARSE>
+__global__ void __launch_bounds__(NW * NWT * 32) block_attn_kernel(const attn_args a) {
     extern __shared__ __align__(16) unsigned char smem[];
     constexpr int V = 16 * NW, LD = D + 8, OLD = D + 4;
     const int Bk = a.Bk, SLD = Bk + 4, PLD = Bk + 8;
@@ -97,11 +100,12 @@ __global__ void __launch_bounds__(NW * 32) block_attn_kernel(const attn_args a) 
     int *lim_s = (int *)(smem + a.L.lim), *sel_s = (int *)(smem + a.L.sel);
     uint32_t *bits = (uint32_t *)(smem + a.L.bits);
     int *list = (int *)(smem + a.L.list);
-    typedef cub::BlockScan<int, NW * 32> Scan;
+    typedef cub::BlockScan<int, NW * NWT * 32> Scan;
     __shared__ typename Scan::TempStorage scan_tmp;
     __shared__ int s_nlist;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int wv = warp / NWT, wt = warp % NWT; /* vector warp, token warp */
     const int s = blockIdx.y / a.Hkv, r = blockIdx.y % a.Hkv;
     const int sp = blockIdx.x % a.n_split;
     const int G = a.G, Bkk = Bk;
@@ -127,16 +131,15 @@ __global__ void __launch_bounds__(NW * 32) block_attn_kernel(const attn_args a) 
             }
             *(uint4 *)(Qs + vi * LD + c * 8) = val;
         }
-        for (int i = tid; i < V * OLD; i += blockDim.x) Os[i] = 0.0f;
+        for (int i = tid; i < NWT * V * OLD; i += blockDim.x) Os[i] = 0.0f;
         int tile_lim = -1;
         if (tid < V) {
             int v = v0 + tid, lim = -1;
             if (v < nvec) lim = msa_row_limit(a.q_pos[q0 + v / G], slen);
             if (lim >= nb * Bkk) lim = -1; /* table shorter than the sequence: treat as invalid */
             lim_s[tid] = lim;
-            m_s[tid] = -INFINITY;
-            l_s[tid] = 0.0f;
         }
+        for (int i = tid; i < NWT * V; i += blockDim.x) { m_s[i] = -INFINITY; l_s[i] = 0.0f; }
         /* The block list. */
         int nlist;
         if (SPARSE) {
@@ -174,7 +177,7 @@ __global__ void __launch_bounds__(NW * 32) block_attn_kernel(const attn_args a) 
         /* Q fragments stay in registers for the whole block walk. */
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qa[D / 16];
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(qa[kk], Qs + warp * 16 * LD + kk * 16, LD);
+        for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(qa[kk], Qs + wv * 16 * LD + kk * 16, LD);
 
         for (int li = li0; li < li1; li++) {
             const int b = SPARSE ? list[li] : li;
@@ -195,8 +198,8 @@ __global__ void __launch_bounds__(NW * 32) block_attn_kernel(const attn_args a) 
             __syncthreads();
 
             /* S = Q K^T for this warp's 16 vectors: [16][Bk] */
-            float *Sw = Ss + warp * 16 * SLD;
-            for (int j = 0; j < Bk / 16; j++) {
+            float *Sw = Ss + wv * 16 * SLD;
+            for (int j = wt; j < Bk / 16; j += NWT) {
                 wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
                 wmma::fill_fragment(acc, 0.0f);
 #pragma unroll
@@ -210,10 +213,11 @@ __global__ void __launch_bounds__(NW * 32) block_attn_kernel(const attn_args a) 
             __syncwarp();
 
             /* online softmax, one vector at a time, the whole warp per row */
-            T *Pw = Ps + warp * 16 * PLD;
-            float *Ow = Os + warp * 16 * OLD;
+            T *Pw = Ps + wv * 16 * PLD;
+            float *Ow = Os + (wt * V + wv * 16) * OLD;
+            const int ncols = (Bk / 16 - wt + NWT - 1) / NWT * 16; /* this warp's columns */
             for (int rr = 0; rr < 16; rr++) {
-                const int vi = warp * 16 + rr, v = v0 + vi;
+                const int vi = wv * 16 + rr, v = v0 + vi, si = wt * V + vi;
                 int lim = lim_s[vi];
                 if (SPARSE && lim >= 0) {
                     const int *rs = sel_s + ((q0 + v / G) - row_lo) * a.top_k;
@@ -223,14 +227,17 @@ __global__ void __launch_bounds__(NW * 32) block_attn_kernel(const attn_args a) 
                 }
                 const int p0 = b * Bkk;
                 float mx = -INFINITY;
-                for (int c = lane; c < Bk; c += 32)
+                for (int cc = lane; cc < ncols; cc += 32) {
+                    const int c = (wt + NWT * (cc >> 4)) * 16 + (cc & 15);
                     if (p0 + c <= lim) mx = fmaxf(mx, Sw[rr * SLD + c] * a.scale_log2);
+                }
                 for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-                const float m_old = m_s[vi];
+                const float m_old = m_s[si];
                 const float m_new = fmaxf(m_old, mx);
                 const float m_use = m_new == -INFINITY ? 0.0f : m_new;
                 float sum = 0.0f;
-                for (int c = lane; c < Bk; c += 32) {
+                for (int cc = lane; cc < ncols; cc += 32) {
+                    const int c = (wt + NWT * (cc >> 4)) * 16 + (cc & 15);
                     float p = p0 + c <= lim ? exp2f(Sw[rr * SLD + c] * a.scale_log2 - m_use) : 0.0f;
                     sum += p;
                     Pw[rr * PLD + c] = msa_from_f32<T>(p);
@@ -240,7 +247,7 @@ __global__ void __launch_bounds__(NW * 32) block_attn_kernel(const attn_args a) 
                 if (alpha != 1.0f)
                     for (int c = lane; c < D; c += 32) Ow[rr * OLD + c] *= alpha;
                 __syncwarp();
-                if (lane == 0) { m_s[vi] = m_new; l_s[vi] = l_s[vi] * alpha + sum; }
+                if (lane == 0) { m_s[si] = m_new; l_s[si] = l_s[si] * alpha + sum; }
             }
             msa_cp_async_wait<0>();
             __syncthreads();
@@ -250,7 +257,7 @@ __global__ void __launch_bounds__(NW * 32) block_attn_kernel(const attn_args a) 
             for (int jd = 0; jd < D / 16; jd++) {
                 wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
                 wmma::load_matrix_sync(acc, Ow + jd * 16, OLD, wmma::mem_row_major);
-                for (int kk = 0; kk < Bk / 16; kk++) {
+                for (int kk = wt; kk < Bk / 16; kk += NWT) {
                     wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pa;
                     wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vb;
                     wmma::load_matrix_sync(pa, Pw + kk * 16, PLD);
@@ -262,9 +269,32 @@ __global__ void __launch_bounds__(NW * 32) block_attn_kernel(const attn_args a) 
             __syncthreads(); /* K/V/S/P are overwritten by the next block */
         }
         __syncthreads();
+        if (NWT > 1) { /* merge the token warps' (m, l, O) into slot 0 */
+            for (int i = tid; i < V * D; i += blockDim.x) {
+                const int vi = i / D, c = i % D;
+                float M = -INFINITY;
+#pragma unroll
+                for (int w = 0; w < NWT; w++) M = fmaxf(M, m_s[w * V + vi]);
+                const float Mu = M == -INFINITY ? 0.0f : M;
+                float o = 0.0f;
+#pragma unroll
+                for (int w = 0; w < NWT; w++) o += Os[(w * V + vi) * OLD + c] * exp2f(m_s[w * V + vi] - Mu);
+                Os[vi * OLD + c] = o;
+            }
+            __syncthreads();
+            if (tid < V) {
+                float M = -INFINITY, L = 0.0f;
+                for (int w = 0; w < NWT; w++) M = fmaxf(M, m_s[w * V + tid]);
+                const float Mu = M == -INFINITY ? 0.0f : M;
+                for (int w = 0; w < NWT; w++) L += l_s[w * V + tid] * exp2f(m_s[w * V + tid] - Mu);
+                m_s[tid] = M;
+                l_s[tid] = L;
+            }
+            __syncthreads();
+        }
 
-        /* write out (n_split == 1) or partials */
-        for (int vi = warp * 16; vi < warp * 16 + 16; vi++) {
+        /* write out (n_split == 1) or partials: one warp per vector */
+        for (int vi = warp; vi < V; vi += NW * NWT) {
             const int v = v0 + vi;
             if (v >= nvec) break;
             const int row = q0 + v / G, head = r * G + v % G;
@@ -317,9 +347,9 @@ int msa_cuda_attn_splits(const msa_cuda_shape &sh, int n_q, int max_blocks, int 
     return (int)n;
 }
 
-template <typename T, int D, int NW, bool SPARSE>
+template <typename T, int D, int NW, int NWT, bool SPARSE>
 static int launch_attn(attn_args &a, int n_q, cudaStream_t st) {
-    a.L = attn_layout(D, NW, a.Bk, a.top_k, a.max_blocks, SPARSE);
+    a.L = attn_layout(D, NW, NWT, a.Bk, a.top_k, a.max_blocks, SPARSE);
     int dev = 0, optin = 0;
     int rc = msa_cuda_check(cudaGetDevice(&dev), "get device");
     if (!rc) rc = msa_cuda_check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attribute");
@@ -329,14 +359,14 @@ static int launch_attn(attn_args &a, int n_q, cudaStream_t st) {
                          a.L.total, a.Bk, D, a.top_k, a.max_blocks, optin);
     static size_t attr_bytes; /* benign race: raised monotonically to the same values */
     if (attr_bytes < a.L.total) {
-        rc = msa_cuda_check(cudaFuncSetAttribute(block_attn_kernel<T, D, NW, SPARSE>,
+        rc = msa_cuda_check(cudaFuncSetAttribute(block_attn_kernel<T, D, NW, NWT, SPARSE>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.L.total),
                             "attention: shared memory limit");
         if (rc) return rc;
         attr_bytes = a.L.total;
     }
     dim3 grid((unsigned)(a.tiles_x * a.n_split), (unsigned)(a.n_seqs * a.Hkv));
-    block_attn_kernel<T, D, NW, SPARSE><<<grid, NW * 32, a.L.total, st>>>(a);
+    block_attn_kernel<T, D, NW, NWT, SPARSE><<<grid, NW * NWT * 32, a.L.total, st>>>(a);
     rc = MSA_CUDA_LAUNCHED("attention kernel");
     if (rc || a.n_split == 1) return rc;
     combine_kernel<T, D><<<(unsigned)n_q * a.Hq, D, 0, st>>>(a.partials, (T *)a.out, a.lse, a.n_split);
@@ -345,9 +375,12 @@ static int launch_attn(attn_args &a, int n_q, cudaStream_t st) {
 
 template <typename T, int D>
 static int launch_d(attn_args &a, int n_q, bool sparse, bool prefill, cudaStream_t st) {
+    /* prefill: 4 warps x 16 vectors; decode: 16 vectors, 2 warps splitting
+     * each block's tokens (two CTAs fit on an SM, so one CTA's loads overlap
+     * the other's math) */
     if (prefill)
-        return sparse ? launch_attn<T, D, 4, true>(a, n_q, st) : launch_attn<T, D, 4, false>(a, n_q, st);
-    return sparse ? launch_attn<T, D, 1, true>(a, n_q, st) : launch_attn<T, D, 1, false>(a, n_q, st);
+        return sparse ? launch_attn<T, D, 4, 1, true>(a, n_q, st) : launch_attn<T, D, 4, 1, false>(a, n_q, st);
+    return sparse ? launch_attn<T, D, 1, 2, true>(a, n_q, st) : launch_attn<T, D, 1, 2, false>(a, n_q, st);
 }
 
 int msa_cuda_launch_block_attn(const msa_cuda_shape &sh, const msa_paged_kv *kv,

@@ -48,6 +48,16 @@ static size_t index_smem_bytes(int Bk) {
          + (size_t)IDX_WARPS * 16 * IDX_SC_LD * 4; /* Sc [warps][16][20] f32 */
 }
 
+/* Order-preserving float <-> uint32 (larger float, larger key; never 0 for a
+ * finite value). */
+__device__ __forceinline__ uint32_t idx_order_key(float f) {
+    uint32_t u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float idx_order_val(uint32_t k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
 /* grid (max_blocks, n_seqs * idx_heads), block 128 threads. */
 template <typename T, int DI>
 __global__ void __launch_bounds__(IDX_WARPS * 32)
@@ -74,6 +84,12 @@ index_scores_kernel(const T *__restrict__ kidx,          /* [slots][idx_heads][B
     const int slen = seq_len[s];
     const int slot = idx_table[idx_indptr[s] + b];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    /* Decode has one or two tiles of 16 vectors: then all warps work on the
+     * same tile, each on a quarter of the block's tokens, and merge their
+     * maxima in shared memory (order-preserving uint keys, 0 = nothing). */
+    const int ntiles = (nvec + 15) / 16;
+    const bool split = ntiles < IDX_WARPS;
+    __shared__ uint32_t red[IDX_WARPS * 16];
 
     if (slot < 0) { /* unmapped index block: no visible token */
         for (int v = tid; v < nvec; v += blockDim.x) {
@@ -91,13 +107,15 @@ index_scores_kernel(const T *__restrict__ kidx,          /* [slots][idx_heads][B
         msa_cp_async16(Ks + r * LD + c * 8, kb + (size_t)r * DI + c * 8);
     }
     msa_cp_async_commit();
+    if (split)
+        for (int i = tid; i < ntiles * 16; i += blockDim.x) red[i] = 0;
     msa_cp_async_wait<0>();
     __syncthreads();
 
     T *Qw = Qs + warp * 16 * LD;
     float *Sw = Sc + warp * 16 * IDX_SC_LD;
     const int blk0 = b * Bk;
-    for (int t = warp; t * 16 < nvec; t += IDX_WARPS) {
+    for (int t = split ? 0 : warp; t < ntiles; t += split ? 1 : IDX_WARPS) {
         /* this lane's vector (lanes 16..31 mirror 0..15) */
         const int vi = t * 16 + (lane & 15);
         int row = 0, grp = 0, lim = -1;
@@ -109,7 +127,7 @@ index_scores_kernel(const T *__restrict__ kidx,          /* [slots][idx_heads][B
         int tile_lim = lim;
         for (int o = 16; o; o >>= 1) tile_lim = max(tile_lim, __shfl_xor_sync(0xffffffffu, tile_lim, o));
         if (tile_lim < blk0) { /* no vector of this tile sees the block */
-            if (lane < 16 && vi < nvec) scores[((size_t)row * Hkv + grp) * max_blocks + b] = -INFINITY;
+            if (!split && lane < 16 && vi < nvec) scores[((size_t)row * Hkv + grp) * max_blocks + b] = -INFINITY;
             continue;
         }
         /* Q tile [16][DI] -> shared (zeros past nvec) */
@@ -129,7 +147,7 @@ index_scores_kernel(const T *__restrict__ kidx,          /* [slots][idx_heads][B
 
         float best = -INFINITY;
         const int r = lane & 15, h = lane >> 4;
-        for (int j = 0; j < Bk / 16; j++) {
+        for (int j = split ? warp : 0; j < Bk / 16; j += split ? IDX_WARPS : 1) {
             wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
             wmma::fill_fragment(acc, 0.0f);
 #pragma unroll
@@ -147,9 +165,20 @@ index_scores_kernel(const T *__restrict__ kidx,          /* [slots][idx_heads][B
             __syncwarp();
         }
         best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 16));
-        if (lane < 16 && vi < nvec)
+        if (split) {
+            if (lane < 16 && vi < nvec && best != -INFINITY) atomicMax(&red[t * 16 + lane], idx_order_key(best));
+        } else if (lane < 16 && vi < nvec) {
             scores[((size_t)row * Hkv + grp) * max_blocks + b] = best == -INFINITY ? best : best * scale;
+        }
         __syncwarp();
+    }
+    if (split) {
+        __syncthreads();
+        for (int v = tid; v < nvec; v += blockDim.x) {
+            const uint32_t u = red[v];
+            const float best = u ? idx_order_val(u) * scale : -INFINITY;
+            scores[((size_t)(q0 + v / gpk) * Hkv + kh * gpk + v % gpk) * max_blocks + b] = best;
+        }
     }
 }
 

@@ -10,8 +10,9 @@ user would get:
     kernel and against the whole MSA step.
 
 Reads bench-msa's --json output for our times and prints one table (and
---json for the docs). Times are CUDA-event medians after warm-up; small
-inputs rotate over several copies so that they are not served from L2.
+--json for the docs). Times are GPU times (calls captured in a CUDA graph,
+event-timed replays, median), as in bench-msa; small inputs rotate over
+several copies so that they are not served from L2.
 
   python3 tools/bench_torch.py --ours bench.json [--json torch.json]
 """
@@ -23,19 +24,32 @@ import torch
 import torch.nn.functional as F
 
 
-def time_us(fn, reps=20, warm=3, n_inputs=1):
-    for i in range(warm):
-        fn(i % n_inputs)
+def time_us(fn, reps=20, warm=3, n_inputs=1, launches=5):
+    """GPU time of one call, as bench-msa measures it: `reps` calls (rotating
+    inputs) captured in a CUDA graph, events around replays, median / reps."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for i in range(warm):
+            fn(i % n_inputs)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(reps):
+            fn(i % n_inputs)
+    g.replay()
     torch.cuda.synchronize()
     ts = []
-    for i in range(reps):
+    for _ in range(launches):
         a = torch.cuda.Event(enable_timing=True)
         b = torch.cuda.Event(enable_timing=True)
         a.record()
-        fn(i % n_inputs)
+        g.replay()
         b.record()
         b.synchronize()
-        ts.append(a.elapsed_time(b) * 1000.0)
+        ts.append(a.elapsed_time(b) * 1000.0 / reps)
+    del g
     return statistics.median(ts)
 
 
@@ -95,7 +109,7 @@ def main():
             if be is not None:
                 with sdpa_kernel([be]):
                     t_sdpa = time_us(lambda i: F.scaled_dot_product_attention(q, ks[i], vs[i], **kw),
-                                     reps=10 if N >= 524288 or rows > 1 else 20, n_inputs=nc)
+                                     reps=2 if N >= 524288 or rows > 1 else 20, n_inputs=nc)
             del q, ks, vs
         except torch.OutOfMemoryError:
             be = "out of memory"
