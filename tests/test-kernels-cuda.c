@@ -53,6 +53,8 @@ typedef struct {
     int row_pos_mode; /* 0: last positions of the sequence; 1: random positions */
     int separate_idx_table;
     int bad_row;      /* make row 0's q_pos past its sequence */
+    int ties;         /* 1: integer index keys/queries (many exact ties);
+                         2: one constant index key (every block ties) */
 } tcase;
 
 /* ---- host helpers ---------------------------------------------------------- */
@@ -250,6 +252,10 @@ static void check_selection(const hostdata *h, const int *sel) {
             }
             int n = ref_select(h, i, g, rs, scores);
             if (gs[0] != rs[0]) { bad++; continue; }
+            if (c->ties) { /* exact scores: the tie-break must match exactly */
+                for (int j = 0; j < k; j++) bad += gs[j] != rs[j];
+                continue;
+            }
             for (int j = n; j < k; j++) bad += gs[j] != -1;
             /* the k-th best reference score: GPU picks must reach it (near-tie) */
             double kth = n > 1 ? scores[rs[n - 1]] : INFINITY;
@@ -391,6 +397,10 @@ static void run_case(const tcase *c, int use_public) {
     fill_rand(c->dtype, h.kidx, ki_n, 1.0f);
     fill_rand(c->dtype, h.q, q_n, 1.5f);
     fill_rand(c->dtype, h.q_idx, qi_n, 1.0f);
+    if (c->ties) { /* small integers: dot products are exact in fp32 */
+        for (size_t i = 0; i < ki_n; i++) h.kidx[i] = f2h(c->dtype, c->ties == 2 ? 1.0f : (float)(t_randint(3) - 1));
+        for (size_t i = 0; i < qi_n; i++) h.q_idx[i] = f2h(c->dtype, (float)(t_randint(3) - 1));
+    }
     if (c->bad_row) h.q_pos[0] = c->seq_len[h.row_seq[0]] + 5;
 
     /* device copies */
@@ -539,6 +549,8 @@ int main(void) {
         {"prefill 150 rows gqa4", 8, 2, 128, 128, 1, 64, 8, BF, 2, {2000, 1500}, {150, 40}, 0, 1, 0},
         {"prefill gqa1 fp16 per-group", 4, 4, 64, 64, 4, 64, 6, F16, 1, {1200}, {90}, 0, 0, 0},
         {"bad row past its sequence", 8, 2, 128, 128, 1, 128, 4, BF, 2, {900, 1300}, {1, 1}, 0, 0, 1},
+        {"ties: integer index", 8, 2, 64, 64, 1, 16, 16, BF, 2, {6000, 3000}, {1, 3}, 1, 0, 0, 1},
+        {"ties: constant index 1K blocks", 4, 2, 64, 64, 1, 16, 16, BF, 1, {17000}, {1}, 0, 0, 0, 2},
     };
     const int n_cases = (int)(sizeof cases / sizeof cases[0]);
     for (int i = 0; i < n_cases; i++) run_case(&cases[i], 0);
