@@ -242,6 +242,14 @@ def _declare(lib: C.CDLL) -> None:
         "msa_session_tokens": (C.POINTER(C.c_int32), [P, C.POINTER(C.c_int64)]),
         "msa_session_name": (C.c_char_p, [P]),
         "msa_engine_store": (P, [P]),
+        "msa_engine_tokenizer": (P, [P]),
+        "msa_tokenize": (C.c_int, [P, C.c_char_p, C.c_size_t, C.c_int, C.POINTER(C.c_int32),
+                                   C.c_size_t, C.POINTER(C.c_size_t)]),
+        "msa_detokenize": (C.c_int, [P, C.POINTER(C.c_int32), C.c_size_t, C.c_int,
+                                     C.c_char_p, C.c_size_t, C.POINTER(C.c_size_t)]),
+        "msa_session_append_message": (C.c_int, [P, C.c_int, C.c_char_p, C.c_char_p, C.c_int,
+                                                 C.c_char_p]),
+        "msa_chat_template_from_name": (C.c_int, [C.c_char_p]),
         "msa_store_fork": (C.c_int, [P, C.c_char_p, C.c_char_p]),
         "msa_store_remove": (C.c_int, [P, C.c_char_p]),
         "msa_store_export": (C.c_int, [P, C.c_char_p, C.c_char_p]),
@@ -323,6 +331,34 @@ class Engine:
         h = C.c_void_p()
         _check(self._lib.msa_session_open(self._handle(), name.encode(), flags, C.byref(h)))
         return Session(self, h)
+
+    # ---- the tokenizer ----------------------------------------------------------
+
+    def tokenize(self, text: str, bos: bool = False) -> List[int]:
+        """Token ids of `text` under the model's tokenizer."""
+        data = text.encode()
+        cap = len(data) + 16
+        ids = (C.c_int32 * cap)()
+        n = C.c_size_t()
+        tok = self._lib.msa_engine_tokenizer(self._handle())
+        _check(self._lib.msa_tokenize(tok, data, len(data), 1 if bos else 0, ids, cap,
+                                      C.byref(n)))
+        return list(ids[:n.value])
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of token ids (invalid UTF-8 replaced)."""
+        arr = (C.c_int32 * max(len(ids), 1))(*ids)
+        tok = self._lib.msa_engine_tokenizer(self._handle())
+        n = C.c_size_t()
+        cap = 16 * len(ids) + 16
+        while True:
+            buf = C.create_string_buffer(cap)
+            rc = self._lib.msa_detokenize(tok, arr, len(ids), 0, buf, cap, C.byref(n))
+            if rc == -17 and n.value > cap:  # MSA_ERANGE: retry with the size needed
+                cap = n.value
+                continue
+            _check(rc)
+            return buf.raw[:n.value].decode("utf-8", errors="replace")
 
     # ---- the store (msa_store_* through msa_engine_store) --------------------
 
@@ -418,6 +454,24 @@ class Session:
         _check(self._lib.msa_session_append_text(self._handle(), data, len(data),
                                                  source.encode() if source else None,
                                                  cb, None))
+
+    def append_message(self, role: str, content: str, add_generation_prompt: bool = False,
+                       template: Optional[str] = None, source: Optional[str] = None) -> None:
+        """Appends one chat message (role "system", "user" or "assistant")
+        rendered with `template` ("plain", "llama3", "chatml", "llama2"; None:
+        the model's), optionally followed by the header of the reply."""
+        t = -1
+        if template is not None:
+            t = self._lib.msa_chat_template_from_name(template.encode())
+            _check(t if t < 0 else 0)
+        _check(self._lib.msa_session_append_message(self._handle(), t, role.encode(),
+                                                    content.encode(),
+                                                    int(add_generation_prompt),
+                                                    source.encode() if source else None))
+
+    def text(self) -> str:
+        """The whole memory as text."""
+        return self._engine.detokenize(self.tokens())
 
     def append_tokens(self, ids: Sequence[int], source: Optional[str] = None,
                       progress=None) -> None:

@@ -1,0 +1,14 @@
+# The command line, the examples and the Python bindings, end to end on the
+# real stories260K model (pytest; every test skips with a message where
+# ../shared/assets is absent, MSA_ASSETS overrides). abi-sizes prints the
+# public structs' layouts for the bindings' ABI check.
+add_executable(abi-sizes abi_sizes.c)
+target_link_libraries(abi-sizes PRIVATE msa_static)
+
+foreach(t test_cli test_python)
+  add_test(NAME ${t}
+           COMMAND python3 -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/${t}.py)
+  set_tests_properties(${t} PROPERTIES LABELS unit TIMEOUT 600
+    SKIP_REGULAR_EXPRESSION "^[0-9]+ skipped in"
+    ENVIRONMENT "MSA_DEFAULT_ASSETS=${MSA_DEFAULT_ASSETS};MSA_BUILD_DIR=${PROJECT_BINARY_DIR};MSA_SOURCE_DIR=${PROJECT_SOURCE_DIR};MSA_LIBRARY=${PROJECT_BINARY_DIR}/libmsa.so")
+endforeach()
