@@ -4,6 +4,7 @@
 # public structs' layouts for the bindings' ABI check.
 add_executable(abi-sizes abi_sizes.c)
 target_link_libraries(abi-sizes PRIVATE msa_static)
+set_target_properties(abi-sizes PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
 
 foreach(t test_cli test_python)
   add_test(NAME ${t}
