@@ -598,8 +598,8 @@ int msa_session_append_text(msa_session *s, const char *text, size_t len, const 
     if (!s || (!text && len)) return msa_error(MSA_EINVAL, "msa_session_append_text: NULL argument");
     int flags = 0;
     if (s->n_tokens == 0 && msa_tokenizer_add_bos(s->e->tok)) flags |= MSA_TOK_ADD_BOS;
-    int32_t *ids;
-    size_t n;
+    int32_t *ids = NULL;
+    size_t n = 0;
     int rc = tokenize_alloc(s, text, len, flags, &ids, &n);
     if (rc) return rc;
     rc = msa_session_append_tokens(s, ids, n, source, progress, user);
@@ -618,8 +618,8 @@ int msa_session_append_message(msa_session *s, int tmpl, const char *role,
     msa_chat_render(tmpl, role, content, add_generation_prompt, text, need + 1);
     int flags = MSA_TOK_PARSE_SPECIAL;
     if (s->n_tokens == 0 && msa_tokenizer_add_bos(s->e->tok)) flags |= MSA_TOK_ADD_BOS;
-    int32_t *ids;
-    size_t n;
+    int32_t *ids = NULL;
+    size_t n = 0;
     int rc = tokenize_alloc(s, text, need, flags, &ids, &n);
     free(text);
     if (rc) return rc;

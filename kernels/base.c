@@ -66,9 +66,9 @@ int msa_error_context(int status, const char *fmt, ...) {
     va_end(ap);
     memcpy(old, err_msg, sizeof old);
     if (old[0])
-        snprintf(err_msg, sizeof err_msg, "%s: %s", prefix, old);
+        snprintf(err_msg, sizeof err_msg, "%.500s: %.500s", prefix, old);
     else
-        snprintf(err_msg, sizeof err_msg, "%s: %s", prefix, msa_strerror(status));
+        snprintf(err_msg, sizeof err_msg, "%.500s: %s", prefix, msa_strerror(status));
     return status;
 }
 
@@ -131,8 +131,25 @@ int msa_cpu_count(void) {
     return n < 1 ? 1 : (int)n;
 }
 
+/* A child of fork() has none of the parent's workers: start afresh. */
+static void pool_after_fork_child(void) {
+    pool *p = &g_pool;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->done, NULL);
+    pthread_mutex_init(&g_job_mu, NULL);
+    p->n_workers = 0;
+    p->active = 0;
+    p->want = 0;
+    in_pool_job = 0;
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void register_atfork(void) { pthread_atfork(NULL, NULL, pool_after_fork_child); }
+
 /* Starts workers up to `count` (caller excluded); returns how many exist. */
 static int pool_grow(pool *p, int count) {
+    pthread_once(&atfork_once, register_atfork);
     if (count > MSA_MAX_WORKERS) count = MSA_MAX_WORKERS;
     while (p->n_workers < count) {
         pthread_attr_t attr;
