@@ -35,9 +35,17 @@
  * partials [n_q][Hq][n_split][d + 2] fp32 (m in log2 units, l, acc[d]).
  *
  * Version history (timings in docs/bench-kernels.md):
- *   v1 (this file): single-buffered K/V, wmma, O in shared memory. Known
- *      headroom: no double buffering of the next block's K/V, mma.sync with
- *      register-resident O (or wgmma) would remove the shared round trips.
+ *   v1: single-buffered K/V, wmma, O in shared memory, one warp per 16
+ *      vectors. Dense decode at 1M (32/8/128, B=1): 5.66 ms, 0.76 TB/s.
+ *   v2: decode splits each block's tokens over 2 warps (NWT) with a merge
+ *      at the end of the tile: 3.93 ms (1.1 TB/s); SDPA flash: 1.41 ms.
+ *   v3 (this file): per-warp participation mask: a warp skips S, softmax
+ *      and PV for a block none of its vectors take part in, and the softmax
+ *      skips single rows that do not (decode padding, sparse prefill rows
+ *      outside their selection, causal future).
+ *   Known headroom: no double buffering of the next block's K/V;
+ *      mma.sync with register-resident O (or wgmma) would remove the
+ *      shared-memory round trips of S, P and O.
  */
 #include <cub/block/block_scan.cuh>
 #include <mma.h>
@@ -197,9 +205,28 @@ __global__ void __launch_bounds__(NW * NWT * 32) block_attn_kernel(const attn_ar
             msa_cp_async_wait<1>();
             __syncthreads();
 
+            /* Which of this warp's 16 vectors take part in block b: visible
+             * (q_pos reaches the block) and, when sparse, in their row's
+             * selection. A warp with none skips the block's math entirely
+             * (padding vectors of decode, rows of a prefill tile that did not
+             * select this block of the union, future blocks of a causal tile). */
+            const int p0 = b * Bkk;
+            bool part = false;
+            if (lane < 16) {
+                const int vi = wv * 16 + lane;
+                part = lim_s[vi] >= p0;
+                if (SPARSE && part) {
+                    const int *rs = sel_s + ((q0 + (v0 + vi) / G) - row_lo) * a.top_k;
+                    bool hit = false;
+                    for (int j = 0; j < a.top_k; j++) hit |= rs[j] == b;
+                    part = hit;
+                }
+            }
+            const unsigned pm = __ballot_sync(0xffffffffu, part);
+
             /* S = Q K^T for this warp's 16 vectors: [16][Bk] */
             float *Sw = Ss + wv * 16 * SLD;
-            for (int j = wt; j < Bk / 16; j += NWT) {
+            for (int j = wt; j < (pm ? Bk / 16 : 0); j += NWT) {
                 wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
                 wmma::fill_fragment(acc, 0.0f);
 #pragma unroll
@@ -216,16 +243,17 @@ __global__ void __launch_bounds__(NW * NWT * 32) block_attn_kernel(const attn_ar
             T *Pw = Ps + wv * 16 * PLD;
             float *Ow = Os + (wt * V + wv * 16) * OLD;
             const int ncols = (Bk / 16 - wt + NWT - 1) / NWT * 16; /* this warp's columns */
-            for (int rr = 0; rr < 16; rr++) {
+            for (int rr = 0; rr < (pm ? 16 : 0); rr++) {
                 const int vi = wv * 16 + rr, v = v0 + vi, si = wt * V + vi;
-                int lim = lim_s[vi];
-                if (SPARSE && lim >= 0) {
-                    const int *rs = sel_s + ((q0 + v / G) - row_lo) * a.top_k;
-                    bool hit = false;
-                    for (int j = lane; j < a.top_k; j += 32) hit |= rs[j] == b;
-                    if (!__any_sync(0xffffffffu, hit)) lim = -1;
+                if (!((pm >> rr) & 1)) {
+                    /* not in this block: P row = 0 (padding vectors' rows are
+                     * never read back, so they are left alone) */
+                    if (v < nvec)
+                        for (int cc = lane; cc < ncols; cc += 32)
+                            Pw[rr * PLD + (wt + NWT * (cc >> 4)) * 16 + (cc & 15)] = msa_from_f32<T>(0.0f);
+                    continue;
                 }
-                const int p0 = b * Bkk;
+                const int lim = lim_s[vi];
                 float mx = -INFINITY;
                 for (int cc = lane; cc < ncols; cc += 32) {
                     const int c = (wt + NWT * (cc >> 4)) * 16 + (cc & 15);
@@ -254,7 +282,7 @@ __global__ void __launch_bounds__(NW * NWT * 32) block_attn_kernel(const attn_ar
 
             /* O += P V: [16][Bk] x [Bk][D] */
 #pragma unroll
-            for (int jd = 0; jd < D / 16; jd++) {
+            for (int jd = 0; jd < (pm ? D / 16 : 0); jd++) {
                 wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
                 wmma::load_matrix_sync(acc, Ow + jd * 16, OLD, wmma::mem_row_major);
                 for (int kk = wt; kk < Bk / 16; kk += NWT) {

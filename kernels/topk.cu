@@ -33,8 +33,14 @@
  *      ties. Graph-timed at 128K: 12.8 us decode (torch.topk 16.6), but the
  *      prefill case (16K row-groups) went from 0.2 to 0.97 ms: one warp
  *      walked the 2048 bins serially, 128 dependent shared loads.
- *   v3 (this file): the 2048-bin scan is a block-wide scan (4 bins per
- *      thread) instead of one warp's serial walk. torch.topk on the same
+ *   v3: the 2048-bin scan is a block-wide scan (4 bins per thread)
+ *      instead of one warp's serial walk: 128K decode 8.4-10.3 us
+ *      (torch.topk 17-18), prefill 0.26 ms.
+ *   v4 (this file): block scores are maxima of 128 token scores, so they
+ *      crowd into few top-11-bit bins (hundreds of keys in the boundary bin
+ *      at 1K blocks) and v3's exact rank was quadratic in them; a boundary
+ *      bin of more than 64 keys is now refined by a second 11-bit histogram
+ *      before the rank. torch.topk on the same
  *      [rows*groups][blocks] scores is the comparison in tools/bench_torch.py.
  */
 #include <cub/block/block_scan.cuh>
@@ -66,7 +72,8 @@ topk_kernel(const float *__restrict__ scores, /* [n_q][Hkv][max_blocks] */
     __shared__ int hist2k[2048];
     __shared__ int cand_id[TOPK_CAND_MAX];
     __shared__ uint32_t cand_key[TOPK_CAND_MAX];
-    __shared__ int s_digit, s_ncand, s_nc;
+    __shared__ int cand2[TOPK_CAND_MAX];
+    __shared__ int s_digit, s_ncand, s_nc, s_nc2;
     typedef cub::BlockScan<int, TOPK_THREADS> Scan;
     __shared__ typename Scan::TempStorage scan_tmp;
 
@@ -93,7 +100,7 @@ topk_kernel(const float *__restrict__ scores, /* [n_q][Hkv][max_blocks] */
 
     const float *sc = scores + (size_t)rg * max_blocks;
     for (int i = tid; i < n; i += blockDim.x) keys[i] = order_key(sc[i]);
-    if (tid == 0) { s_prefix = 0; s_remaining = kk; s_count = 0; s_nc = 0; }
+    if (tid == 0) { s_prefix = 0; s_remaining = kk; s_count = 0; s_nc = 0; s_nc2 = 0; }
     __syncthreads();
 
     /* v2 fast path: one histogram of the top 11 key bits finds the bin D
@@ -140,16 +147,64 @@ topk_kernel(const float *__restrict__ scores, /* [n_q][Hkv][max_blocks] */
                 }
             }
             __syncthreads();
-            const int n_gt = s_count, nc = s_nc;
-            for (int c = tid; c < nc; c += blockDim.x) {
-                const uint32_t ku = cand_key[c];
-                const int ki = cand_id[c];
-                int rank = 0;
-                for (int j = 0; j < nc; j++) {
-                    const uint32_t u = cand_key[j];
-                    rank += (u > ku) || (u == ku && cand_id[j] < ki);
+            const int nc = s_nc;
+            if (nc <= 64) { /* rank the boundary bin directly */
+                const int n_gt = s_count;
+                for (int c = tid; c < nc; c += blockDim.x) {
+                    const uint32_t ku = cand_key[c];
+                    const int ki = cand_id[c];
+                    int rank = 0;
+                    for (int j = 0; j < nc; j++) {
+                        const uint32_t u = cand_key[j];
+                        rank += (u > ku) || (u == ku && cand_id[j] < ki);
+                    }
+                    if (rank < rem) { win_id[n_gt + rank] = ki; win_key[n_gt + rank] = ku; }
                 }
-                if (rank < rem) { win_id[n_gt + rank] = ki; win_key[n_gt + rank] = ku; }
+            } else { /* v4: refine the boundary bin by the next 11 bits */
+                for (int i = tid; i < 2048; i += blockDim.x) hist2k[i] = 0;
+                __syncthreads();
+                for (int c = tid; c < nc; c += blockDim.x) atomicAdd(&hist2k[(cand_key[c] >> 10) & 2047], 1);
+                __syncthreads();
+                {
+                    int h[4], tot = 0;
+#pragma unroll
+                    for (int i = 0; i < 4; i++) { h[i] = hist2k[2047 - 4 * tid - i]; tot += h[i]; }
+                    int incl;
+                    Scan(scan_tmp).InclusiveSum(tot, incl);
+                    const int excl = incl - tot;
+                    if (excl < rem && rem <= incl) {
+                        int cum = excl;
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            if (cum + h[i] >= rem) { s_digit = 2047 - 4 * tid - i; s_remaining = rem - cum; break; }
+                            cum += h[i];
+                        }
+                    }
+                }
+                __syncthreads();
+                const uint32_t D2 = (uint32_t)s_digit;
+                const int rem2 = s_remaining;
+                for (int c = tid; c < nc; c += blockDim.x) {
+                    const uint32_t sd = (cand_key[c] >> 10) & 2047;
+                    if (sd > D2) {
+                        int p = atomicAdd(&s_count, 1);
+                        win_id[p] = cand_id[c]; win_key[p] = cand_key[c];
+                    } else if (sd == D2) {
+                        cand2[atomicAdd(&s_nc2, 1)] = c;
+                    }
+                }
+                __syncthreads();
+                const int n_gt = s_count, nc2 = s_nc2;
+                for (int q = tid; q < nc2; q += blockDim.x) {
+                    const uint32_t ku = cand_key[cand2[q]];
+                    const int ki = cand_id[cand2[q]];
+                    int rank = 0;
+                    for (int j = 0; j < nc2; j++) {
+                        const uint32_t u = cand_key[cand2[j]];
+                        rank += (u > ku) || (u == ku && cand_id[cand2[j]] < ki);
+                    }
+                    if (rank < rem2) { win_id[n_gt + rank] = ki; win_key[n_gt + rank] = ku; }
+                }
             }
             __syncthreads();
         } else {
