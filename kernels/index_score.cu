@@ -28,9 +28,18 @@
  *     it is what keeps the scan off the FP32 pipes.
  *
  * Version history (measured on the device, see docs/bench-kernels.md):
- *   v1 (this file): cp.async key tile + wmma + per-warp 16x16 scratch for the
- *      masked max-pool. Reaches the HBM figures reported in the benchmark
- *      table at N >= 128K in decode.
+ *   v1: cp.async key tile + wmma, each warp its own tiles of 16 query
+ *      vectors over all Bk tokens (decode: one warp busy). 1M tokens, B=1:
+ *      67% of the copy bandwidth (event-timed).
+ *   v2: decode (< 4 tiles) splits the tokens over the warps, maxima merged
+ *      with shared atomics: 77% at 1M B=1, 45% at 128K B=1, 71-86% with
+ *      B=8 (graph-timed). Prefill (2K rows x 8 groups): 6.3 ms, about
+ *      90 TFLOP/s; the key fragments were reloaded from shared memory for
+ *      every 16 query vectors.
+ *   v3 (this file): always split by tokens: each warp's key fragments live
+ *      in registers for the whole CTA, query chunks of 32 vectors are
+ *      shared by the warps; 48.5 KB of shared memory, so 4 CTAs per SM
+ *      (v2: 57 KB, 3).
  */
 #include <mma.h>
 
@@ -39,12 +48,13 @@
 using namespace nvcuda;
 
 #define IDX_WARPS 4
+#define IDX_QV 32    /* query vectors per shared-memory chunk */
 #define IDX_SC_LD 20 /* fp32 scratch row stride (wmma needs a multiple of 4) */
 
 template <int DI>
 static size_t index_smem_bytes(int Bk) {
-    return (size_t)Bk * (DI + 8) * 2          /* Ks [Bk][DI+8]            */
-         + (size_t)IDX_WARPS * 16 * (DI + 8) * 2 /* Qs [warps][16][DI+8]   */
+    return (size_t)Bk * (DI + 8) * 2              /* Ks [Bk][DI+8]          */
+         + (size_t)IDX_QV * (DI + 8) * 2          /* Qs [IDX_QV][DI+8]      */
          + (size_t)IDX_WARPS * 16 * IDX_SC_LD * 4; /* Sc [warps][16][20] f32 */
 }
 
@@ -58,9 +68,15 @@ __device__ __forceinline__ float idx_order_val(uint32_t k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
-/* grid (max_blocks, n_seqs * idx_heads), block 128 threads. */
+/* grid (max_blocks, n_seqs * idx_heads), block 128 threads.
+ *
+ * Warp w owns the 16-token column tiles j = w and w + 4 of the key block and
+ * keeps their wmma fragments in registers for the whole CTA; the query
+ * vectors stream through shared memory in chunks of IDX_QV, shared by all
+ * warps; each warp max-pools its own columns and the four partial maxima of
+ * a vector meet in shared memory (atomicMax on order-preserving keys). */
 template <typename T, int DI>
-__global__ void __launch_bounds__(IDX_WARPS * 32)
+__global__ void __launch_bounds__(IDX_WARPS * 32, 4) /* 4 CTAs per SM: <= 128 registers */
 index_scores_kernel(const T *__restrict__ kidx,          /* [slots][idx_heads][Bk][DI] */
                     const int32_t *__restrict__ idx_indptr, const int32_t *__restrict__ idx_table,
                     const int32_t *__restrict__ seq_len, const int32_t *__restrict__ q_indptr,
@@ -70,9 +86,11 @@ index_scores_kernel(const T *__restrict__ kidx,          /* [slots][idx_heads][B
                     int Hkv, int idx_heads, int Bk, int max_blocks, float scale) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int LD = DI + 8;
-    T *Ks = (T *)smem;
-    T *Qs = Ks + (size_t)Bk * LD;
-    float *Sc = (float *)(Qs + IDX_WARPS * 16 * LD);
+    T *Ks = (T *)smem;                                  /* [Bk][LD]          */
+    T *Qs = Ks + (size_t)Bk * LD;                       /* [IDX_QV][LD]      */
+    float *Sc = (float *)(Qs + IDX_QV * LD);            /* [warps][16][20]   */
+    __shared__ uint32_t red[IDX_QV];                    /* max keys, 0 = none */
+    __shared__ int lim_s[IDX_QV];
 
     const int b = blockIdx.x;
     const int s = blockIdx.y / idx_heads, kh = blockIdx.y % idx_heads;
@@ -84,12 +102,6 @@ index_scores_kernel(const T *__restrict__ kidx,          /* [slots][idx_heads][B
     const int slen = seq_len[s];
     const int slot = idx_table[idx_indptr[s] + b];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    /* Decode has one or two tiles of 16 vectors: then all warps work on the
-     * same tile, each on a quarter of the block's tokens, and merge their
-     * maxima in shared memory (order-preserving uint keys, 0 = nothing). */
-    const int ntiles = (nvec + 15) / 16;
-    const bool split = ntiles < IDX_WARPS;
-    __shared__ uint32_t red[IDX_WARPS * 16];
 
     if (slot < 0) { /* unmapped index block: no visible token */
         for (int v = tid; v < nvec; v += blockDim.x) {
@@ -101,84 +113,84 @@ index_scores_kernel(const T *__restrict__ kidx,          /* [slots][idx_heads][B
 
     /* Key block -> shared, 16 bytes per copy, everything in flight. */
     const T *kb = kidx + ((size_t)slot * idx_heads + kh) * Bk * DI;
-    const int CPR = DI / 8; /* 16-byte chunks per key row */
+    const int CPR = DI / 8; /* 16-byte chunks per row */
     for (int i = tid; i < Bk * CPR; i += blockDim.x) {
         int r = i / CPR, c = i % CPR;
         msa_cp_async16(Ks + r * LD + c * 8, kb + (size_t)r * DI + c * 8);
     }
     msa_cp_async_commit();
-    if (split)
-        for (int i = tid; i < ntiles * 16; i += blockDim.x) red[i] = 0;
+    for (int i = tid; i < IDX_QV; i += blockDim.x) red[i] = 0;
     msa_cp_async_wait<0>();
     __syncthreads();
 
-    T *Qw = Qs + warp * 16 * LD;
+    /* this warp's key fragments: column tiles j = warp + 4 * jj */
+    const int nj = Bk / 16;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kf[2][DI / 16];
+#pragma unroll
+    for (int jj = 0; jj < 2; jj++) {
+        const int j = warp + IDX_WARPS * jj;
+        if (j < nj) {
+#pragma unroll
+            for (int kk = 0; kk < DI / 16; kk++) wmma::load_matrix_sync(kf[jj][kk], Ks + j * 16 * LD + kk * 16, LD);
+        }
+    }
+
     float *Sw = Sc + warp * 16 * IDX_SC_LD;
     const int blk0 = b * Bk;
-    for (int t = split ? 0 : warp; t < ntiles; t += split ? 1 : IDX_WARPS) {
-        /* this lane's vector (lanes 16..31 mirror 0..15) */
-        const int vi = t * 16 + (lane & 15);
-        int row = 0, grp = 0, lim = -1;
-        if (vi < nvec) {
-            row = q0 + vi / gpk;
-            grp = kh * gpk + vi % gpk;
-            lim = msa_row_limit(q_pos[row], slen);
-        }
-        int tile_lim = lim;
-        for (int o = 16; o; o >>= 1) tile_lim = max(tile_lim, __shfl_xor_sync(0xffffffffu, tile_lim, o));
-        if (tile_lim < blk0) { /* no vector of this tile sees the block */
-            if (!split && lane < 16 && vi < nvec) scores[((size_t)row * Hkv + grp) * max_blocks + b] = -INFINITY;
-            continue;
-        }
-        /* Q tile [16][DI] -> shared (zeros past nvec) */
-        for (int i = lane; i < 16 * CPR; i += 32) {
-            int r = i / CPR, c = i % CPR, v = t * 16 + r;
+    const int r = lane & 15, h = lane >> 4;
+    for (int c0 = 0; c0 < nvec; c0 += IDX_QV) {
+        /* query chunk [IDX_QV][DI] -> shared (zeros past nvec), limits */
+        for (int i = tid; i < IDX_QV * CPR; i += blockDim.x) {
+            int rr = i / CPR, c = i % CPR, v = c0 + rr;
             uint4 val = make_uint4(0, 0, 0, 0);
             if (v < nvec) {
-                int rr = q0 + v / gpk, gg = kh * gpk + v % gpk;
-                val = *(const uint4 *)(q_idx + ((size_t)rr * Hkv + gg) * DI + c * 8);
+                int row = q0 + v / gpk, gg = kh * gpk + v % gpk;
+                val = *(const uint4 *)(q_idx + ((size_t)row * Hkv + gg) * DI + c * 8);
             }
-            *(uint4 *)(Qw + r * LD + c * 8) = val;
+            *(uint4 *)(Qs + rr * LD + c * 8) = val;
         }
-        __syncwarp();
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[DI / 16];
-#pragma unroll
-        for (int kk = 0; kk < DI / 16; kk++) wmma::load_matrix_sync(a[kk], Qw + kk * 16, LD);
-
-        float best = -INFINITY;
-        const int r = lane & 15, h = lane >> 4;
-        for (int j = split ? warp : 0; j < Bk / 16; j += split ? IDX_WARPS : 1) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-            for (int kk = 0; kk < DI / 16; kk++) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf;
-                wmma::load_matrix_sync(bf, Ks + j * 16 * LD + kk * 16, LD);
-                wmma::mma_sync(acc, a[kk], bf, acc);
-            }
-            wmma::store_matrix_sync(Sw, acc, IDX_SC_LD, wmma::mem_row_major);
-            __syncwarp();
-            const int p0 = blk0 + j * 16 + h * 8;
-#pragma unroll
-            for (int c = 0; c < 8; c++)
-                if (p0 + c <= lim) best = fmaxf(best, Sw[r * IDX_SC_LD + h * 8 + c]);
-            __syncwarp();
+        for (int i = tid; i < IDX_QV; i += blockDim.x) {
+            int v = c0 + i;
+            lim_s[i] = v < nvec ? msa_row_limit(q_pos[q0 + v / gpk], slen) : -1;
         }
-        best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 16));
-        if (split) {
-            if (lane < 16 && vi < nvec && best != -INFINITY) atomicMax(&red[t * 16 + lane], idx_order_key(best));
-        } else if (lane < 16 && vi < nvec) {
-            scores[((size_t)row * Hkv + grp) * max_blocks + b] = best == -INFINITY ? best : best * scale;
-        }
-        __syncwarp();
-    }
-    if (split) {
         __syncthreads();
-        for (int v = tid; v < nvec; v += blockDim.x) {
-            const uint32_t u = red[v];
-            const float best = u ? idx_order_val(u) * scale : -INFINITY;
-            scores[((size_t)(q0 + v / gpk) * Hkv + kh * gpk + v % gpk) * max_blocks + b] = best;
+        for (int t = 0; t < IDX_QV / 16 && c0 + t * 16 < nvec; t++) {
+            const int lim = lim_s[t * 16 + r];
+            int tile_lim = lim;
+            for (int o = 16; o; o >>= 1) tile_lim = max(tile_lim, __shfl_xor_sync(0xffffffffu, tile_lim, o));
+            if (tile_lim < blk0) continue; /* nobody in this tile sees the block */
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[DI / 16];
+#pragma unroll
+            for (int kk = 0; kk < DI / 16; kk++) wmma::load_matrix_sync(a[kk], Qs + t * 16 * LD + kk * 16, LD);
+            float best = -INFINITY;
+#pragma unroll
+            for (int jj = 0; jj < 2; jj++) {
+                const int j = warp + IDX_WARPS * jj;
+                if (j >= nj) break;
+                wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+                wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+                for (int kk = 0; kk < DI / 16; kk++) wmma::mma_sync(acc, a[kk], kf[jj][kk], acc);
+                wmma::store_matrix_sync(Sw, acc, IDX_SC_LD, wmma::mem_row_major);
+                __syncwarp();
+                const int p0 = blk0 + j * 16 + h * 8;
+#pragma unroll
+                for (int c = 0; c < 8; c++)
+                    if (p0 + c <= lim) best = fmaxf(best, Sw[r * IDX_SC_LD + h * 8 + c]);
+                __syncwarp();
+            }
+            best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 16));
+            if (lane < 16 && best != -INFINITY) atomicMax(&red[t * 16 + lane], idx_order_key(best));
         }
+        __syncthreads();
+        for (int i = tid; i < IDX_QV && c0 + i < nvec; i += blockDim.x) {
+            const int v = c0 + i;
+            const uint32_t u = red[i];
+            scores[((size_t)(q0 + v / gpk) * Hkv + kh * gpk + v % gpk) * max_blocks + b] =
+                u ? idx_order_val(u) * scale : -INFINITY;
+            red[i] = 0;
+        }
+        /* the next chunk's first barrier orders these resets before its maxima */
     }
 }
 
@@ -190,7 +202,7 @@ static int launch_t(const msa_cuda_shape &sh, const msa_paged_kv *kv, const msa_
     if (!attr_set) {
         int rc = msa_cuda_check(cudaFuncSetAttribute(index_scores_kernel<T, DI>,
                                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     (int)index_smem_bytes<DI>(256)),
+                                                     (int)index_smem_bytes<DI>(128)),
                                 "index scores: shared memory limit");
         if (rc) return rc;
         attr_set = 1;
@@ -208,8 +220,8 @@ static int launch_t(const msa_cuda_shape &sh, const msa_paged_kv *kv, const msa_
 int msa_cuda_launch_index_scores(const msa_cuda_shape &sh, const msa_paged_kv *kv,
                                  const msa_attn_batch *b, float *scores, cudaStream_t st) {
     if (kv->max_blocks <= 0 || kv->n_seqs <= 0) return MSA_OK;
-    if (sh.Bk % 16 || sh.Bk > 256)
-        return msa_error(MSA_EUNSUPPORTED, "CUDA index scores: block size %d (need a multiple of 16, at most 256)", sh.Bk);
+    if (sh.Bk % 16 || sh.Bk > 128)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA index scores: block size %d (need a multiple of 16, at most 128)", sh.Bk);
     if (kv->n_seqs * sh.idx_heads > 65535)
         return msa_error(MSA_EUNSUPPORTED, "CUDA index scores: %d sequences x key heads", kv->n_seqs * sh.idx_heads);
     const bool bf = kv->dtype == MSA_DTYPE_BF16;
