@@ -13,8 +13,9 @@
  * A pool of 16 blocks per layer is generated up front, so generation is
  * not timed. Write = compress (put_block) + commit, one transaction per
  * chunk of tokens (all layers); read = read + verify + decompress every
- * block. Both run on one thread, so GB/s is per core. GB is 1e9 bytes of
- * raw K, V and index keys.
+ * block. Both run on one thread unless --threads N compresses on N
+ * threads, so GB/s is per core by default. GB is 1e9 bytes of raw K, V
+ * and index keys.
  */
 #include <jansson.h>
 #include <math.h>
@@ -66,10 +67,11 @@ int msa_cmd_bench(msa_cli *cli, int argc, char **argv) {
             return msa_cli_usage_error("bench", "only `bench store` is available here");
         printf("usage: msa-mem bench store [--tokens N] [--layers L] [--kv-heads H] [--head-dim D]\n"
                "         [--dtype bf16|f16|f32] [--realistic] [--chunk N] [--block N] [--index-dim D]\n"
-               "         [--level N] [--lossy] [--no-sync] [--keep]\n\n"
+               "         [--level N] [--lossy] [--no-sync] [--threads N] [--keep]\n\n"
                "Writes a synthetic session into the store (a temporary one unless --store\n"
                "is given) and reports write (compress + commit) and read (read + verify +\n"
-               "decompress) throughput in GB/s of raw KV per core, the compression ratio,\n"
+               "decompress) throughput in GB/s of raw KV (per core with --threads 1, the\n"
+               "default; --threads N compresses on N threads), the compression ratio,\n"
                "commit latency (median, p99) and bytes on disk per token. Data: Gaussian\n"
                "bf16 by default, KV-like (scaled channels, outliers, smooth in time) with\n"
                "--realistic. Defaults: 64K tokens, 32 layers, 8 KV heads, head dim 128,\n"
@@ -80,7 +82,7 @@ int msa_cmd_bench(msa_cli *cli, int argc, char **argv) {
     }
     long long tokens = 65536, chunk = 2048;
     int layers = 32, heads = 8, dim = 128, bs = 128, idim = 128, level = 1, realistic = 0, lossy = 0,
-        nosync = 0, keep = 0;
+        nosync = 0, keep = 0, threads = 1;
     msa_dtype dt = MSA_DTYPE_BF16;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -94,7 +96,7 @@ int msa_cmd_bench(msa_cli *cli, int argc, char **argv) {
         continue;                                                                              \
     }
         NUM("--tokens", tokens) NUM("--layers", layers) NUM("--kv-heads", heads) NUM("--head-dim", dim)
-        NUM("--chunk", chunk) NUM("--block", bs) NUM("--index-dim", idim)
+        NUM("--chunk", chunk) NUM("--block", bs) NUM("--index-dim", idim) NUM("--threads", threads)
 #undef NUM
         if (!strcmp(a, "--level") && v) { level = atoi(v); i++; continue; }
         if (!strcmp(a, "--dtype") && v) {
@@ -126,6 +128,7 @@ int msa_cmd_bench(msa_cli *cli, int argc, char **argv) {
     msa_store *st;
     int rc = msa_store_open(&p, &st);
     if (rc) return msa_cli_fail(rc, "opening the store");
+    msa_store_set_threads(st, threads);
     char name[64];
     snprintf(name, sizeof name, "bench-%d", (int)getpid());
     msa_store_shape sh = {layers, heads, dim, 1, idim, bs, dt, dt};
@@ -217,10 +220,11 @@ int msa_cmd_bench(msa_cli *cli, int argc, char **argv) {
                                  : "Gaussian N(0,1)";
     if (cli->json) {
         json_t *j = json_pack("{s:I, s:i, s:i, s:i, s:i, s:s, s:s, s:b, s:b, s:i, s:I,"
-                              " s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+                              " s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
                               "tokens", (json_int_t)tokens, "layers", layers, "kv_heads", heads, "head_dim", dim,
                               "block_size", bs, "dtype", msa_dtype_name(dt), "data", data, "lossy", lossy,
                               "durable", !nosync, "level", level, "chunk_tokens", (json_int_t)chunk,
+                              "threads", threads,
                               "write_gbps_per_core", w_gbs, "compress_gbps_per_core", c_gbs,
                               "read_gbps_per_core", r_gbs, "ratio", info.ratio, "commit_ms_median", med * 1e3,
                               "commit_ms_p99", p99 * 1e3, "bytes_on_disk_per_token", per_tok,
@@ -232,10 +236,11 @@ int msa_cmd_bench(msa_cli *cli, int argc, char **argv) {
     } else {
         printf("store bench: %lld tokens, %d layers, %d KV heads x %d, index 1 x %d, %s, blocks of %d\n",
                tokens, layers, heads, dim, idim, msa_dtype_name(dt), bs);
-        printf("data: %s; codec %s, zstd level %d; %s commits of %lld tokens\n", data,
-               lossy ? "fp8 e4m3 (lossy)" : "lossless", level, nosync ? "unsynced" : "durable", chunk);
-        printf("write  %.2f GB/s per core (compress %.2f GB/s, commit %.1f%% of the time), %.2f GB raw\n", w_gbs,
-               c_gbs, 100 * t_commit / (t_put + t_commit), raw / 1e9);
+        printf("data: %s; codec %s, zstd level %d; %s commits of %lld tokens; %d compression thread%s\n",
+               data, lossy ? "fp8 e4m3 (lossy)" : "lossless", level, nosync ? "unsynced" : "durable", chunk,
+               threads, threads == 1 ? "" : "s");
+        printf("write  %.2f GB/s%s (compress %.2f GB/s, commit %.1f%% of the time), %.2f GB raw\n", w_gbs,
+               threads == 1 ? " per core" : "", c_gbs, 100 * t_commit / (t_put + t_commit), raw / 1e9);
         printf("read   %.2f GB/s per core (read + verify + decompress)\n", r_gbs);
         printf("ratio  %.3fx; %.0f bytes on disk per token (%.0f raw)\n", info.ratio, per_tok, raw_tok);
         printf("commit median %.2f ms, p99 %.2f ms\n", med * 1e3, p99 * 1e3);

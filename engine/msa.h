@@ -344,6 +344,14 @@ MSA_API const char *msa_store_dir(const msa_store *store);
  * Returns MSA_OK or MSA_EIO; the store stays usable. */
 MSA_API int msa_store_sync(msa_store *store);
 
+/* Threads that compress the blocks of this handle's append transactions
+ * (0, the default: one per core; 1: each put is compressed on the calling
+ * thread as it is made). With more than one, puts copy the caller's rows
+ * and are compressed in batches (16 MiB of raw rows, and at commit) on the
+ * process's thread pool (msa_parallel_for); the commit is still one LMDB
+ * transaction. Applies to transactions begun afterwards. */
+MSA_API void msa_store_set_threads(msa_store *store, int n_threads);
+
 /* What a session is: bound at creation, never changed. */
 typedef struct msa_store_shape {
     int n_layers;
@@ -452,9 +460,12 @@ MSA_API int msa_store_txn_put_tokens(msa_store_txn *t, const int32_t *tokens,
  * rows, with a source tag (NULL: ""). All three are required and travel
  * together. Per layer, blocks go in order: `block` must be the layer's
  * current last block when it is partial (a rewrite, n_tokens not smaller
- * than before) or the next one. The data is compressed now; the caller's
- * buffers may be reused when this returns. Returns MSA_OK; MSA_EINVAL
- * (names the rule broken; the txn stays usable); MSA_ENOMEM. */
+ * than before) or the next one. The data is compressed now, or copied and
+ * compressed with other puts of the transaction on several threads
+ * (msa_store_set_threads); either way the caller's buffers may be reused
+ * when this returns. Returns MSA_OK; MSA_EINVAL (names the rule broken; the
+ * txn stays usable); MSA_ENOMEM (after a failed batch compression, also of
+ * an earlier put: the txn then only aborts, its commit returns the error). */
 MSA_API int msa_store_txn_put_block(msa_store_txn *t, int layer, uint64_t block,
                                     int n_tokens, const void *k, const void *v,
                                     const void *kidx, const char *tag);

@@ -553,6 +553,8 @@ void msa_store_close(msa_store *st) {
 
 const char *msa_store_dir(const msa_store *st) { return st ? st->dir : NULL; }
 
+void msa_store_set_threads(msa_store *st, int n_threads) { st->threads = n_threads < 0 ? 0 : n_threads; }
+
 int msa_store_sync(msa_store *st) {
     int rc = mdb_env_sync(st->env, 1);
     return rc ? msa_mdb_status(rc, "%s: sync", st->dir) : MSA_OK;
@@ -843,6 +845,9 @@ done:
 
 /* ---- append transactions ---------------------------------------------------------- */
 
+/* A put. With one compression thread it is encoded at once (val, len);
+ * with more, the caller's rows are copied to `plain` and encoded with the
+ * other buffered puts of the transaction in parallel (encode_pending). */
 typedef struct pending {
     int layer, n_tokens;
     uint64_t block;
@@ -850,7 +855,14 @@ typedef struct pending {
     void *val;
     size_t len;
     char *tag;
+    void *plain;            /* K | V | index keys, caller layout, or NULL */
+    int rc;                 /* of a deferred encode */
+    char *msg;              /* its message (the worker's msa_last_error) */
+    msa_codec_err err;
 } pending;
+
+/* Buffered raw bytes that start a parallel encode of the puts so far. */
+enum { MSA_ENCODE_BATCH = 16 << 20 };
 
 struct msa_store_txn {
     msa_store_session *s;
@@ -864,6 +876,10 @@ struct msa_store_txn {
     int64_t *last;          /* [n_layers] index in p of the layer's last put, -1 */
     msa_codec_err err;
     msa_store_txn_stats stats;
+    int threads;            /* compression threads (msa_store_set_threads) */
+    size_t n_plain;         /* puts waiting in `plain` */
+    size_t plain_bytes;
+    int failed;             /* a deferred encode failed: commit refuses */
 };
 
 int msa_store_txn_begin(msa_store_session *s, msa_store_txn **out) {
@@ -887,6 +903,7 @@ int msa_store_txn_begin(msa_store_session *s, msa_store_txn **out) {
     }
     x->s = s;
     x->base = s->rec;
+    x->threads = s->st->threads > 0 ? s->st->threads : msa_cpu_count();
     for (int l = 0; l < L; l++) {
         x->covered[l] = s->rec.n_tokens;
         x->last[l] = -1;
@@ -901,6 +918,8 @@ void msa_store_txn_abort(msa_store_txn *x) {
     for (size_t i = 0; i < x->np; i++) {
         free(x->p[i].val);
         free(x->p[i].tag);
+        free(x->p[i].plain);
+        free(x->p[i].msg);
     }
     free(x->p);
     free(x->toks);
@@ -927,6 +946,63 @@ int msa_store_txn_put_tokens(msa_store_txn *x, const int32_t *tokens, size_t n) 
     return MSA_OK;
 }
 
+typedef struct encode_job {
+    msa_store_txn *x;
+    size_t *idx;
+} encode_job;
+
+static void encode_task(void *ctx, int64_t i) {
+    encode_job *j = ctx;
+    msa_store_txn *x = j->x;
+    pending *p = &x->p[j->idx[i]];
+    const msa_store_shape *sh = &x->base.shape;
+    msa_codec_shape cs = msa_codec_shape_of(sh);
+    size_t kb = (size_t)sh->n_kv_heads * sh->block_size * sh->head_dim * msa_dtype_size(sh->kv_dtype);
+    const uint8_t *b = p->plain;
+    memset(&p->err, 0, sizeof p->err);
+    p->rc = msa_block_encode(&cs, p->n_tokens, b, b + kb, b + 2 * kb, x->s->st->params.level,
+                             x->s->st->params.lossy, &p->val, &p->len, &p->err);
+    if (p->rc) p->msg = strdup(msa_last_error());
+}
+
+/* Encodes the buffered puts on up to x->threads threads. The first failure
+ * (in put order) is returned with its message and poisons the transaction,
+ * whose commit then refuses: its puts are not all there. */
+static int encode_pending(msa_store_txn *x) {
+    if (x->failed) return x->failed;
+    if (!x->n_plain) return MSA_OK;
+    size_t *idx = malloc(x->n_plain * sizeof *idx), m = 0;
+    if (!idx || msa_fault_point() == ENOMEM) {
+        free(idx);
+        return x->failed = msa_error(MSA_ENOMEM, "session '%s': encoding %zu blocks", x->s->name, x->n_plain);
+    }
+    for (size_t i = 0; i < x->np; i++)
+        if (x->p[i].plain) idx[m++] = i;
+    encode_job j = {x, idx};
+    msa_parallel_for((int64_t)m, x->threads, encode_task, &j);
+    int rc = MSA_OK;
+    for (size_t q = 0; q < m; q++) {
+        pending *p = &x->p[idx[q]];
+        free(p->plain);
+        p->plain = NULL;
+        if (p->rc) {
+            if (!rc)
+                rc = msa_error(p->rc, "session '%s', layer %d, block %llu: %s", x->s->name, p->layer,
+                               (unsigned long long)p->block, p->msg ? p->msg : "encode failed");
+            continue;
+        }
+        x->err.max_abs = p->err.max_abs > x->err.max_abs ? p->err.max_abs : x->err.max_abs;
+        x->err.sum_sq_err += p->err.sum_sq_err;
+        x->err.sum_sq += p->err.sum_sq;
+        x->stats.stored_bytes += p->len;
+    }
+    free(idx);
+    x->n_plain = 0;
+    x->plain_bytes = 0;
+    if (rc) x->failed = rc;
+    return rc;
+}
+
 int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_tokens,
                             const void *k, const void *v, const void *kidx, const char *tag) {
     msa_store_session *s = x->s;
@@ -951,21 +1027,44 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
     if ((uint64_t)n_tokens < fill)
         return msa_error(MSA_EINVAL, "session '%s', layer %d, block %llu: %d tokens, fewer than the %llu stored",
                          s->name, layer, (unsigned long long)block, n_tokens, (unsigned long long)fill);
+    if (x->failed) return x->failed;
     msa_codec_shape cs = msa_codec_shape_of(sh);
-    void *val;
-    size_t len;
-    int rc = msa_block_encode(&cs, n_tokens, k, v, kidx, s->st->params.level, s->st->params.lossy,
+    void *val = NULL, *plain = NULL;
+    size_t len = 0;
+    size_t es = msa_dtype_size(sh->kv_dtype), ies = msa_dtype_size(sh->idx_dtype);
+    size_t kb = (size_t)sh->n_kv_heads * bs * sh->head_dim * es;
+    size_t ib = (size_t)sh->idx_key_heads * bs * sh->idx_dim * ies;
+    uint32_t raw = (uint32_t)(((size_t)sh->n_kv_heads * sh->head_dim * es * 2 +
+                               (size_t)sh->idx_key_heads * sh->idx_dim * ies) * (size_t)n_tokens);
+    int rc;
+    if (x->threads > 1) { /* copy now, encode with the others later */
+        plain = msa_fault_point() == ENOMEM ? NULL : malloc(2 * kb + ib);
+        if (!plain)
+            return msa_error(MSA_ENOMEM, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
+        memcpy(plain, k, kb);
+        memcpy((uint8_t *)plain + kb, v, kb);
+        memcpy((uint8_t *)plain + 2 * kb, kidx, ib);
+    } else {
+        rc = msa_block_encode(&cs, n_tokens, k, v, kidx, s->st->params.level, s->st->params.lossy,
                               &val, &len, &x->err);
-    if (rc) return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
+        if (rc) return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
+    }
     char *tg = strdup(tag);
     pending *slot = NULL;
     if (x->last[layer] >= 0 && x->p[x->last[layer]].block == block) {
         slot = &x->p[x->last[layer]]; /* a rewrite within this transaction */
         x->stats.raw_bytes -= slot->raw;
-        x->stats.stored_bytes -= slot->len;
+        if (slot->plain) {
+            x->n_plain--;
+            x->plain_bytes -= 2 * kb + ib;
+        } else {
+            x->stats.stored_bytes -= slot->len;
+        }
         x->stats.blocks--;
         free(slot->val);
         free(slot->tag);
+        free(slot->plain);
+        free(slot->msg);
     } else if (tg) {
         if (x->np == x->p_cap) {
             size_t cap = x->p_cap ? x->p_cap * 2 : 64;
@@ -982,6 +1081,7 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
     }
     if (!slot || !tg) {
         free(val);
+        free(plain);
         free(tg);
         if (slot) { /* the rewritten slot lost its value: drop it */
             *slot = x->p[--x->np];
@@ -991,16 +1091,24 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
         }
         return msa_error(MSA_ENOMEM, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
     }
-    uint32_t raw = (uint32_t)msa_get_le32((uint8_t *)val + 20);
-    *slot = (pending){layer, n_tokens, block, raw, val, len, tg};
+    *slot = (pending){layer, n_tokens, block, raw, val, len, tg, plain, 0, NULL, {0, 0, 0}};
     x->covered[layer] = block * bs + (uint64_t)n_tokens;
     x->stats.raw_bytes += raw;
     x->stats.stored_bytes += len;
     x->stats.blocks++;
+    if (plain) {
+        x->n_plain++;
+        x->plain_bytes += 2 * kb + ib;
+        if (x->plain_bytes >= MSA_ENCODE_BATCH) return encode_pending(x);
+    }
     return MSA_OK;
 }
 
-void msa_store_txn_stats_get(const msa_store_txn *x, msa_store_txn_stats *out) {
+void msa_store_txn_stats_get(const msa_store_txn *cx, msa_store_txn_stats *out) {
+    /* stored sizes are known once the buffered puts are encoded; a failure
+     * here is kept in the transaction and returned by its commit */
+    msa_store_txn *x = (msa_store_txn *)cx;
+    encode_pending(x);
     *out = x->stats;
     out->lossy_max_abs_err = x->err.max_abs;
     out->lossy_rel_rms_err = x->err.sum_sq > 0 ? sqrt(x->err.sum_sq_err / x->err.sum_sq) : 0;
@@ -1105,6 +1213,11 @@ static int commit_fn(MDB_txn *t, void *vp) {
 
 int msa_store_txn_commit(msa_store_txn *x) {
     msa_store_session *s = x->s;
+    int erc = encode_pending(x); /* outside LMDB's write lock */
+    if (erc) {
+        msa_store_txn_abort(x);
+        return erc;
+    }
     uint64_t want = x->base.n_tokens + x->ntok;
     for (int l = 0; l < x->base.shape.n_layers; l++)
         if (x->covered[l] != want) {

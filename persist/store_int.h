@@ -33,6 +33,7 @@ struct msa_store {
     int lock_fd;            /* flock: shared while open, exclusive to compact */
     int n_sessions_open;
     size_t map_size;
+    int threads;            /* compression threads of new transactions (0: one per core) */
     pthread_rwlock_t grow;  /* read txns hold it shared; map growth exclusive */
 };
 

@@ -107,6 +107,75 @@ static void test_codec(void) {
         }
 }
 
+/* The per-plane choice at full block size: random planes are stored as is
+ * (flag bit 31), exponent planes compressed, every level exact. */
+static void test_codec_planes(void) {
+    msa_codec_shape cs = {8, 128, 1, 128, 128, MSA_DTYPE_BF16, MSA_DTYPE_BF16};
+    size_t kn = 8 * 128 * 128, in = 128 * 128;
+    uint16_t *k = malloc(kn * 2), *v = malloc(kn * 2), *ix = malloc(in * 2);
+    uint16_t *k2 = malloc(kn * 2), *v2 = malloc(kn * 2), *i2 = malloc(in * 2);
+    for (size_t i = 0; i < kn; i++) {
+        k[i] = (uint16_t)t_rand_u64();
+        v[i] = msa_f32_to_bf16(t_randn());
+    }
+    for (size_t i = 0; i < in; i++) ix[i] = msa_f32_to_bf16(t_randn() * 3);
+    int levels[4] = {1, 3, -1, 19};
+    for (int li = 0; li < 4; li++) {
+        int fill = li == 2 ? 77 : 128;
+        void *val;
+        size_t len;
+        CHECK_OK(msa_block_encode(&cs, fill, k, v, ix, levels[li], 0, &val, &len, NULL));
+        const uint8_t *b = val;
+        CHECK(b[11] == 6);
+        uint32_t flags[6];
+        for (int i = 0; i < 6; i++) flags[i] = msa_get_le32(b + MSA_BLOCK_HDR + 8 * i) & 0x80000000u;
+        CHECKF(flags[0] && flags[1], "level %d: random K planes were not stored as is", levels[li]);
+        CHECKF(flags[2] && !flags[3], "level %d: V planes: mantissa %x, exponent %x", levels[li], flags[2], flags[3]);
+        CHECKF(!flags[5], "level %d: index exponent plane stored as is", levels[li]);
+        int n = 0;
+        CHECK_OK(msa_block_decode(&cs, val, len, k2, v2, i2, &n, 1));
+        CHECK(n == fill);
+        int same = 1;
+        for (int h = 0; h < 8 && same; h++)
+            same = !memcmp(k + (size_t)h * 128 * 128, k2 + (size_t)h * 128 * 128, (size_t)fill * 128 * 2) &&
+                   !memcmp(v + (size_t)h * 128 * 128, v2 + (size_t)h * 128 * 128, (size_t)fill * 128 * 2);
+        CHECKF(same && !memcmp(ix, i2, (size_t)fill * 128 * 2), "level %d: round trip differs", levels[li]);
+        free(val);
+    }
+    free(k); free(v); free(ix); free(k2); free(v2); free(i2);
+}
+
+/* Serial and parallel compression store the same bytes. */
+static void test_threads(const char *dir) {
+    msa_store *st = ts_open(dir);
+    msa_store_shape s = ts_shape();
+    uint64_t stored[2] = {0, 0};
+    int threads[2] = {1, 3};
+    for (int i = 0; i < 2; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "thr%d", threads[i]);
+        msa_store_set_threads(st, threads[i]);
+        CHECK_OK(msa_store_session_create(st, name, "fp", &s));
+        msa_store_session *ss;
+        CHECK_OK(msa_store_session_open(st, name, NULL, &ss));
+        uint64_t n = 0;
+        for (int c = 0; c < 4; c++, n += 37) CHECK_OK(ts_append(ss, &s, seed, n, 37));
+        msa_store_session_info info;
+        CHECK_OK(msa_store_session_stat(ss, &info));
+        stored[i] = info.stored_bytes;
+        msa_store_session_close(ss);
+        int rc;
+        uint64_t got = 0, h = ts_store_hash(st, name, seed, &got, &rc);
+        CHECK_OK(rc);
+        CHECKF(got == n && h == ts_hash(NULL, &s, seed, n, &rc), "%d threads: content differs", threads[i]);
+        CHECK_OK(msa_store_remove(st, name));
+    }
+    CHECKF(stored[0] == stored[1], "stored bytes %llu (1 thread) vs %llu (3 threads)",
+           (unsigned long long)stored[0], (unsigned long long)stored[1]);
+    msa_store_set_threads(st, 0);
+    msa_store_close(st);
+}
+
 static void test_roundtrip(const char *dir, const char *self) {
     msa_store *st = ts_open(dir);
     CHECK(st != NULL);
@@ -403,8 +472,9 @@ static int op_append(msa_store *st, uint64_t n) {
     return rc;
 }
 
-static void test_faults(const char *dir) {
+static void test_faults(const char *dir, int threads) {
     msa_store *st = ts_open(dir);
+    msa_store_set_threads(st, threads);
     msa_store_shape s = ts_shape();
     CHECK_OK(msa_store_session_create(st, "f", "fp", &s));
     CHECK_OK(op_append(st, 0));
@@ -429,10 +499,12 @@ static void test_faults(const char *dir) {
             if (p % 7 == 0 || p == points) { /* reopen: exactly the committed data */
                 msa_store_close(st);
                 st = ts_open(dir);
+                msa_store_set_threads(st, threads);
             }
             check_session(st, "f", seed, n);
         }
-    printf("faults: %ld fault points per append, %d injected failures\n", points, failures);
+    printf("faults (%d compression threads): %ld fault points per append, %d injected failures\n",
+           threads, points, failures);
     CHECKF(failures >= (int)points, "only %d injected failures", failures);
     /* fork and remove under faults */
     for (long p = 1; p < 40; p++) {
@@ -496,14 +568,18 @@ int main(int argc, char **argv) {
     ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
     self[sl > 0 ? sl : 0] = 0;
     test_codec();
+    test_codec_planes();
     test_roundtrip(dir, self);
+    test_threads(dir);
     test_rules(dir);
     test_format(dir);
     test_fork_export(dir, 5 + 11 + 1 + 16 + 40 + 3 + 1 + 1 + 70 + 20);
     test_corrupt(dir);
     char fdir[4300];
     snprintf(fdir, sizeof fdir, "%s/faults", dir);
-    test_faults(fdir);
+    test_faults(fdir, 1);
+    snprintf(fdir, sizeof fdir, "%s/faults-mt", dir);
+    test_faults(fdir, 3);
     if (!t_failures) ts_rmrf(dir);
     else fprintf(stderr, "store left in %s\n", dir);
     return t_done("test-store");
