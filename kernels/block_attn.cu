@@ -385,14 +385,10 @@ static int launch_attn(attn_args &a, int n_q, cudaStream_t st) {
     if (a.L.total + 1024 > (size_t)optin)
         return msa_error(MSA_EUNSUPPORTED, "CUDA attention: %zu bytes of shared memory needed (Bk %d, d %d, top_k %d, max_blocks %d), %d available",
                          a.L.total, a.Bk, D, a.top_k, a.max_blocks, optin);
-    static size_t attr_bytes; /* benign race: raised monotonically to the same values */
-    if (attr_bytes < a.L.total) {
-        rc = msa_cuda_check(cudaFuncSetAttribute(block_attn_kernel<T, D, NW, NWT, SPARSE>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.L.total),
-                            "attention: shared memory limit");
-        if (rc) return rc;
-        attr_bytes = a.L.total;
-    }
+    static size_t optin_cache[MSA_CUDA_MAX_DEVICES];
+    rc = msa_cuda_smem_optin((const void *)block_attn_kernel<T, D, NW, NWT, SPARSE>, a.L.total, optin_cache,
+                             "attention: shared memory limit");
+    if (rc) return rc;
     dim3 grid((unsigned)(a.tiles_x * a.n_split), (unsigned)(a.n_seqs * a.Hkv));
     block_attn_kernel<T, D, NW, NWT, SPARSE><<<grid, NW * NWT * 32, a.L.total, st>>>(a);
     rc = MSA_CUDA_LAUNCHED("attention kernel");

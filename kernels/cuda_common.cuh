@@ -38,6 +38,21 @@ static inline int msa_cuda_check(cudaError_t e, const char *what) {
 }
 #define MSA_CUDA_LAUNCHED(what) msa_cuda_check(cudaGetLastError(), what)
 
+/* Raises a kernel's dynamic shared-memory limit to at least `bytes` on the
+ * current device, once per device and size (the attribute is per device).
+ * `cache` is the kernel's own [MSA_CUDA_MAX_DEVICES] array of the largest
+ * size set so far; races between threads only repeat the same call. */
+#define MSA_CUDA_MAX_DEVICES 64
+static inline int msa_cuda_smem_optin(const void *func, size_t bytes, size_t *cache, const char *what) {
+    int dev = 0;
+    int rc = msa_cuda_check(cudaGetDevice(&dev), what);
+    if (rc) return rc;
+    if (dev >= 0 && dev < MSA_CUDA_MAX_DEVICES && cache[dev] >= bytes) return MSA_OK;
+    rc = msa_cuda_check(cudaFuncSetAttribute(func, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes), what);
+    if (!rc && dev >= 0 && dev < MSA_CUDA_MAX_DEVICES) cache[dev] = bytes;
+    return rc;
+}
+
 /* ---- types ----------------------------------------------------------------- */
 
 __device__ __forceinline__ float msa_to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }

@@ -11,7 +11,8 @@
  *   partials  [n_q][Hq][n_split][d+2] f32  split-K partials (decode only)
  *
  * kernels/attention.c has validated the shapes on the host; the checks left
- * here are the ones only the device path has (dtype, head dims, workspace).
+ * here are the ones only the device path has (dtype, head dims, workspace,
+ * 16-byte alignment of the arrays the kernels read as vectors).
  */
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda.h"
@@ -65,6 +66,11 @@ static int prepare(const char *who, const msa_attn_config *cfg, const msa_paged_
         return msa_error(MSA_EUNSUPPORTED, "%s: dtype %s on CUDA (bf16 or f16)", who, msa_dtype_name(kv->dtype));
     if (sh->Hkv <= 0 || sh->Hq % sh->Hkv)
         return msa_error(MSA_EINVAL, "%s: %d query heads over %d KV heads", who, sh->Hq, sh->Hkv);
+    /* the kernels move 16-byte vectors */
+    const void *ptrs[5] = {b->q, b->q_idx, kv->k, kv->v, kv->kidx};
+    for (int i = 0; i < 5; i++)
+        if ((uintptr_t)ptrs[i] & 15)
+            return msa_error(MSA_EUNSUPPORTED, "%s: q, q_idx, k, v and kidx must be 16-byte aligned on CUDA", who);
     if (kv->max_blocks <= 0 && b->n_q > 0)
         return msa_error(MSA_EINVAL, "%s: kv->max_blocks must be set on CUDA", who);
     *w = ws_plan(*sh, b->n_q > 0 ? b->n_q : 1, kv->max_blocks > 0 ? kv->max_blocks : 1);

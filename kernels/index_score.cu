@@ -198,15 +198,10 @@ template <typename T, int DI>
 static int launch_t(const msa_cuda_shape &sh, const msa_paged_kv *kv, const msa_attn_batch *bt,
                     float *scores, cudaStream_t st) {
     size_t smem = index_smem_bytes<DI>(sh.Bk);
-    static int attr_set; /* benign race: every caller sets the same value */
-    if (!attr_set) {
-        int rc = msa_cuda_check(cudaFuncSetAttribute(index_scores_kernel<T, DI>,
-                                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     (int)index_smem_bytes<DI>(128)),
-                                "index scores: shared memory limit");
-        if (rc) return rc;
-        attr_set = 1;
-    }
+    static size_t optin[MSA_CUDA_MAX_DEVICES];
+    int rc = msa_cuda_smem_optin((const void *)index_scores_kernel<T, DI>, index_smem_bytes<DI>(128), optin,
+                                 "index scores: shared memory limit");
+    if (rc) return rc;
     const int32_t *indptr = kv->idx_indptr ? kv->idx_indptr : kv->kv_indptr;
     const int32_t *table = kv->idx_table ? kv->idx_table : kv->kv_table;
     dim3 grid(kv->max_blocks, kv->n_seqs * sh.idx_heads);

@@ -313,15 +313,9 @@ int msa_cuda_launch_topk(const msa_cuda_shape &sh, const msa_paged_kv *kv,
         return msa_error(MSA_EUNSUPPORTED, "CUDA top-k: max_blocks %d (at most %d)",
                          kv->max_blocks, TOPK_MAX_BLOCKS);
     size_t smem = (size_t)kv->max_blocks * sizeof(uint32_t);
-    static int attr_set;
-    if (!attr_set) {
-        int rc = msa_cuda_check(cudaFuncSetAttribute(topk_kernel,
-                                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     TOPK_MAX_BLOCKS * 4),
-                                "top-k: shared memory limit");
-        if (rc) return rc;
-        attr_set = 1;
-    }
+    static size_t optin[MSA_CUDA_MAX_DEVICES];
+    int rc = msa_cuda_smem_optin((const void *)topk_kernel, TOPK_MAX_BLOCKS * 4, optin, "top-k: shared memory limit");
+    if (rc) return rc;
     const int32_t *indptr = kv->idx_indptr ? kv->idx_indptr : kv->kv_indptr;
     topk_kernel<<<(unsigned)b->n_q * sh.Hkv, TOPK_THREADS, smem, st>>>(
         scores, b->q_indptr, b->q_pos, kv->seq_len, indptr, selected, kv->n_seqs, sh.Hkv, sh.Bk,
