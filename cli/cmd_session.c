@@ -1045,12 +1045,39 @@ typedef struct gen_ctx {
     char *text;
     size_t len, cap;
     int n;
-    double t_start, t_first;
+    double t_start, t_first, t_last;
+    double *gaps;       /* seconds between consecutive tokens, for the median */
+    int n_gaps, cap_gaps;
 } gen_ctx;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median time between tokens after the first, in ms (0 when none). */
+static double median_gap_ms(gen_ctx *g) {
+    if (!g->n_gaps) return 0;
+    qsort(g->gaps, (size_t)g->n_gaps, sizeof *g->gaps, cmp_double);
+    return 1e3 * g->gaps[g->n_gaps / 2];
+}
 
 static int on_token(void *user, int32_t token, const char *text, size_t len) {
     gen_ctx *g = user;
-    if (token >= 0 && g->n++ == 0) g->t_first = now_s();
+    if (token >= 0) {
+        double t = now_s();
+        if (g->n++ == 0) {
+            g->t_first = t;
+        } else {
+            if (g->n_gaps == g->cap_gaps) {
+                int cap = g->cap_gaps ? 2 * g->cap_gaps : 64;
+                double *v = realloc(g->gaps, (size_t)cap * sizeof *v);
+                if (v) { g->gaps = v; g->cap_gaps = cap; }
+            }
+            if (g->n_gaps < g->cap_gaps) g->gaps[g->n_gaps++] = t - g->t_last;
+        }
+        g->t_last = t;
+    }
     if (len) {
         if (g->out) {
             fwrite(text, 1, len, g->out);
@@ -1155,6 +1182,7 @@ int msa_cmd_gen(msa_cli *cli, int argc, char **argv) {
     fflush(stdout);
     if (rc) {
         free(g.text);
+        free(g.gaps);
         opened_close(&o);
         return msa_cli_fail(rc, "generating in '%s'", name);
     }
@@ -1174,6 +1202,7 @@ int msa_cmd_gen(msa_cli *cli, int argc, char **argv) {
             "bytes_store_to_host", (json_int_t)info.pager.bytes_store_to_host, "steps",
             (json_int_t)info.pager.steps);
         json_object_set_new(j, "last_step_model_ms", json_real(info.last_step_ms));
+        json_object_set_new(j, "median_ms_per_token", json_real(median_gap_ms(&g)));
         json_dumpf(j, stdout, JSON_INDENT(2));
         putchar('\n');
         json_decref(j);
@@ -1185,6 +1214,7 @@ int msa_cmd_gen(msa_cli *cli, int argc, char **argv) {
                 per_ms, ro.dense ? " (dense)" : "");
     }
     free(g.text);
+    free(g.gaps);
     opened_close(&o);
     return g_interrupted ? MSA_EXIT_INTERRUPTED : 0;
 }
@@ -1364,6 +1394,7 @@ int msa_cmd_ask(msa_cli *cli, int argc, char **argv) {
     fflush(stdout);
     if (rc) {
         free(g.text);
+        free(g.gaps);
         opened_close(&o);
         return msa_cli_fail(rc, "answering in '%s'", name);
     }
@@ -1461,6 +1492,7 @@ int msa_cmd_ask(msa_cli *cli, int argc, char **argv) {
         json_decref(j);
     }
     free(g.text);
+    free(g.gaps);
     opened_close(&o);
     return g_interrupted ? MSA_EXIT_INTERRUPTED : 0;
 }
@@ -1544,6 +1576,7 @@ int msa_cmd_chat(msa_cli *cli, int argc, char **argv) {
         gp.source = src;
         int n = 0;
         rc = msa_session_generate(o.s, &gp, on_token, &g, &n);
+        free(g.gaps);
         if (rc) { free(g.text); rc = msa_cli_fail(rc, "generating in '%s'", name); break; }
         /* the plain template has no end-of-turn token: end the reply's line */
         if (tmpl == MSA_CHAT_PLAIN && (!g.len || g.text[g.len - 1] != '\n'))
