@@ -43,6 +43,8 @@
  *      and PV for a block none of its vectors take part in, and the softmax
  *      skips single rows that do not (decode padding, sparse prefill rows
  *      outside their selection, causal future).
+ *   v4 (this file): when the grid has no more CTAs than SMs (sparse decode
+ *      of one or two rows), 4 warps split each block's tokens instead of 2.
  *   Known headroom: no double buffering of the next block's K/V;
  *      mma.sync with register-resident O (or wgmma) would remove the
  *      shared-memory round trips of S, P and O.
@@ -398,12 +400,14 @@ static int launch_attn(attn_args &a, int n_q, cudaStream_t st) {
 }
 
 template <typename T, int D>
-static int launch_d(attn_args &a, int n_q, bool sparse, bool prefill, cudaStream_t st) {
+static int launch_d(attn_args &a, int n_q, bool sparse, bool prefill, bool few, cudaStream_t st) {
     /* prefill: 4 warps x 16 vectors; decode: 16 vectors, 2 warps splitting
      * each block's tokens (two CTAs fit on an SM, so one CTA's loads overlap
      * the other's math) */
     if (prefill)
         return sparse ? launch_attn<T, D, 4, 1, true>(a, n_q, st) : launch_attn<T, D, 4, 1, false>(a, n_q, st);
+    if (few) /* no more CTAs than SMs: nothing to overlap with, so 4 warps per block */
+        return sparse ? launch_attn<T, D, 1, 4, true>(a, n_q, st) : launch_attn<T, D, 1, 4, false>(a, n_q, st);
     return sparse ? launch_attn<T, D, 1, 2, true>(a, n_q, st) : launch_attn<T, D, 1, 2, false>(a, n_q, st);
 }
 
@@ -435,9 +439,14 @@ int msa_cuda_launch_block_attn(const msa_cuda_shape &sh, const msa_paged_kv *kv,
         return msa_error(MSA_EUNSUPPORTED, "CUDA attention: grid too large (%d sequences)", kv->n_seqs);
     const bool bf = kv->dtype == MSA_DTYPE_BF16;
     const bool sparse = selected != NULL;
-    if (sh.d == 128) return bf ? launch_d<__nv_bfloat16, 128>(a, b->n_q, sparse, prefill, st)
-                               : launch_d<__half, 128>(a, b->n_q, sparse, prefill, st);
-    if (sh.d == 64) return bf ? launch_d<__nv_bfloat16, 64>(a, b->n_q, sparse, prefill, st)
-                              : launch_d<__half, 64>(a, b->n_q, sparse, prefill, st);
+    int dev = 0, n_sm = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+        return msa_cuda_check(cudaGetLastError(), "attention: device attributes");
+    const bool few = (long)a.tiles_x * a.n_split * kv->n_seqs * sh.Hkv <= n_sm;
+    if (sh.d == 128) return bf ? launch_d<__nv_bfloat16, 128>(a, b->n_q, sparse, prefill, few, st)
+                               : launch_d<__half, 128>(a, b->n_q, sparse, prefill, few, st);
+    if (sh.d == 64) return bf ? launch_d<__nv_bfloat16, 64>(a, b->n_q, sparse, prefill, few, st)
+                              : launch_d<__half, 64>(a, b->n_q, sparse, prefill, few, st);
     return msa_error(MSA_EUNSUPPORTED, "CUDA attention: head dim %d (64 or 128)", sh.d);
 }
