@@ -1,0 +1,1066 @@
+/*
+ * forward_cuda.cu: the transformer forward pass on a CUDA GPU, the twin of
+ * engine/forward.c (engine/model_cuda.h describes the objects).
+ *
+ * Per layer, for a chunk of n tokens (the order of forward.c):
+ *
+ *   xb  = rmsnorm(x) * attn_norm                        rmsnorm_kernel, bf16 out
+ *   y   = xb [Wq; Wk; Wv; (Wqi; Wki)]^T  (+ biases)       one cuBLAS GEMM, fp32 out
+ *   q, k, v, q_idx, k_idx  with RoPE                     qkv_kernel (+ idx_kernel when
+ *       k, v, k_idx written straight into the layer        the index is trained)
+ *       memory at their positions (bf16)
+ *   MSA: msa_index_select -> msa_sparse_attention        kernels/ CUDA backend (d, d_idx
+ *        (dense: msa_dense_attention)                      in {64, 128}), else the generic
+ *                                                          kernels below
+ *   x  += att Wo^T                                        GEMM with beta = 1 (fp32 x)
+ *   xb  = rmsnorm(x) * ffn_norm
+ *   y   = xb [W1; W3]^T                                   one GEMM, (n, 2F) fp32
+ *   h   = silu(y[:, :F]) * y[:, F:]                       swiglu_kernel, bf16 out
+ *   x  += h W2^T                                          GEMM with beta = 1
+ *
+ * then logits = (rmsnorm(x) * output_norm) Wout^T for the last row (or all)
+ * and, on request, the argmax of each row.
+ *
+ * Precision: weights and GEMM inputs are bf16, every GEMM accumulates in fp32
+ * (CUBLAS_COMPUTE_32F), the residual stream x and the GEMM outputs are fp32,
+ * the attention operands (q, K, V, index keys) are bf16 as the CUDA MSA
+ * kernels take them. The training-free index is built as on the CPU: k_idx is
+ * the group's post-RoPE key, q_idx the fp32 mean of the group's post-RoPE
+ * query heads, rounded once to bf16.
+ *
+ * Decode (one token) replays a CUDA graph of the whole step when
+ * use_graph is on: the step is some 12 launches per layer, and at batch 1
+ * the host cannot issue them as fast as the GPU runs them (docs/bench-model.md
+ * has the numbers). The graph is captured on the second call with the same
+ * shapes (the first runs eagerly, so that every launcher's one-time setup
+ * happens outside capture); what changes from step to step (token, position,
+ * length) lives in a small device buffer written before each replay.
+ *
+ * The generic attention (any head dim up to 256, e.g. stories260K's d = 8) is
+ * deliberately plain: one thread per (row, group) scores every visible block
+ * and picks the Top-k as DESIGN.md section 1 says; one thread per (row, query
+ * head) runs an online softmax over the listed blocks. It exists so that
+ * every model runs on the GPU, and as a second opinion on the fast path.
+ */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/model_cuda.h"
+#include "kernels/base.h"
+
+typedef __nv_bfloat16 bf16;
+
+/* ---- errors ------------------------------------------------------------------ */
+
+static int ck(cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return MSA_OK;
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        return msa_error(MSA_ENOMEM, "forward (CUDA): %s: %s", what, cudaGetErrorString(e));
+    }
+    return msa_error(MSA_ECUDA, "forward (CUDA): %s: %s", what, cudaGetErrorString(e));
+}
+#define LAUNCHED(what) ck(cudaGetLastError(), what)
+
+static int ckb(cublasStatus_t s, const char *what) {
+    if (s == CUBLAS_STATUS_SUCCESS) return MSA_OK;
+    return msa_error(MSA_ECUDA, "forward (CUDA): cuBLAS %s: %s", what, cublasGetStatusString(s));
+}
+
+/* ---- objects ----------------------------------------------------------------- */
+
+/* One layer on the device. Nqkv = Hq*d + 2*Hkv*d (+ Hkv*di + di trained). */
+typedef struct cuda_layer {
+    bf16 *wqkv;        /* (Nqkv, D) rows: wq, wk, wv, [idx_q, idx_k] */
+    float *bqkv;       /* (Nqkv) or NULL */
+    bf16 *wo;          /* (D, Hq*d) */
+    float *bo;         /* (D) or NULL */
+    bf16 *w13;         /* (2F, D) rows: w1 (gate), w3 (up) */
+    bf16 *w2;          /* (D, F) */
+    float *attn_norm;  /* (D) */
+    float *ffn_norm;   /* (D) */
+    float *idx_q_norm; /* (di) or NULL */
+    float *idx_k_norm; /* (di) or NULL */
+} cuda_layer;
+
+typedef struct graph_key {
+    const void *kv;
+    int view_blocks, dense, top_k, generic, gen;
+} graph_key;
+
+struct msa_cuda_model {
+    msa_model_info info;
+    float rms_eps;
+    int rope_neox;
+    int device;
+    int Nqkv;
+    cudaStream_t st;
+    cublasHandle_t blas;
+    bf16 *tok_embd;      /* (V, D) */
+    bf16 *output;        /* (V, D); == tok_embd when tied */
+    float *output_norm;  /* (D) */
+    float *inv_freq;     /* (d/2) RoPE frequencies of the main heads */
+    float *inv_freq_idx; /* (di/2) of the trained index heads, or NULL */
+    cuda_layer *L;       /* [n_layers] */
+    size_t weight_bytes;
+    void **allocs;       /* device allocations freed with the model */
+    int n_allocs, cap_allocs;
+    int use_graph, generic;
+
+    /* scratch, grown on demand (gen counts reallocations: graphs hold pointers) */
+    int cap_rows, cap_topk, cap_logit_rows;
+    size_t cap_ws;
+    int gen;
+    float *x;          /* (rows, D) residual stream */
+    bf16 *xb;          /* (rows, D) normed GEMM input */
+    float *y;          /* (rows, max(Nqkv, 2F)) GEMM output */
+    bf16 *q;           /* (rows, Hq, d) */
+    bf16 *qi;          /* (rows, Hkv, di) */
+    bf16 *att;         /* (rows, Hq, d) */
+    bf16 *h;           /* (rows, F) */
+    int32_t *sel;      /* (rows, Hkv, top_k) */
+    float *logits;     /* (logit rows, V) */
+    int32_t *amax;     /* (logit rows) */
+    void *ws;          /* attention workspace / generic block scores */
+    int32_t *meta;     /* device: [0..1] q_indptr, [2] seq_len, [4..] tokens, positions */
+    int32_t *meta_h;   /* pinned host twin */
+    void *blas_ws;     /* cuBLAS workspace (graph capture must not allocate) */
+
+    /* the decode graph */
+    cudaGraphExec_t gexec;
+    graph_key gkey, warm_key;
+    int have_warm;
+};
+
+struct msa_cuda_kv {
+    msa_cuda_model *cm;
+    int Bk, cap_blocks, KH, di;
+    int64_t cap, len;
+    bf16 *k, *v;       /* (n_layers, cap_blocks, Hkv, Bk, d) */
+    bf16 *kidx;        /* (n_layers, cap_blocks, KH, Bk, di) */
+    int32_t *indptr;   /* {0, cap_blocks} */
+    int32_t *table;    /* identity (cap_blocks) */
+};
+
+#define BLAS_WS_BYTES (32u << 20)
+
+static int dalloc(msa_cuda_model *cm, size_t bytes, void **out) {
+    *out = NULL;
+    if (cm->n_allocs == cm->cap_allocs) {
+        int cap = cm->cap_allocs ? 2 * cm->cap_allocs : 64;
+        void **a = (void **)realloc(cm->allocs, (size_t)cap * sizeof *a);
+        if (!a) return msa_error(MSA_ENOMEM, "forward (CUDA): allocation list");
+        cm->allocs = a;
+        cm->cap_allocs = cap;
+    }
+    int rc = ck(cudaMalloc(out, bytes ? bytes : 1), "cudaMalloc (weights)");
+    if (rc) return msa_error_context(rc, "%zu bytes", bytes);
+    cm->allocs[cm->n_allocs++] = *out;
+    return MSA_OK;
+}
+
+/* ---- kernels ----------------------------------------------------------------- */
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* p[i] = uniform in [-scale, scale), from (seed, i). */
+__global__ void fill_uniform_kernel(bf16 *p, size_t n, uint64_t seed, float scale) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t r = mix64(seed * 0x2545F4914F6CDD1DULL + i);
+        float u = (float)(r >> 40) * (1.0f / 16777216.0f); /* [0, 1) */
+        p[i] = __float2bfloat16((2.0f * u - 1.0f) * scale);
+    }
+}
+
+__global__ void fill_f32_kernel(float *p, size_t n, float v) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        p[i] = v;
+}
+
+/* x (n, D) fp32 = tok_embd[tokens[i]] */
+__global__ void embed_kernel(const bf16 *__restrict__ emb, const int32_t *__restrict__ tokens,
+                             float *__restrict__ x, int D) {
+    const int i = blockIdx.x;
+    const bf16 *e = emb + (size_t)tokens[i] * D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) x[(size_t)i * D + j] = __bfloat162float(e[j]);
+}
+
+__device__ float block_sum(float v, float *red) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[w] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int i = 0; i < nw; i++) s += red[i];
+    return s;
+}
+
+/* out (rows, D) bf16 = x / rms(x) * w, row r reading x + r*D (llama2.c's rmsnorm). */
+__global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restrict__ w,
+                               bf16 *__restrict__ out, int D, float eps) {
+    __shared__ float red[32];
+    const float *xr = x + (size_t)blockIdx.x * D;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) ss += xr[j] * xr[j];
+    ss = block_sum(ss, red);
+    const float r = 1.0f / sqrtf(ss / D + eps);
+    for (int j = threadIdx.x; j < D; j += blockDim.x)
+        out[(size_t)blockIdx.x * D + j] = __float2bfloat16(w[j] * (r * xr[j]));
+}
+
+struct qkv_args {
+    const float *y;         /* (n, Nqkv) */
+    const float *bias;      /* (Nqkv) or NULL */
+    const int32_t *pos;     /* (n) */
+    const float *inv_freq;  /* (d/2) */
+    bf16 *q;                /* (n, Hq, d) */
+    bf16 *qi;               /* (n, Hkv, d) training-free q_idx, or NULL (trained) */
+    bf16 *kc, *vc;          /* layer memory (cap_blocks, Hkv, Bk, d) */
+    bf16 *kidx;             /* (cap_blocks, Hkv, Bk, d) training-free, or NULL */
+    int Nqkv, Hq, Hkv, d, G, Bk, neox;
+};
+
+/* One CTA per row: bias, RoPE on q and k, the training-free index, and the
+ * row's k, v (and k_idx) stored at its position. Thread t handles the pair p
+ * of group g for every query head of the group (so that q_idx is their mean,
+ * summed in head order as forward.c does) and for the group's key. */
+__global__ void qkv_kernel(qkv_args a) {
+    const int i = blockIdx.x, half = a.d / 2;
+    const int pos = a.pos[i], blk = pos / a.Bk, off = pos % a.Bk;
+    const float *yr = a.y + (size_t)i * a.Nqkv;
+    const int qd = a.Hq * a.d, kvd = a.Hkv * a.d;
+    for (int t = threadIdx.x; t < a.Hkv * half; t += blockDim.x) {
+        const int g = t / half, p = t % half;
+        const int ia = a.neox ? p : 2 * p, ib = a.neox ? p + half : 2 * p + 1;
+        const float val = pos * a.inv_freq[p];
+        const float c = cosf(val), s = sinf(val);
+        float sa = 0.0f, sb = 0.0f;
+        for (int hh = 0; hh < a.G; hh++) {
+            const int o = (g * a.G + hh) * a.d;
+            float v0 = yr[o + ia], v1 = yr[o + ib];
+            if (a.bias) v0 += a.bias[o + ia], v1 += a.bias[o + ib];
+            const float r0 = v0 * c - v1 * s, r1 = v0 * s + v1 * c;
+            a.q[(size_t)i * qd + o + ia] = __float2bfloat16(r0);
+            a.q[(size_t)i * qd + o + ib] = __float2bfloat16(r1);
+            sa += r0;
+            sb += r1;
+        }
+        const int ok = qd + g * a.d;
+        float k0 = yr[ok + ia], k1 = yr[ok + ib];
+        if (a.bias) k0 += a.bias[ok + ia], k1 += a.bias[ok + ib];
+        const float r0 = k0 * c - k1 * s, r1 = k0 * s + k1 * c;
+        const size_t at = (((size_t)blk * a.Hkv + g) * a.Bk + off) * a.d;
+        a.kc[at + ia] = __float2bfloat16(r0);
+        a.kc[at + ib] = __float2bfloat16(r1);
+        if (a.qi) {
+            a.qi[((size_t)i * a.Hkv + g) * a.d + ia] = __float2bfloat16(sa / (float)a.G);
+            a.qi[((size_t)i * a.Hkv + g) * a.d + ib] = __float2bfloat16(sb / (float)a.G);
+            a.kidx[at + ia] = __float2bfloat16(r0);
+            a.kidx[at + ib] = __float2bfloat16(r1);
+        }
+    }
+    for (int t = threadIdx.x; t < kvd; t += blockDim.x) {
+        const int g = t / a.d, j = t % a.d, o = qd + kvd + t;
+        float v = yr[o];
+        if (a.bias) v += a.bias[o];
+        a.vc[(((size_t)blk * a.Hkv + g) * a.Bk + off) * a.d + j] = __float2bfloat16(v);
+    }
+}
+
+/* Trained index, grid (n, Hkv + 1): head u < Hkv is q_idx head u, head Hkv the
+ * shared key. rmsnorm with scale (1 + w), then RoPE over di, as forward.c. */
+__global__ void idx_kernel(const float *__restrict__ y, const int32_t *__restrict__ posv,
+                           const float *__restrict__ inv_freq, const float *__restrict__ qn,
+                           const float *__restrict__ kn, bf16 *__restrict__ qi,
+                           bf16 *__restrict__ kidx, int Nqkv, int off0, int Hkv, int di, int Bk,
+                           float eps, int neox) {
+    extern __shared__ float r[]; /* (di) */
+    __shared__ float red[32];
+    const int i = blockIdx.x, u = blockIdx.y, pos = posv[i];
+    const float *src = y + (size_t)i * Nqkv + off0 + (size_t)u * di;
+    const float *w = u < Hkv ? qn : kn;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < di; j += blockDim.x) ss += src[j] * src[j];
+    ss = block_sum(ss, red);
+    const float sc = 1.0f / sqrtf(ss / di + eps);
+    for (int j = threadIdx.x; j < di; j += blockDim.x) r[j] = (1.0f + w[j]) * (sc * src[j]);
+    __syncthreads();
+    bf16 *dst = u < Hkv ? qi + ((size_t)i * Hkv + u) * di
+                        : kidx + ((size_t)(pos / Bk) * Bk + pos % Bk) * di;
+    const int half = di / 2;
+    for (int p = threadIdx.x; p < half; p += blockDim.x) {
+        const int ia = neox ? p : 2 * p, ib = neox ? p + half : 2 * p + 1;
+        const float val = pos * inv_freq[p];
+        const float c = cosf(val), s = sinf(val);
+        const float v0 = r[ia], v1 = r[ib];
+        dst[ia] = __float2bfloat16(v0 * c - v1 * s);
+        dst[ib] = __float2bfloat16(v0 * s + v1 * c);
+    }
+}
+
+/* h (n, F) bf16 = silu(y[:, :F]) * y[:, F:] */
+__global__ void swiglu_kernel(const float *__restrict__ y, bf16 *__restrict__ h, int n, int F) {
+    const size_t total = (size_t)n * F;
+    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
+         t += (size_t)gridDim.x * blockDim.x) {
+        const size_t i = t / F, j = t % F;
+        float g = y[i * 2 * F + j];
+        g *= 1.0f / (1.0f + expf(-g));
+        h[t] = __float2bfloat16(g * y[i * 2 * F + F + j]);
+    }
+}
+
+/* x (n, D) += b (D) */
+__global__ void add_bias_kernel(float *x, const float *b, int n, int D) {
+    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < (size_t)n * D;
+         t += (size_t)gridDim.x * blockDim.x)
+        x[t] += b[t % D];
+}
+
+/* out[r] = argmax of logits row r (lowest index on ties; NaN never wins). */
+__global__ void argmax_kernel(const float *__restrict__ logits, int V, int32_t *__restrict__ out) {
+    __shared__ float bv[1024];
+    __shared__ int bi[1024];
+    const float *row = logits + (size_t)blockIdx.x * V;
+    float best = -INFINITY;
+    int idx = V;
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+        if (row[j] > best) best = row[j], idx = j;
+    bv[threadIdx.x] = best;
+    bi[threadIdx.x] = idx;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float ov = bv[threadIdx.x + s];
+            int oi = bi[threadIdx.x + s];
+            if (ov > bv[threadIdx.x] || (ov == bv[threadIdx.x] && oi < bi[threadIdx.x]))
+                bv[threadIdx.x] = ov, bi[threadIdx.x] = oi;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = bi[0] < V ? bi[0] : 0;
+}
+
+/* ---- generic attention (any head dim up to GEN_MAX_D) --------------------------- */
+
+#define GEN_MAX_D 256
+
+/* One thread per (row, group): block scores (max over visible tokens of
+ * q_idx . k_idx / sqrt(di)) into scores (n, Hkv, max_blocks), then the local
+ * block and the top_k - 1 best other visible blocks (higher score first, then
+ * lower block id; -1 pads). */
+__global__ void generic_select_kernel(const bf16 *__restrict__ qi, const bf16 *__restrict__ kidx,
+                                      const int32_t *__restrict__ posv, float *__restrict__ scores,
+                                      int32_t *__restrict__ sel, int n, int Hkv, int KH, int di,
+                                      int Bk, int top_k, int max_blocks) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n * Hkv) return;
+    const int i = t / Hkv, g = t % Hkv, pos = posv[i], local = pos / Bk;
+    const int kh = KH == 1 ? 0 : g;
+    const float scale = 1.0f / sqrtf((float)di);
+    const bf16 *q = qi + (size_t)t * di;
+    float *sc = scores + (size_t)t * max_blocks;
+    for (int b = 0; b <= local && b < max_blocks; b++) {
+        float best = -INFINITY;
+        for (int j = b * Bk; j < b * Bk + Bk && j <= pos; j++) {
+            const bf16 *kr = kidx + (((size_t)b * KH + kh) * Bk + (j % Bk)) * di;
+            float s = 0.0f;
+            for (int e = 0; e < di; e++) s += __bfloat162float(q[e]) * __bfloat162float(kr[e]);
+            best = fmaxf(best, s * scale);
+        }
+        sc[b] = best;
+    }
+    int32_t *o = sel + (size_t)t * top_k;
+    o[0] = local;
+    float ps = INFINITY;
+    int pb = -1;
+    for (int k = 1; k < top_k; k++) {
+        int bb = -1;
+        float bs = -INFINITY;
+        for (int b = 0; b < local && b < max_blocks; b++) {
+            const float s = sc[b];
+            if (!(s > -INFINITY)) continue;
+            const bool after = s < ps || (s == ps && b > pb); /* not yet taken */
+            if (after && (bb < 0 || s > bs)) bb = b, bs = s;  /* ascending b: ties keep lower */
+        }
+        o[k] = bb;
+        if (bb < 0) {
+            for (int r = k + 1; r < top_k; r++) o[r] = -1;
+            break;
+        }
+        ps = bs;
+        pb = bb;
+    }
+}
+
+/* One thread per (row, query head): online softmax over the visible tokens
+ * of the listed blocks (sel, or every block 0..local when sel is NULL). */
+__global__ void generic_attn_kernel(const bf16 *__restrict__ q, const bf16 *__restrict__ kc,
+                                    const bf16 *__restrict__ vc, const int32_t *__restrict__ posv,
+                                    const int32_t *__restrict__ sel, bf16 *__restrict__ out, int n,
+                                    int Hq, int Hkv, int d, int Bk, int top_k, float scale) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n * Hq) return;
+    const int i = t / Hq, h = t % Hq, G = Hq / Hkv, g = h / G, pos = posv[i], local = pos / Bk;
+    const bf16 *qr = q + (size_t)t * d;
+    float acc[GEN_MAX_D];
+    for (int e = 0; e < d; e++) acc[e] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    const int nl = sel ? top_k : local + 1;
+    for (int u = 0; u < nl; u++) {
+        const int b = sel ? sel[((size_t)i * Hkv + g) * top_k + u] : u;
+        if (b < 0 || b > local) continue;
+        for (int j = b * Bk; j < b * Bk + Bk && j <= pos; j++) {
+            const size_t at = (((size_t)b * Hkv + g) * Bk + (j % Bk)) * d;
+            float s = 0.0f;
+            for (int e = 0; e < d; e++) s += __bfloat162float(qr[e]) * __bfloat162float(kc[at + e]);
+            s *= scale;
+            if (s > m) {
+                const float corr = expf(m - s);
+                l *= corr;
+                for (int e = 0; e < d; e++) acc[e] *= corr;
+                m = s;
+            }
+            const float p = expf(s - m);
+            l += p;
+            for (int e = 0; e < d; e++) acc[e] += p * __bfloat162float(vc[at + e]);
+        }
+    }
+    for (int e = 0; e < d; e++) out[(size_t)t * d + e] = __float2bfloat16(l > 0.0f ? acc[e] / l : 0.0f);
+}
+
+/* ---- model ----------------------------------------------------------------------- */
+
+static int grid_for(size_t n, int threads) {
+    size_t g = (n + threads - 1) / threads;
+    return (int)(g > 65535 ? 65535 : (g ? g : 1));
+}
+
+static int model_new(const msa_model_info *info, float eps, int neox, int cuda_device,
+                     msa_cuda_model **out) {
+    *out = NULL;
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev <= 0) {
+        cudaGetLastError();
+        return msa_error(MSA_ENODEV, "forward (CUDA): no GPU visible");
+    }
+    if (cuda_device < 0 || cuda_device >= ndev)
+        return msa_error(MSA_ENODEV, "forward (CUDA): GPU %d of %d", cuda_device, ndev);
+    msa_cuda_model *cm = (msa_cuda_model *)calloc(1, sizeof *cm);
+    if (!cm) return msa_error(MSA_ENOMEM, "forward (CUDA): model");
+    cm->info = *info;
+    cm->rms_eps = eps;
+    cm->rope_neox = neox;
+    cm->device = cuda_device;
+    cm->use_graph = 1;
+    const msa_model_info *I = info;
+    cm->Nqkv = (I->n_heads + 2 * I->n_kv_heads) * I->head_dim +
+               (I->has_trained_index ? (I->n_kv_heads + 1) * I->idx_dim : 0);
+    int rc = ck(cudaSetDevice(cuda_device), "cudaSetDevice");
+    if (!rc) rc = ck(cudaStreamCreateWithFlags(&cm->st, cudaStreamNonBlocking), "stream");
+    if (!rc) rc = ckb(cublasCreate(&cm->blas), "create");
+    if (!rc) rc = ckb(cublasSetStream(cm->blas, cm->st), "set stream");
+    if (!rc) rc = dalloc(cm, BLAS_WS_BYTES, &cm->blas_ws);
+    /* after cublasSetStream, which resets the workspace */
+    if (!rc) rc = ckb(cublasSetWorkspace(cm->blas, cm->blas_ws, BLAS_WS_BYTES), "set workspace");
+    if (!rc) {
+        cm->L = (cuda_layer *)calloc((size_t)I->n_layers, sizeof *cm->L);
+        if (!cm->L) rc = msa_error(MSA_ENOMEM, "forward (CUDA): layers");
+    }
+    if (rc) {
+        msa_cuda_model_free(cm);
+        return rc;
+    }
+    *out = cm;
+    return MSA_OK;
+}
+
+/* RoPE frequencies as forward.c's rope() computes them for a head of dim n. */
+static int upload_freqs(msa_cuda_model *cm, const float *table, int n, float **out) {
+    float *f = (float *)malloc((size_t)(n / 2) * sizeof *f);
+    if (!f) return msa_error(MSA_ENOMEM, "forward (CUDA): RoPE table");
+    for (int p = 0; p < n / 2; p++)
+        f[p] = table ? table[p] : 1.0f / powf(cm->info.rope_theta, (float)(2 * p) / (float)n);
+    int rc = dalloc(cm, (size_t)(n / 2) * sizeof *f, (void **)out);
+    if (!rc) rc = ck(cudaMemcpy(*out, f, (size_t)(n / 2) * sizeof *f, cudaMemcpyHostToDevice), "RoPE table");
+    free(f);
+    return rc;
+}
+
+/* Appends fp32 rows (rows, cols) as bf16 at dst. */
+static int put_bf16(bf16 *dst, const float *src, size_t n, uint16_t *tmp) {
+    for (size_t i = 0; i < n; i++) tmp[i] = msa_f32_to_bf16(src[i]);
+    return ck(cudaMemcpy(dst, tmp, n * 2, cudaMemcpyHostToDevice), "upload weights");
+}
+
+static int put_f32(msa_cuda_model *cm, const float *src, size_t n, float **out) {
+    *out = NULL;
+    if (!src) return MSA_OK;
+    int rc = dalloc(cm, n * 4, (void **)out);
+    if (!rc) rc = ck(cudaMemcpy(*out, src, n * 4, cudaMemcpyHostToDevice), "upload norms");
+    return rc;
+}
+
+extern "C" int msa_cuda_model_upload(const msa_model *m, int cuda_device, msa_cuda_model **out) {
+    if (!m || !out) return msa_error(MSA_EINVAL, "msa_cuda_model_upload: NULL argument");
+    msa_cuda_model *cm;
+    int rc = model_new(&m->info, m->rms_eps, m->rope_neox, cuda_device, &cm);
+    if (rc) return rc;
+    const msa_model_info *I = &m->info;
+    const size_t D = I->dim, qd = (size_t)I->n_heads * I->head_dim,
+                 kvd = (size_t)I->n_kv_heads * I->head_dim, F = I->ff_dim, V = I->vocab_size,
+                 di = I->idx_dim, Nq = cm->Nqkv;
+    size_t big = V * D;
+    if (Nq * D > big) big = Nq * D;
+    if (2 * F * D > big) big = 2 * F * D;
+    uint16_t *tmp = (uint16_t *)malloc(big * 2);
+    float *bias = (float *)calloc(Nq, sizeof(float));
+    if (!tmp || !bias) rc = msa_error(MSA_ENOMEM, "forward (CUDA): upload staging");
+    size_t wb = 0;
+    if (!rc) rc = dalloc(cm, V * D * 2, (void **)&cm->tok_embd);
+    if (!rc) rc = put_bf16(cm->tok_embd, m->tok_embd, V * D, tmp);
+    if (!rc) {
+        if (m->output == m->tok_embd) cm->output = cm->tok_embd;
+        else if (!(rc = dalloc(cm, V * D * 2, (void **)&cm->output)))
+            rc = put_bf16(cm->output, m->output, V * D, tmp);
+        wb += V * D * 2;
+    }
+    if (!rc) rc = put_f32(cm, m->output_norm, D, &cm->output_norm);
+    if (!rc) rc = upload_freqs(cm, m->rope_inv_freq, I->head_dim, &cm->inv_freq);
+    if (!rc && I->has_trained_index)
+        rc = upload_freqs(cm, (int)di <= I->head_dim ? m->rope_inv_freq : NULL, (int)di,
+                          &cm->inv_freq_idx);
+    for (int l = 0; l < I->n_layers && !rc; l++) {
+        const msa_model_layer *S = &m->layers[l];
+        cuda_layer *Y = &cm->L[l];
+        if ((rc = dalloc(cm, Nq * D * 2, (void **)&Y->wqkv))) break;
+        size_t r = 0;
+        rc = put_bf16(Y->wqkv, S->wq, qd * D, tmp);
+        r += qd;
+        if (!rc) rc = put_bf16(Y->wqkv + r * D, S->wk, kvd * D, tmp);
+        r += kvd;
+        if (!rc) rc = put_bf16(Y->wqkv + r * D, S->wv, kvd * D, tmp);
+        r += kvd;
+        if (!rc && I->has_trained_index) {
+            rc = put_bf16(Y->wqkv + r * D, S->idx_q, I->n_kv_heads * di * D, tmp);
+            r += I->n_kv_heads * di;
+            if (!rc) rc = put_bf16(Y->wqkv + r * D, S->idx_k, di * D, tmp);
+        }
+        if (!rc && (S->bq || S->bk || S->bv)) {
+            memset(bias, 0, Nq * sizeof *bias);
+            if (S->bq) memcpy(bias, S->bq, qd * 4);
+            if (S->bk) memcpy(bias + qd, S->bk, kvd * 4);
+            if (S->bv) memcpy(bias + qd + kvd, S->bv, kvd * 4);
+            rc = put_f32(cm, bias, Nq, &Y->bqkv);
+        }
+        if (!rc) rc = dalloc(cm, D * qd * 2, (void **)&Y->wo);
+        if (!rc) rc = put_bf16(Y->wo, S->wo, D * qd, tmp);
+        if (!rc) rc = put_f32(cm, S->bo, D, &Y->bo);
+        if (!rc) rc = dalloc(cm, 2 * F * D * 2, (void **)&Y->w13);
+        if (!rc) rc = put_bf16(Y->w13, S->w1, F * D, tmp);
+        if (!rc) rc = put_bf16(Y->w13 + F * D, S->w3, F * D, tmp);
+        if (!rc) rc = dalloc(cm, D * F * 2, (void **)&Y->w2);
+        if (!rc) rc = put_bf16(Y->w2, S->w2, D * F, tmp);
+        if (!rc) rc = put_f32(cm, S->attn_norm, D, &Y->attn_norm);
+        if (!rc) rc = put_f32(cm, S->ffn_norm, D, &Y->ffn_norm);
+        if (!rc) rc = put_f32(cm, S->idx_q_norm, di, &Y->idx_q_norm);
+        if (!rc) rc = put_f32(cm, S->idx_k_norm, di, &Y->idx_k_norm);
+        wb += (Nq * D + D * qd + 3 * F * D) * 2 + 2 * D * 4;
+    }
+    free(tmp);
+    free(bias);
+    if (rc) {
+        msa_cuda_model_free(cm);
+        return msa_error_context(rc, "msa_cuda_model_upload");
+    }
+    cm->weight_bytes = wb + D * 4;
+    *out = cm;
+    return MSA_OK;
+}
+
+static int fill_bf16(cudaStream_t st, bf16 *p, size_t n, uint64_t seed, float scale) {
+    fill_uniform_kernel<<<grid_for(n, 256) < 4096 ? grid_for(n, 256) : 4096, 256, 0, st>>>(p, n, seed, scale);
+    return LAUNCHED("random fill");
+}
+
+static int ones_f32(msa_cuda_model *cm, size_t n, float **out) {
+    int rc = dalloc(cm, n * 4, (void **)out);
+    if (rc) return rc;
+    fill_f32_kernel<<<grid_for(n, 256), 256, 0, cm->st>>>(*out, n, 1.0f);
+    return LAUNCHED("fill norms");
+}
+
+extern "C" int msa_cuda_model_random(const msa_model_info *info, uint64_t seed, int cuda_device,
+                                     msa_cuda_model **out) {
+    if (!info || !out) return msa_error(MSA_EINVAL, "msa_cuda_model_random: NULL argument");
+    msa_model_info I = *info;
+    if (I.n_layers <= 0 || I.dim <= 0 || I.n_heads <= 0 || I.n_kv_heads <= 0 ||
+        I.n_heads % I.n_kv_heads || I.head_dim <= 0 || I.head_dim % 2 || I.ff_dim <= 0 ||
+        I.vocab_size <= 0 || (I.has_trained_index && (I.idx_dim <= 0 || I.idx_dim % 2)))
+        return msa_error(MSA_EINVAL, "msa_cuda_model_random: bad shapes");
+    if (I.rope_theta <= 0) I.rope_theta = 10000.0f;
+    if (!I.has_trained_index) {
+        I.idx_dim = I.head_dim;
+        I.idx_key_heads = I.n_kv_heads;
+    } else {
+        I.idx_key_heads = 1;
+    }
+    msa_cuda_model *cm;
+    int rc = model_new(&I, 1e-5f, 0, cuda_device, &cm);
+    if (rc) return rc;
+    const size_t D = I.dim, qd = (size_t)I.n_heads * I.head_dim, F = I.ff_dim, V = I.vocab_size,
+                 di = I.idx_dim, Nq = cm->Nqkv;
+    const float s3 = sqrtf(3.0f);
+    uint64_t sd = seed * 1000003u;
+    size_t wb = 0;
+    rc = dalloc(cm, V * D * 2, (void **)&cm->tok_embd);
+    if (!rc) rc = fill_bf16(cm->st, cm->tok_embd, V * D, sd++, s3);
+    cm->output = cm->tok_embd; /* tied, as Llama 3.2 1B */
+    wb += V * D * 2;
+    if (!rc) rc = ones_f32(cm, D, &cm->output_norm);
+    if (!rc) rc = upload_freqs(cm, NULL, I.head_dim, &cm->inv_freq);
+    if (!rc && I.has_trained_index) rc = upload_freqs(cm, NULL, (int)di, &cm->inv_freq_idx);
+    for (int l = 0; l < I.n_layers && !rc; l++) {
+        cuda_layer *Y = &cm->L[l];
+        const float sD = s3 / sqrtf((float)D), sQ = s3 / sqrtf((float)qd), sF = s3 / sqrtf((float)F);
+        if (!rc) rc = dalloc(cm, Nq * D * 2, (void **)&Y->wqkv);
+        if (!rc) rc = fill_bf16(cm->st, Y->wqkv, Nq * D, sd++, sD);
+        if (!rc) rc = dalloc(cm, D * qd * 2, (void **)&Y->wo);
+        if (!rc) rc = fill_bf16(cm->st, Y->wo, D * qd, sd++, sQ);
+        if (!rc) rc = dalloc(cm, 2 * F * D * 2, (void **)&Y->w13);
+        if (!rc) rc = fill_bf16(cm->st, Y->w13, 2 * F * D, sd++, sD);
+        if (!rc) rc = dalloc(cm, D * F * 2, (void **)&Y->w2);
+        if (!rc) rc = fill_bf16(cm->st, Y->w2, D * F, sd++, sF);
+        if (!rc) rc = ones_f32(cm, D, &Y->attn_norm);
+        if (!rc) rc = ones_f32(cm, D, &Y->ffn_norm);
+        if (!rc && I.has_trained_index) {
+            rc = dalloc(cm, di * 4, (void **)&Y->idx_q_norm);
+            if (!rc) rc = dalloc(cm, di * 4, (void **)&Y->idx_k_norm);
+            if (!rc) rc = ck(cudaMemsetAsync(Y->idx_q_norm, 0, di * 4, cm->st), "memset");
+            if (!rc) rc = ck(cudaMemsetAsync(Y->idx_k_norm, 0, di * 4, cm->st), "memset");
+        }
+        wb += (Nq * D + D * qd + 3 * F * D) * 2 + 2 * D * 4;
+    }
+    if (!rc) rc = ck(cudaStreamSynchronize(cm->st), "random weights");
+    if (rc) {
+        msa_cuda_model_free(cm);
+        return msa_error_context(rc, "msa_cuda_model_random");
+    }
+    cm->weight_bytes = wb + D * 4;
+    *out = cm;
+    return MSA_OK;
+}
+
+extern "C" void msa_cuda_model_free(msa_cuda_model *cm) {
+    if (!cm) return;
+    cudaSetDevice(cm->device);
+    if (cm->st) cudaStreamSynchronize(cm->st);
+    if (cm->gexec) cudaGraphExecDestroy(cm->gexec);
+    void *scratch[] = {cm->x, cm->xb, cm->y, cm->q, cm->qi, cm->att, cm->h,
+                       cm->sel, cm->logits, cm->amax, cm->ws, cm->meta};
+    for (size_t i = 0; i < sizeof scratch / sizeof *scratch; i++) cudaFree(scratch[i]);
+    cudaFreeHost(cm->meta_h);
+    for (int i = 0; i < cm->n_allocs; i++) cudaFree(cm->allocs[i]);
+    free(cm->allocs);
+    free(cm->L);
+    if (cm->blas) cublasDestroy(cm->blas);
+    if (cm->st) cudaStreamDestroy(cm->st);
+    cudaGetLastError();
+    free(cm);
+}
+
+extern "C" const msa_model_info *msa_cuda_model_info(const msa_cuda_model *cm) {
+    return cm ? &cm->info : NULL;
+}
+extern "C" size_t msa_cuda_model_weight_bytes(const msa_cuda_model *cm) {
+    return cm ? cm->weight_bytes : 0;
+}
+extern "C" void *msa_cuda_model_stream(const msa_cuda_model *cm) { return cm ? cm->st : NULL; }
+extern "C" void msa_cuda_model_set_options(msa_cuda_model *cm, int use_graph, int generic) {
+    if (!cm) return;
+    cm->use_graph = use_graph;
+    cm->generic = generic;
+}
+
+/* ---- layer memory ------------------------------------------------------------------ */
+
+extern "C" int msa_cuda_kv_init(msa_cuda_model *cm, int block_size, int64_t capacity,
+                                msa_cuda_kv **out) {
+    if (!cm || !out || block_size <= 0 || capacity <= 0 || capacity > INT32_MAX)
+        return msa_error(MSA_EINVAL, "msa_cuda_kv_init: bad argument");
+    *out = NULL;
+    msa_cuda_kv *kv = (msa_cuda_kv *)calloc(1, sizeof *kv);
+    if (!kv) return msa_error(MSA_ENOMEM, "msa_cuda_kv_init");
+    const msa_model_info *I = &cm->info;
+    kv->cm = cm;
+    kv->Bk = block_size;
+    kv->cap_blocks = (int)((capacity + block_size - 1) / block_size);
+    kv->cap = (int64_t)kv->cap_blocks * block_size;
+    kv->KH = I->idx_key_heads;
+    kv->di = I->idx_dim;
+    const size_t per = (size_t)kv->cap_blocks * block_size;
+    const size_t kvn = (size_t)I->n_layers * per * I->n_kv_heads * I->head_dim;
+    const size_t kin = (size_t)I->n_layers * per * kv->KH * kv->di;
+    int rc = ck(cudaSetDevice(cm->device), "cudaSetDevice");
+    if (!rc) rc = ck(cudaMalloc((void **)&kv->k, kvn * 2), "cudaMalloc (K memory)");
+    if (!rc) rc = ck(cudaMalloc((void **)&kv->v, kvn * 2), "cudaMalloc (V memory)");
+    if (!rc) rc = ck(cudaMalloc((void **)&kv->kidx, kin * 2), "cudaMalloc (index keys)");
+    if (!rc) rc = ck(cudaMalloc((void **)&kv->indptr, 2 * 4), "cudaMalloc");
+    if (!rc) rc = ck(cudaMalloc((void **)&kv->table, (size_t)kv->cap_blocks * 4), "cudaMalloc");
+    int32_t *h = rc ? NULL : (int32_t *)malloc((size_t)kv->cap_blocks * 4);
+    if (!rc && !h) rc = msa_error(MSA_ENOMEM, "msa_cuda_kv_init: table");
+    if (!rc) {
+        for (int b = 0; b < kv->cap_blocks; b++) h[b] = b;
+        int32_t ip[2] = {0, kv->cap_blocks};
+        rc = ck(cudaMemcpy(kv->table, h, (size_t)kv->cap_blocks * 4, cudaMemcpyHostToDevice), "table");
+        if (!rc) rc = ck(cudaMemcpy(kv->indptr, ip, 8, cudaMemcpyHostToDevice), "indptr");
+    }
+    free(h);
+    if (rc) {
+        msa_cuda_kv_free(kv);
+        return msa_error_context(rc, "msa_cuda_kv_init: %lld tokens", (long long)capacity);
+    }
+    *out = kv;
+    return MSA_OK;
+}
+
+extern "C" void msa_cuda_kv_free(msa_cuda_kv *kv) {
+    if (!kv) return;
+    cudaFree(kv->k);
+    cudaFree(kv->v);
+    cudaFree(kv->kidx);
+    cudaFree(kv->indptr);
+    cudaFree(kv->table);
+    cudaGetLastError();
+    free(kv);
+}
+
+extern "C" int64_t msa_cuda_kv_length(const msa_cuda_kv *kv) { return kv ? kv->len : 0; }
+
+extern "C" int msa_cuda_kv_truncate(msa_cuda_kv *kv, int64_t len) {
+    if (!kv || len < 0 || len > kv->len)
+        return msa_error(MSA_EINVAL, "msa_cuda_kv_truncate: length %lld", (long long)len);
+    kv->len = len;
+    return MSA_OK;
+}
+
+extern "C" int msa_cuda_kv_fill_random(msa_cuda_kv *kv, int64_t len, uint64_t seed) {
+    if (!kv || len < 0) return msa_error(MSA_EINVAL, "msa_cuda_kv_fill_random: bad argument");
+    if (len > kv->cap)
+        return msa_error(MSA_ERANGE, "msa_cuda_kv_fill_random: %lld tokens, capacity %lld",
+                         (long long)len, (long long)kv->cap);
+    const msa_model_info *I = &kv->cm->info;
+    const size_t nb = (size_t)((len + kv->Bk - 1) / kv->Bk);
+    const size_t kvb = (size_t)I->n_kv_heads * kv->Bk * I->head_dim, kib = (size_t)kv->KH * kv->Bk * kv->di;
+    cudaStream_t st = kv->cm->st;
+    int rc = MSA_OK;
+    for (int l = 0; l < I->n_layers && !rc; l++) {
+        rc = fill_bf16(st, kv->k + l * kv->cap_blocks * kvb, nb * kvb, seed * 7 + 3 * l, 1.0f);
+        if (!rc) rc = fill_bf16(st, kv->v + l * kv->cap_blocks * kvb, nb * kvb, seed * 7 + 3 * l + 1, 1.0f);
+        if (!rc) rc = fill_bf16(st, kv->kidx + l * kv->cap_blocks * kib, nb * kib, seed * 7 + 3 * l + 2, 1.0f);
+    }
+    if (!rc) rc = ck(cudaStreamSynchronize(st), "random memory");
+    if (!rc) kv->len = len;
+    return rc;
+}
+
+/* ---- forward ------------------------------------------------------------------------- */
+
+/* y (n, out) = x (n, in) W^T, W (out, in) row-major bf16; y fp32 or bf16;
+ * beta 1 accumulates into y (the residual adds). */
+static int gemm(msa_cuda_model *cm, const bf16 *W, const bf16 *x, void *y, cudaDataType yt,
+                int n, int in, int outd, float beta, const char *what) {
+    const float alpha = 1.0f;
+    return ckb(cublasGemmEx(cm->blas, CUBLAS_OP_T, CUBLAS_OP_N, outd, n, in, &alpha, W,
+                            CUDA_R_16BF, in, x, CUDA_R_16BF, in, &beta, y, yt, outd,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               what);
+}
+
+static int grow(void **p, size_t bytes) {
+    cudaFree(*p);
+    *p = NULL;
+    return ck(cudaMalloc(p, bytes ? bytes : 1), "cudaMalloc (forward scratch)");
+}
+
+static int ensure_scratch(msa_cuda_model *cm, int n, int logit_rows, int top_k, size_t ws) {
+    const msa_model_info *I = &cm->info;
+    int rc = MSA_OK;
+    if (n > cm->cap_rows || top_k > cm->cap_topk) {
+        const int rows = n > cm->cap_rows ? n : cm->cap_rows;
+        const int tk = top_k > cm->cap_topk ? top_k : cm->cap_topk;
+        const size_t D = I->dim, qd = (size_t)I->n_heads * I->head_dim, F = I->ff_dim;
+        size_t ny = (size_t)cm->Nqkv > 2 * F ? (size_t)cm->Nqkv : 2 * F;
+        if (!rc) rc = grow((void **)&cm->x, rows * D * 4);
+        if (!rc) rc = grow((void **)&cm->xb, rows * D * 2);
+        if (!rc) rc = grow((void **)&cm->y, rows * ny * 4);
+        if (!rc) rc = grow((void **)&cm->q, rows * qd * 2);
+        if (!rc) rc = grow((void **)&cm->qi, (size_t)rows * I->n_kv_heads * I->idx_dim * 2);
+        if (!rc) rc = grow((void **)&cm->att, rows * qd * 2);
+        if (!rc) rc = grow((void **)&cm->h, rows * F * 2);
+        if (!rc) rc = grow((void **)&cm->sel, (size_t)rows * I->n_kv_heads * tk * 4);
+        if (!rc) rc = grow((void **)&cm->meta, (4 + 2 * (size_t)rows) * 4);
+        if (!rc) {
+            cudaFreeHost(cm->meta_h);
+            cm->meta_h = NULL;
+            rc = ck(cudaHostAlloc((void **)&cm->meta_h, (4 + 2 * (size_t)rows) * 4,
+                                  cudaHostAllocDefault), "cudaHostAlloc");
+        }
+        if (rc) {
+            cm->cap_rows = cm->cap_topk = 0;
+            return rc;
+        }
+        cm->cap_rows = rows;
+        cm->cap_topk = tk;
+        cm->gen++;
+    }
+    if (logit_rows > cm->cap_logit_rows) {
+        rc = grow((void **)&cm->logits, (size_t)logit_rows * I->vocab_size * 4);
+        if (!rc) rc = grow((void **)&cm->amax, (size_t)logit_rows * 4);
+        cm->cap_logit_rows = rc ? 0 : logit_rows;
+        cm->gen++;
+        if (rc) return rc;
+    }
+    if (ws > cm->cap_ws) {
+        rc = grow(&cm->ws, ws);
+        cm->cap_ws = rc ? 0 : ws;
+        cm->gen++;
+    }
+    return rc;
+}
+
+/* Queues one forward step (everything between the metadata upload and the
+ * output download) on cm->st. */
+static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, int view_blocks,
+                   const msa_forward_opts *o, bool fast) {
+    const msa_model_info *I = &cm->info;
+    const int D = I->dim, Hq = I->n_heads, Hkv = I->n_kv_heads, d = I->head_dim, F = I->ff_dim,
+              V = I->vocab_size, di = I->idx_dim, KH = I->idx_key_heads, qd = Hq * d,
+              Bk = kv->Bk, G = Hq / Hkv;
+    cudaStream_t st = cm->st;
+    const int32_t *m_indptr = cm->meta, *m_len = cm->meta + 2, *m_tok = cm->meta + 4,
+                  *m_pos = cm->meta + 4 + n;
+    int rc;
+
+    embed_kernel<<<n, 256, 0, st>>>(cm->tok_embd, m_tok, cm->x, D);
+    if ((rc = LAUNCHED("embedding"))) return rc;
+
+    msa_attn_config cfg = msa_attn_default_config();
+    cfg.n_q_heads = Hq;
+    cfg.n_kv_heads = Hkv;
+    cfg.head_dim = d;
+    cfg.idx_dim = di;
+    cfg.idx_key_heads = KH;
+    cfg.block_size = Bk;
+    cfg.top_k = o->top_k;
+    msa_exec ex;
+    memset(&ex, 0, sizeof ex);
+    ex.device = MSA_DEVICE_CUDA;
+    ex.stream = st;
+    ex.workspace = cm->ws;
+    ex.workspace_size = cm->cap_ws;
+
+    const size_t kvl = (size_t)kv->cap_blocks * Hkv * Bk * d, kil = (size_t)kv->cap_blocks * KH * Bk * di;
+    for (int l = 0; l < I->n_layers; l++) {
+        const cuda_layer *Y = &cm->L[l];
+        bf16 *kc = kv->k + l * kvl, *vc = kv->v + l * kvl, *ki = kv->kidx + l * kil;
+        rmsnorm_kernel<<<n, 256, 0, st>>>(cm->x, Y->attn_norm, cm->xb, D, cm->rms_eps);
+        if ((rc = LAUNCHED("rmsnorm"))) return rc;
+        if ((rc = gemm(cm, Y->wqkv, cm->xb, cm->y, CUDA_R_32F, n, D, cm->Nqkv, 0.0f, "qkv")))
+            return rc;
+        qkv_args a;
+        a.y = cm->y; a.bias = Y->bqkv; a.pos = m_pos; a.inv_freq = cm->inv_freq;
+        a.q = cm->q; a.qi = I->has_trained_index ? NULL : cm->qi;
+        a.kc = kc; a.vc = vc; a.kidx = I->has_trained_index ? NULL : ki;
+        a.Nqkv = cm->Nqkv; a.Hq = Hq; a.Hkv = Hkv; a.d = d; a.G = G; a.Bk = Bk;
+        a.neox = cm->rope_neox;
+        qkv_kernel<<<n, 128, 0, st>>>(a);
+        if ((rc = LAUNCHED("qkv / RoPE"))) return rc;
+        if (I->has_trained_index) {
+            idx_kernel<<<dim3(n, Hkv + 1), 128, di * 4, st>>>(
+                cm->y, m_pos, cm->inv_freq_idx, Y->idx_q_norm, Y->idx_k_norm, cm->qi, ki,
+                cm->Nqkv, qd + 2 * Hkv * d, Hkv, di, Bk, cm->rms_eps, cm->rope_neox);
+            if ((rc = LAUNCHED("index RoPE"))) return rc;
+        }
+
+        if (fast) {
+            msa_paged_kv pk;
+            memset(&pk, 0, sizeof pk);
+            pk.dtype = MSA_DTYPE_BF16;
+            pk.k = kc; pk.v = vc; pk.kidx = ki;
+            pk.kv_indptr = kv->indptr; pk.kv_table = kv->table;
+            pk.seq_len = m_len; pk.n_seqs = 1; pk.max_blocks = view_blocks;
+            msa_attn_batch b;
+            memset(&b, 0, sizeof b);
+            b.n_q = n; b.q_indptr = m_indptr; b.q_pos = m_pos;
+            b.q = cm->q; b.q_idx = cm->qi; b.out = cm->att;
+            if (o->dense) {
+                rc = msa_dense_attention(&cfg, &pk, &b, &ex);
+            } else {
+                b.selected = cm->sel;
+                rc = msa_index_select(&cfg, &pk, &b, &ex);
+                if (!rc) rc = msa_sparse_attention(&cfg, &pk, &b, &ex);
+            }
+            if (rc) return msa_error_context(rc, "forward (CUDA): layer %d: attention", l);
+        } else {
+            if (!o->dense) {
+                generic_select_kernel<<<(n * Hkv + 63) / 64, 64, 0, st>>>(
+                    cm->qi, ki, m_pos, (float *)cm->ws, cm->sel, n, Hkv, KH, di, Bk, o->top_k,
+                    view_blocks);
+                if ((rc = LAUNCHED("generic index select"))) return rc;
+            }
+            generic_attn_kernel<<<(n * Hq + 63) / 64, 64, 0, st>>>(
+                cm->q, kc, vc, m_pos, o->dense ? NULL : cm->sel, cm->att, n, Hq, Hkv, d, Bk,
+                o->top_k, 1.0f / sqrtf((float)d));
+            if ((rc = LAUNCHED("generic attention"))) return rc;
+        }
+
+        if ((rc = gemm(cm, Y->wo, cm->att, cm->x, CUDA_R_32F, n, qd, D, 1.0f, "wo"))) return rc;
+        if (Y->bo) {
+            add_bias_kernel<<<grid_for((size_t)n * D, 256), 256, 0, st>>>(cm->x, Y->bo, n, D);
+            if ((rc = LAUNCHED("bias"))) return rc;
+        }
+        rmsnorm_kernel<<<n, 256, 0, st>>>(cm->x, Y->ffn_norm, cm->xb, D, cm->rms_eps);
+        if ((rc = LAUNCHED("rmsnorm"))) return rc;
+        if ((rc = gemm(cm, Y->w13, cm->xb, cm->y, CUDA_R_32F, n, D, 2 * F, 0.0f, "w1/w3")))
+            return rc;
+        swiglu_kernel<<<grid_for((size_t)n * F, 256), 256, 0, st>>>(cm->y, cm->h, n, F);
+        if ((rc = LAUNCHED("swiglu"))) return rc;
+        if ((rc = gemm(cm, Y->w2, cm->h, cm->x, CUDA_R_32F, n, F, D, 1.0f, "w2"))) return rc;
+    }
+    const int r0 = n - logit_rows;
+    rmsnorm_kernel<<<logit_rows, 256, 0, st>>>(cm->x + (size_t)r0 * D, cm->output_norm, cm->xb, D,
+                                               cm->rms_eps);
+    if ((rc = LAUNCHED("final rmsnorm"))) return rc;
+    if ((rc = gemm(cm, cm->output, cm->xb, cm->logits, CUDA_R_32F, logit_rows, D, V, 0.0f,
+                   "classifier")))
+        return rc;
+    argmax_kernel<<<logit_rows, 1024, 0, st>>>(cm->logits, V, cm->amax);
+    return LAUNCHED("argmax");
+}
+
+extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const int32_t *tokens,
+                                      int n, int pos0, const msa_forward_opts *opts,
+                                      float *logits, int32_t *argmax) {
+    if (!cm || !kv || !tokens || n <= 0 || pos0 < 0 || kv->cm != cm)
+        return msa_error(MSA_EINVAL, "msa_cuda_model_forward: bad argument");
+    msa_forward_opts o = opts ? *opts : msa_forward_default_opts();
+    if (o.on_layer)
+        return msa_error(MSA_EUNSUPPORTED, "msa_cuda_model_forward: on_layer traces (CPU only)");
+    if (o.block_size != kv->Bk || o.top_k <= 0)
+        return msa_error(MSA_EINVAL, "msa_cuda_model_forward: block size %d (memory: %d), "
+                         "top_k %d", o.block_size, kv->Bk, o.top_k);
+    if (pos0 != kv->len)
+        return msa_error(MSA_EINVAL, "msa_cuda_model_forward: memory holds %lld tokens, pos0 "
+                         "is %d", (long long)kv->len, pos0);
+    if ((int64_t)pos0 + n > kv->cap)
+        return msa_error(MSA_ERANGE, "msa_cuda_model_forward: %lld tokens, memory capacity %lld",
+                         (long long)pos0 + n, (long long)kv->cap);
+    const msa_model_info *I = &cm->info;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= I->vocab_size)
+            return msa_error(MSA_EINVAL, "msa_cuda_model_forward: token %d at row %d (vocab %d)",
+                             tokens[i], i, I->vocab_size);
+    if (I->head_dim > GEN_MAX_D || I->idx_dim > GEN_MAX_D)
+        return msa_error(MSA_EUNSUPPORTED, "msa_cuda_model_forward: head dim %d", I->head_dim);
+    int rc = ck(cudaSetDevice(cm->device), "cudaSetDevice");
+    if (rc) return rc;
+
+    const int Bk = kv->Bk;
+    const bool fast = !cm->generic && (I->head_dim == 64 || I->head_dim == 128) &&
+                      (I->idx_dim == 64 || I->idx_dim == 128) && Bk % 16 == 0 && Bk <= 128 &&
+                      o.top_k <= 64;
+    /* Blocks the call can see, rounded up so that consecutive decode steps
+     * share one graph. */
+    int need = (pos0 + n + Bk - 1) / Bk;
+    int view = (need + 31) / 32 * 32;
+    if (view > kv->cap_blocks) view = kv->cap_blocks;
+    const int logit_rows = o.all_logits ? n : 1;
+    msa_attn_config cfg = msa_attn_default_config();
+    cfg.n_q_heads = I->n_heads;
+    cfg.n_kv_heads = I->n_kv_heads;
+    cfg.head_dim = I->head_dim;
+    cfg.idx_dim = I->idx_dim;
+    cfg.idx_key_heads = I->idx_key_heads;
+    cfg.block_size = Bk;
+    cfg.top_k = o.top_k;
+    size_t ws = fast ? msa_attention_workspace_size(&cfg, n, view) : 0;
+    const size_t gws = (size_t)n * I->n_kv_heads * view * 4;
+    if (gws > ws) ws = gws;
+    if ((rc = ensure_scratch(cm, n, logit_rows, o.top_k, ws))) return rc;
+
+    int32_t *mh = cm->meta_h;
+    mh[0] = 0;
+    mh[1] = n;
+    mh[2] = pos0 + n;
+    mh[3] = 0;
+    memcpy(mh + 4, tokens, (size_t)n * 4);
+    for (int i = 0; i < n; i++) mh[4 + n + i] = pos0 + i;
+    if ((rc = ck(cudaMemcpyAsync(cm->meta, mh, (4 + 2 * (size_t)n) * 4, cudaMemcpyHostToDevice,
+                                 cm->st), "upload tokens")))
+        return rc;
+
+    graph_key key;
+    memset(&key, 0, sizeof key);
+    key.kv = kv;
+    key.view_blocks = view;
+    key.dense = o.dense;
+    key.top_k = o.top_k;
+    key.generic = !fast;
+    key.gen = cm->gen;
+    const bool graphable = cm->use_graph && n == 1;
+    if (graphable && cm->gexec && !memcmp(&key, &cm->gkey, sizeof key)) {
+        rc = ck(cudaGraphLaunch(cm->gexec, cm->st), "graph launch");
+    } else if (graphable && cm->have_warm && !memcmp(&key, &cm->warm_key, sizeof key)) {
+        if (cm->gexec) cudaGraphExecDestroy(cm->gexec);
+        cm->gexec = NULL;
+        cudaGraph_t g = NULL;
+        rc = ck(cudaStreamBeginCapture(cm->st, cudaStreamCaptureModeThreadLocal), "begin capture");
+        if (!rc) {
+            int rc2 = enqueue(cm, kv, n, logit_rows, view, &o, fast);
+            cudaError_t e = cudaStreamEndCapture(cm->st, &g);
+            rc = rc2 ? rc2 : ck(e, "end capture");
+        }
+        if (!rc) rc = ck(cudaGraphInstantiate(&cm->gexec, g, 0), "graph instantiate");
+        if (g) cudaGraphDestroy(g);
+        if (!rc) {
+            cm->gkey = key;
+            rc = ck(cudaGraphLaunch(cm->gexec, cm->st), "graph launch");
+        } else {
+            /* capture failed: run this step eagerly and stop trying */
+            cudaGetLastError();
+            cm->gexec = NULL;
+            cm->use_graph = 0;
+            rc = enqueue(cm, kv, n, logit_rows, view, &o, fast);
+        }
+    } else {
+        rc = enqueue(cm, kv, n, logit_rows, view, &o, fast);
+        if (graphable && !rc) {
+            cm->warm_key = key;
+            cm->have_warm = 1;
+        }
+    }
+    if (!rc && logits)
+        rc = ck(cudaMemcpyAsync(logits, cm->logits, (size_t)logit_rows * I->vocab_size * 4,
+                                cudaMemcpyDeviceToHost, cm->st), "download logits");
+    if (!rc && argmax)
+        rc = ck(cudaMemcpyAsync(argmax, cm->amax, (size_t)logit_rows * 4, cudaMemcpyDeviceToHost,
+                                cm->st), "download argmax");
+    int rs = ck(cudaStreamSynchronize(cm->st), "forward");
+    if (!rc) rc = rs;
+    if (rc) return msa_error_context(rc, "msa_cuda_model_forward (pos0 %d, n %d)", pos0, n);
+    kv->len = pos0 + n;
+    return MSA_OK;
+}
