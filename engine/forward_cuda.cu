@@ -87,9 +87,11 @@ typedef struct cuda_layer {
     float *idx_k_norm; /* (di) or NULL */
 } cuda_layer;
 
+/* What a captured step depends on: every device pointer and launch shape
+ * baked into the graph. */
 typedef struct graph_key {
-    const void *kv;
-    int view_blocks, dense, top_k, generic, gen;
+    const void *kv, *k, *v, *kidx;
+    int cap_blocks, view_blocks, dense, top_k, generic, gen;
 } graph_key;
 
 struct msa_cuda_model {
@@ -738,6 +740,15 @@ extern "C" int msa_cuda_kv_init(msa_cuda_model *cm, int block_size, int64_t capa
 
 extern "C" void msa_cuda_kv_free(msa_cuda_kv *kv) {
     if (!kv) return;
+    msa_cuda_model *cm = kv->cm;
+    if (cm) { /* a graph of this memory must not outlive it */
+        cudaStreamSynchronize(cm->st);
+        if (cm->gexec && cm->gkey.kv == kv) {
+            cudaGraphExecDestroy(cm->gexec);
+            cm->gexec = NULL;
+        }
+        if (cm->warm_key.kv == kv) cm->have_warm = 0;
+    }
     cudaFree(kv->k);
     cudaFree(kv->v);
     cudaFree(kv->kidx);
@@ -1015,6 +1026,10 @@ extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const
     graph_key key;
     memset(&key, 0, sizeof key);
     key.kv = kv;
+    key.k = kv->k;
+    key.v = kv->v;
+    key.kidx = kv->kidx;
+    key.cap_blocks = kv->cap_blocks;
     key.view_blocks = view;
     key.dense = o.dense;
     key.top_k = o.top_k;
