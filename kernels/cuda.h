@@ -1,5 +1,5 @@
 /*
- * cuda.h: the C launchers of the CUDA backend (kernels/*.cu).
+ * cuda.h: the C launchers of the CUDA backend (the .cu files of kernels/).
  *
  * kernels/attention.c validates every argument that can be checked on the
  * host and then calls these; they take the public structs unchanged, with
