@@ -473,7 +473,9 @@ int msa_store_env_open(msa_store *st) {
     mdb_env_set_maxdbs(st->env, 8);
     mdb_env_set_maxreaders(st->env, (unsigned)st->params.max_readers);
     mdb_env_set_mapsize(st->env, st->params.map_size);
-    unsigned flags = MDB_NOTLS | (st->params.durable ? 0 : MDB_NOSYNC) |
+    /* readahead off: a block's index keys are read without its K and V
+     * (codec.c prefetches exactly the planes a read needs) */
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (st->params.durable ? 0 : MDB_NOSYNC) |
                      (st->params.readonly ? MDB_RDONLY : 0);
     rc = mdb_env_open(st->env, st->dir, flags, 0644);
     if (rc) {
