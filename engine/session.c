@@ -73,6 +73,9 @@ struct msa_session {
     int64_t first_tag_block, n_chunk_tags;
     tag_builder tail;          /* segments of the open last block */
     int64_t tail_block;
+    tag_builder saved_tail;    /* tail and tokens as of the last commit, */
+    int64_t saved_tail_block;  /* restored when a transaction fails */
+    int64_t n_committed;
 
     /* explain: how often each block was selected */
     uint64_t *reads;
@@ -404,7 +407,7 @@ int msa_session_open(msa_engine *e, const char *name, int flags, msa_session **o
     rc = lock_session(s);
     if (rc) goto fail;
 
-    s->n_tokens = (int64_t)info.n_tokens;
+    s->n_tokens = s->n_committed = (int64_t)info.n_tokens;
     rc = grow_tokens(s, s->n_tokens + 1);
     if (rc) goto fail;
     if (s->n_tokens) {
@@ -443,6 +446,8 @@ void msa_session_close(msa_session *s) {
     chunk_tags_free(s);
     tags_clear(&s->tail);
     free(s->tail.segs);
+    tags_clear(&s->saved_tail);
+    free(s->saved_tail.segs);
     free(s->tokens);
     free(s->logits);
     free(s->sample_work);
@@ -460,32 +465,46 @@ const int32_t *msa_session_tokens(const msa_session *s, int64_t *n) {
 
 /* ---- appending ----------------------------------------------------------------- */
 
-/* Runs tokens [n_tokens, n_tokens + n) through the model as one committed
- * transaction. On failure the session is its last commit again. */
-static int run_chunk(msa_session *s, const int32_t *toks, int n, const char *src,
-                     const int64_t *lines) {
-    msa_engine *e = s->e;
-    int64_t pos0 = s->n_tokens;
-    if (pos0 + n > s->pager_capacity) { /* the pager's tables are full: resize */
-        int rc = open_pager(s);
-        if (rc) return rc;
-    }
-    int rc = grow_tokens(s, pos0 + n + 1);
-    if (rc) return rc;
-    tag_builder saved_tail = {0};
-    int64_t saved_tail_block = s->tail_block;
-    rc = tags_copy(&saved_tail, &s->tail);
-    if (!rc) rc = tags_for_chunk(s, pos0, n, src, lines);
-    if (rc) goto out;
+/* An append is a store transaction that may span several forward calls:
+ * txn_open() starts it and remembers what to roll back to, run_rows() runs
+ * tokens through the model into it, txn_commit() writes the partial last
+ * blocks and commits, txn_fail() aborts it and returns the session to its
+ * last commit. Appends commit every chunk; generation commits once per
+ * completed block and at its end, so a crash loses at most the generated
+ * tokens of the current block, never a committed one. */
 
-    rc = msa_store_txn_begin(s->ss, &s->txn);
-    if (rc) goto out;
+static int txn_open(msa_session *s) {
+    if (s->txn) return MSA_OK;
+    tags_clear(&s->saved_tail);
+    int rc = tags_copy(&s->saved_tail, &s->tail);
+    if (rc) return rc;
+    s->saved_tail_block = s->tail_block;
+    s->n_committed = s->n_tokens;
     s->write_rc = 0;
-    msa_forward_opts o = forward_opts(s);
-    double t0 = msa_now();
-    rc = msa_model_forward(e->model, s->mem, toks, n, (int)pos0, &o, s->logits);
-    s->last_step_ms = 1e3 * (msa_now() - t0) / n;
-    if (!rc && s->write_rc) rc = s->write_rc;
+    return msa_store_txn_begin(s->ss, &s->txn);
+}
+
+static int txn_fail(msa_session *s, int rc) {
+    msa_store_txn_abort(s->txn);
+    s->txn = NULL;
+    s->logits_valid = 0;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", msa_last_error());
+    /* the pager may hold rows of the aborted transaction: reload it */
+    s->n_tokens = s->n_committed;
+    open_pager(s);
+    tags_clear(&s->tail);
+    tag_builder t = s->tail;
+    s->tail = s->saved_tail;
+    s->saved_tail = t;
+    s->tail_block = s->saved_tail_block;
+    chunk_tags_free(s);
+    return msa_error(rc, "%s", msg);
+}
+
+static int txn_commit(msa_session *s) {
+    if (!s->txn) return MSA_OK;
+    int rc = s->write_rc;
     /* the partial last block of every layer, rewritten */
     for (int l = 0; !rc && l < s->shape.n_layers; l++) {
         int64_t block;
@@ -496,36 +515,46 @@ static int run_chunk(msa_session *s, const int32_t *toks, int n, const char *src
             rc = msa_store_txn_put_block(s->txn, l, (uint64_t)block, rows, k, v, kidx,
                                          tag_of(s, block));
     }
-    if (!rc) rc = msa_store_txn_put_tokens(s->txn, toks, (size_t)n);
-    if (!rc) {
-        rc = msa_store_txn_commit(s->txn); /* frees the txn, also on failure */
-        s->txn = NULL;
-    }
+    if (rc) return txn_fail(s, rc);
+    rc = msa_store_txn_commit(s->txn); /* frees the txn, also on failure */
+    s->txn = NULL;
     if (rc) {
-        msa_store_txn_abort(s->txn);
-        s->txn = NULL;
-        s->logits_valid = 0;
+        msa_error_context(rc, "session '%s': committing tokens %lld..%lld", s->name,
+                          (long long)s->n_committed, (long long)s->n_tokens);
+        return txn_fail(s, rc);
+    }
+    s->n_committed = s->n_tokens;
+    return MSA_OK;
+}
+
+/* Runs tokens [n_tokens, n_tokens + n) through the model into the open
+ * transaction (opening one when needed). On failure the transaction is
+ * aborted and the session is its last commit. */
+static int run_rows(msa_session *s, const int32_t *toks, int n, const char *src,
+                    const int64_t *lines) {
+    int64_t pos0 = s->n_tokens;
+    int rc;
+    if (pos0 + n > s->pager_capacity) { /* the pager's tables are full: resize */
+        if ((rc = txn_commit(s)) || (rc = open_pager(s))) return rc;
+    }
+    if ((rc = grow_tokens(s, pos0 + n + 1))) return rc;
+    if ((rc = txn_open(s))) return rc;
+    if ((rc = tags_for_chunk(s, pos0, n, src, lines))) return txn_fail(s, rc);
+    msa_forward_opts o = forward_opts(s);
+    double t0 = msa_now();
+    rc = msa_model_forward(s->e->model, s->mem, toks, n, (int)pos0, &o, s->logits);
+    s->last_step_ms = 1e3 * (msa_now() - t0) / n;
+    if (!rc && s->write_rc) rc = s->write_rc;
+    if (!rc) rc = msa_store_txn_put_tokens(s->txn, toks, (size_t)n);
+    if (rc) {
         msa_error_context(rc, "session '%s': appending %d tokens at %lld", s->name, n,
                           (long long)pos0);
-        /* the pager may hold part of the chunk: reload it from the store */
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", msa_last_error());
-        open_pager(s);
-        msa_error(rc, "%s", msg);
-        tags_clear(&s->tail);
-        s->tail = saved_tail;
-        saved_tail = (tag_builder){0};
-        s->tail_block = saved_tail_block;
-        goto out;
+        return txn_fail(s, rc);
     }
     memcpy(s->tokens + pos0, toks, (size_t)n * sizeof *toks);
     s->n_tokens = pos0 + n;
     s->logits_valid = 1;
-out:
-    tags_clear(&saved_tail);
-    free(saved_tail.segs);
-    chunk_tags_free(s);
-    return rc;
+    return MSA_OK;
 }
 
 /* Line of every token: 1 + newlines before it in the decoded text; all 0
@@ -563,7 +592,8 @@ int msa_session_append_tokens(msa_session *s, const int32_t *toks, size_t n,
     int rc = MSA_OK;
     for (size_t done = 0; done < n && !rc;) {
         int m = (int)(n - done < (size_t)chunk ? n - done : (size_t)chunk);
-        rc = run_chunk(s, toks + done, m, src, lines + done);
+        rc = run_rows(s, toks + done, m, src, lines + done);
+        if (!rc) rc = txn_commit(s);
         if (rc) break;
         done += (size_t)m;
         if (progress && progress(user, (int64_t)done, (int64_t)n)) {
@@ -680,10 +710,11 @@ int msa_session_generate(msa_session *s, const msa_generate_params *params,
         int n_recent = s->n_tokens < 256 ? (int)s->n_tokens : 256;
         int32_t tok = msa_sample(s->logits, V, &p.sampling, s->tokens + s->n_tokens - n_recent,
                                  n_recent, s->n_tokens, s->sample_work);
-        if (tok < 0) return tok;
+        if (tok < 0) { rc = tok; break; }
         int eog = msa_token_is_eog(s->e->tok, tok);
         /* the token joins the memory (EOS too: it ends the turn there) */
-        rc = run_chunk(s, &tok, 1, src, NULL);
+        rc = run_rows(s, &tok, 1, src, NULL);
+        if (!rc && s->n_tokens % s->shape.block_size == 0) rc = txn_commit(s);
         if (rc) break;
         if (eog && p.stop_at_eos) { count++; break; }
         char buf[MSA_DETOK_STREAM_MAX];
@@ -691,6 +722,8 @@ int msa_session_generate(msa_session *s, const msa_generate_params *params,
         if (msa_detok_stream_push(&ds, tok, buf, sizeof buf, &len) != MSA_OK) len = 0;
         if (on_token && on_token(user, tok, buf, len)) { count++; break; }
     }
+    int crc = txn_commit(s); /* what was generated before a failure stays */
+    if (!rc) rc = crc;
     if (!rc && on_token) {
         char buf[8];
         size_t len = 0;
