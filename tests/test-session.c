@@ -11,15 +11,21 @@
  *     selection, paging and the partial last block all matter.
  *   - A host cache of a few blocks (evictions at every step) gives the same
  *     tokens as one that holds everything.
+ *   - A store failure in the middle of an append (disk full, I/O error,
+ *     injected at successive points) leaves the session exactly at its last
+ *     commit, in memory and on disk: it then generates what a session built
+ *     from the committed tokens alone generates.
  *   - Explain reports blocks with their source tags; a session of another
  *     model is refused; a second writer is refused.
  */
+#include <errno.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "engine/msa.h"
 #include "kernels/base.h"
+#include "persist/internal.h"
 #include "tests/testutil.h"
 
 static char model_path[4096], store_dir[4096];
@@ -195,7 +201,49 @@ int main(void) {
     CHECK(tiny.n == 150 && tiny.n == ref.n &&
           !memcmp(tiny.ids, ref.ids, sizeof(int32_t) * (size_t)ref.n));
 
-    /* 4. a session written by another model is refused */
+    /* 4. failures inside an append roll the session back to its last commit */
+    static const char *more =
+        "The ball rolled down the hill and into the river. Lily ran after it, "
+        "but the water was too fast. She asked her dad for help, and together "
+        "they found a long stick to reach the ball.";
+    e = open_engine(16, 4, 0);
+    int failures = 0;
+    for (int nth = 1; e && nth <= 40; nth += 3) {
+        char name[32];
+        snprintf(name, sizeof name, "fault-%d", nth);
+        CHECK_OK(msa_session_open(e, name, MSA_SESSION_CREATE, &s));
+        CHECK_OK(msa_session_append_text(s, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
+        msa_fault_arm(nth % 2 ? ENOSPC : EIO, nth);
+        int rc = msa_session_append_text(s, more, strlen(more), "more.txt", NULL, NULL);
+        msa_fault_arm(0, 0);
+        failures += rc != MSA_OK;
+        int64_t n_mem;
+        const int32_t *mem_toks = msa_session_tokens(s, &n_mem);
+        int32_t committed[1024];
+        memcpy(committed, mem_toks, sizeof(int32_t) * (size_t)n_mem);
+        collect after = {0};
+        CHECK_OK(generate(s, 24, &after));
+        msa_session_close(s);
+        /* the store holds what memory held, and a clean session with those
+         * tokens continues the same way */
+        CHECK_OK(msa_session_open(e, name, 0, &s));
+        int64_t n_disk;
+        msa_session_tokens(s, &n_disk);
+        CHECKF(n_disk == n_mem + 24, "nth %d: %lld tokens stored, %lld expected", nth,
+               (long long)n_disk, (long long)n_mem + 24);
+        msa_session_close(s);
+        snprintf(name, sizeof name, "clean-%d", nth);
+        CHECK_OK(msa_session_open(e, name, MSA_SESSION_CREATE, &s));
+        CHECK_OK(msa_session_append_tokens(s, committed, (size_t)n_mem, "x", NULL, NULL));
+        collect clean = {0};
+        CHECK_OK(generate(s, 24, &clean));
+        CHECKF(!memcmp(after.ids, clean.ids, sizeof after.ids), "nth %d: rollback differs", nth);
+        msa_session_close(s);
+    }
+    CHECKF(failures > 3, "only %d injected failures hit an append", failures);
+    msa_engine_free(e);
+
+    /* 5. a session written by another model is refused */
     snprintf(model_path, sizeof model_path, "%s/gguf/llama-2-tiny-random.gguf", assets);
     e = open_engine(16, 4, 0);
     if (e) {
