@@ -91,7 +91,7 @@ typedef struct cuda_layer {
  * baked into the graph. */
 typedef struct graph_key {
     const void *kv, *k, *v, *kidx;
-    int cap_blocks, view_blocks, dense, top_k, generic, gen;
+    int cap_blocks, view_blocks, dense, top_k, generic, gen, gemv;
 } graph_key;
 
 struct msa_cuda_model {
@@ -111,7 +111,7 @@ struct msa_cuda_model {
     size_t weight_bytes;
     void **allocs;       /* device allocations freed with the model */
     int n_allocs, cap_allocs;
-    int use_graph, generic;
+    int use_graph, generic, use_gemv;
 
     /* scratch, grown on demand (gen counts reallocations: graphs hold pointers) */
     int cap_rows, cap_topk, cap_logit_rows;
@@ -355,6 +355,79 @@ __global__ void argmax_kernel(const float *__restrict__ logits, int V, int32_t *
     if (threadIdx.x == 0) out[blockIdx.x] = bi[0] < V ? bi[0] : 0;
 }
 
+/* ---- decode GEMV (one row), with its input stage fused ------------------------------ */
+
+/* y (out) = W (out, in) . u, W bf16 row-major, for a single input row; beta 1
+ * adds into y. u is staged in shared memory as bf16, exactly as the unfused
+ * path rounds it before its GEMM, from one of:
+ *   GEMV_PLAIN   u = x (bf16)
+ *   GEMV_NORM    u = bf16(rmsnorm(xf) * w)          (fuses rmsnorm_kernel)
+ *   GEMV_SWIGLU  u = bf16(silu(yf[:in]) * yf[in:])   (fuses swiglu_kernel)
+ * Each warp owns GEMV_RPW consecutive rows and reads them with 16-byte loads,
+ * four in flight per lane. Needs in % 8 == 0 and in <= GEMV_MAX_IN. */
+#define GEMV_PLAIN 0
+#define GEMV_NORM 1
+#define GEMV_SWIGLU 2
+#define GEMV_WARPS 8
+#define GEMV_RPW 4
+#define GEMV_MAX_IN 16384
+
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ x, const float *__restrict__ xf,
+            const float *__restrict__ nw, float eps, int mode, float *__restrict__ y, int in,
+            int outd, float beta) {
+    extern __shared__ __align__(16) bf16 u[]; /* (in) */
+    __shared__ float red[32];
+    if (mode == GEMV_NORM) {
+        float ss = 0.0f;
+        for (int j = threadIdx.x; j < in; j += blockDim.x) ss += xf[j] * xf[j];
+        ss = block_sum(ss, red);
+        const float r = 1.0f / sqrtf(ss / in + eps);
+        for (int j = threadIdx.x; j < in; j += blockDim.x) u[j] = __float2bfloat16(nw[j] * (r * xf[j]));
+    } else if (mode == GEMV_SWIGLU) {
+        for (int j = threadIdx.x; j < in; j += blockDim.x) {
+            float g = xf[j];
+            g *= 1.0f / (1.0f + expf(-g));
+            u[j] = __float2bfloat16(g * xf[in + j]);
+        }
+    } else {
+        for (int j = threadIdx.x; j < in; j += blockDim.x) u[j] = x[j];
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int r0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_RPW;
+    const int nc = in / 8;
+    const uint4 *u4 = (const uint4 *)u;
+    for (int rr = 0; rr < GEMV_RPW; rr++) {
+        const int row = r0 + rr;
+        if (row >= outd) break;
+        const uint4 *w4 = (const uint4 *)(W + (size_t)row * in);
+        float acc = 0.0f;
+#pragma unroll 4
+        for (int c = lane; c < nc; c += 32) {
+            const uint4 wv = __ldg(w4 + c), xv = u4[c];
+            const __nv_bfloat162 *wp = (const __nv_bfloat162 *)&wv, *xp = (const __nv_bfloat162 *)&xv;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float2 a = __bfloat1622float2(wp[e]), b = __bfloat1622float2(xp[e]);
+                acc += a.x * b.x + a.y * b.y;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) y[row] = beta != 0.0f ? y[row] + acc : acc;
+    }
+}
+
+static bool gemv_ok(int in) { return in % 8 == 0 && in <= GEMV_MAX_IN; }
+
+static int gemv(cudaStream_t st, const bf16 *W, const bf16 *x, const float *xf, const float *nw,
+                float eps, int mode, float *y, int in, int outd, float beta) {
+    const int rows_per_block = GEMV_WARPS * GEMV_RPW;
+    gemv_kernel<<<(outd + rows_per_block - 1) / rows_per_block, GEMV_WARPS * 32,
+                  (size_t)in * sizeof(bf16), st>>>(W, x, xf, nw, eps, mode, y, in, outd, beta);
+    return LAUNCHED("gemv");
+}
+
 /* ---- generic attention (any head dim up to GEN_MAX_D) --------------------------- */
 
 #define GEN_MAX_D 256
@@ -467,6 +540,7 @@ static int model_new(const msa_model_info *info, float eps, int neox, int cuda_d
     cm->rope_neox = neox;
     cm->device = cuda_device;
     cm->use_graph = 1;
+    cm->use_gemv = 1;
     const msa_model_info *I = info;
     cm->Nqkv = (I->n_heads + 2 * I->n_kv_heads) * I->head_dim +
                (I->has_trained_index ? (I->n_kv_heads + 1) * I->idx_dim : 0);
@@ -692,8 +766,9 @@ extern "C" size_t msa_cuda_model_weight_bytes(const msa_cuda_model *cm) {
 extern "C" void *msa_cuda_model_stream(const msa_cuda_model *cm) { return cm ? cm->st : NULL; }
 extern "C" void msa_cuda_model_set_options(msa_cuda_model *cm, int use_graph, int generic) {
     if (!cm) return;
-    cm->use_graph = use_graph;
+    cm->use_graph = use_graph & 1;
     cm->generic = generic;
+    cm->use_gemv = !(use_graph & 2);
 }
 
 /* ---- layer memory ------------------------------------------------------------------ */
@@ -864,6 +939,8 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
     const int32_t *m_indptr = cm->meta, *m_len = cm->meta + 2, *m_tok = cm->meta + 4,
                   *m_pos = cm->meta + 4 + n;
     int rc;
+    /* one row: the fused GEMV kernels instead of rmsnorm + cuBLAS (+ swiglu) */
+    const bool one = n == 1 && cm->use_gemv && gemv_ok(D) && gemv_ok(qd) && gemv_ok(F);
 
     embed_kernel<<<n, 256, 0, st>>>(cm->tok_embd, m_tok, cm->x, D);
     if ((rc = LAUNCHED("embedding"))) return rc;
@@ -887,10 +964,15 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
     for (int l = 0; l < I->n_layers; l++) {
         const cuda_layer *Y = &cm->L[l];
         bf16 *kc = kv->k + l * kvl, *vc = kv->v + l * kvl, *ki = kv->kidx + l * kil;
-        rmsnorm_kernel<<<n, 256, 0, st>>>(cm->x, Y->attn_norm, cm->xb, D, cm->rms_eps);
-        if ((rc = LAUNCHED("rmsnorm"))) return rc;
-        if ((rc = gemm(cm, Y->wqkv, cm->xb, cm->y, CUDA_R_32F, n, D, cm->Nqkv, 0.0f, "qkv")))
-            return rc;
+        if (one) {
+            rc = gemv(st, Y->wqkv, NULL, cm->x, Y->attn_norm, cm->rms_eps, GEMV_NORM, cm->y, D,
+                      cm->Nqkv, 0.0f);
+        } else {
+            rmsnorm_kernel<<<n, 256, 0, st>>>(cm->x, Y->attn_norm, cm->xb, D, cm->rms_eps);
+            if (!(rc = LAUNCHED("rmsnorm")))
+                rc = gemm(cm, Y->wqkv, cm->xb, cm->y, CUDA_R_32F, n, D, cm->Nqkv, 0.0f, "qkv");
+        }
+        if (rc) return rc;
         qkv_args a;
         a.y = cm->y; a.bias = Y->bqkv; a.pos = m_pos; a.inv_freq = cm->inv_freq;
         a.q = cm->q; a.qi = I->has_trained_index ? NULL : cm->qi;
@@ -938,10 +1020,20 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
             if ((rc = LAUNCHED("generic attention"))) return rc;
         }
 
-        if ((rc = gemm(cm, Y->wo, cm->att, cm->x, CUDA_R_32F, n, qd, D, 1.0f, "wo"))) return rc;
+        rc = one ? gemv(st, Y->wo, cm->att, NULL, NULL, 0.0f, GEMV_PLAIN, cm->x, qd, D, 1.0f)
+                 : gemm(cm, Y->wo, cm->att, cm->x, CUDA_R_32F, n, qd, D, 1.0f, "wo");
+        if (rc) return rc;
         if (Y->bo) {
             add_bias_kernel<<<grid_for((size_t)n * D, 256), 256, 0, st>>>(cm->x, Y->bo, n, D);
             if ((rc = LAUNCHED("bias"))) return rc;
+        }
+        if (one) {
+            rc = gemv(st, Y->w13, NULL, cm->x, Y->ffn_norm, cm->rms_eps, GEMV_NORM, cm->y, D,
+                      2 * F, 0.0f);
+            if (!rc)
+                rc = gemv(st, Y->w2, NULL, cm->y, NULL, 0.0f, GEMV_SWIGLU, cm->x, F, D, 1.0f);
+            if (rc) return rc;
+            continue;
         }
         rmsnorm_kernel<<<n, 256, 0, st>>>(cm->x, Y->ffn_norm, cm->xb, D, cm->rms_eps);
         if ((rc = LAUNCHED("rmsnorm"))) return rc;
@@ -952,6 +1044,13 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
         if ((rc = gemm(cm, Y->w2, cm->h, cm->x, CUDA_R_32F, n, F, D, 1.0f, "w2"))) return rc;
     }
     const int r0 = n - logit_rows;
+    if (one) {
+        rc = gemv(st, cm->output, NULL, cm->x, cm->output_norm, cm->rms_eps, GEMV_NORM,
+                  cm->logits, D, V, 0.0f);
+        if (rc) return rc;
+        argmax_kernel<<<1, 1024, 0, st>>>(cm->logits, V, cm->amax);
+        return LAUNCHED("argmax");
+    }
     rmsnorm_kernel<<<logit_rows, 256, 0, st>>>(cm->x + (size_t)r0 * D, cm->output_norm, cm->xb, D,
                                                cm->rms_eps);
     if ((rc = LAUNCHED("final rmsnorm"))) return rc;
@@ -1035,6 +1134,7 @@ extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const
     key.top_k = o.top_k;
     key.generic = !fast;
     key.gen = cm->gen;
+    key.gemv = cm->use_gemv;
     const bool graphable = cm->use_graph && n == 1;
     if (graphable && cm->gexec && !memcmp(&key, &cm->gkey, sizeof key)) {
         rc = ck(cudaGraphLaunch(cm->gexec, cm->st), "graph launch");

@@ -301,6 +301,13 @@ static void test_random(int trained) {
     s = compare(lg, lgen, T, V);
     print_stats("MSA, eager vs graph", s);
     CHECKF(s.min_cos > 0.99999, "eager and graph differ: min cosine %f", s.min_cos);
+    /* single-token steps through rmsnorm + cuBLAS instead of the fused GEMV */
+    msa_cuda_model_set_options(cm, 3, 0);
+    CHECK_OK(gpu_logits(cm, tok, T, 200, Bk, k, 0, lgen, &mism));
+    msa_cuda_model_set_options(cm, 1, 0);
+    s = compare(lg, lgen, T, V);
+    print_stats("MSA, cuBLAS vs fused GEMV decode", s);
+    CHECKF(s.cos_ok >= T * 95 / 100, "cosine > 0.999 at %d of %d", s.cos_ok, T);
     /* errors */
     msa_cuda_kv *kv = NULL;
     CHECK_OK(msa_cuda_kv_init(cm, Bk, 64, &kv));

@@ -128,7 +128,8 @@ static double time_prefill(msa_cuda_model *cm, msa_cuda_kv *kv, const int32_t *t
 
 /* Greedy decode of `steps` tokens after 3 warm-up steps, starting at a
  * memory of L tokens; milliseconds per token (host clock, argmax back on
- * the host every step). */
+ * the host every step). `graph` as msa_cuda_model_set_options' use_graph
+ * (bit 0 graphs, bit 1 cuBLAS instead of the fused GEMV). */
 static double time_decode(msa_cuda_model *cm, msa_cuda_kv *kv, long long L, int steps,
                           int dense, int graph) {
     msa_forward_opts o = msa_forward_default_opts();
@@ -248,6 +249,9 @@ int main(int argc, char **argv) {
                     ms = time_decode(cm, kv, L, steps, 0, 0);
                     add_row("MSA, no CUDA graph", L, ms, wbytes + L * ikb + sel);
                     printf("decode L=%lld MSA eager: %.3f ms/token\n", L, ms);
+                    ms = time_decode(cm, kv, L, steps, 0, 3);
+                    add_row("MSA, cuBLAS GEMMs, no fused GEMV", L, ms, wbytes + L * ikb + sel);
+                    printf("decode L=%lld MSA cuBLAS: %.3f ms/token\n", L, ms);
                 }
             }
             fflush(stdout);
