@@ -33,6 +33,7 @@
 enum {
     TILE = 4,              /* rows of one sequence scored together */
     CHUNK_TOKENS = 4096,   /* tokens of index keys per work item */
+    MAX_GROUPS = 64,       /* running maxima kept on the stack at once */
 };
 #define SCRATCH_BYTES ((size_t)64 << 20) /* bound on the block-score buffer; the
                                             environment's MSA_INDEX_SCRATCH_KB
@@ -53,6 +54,31 @@ typedef struct ctx {
     int32_t *selected;   /* [n_q][Hkv][top_k] */
 } ctx;
 
+/* Max over the Bk tokens of one block of q . key (keys [Bk][di]). Inlined
+ * with a constant di for the common sizes, so the dot is fully unrolled and
+ * the running max stays in a register. */
+static inline __attribute__((always_inline)) float block_max_n(const float *q,
+                                                               const float *keys,
+                                                               int Bk, int di) {
+    float m = -INFINITY;
+    for (int t = 0; t < Bk; t++) {
+        float s = msa_ref_dot(q, keys + (size_t)t * di, di);
+        m = s > m ? s : m;
+    }
+    return m;
+}
+
+static float block_max(const float *q, const float *keys, int Bk, int di) {
+    switch (di) {
+    case 8: return block_max_n(q, keys, Bk, 8);
+    case 16: return block_max_n(q, keys, Bk, 16);
+    case 32: return block_max_n(q, keys, Bk, 32);
+    case 64: return block_max_n(q, keys, Bk, 64);
+    case 128: return block_max_n(q, keys, Bk, 128);
+    default: return block_max_n(q, keys, Bk, di);
+    }
+}
+
 static void score_item(void *vc, int64_t idx) {
     const ctx *c = vc;
     const msa_ref_problem *p = c->p;
@@ -62,34 +88,35 @@ static void score_item(void *vc, int64_t idx) {
 
     for (int b = it->b0; b < it->b1; b++) {
         const float *kb = p->kidx + (size_t)tab[b] * KH * Bk * di; /* [KH][Bk][di] */
-        /* rows of the tile that rank this block: those for which it is a
-         * full block before the local one. The local block is always taken,
-         * so its score is never needed (nor its causal mask). */
-        int vis[TILE], vis_max = 0;
+        /* Rows of the tile rank this block only when it is a full block
+         * before their local one: the local block is always taken, so its
+         * score (and its causal mask) is never needed. The block (KH * Bk *
+         * di floats) stays in L1 while every row and group of the tile is
+         * scored against it. */
         for (int r = 0; r < it->n_rows; r++) {
             int row = it->row0 + r, nbr = p->q_pos[row] / Bk;
-            vis[r] = b < nbr ? Bk : 0;
-            if (vis[r]) {
-                vis_max = Bk;
-                float *Sr = c->S + c->soff[row - c->r0];
-                for (int g = 0; g < Hkv; g++) Sr[(size_t)g * nbr + b] = -INFINITY;
-            }
-        }
-        for (int kh = 0; kh < KH; kh++) {
-            const int g0 = KH == 1 ? 0 : kh, g1 = KH == 1 ? Hkv : kh + 1;
-            for (int t = 0; t < vis_max; t++) {
-                const float *key = kb + ((size_t)kh * Bk + t) * di; /* [di] */
-                for (int r = 0; r < it->n_rows; r++) {
-                    if (t >= vis[r]) continue;
-                    int row = it->row0 + r;
-                    int nbr = p->q_pos[row] / Bk;
-                    float *Sr = c->S + c->soff[row - c->r0];
-                    const float *qr = p->q_idx + (size_t)row * Hkv * di; /* [Hkv][di] */
-                    for (int g = g0; g < g1; g++) {
-                        float s = msa_ref_dot(qr + (size_t)g * di, key, di);
-                        float *dst = &Sr[(size_t)g * nbr + b];
-                        if (s > *dst) *dst = s;
+            if (b >= nbr) continue;
+            float *Sr = c->S + c->soff[row - c->r0];
+            const float *qr = p->q_idx + (size_t)row * Hkv * di; /* [Hkv][di] */
+            if (KH == 1) {
+                /* one shared key head: read each key once for all groups */
+                float m[MAX_GROUPS];
+                for (int g0 = 0; g0 < Hkv; g0 += MAX_GROUPS) {
+                    int ng = Hkv - g0 < MAX_GROUPS ? Hkv - g0 : MAX_GROUPS;
+                    for (int g = 0; g < ng; g++) m[g] = -INFINITY;
+                    for (int t = 0; t < Bk; t++) {
+                        const float *key = kb + (size_t)t * di; /* [di] */
+                        for (int g = 0; g < ng; g++) {
+                            float sc = msa_ref_dot(qr + (size_t)(g0 + g) * di, key, di);
+                            m[g] = sc > m[g] ? sc : m[g];
+                        }
                     }
+                    for (int g = 0; g < ng; g++) Sr[(size_t)(g0 + g) * nbr + b] = m[g];
+                }
+            } else {
+                for (int g = 0; g < Hkv; g++) {
+                    const float *keys = kb + (size_t)g * Bk * di; /* [Bk][di] */
+                    Sr[(size_t)g * nbr + b] = block_max(qr + (size_t)g * di, keys, Bk, di);
                 }
             }
         }
