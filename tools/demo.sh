@@ -140,7 +140,7 @@ for upto in 0 30 120 240; do
   printf '   %14s  %22s  %22s\n' "$n" "$ms" "$ds"
 done
 note "ms/token is the median wall time per generated token, including the store commit"
-note "of every token (the same at any length); (model) is the forward pass alone. MSA's"
+note "of every completed block (the same at any length); (model) is the forward pass alone. MSA's"
 note "cost still grows, through the index scan (every stored token's index key is"
 note "scored at every step, a few bytes each) but far slower than dense attention,"
 note "which reads every stored key and value at every step."
