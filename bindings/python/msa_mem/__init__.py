@@ -283,9 +283,36 @@ class BlockReads:
     source: str
 
 
-class Engine:
+class _Owned:
+    """A C handle released by `_free` (a libmsa function name): close()
+    releases it once; also a context manager, and released when collected."""
+
+    _free = ""
+    _h = None
+
+    def close(self) -> None:
+        if self._h is not None:
+            getattr(self._lib, self._free)(self._h)
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Engine(_Owned):
     """A model, its tokenizer and a store. Use as a context manager, or call
     close()."""
+
+    _free = "msa_engine_free"
 
     def __init__(self, model: str, store: Optional[str] = None, device: str = "cpu",
                  threads: int = 0, block_size: int = 0, top_k: int = 0,
@@ -405,26 +432,12 @@ class Engine:
         _check(self._lib.msa_store_import(self._store_handle(), os.fsencode(path),
                                           name.encode() if name else None))
 
-    def close(self) -> None:
-        if self._h is not None:
-            self._lib.msa_engine_free(self._h)
-            self._h = None
-
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
-class Session:
+class Session(_Owned):
     """A named, persistent memory. Obtain one from Engine.session()."""
+
+    _free = "msa_session_close"
 
     def __init__(self, engine: Engine, handle: C.c_void_p):
         self._engine = engine  # keeps the engine alive while the session is
@@ -569,19 +582,3 @@ class Session:
     def explain_reset(self) -> None:
         self._lib.msa_session_explain_reset(self._handle())
 
-    def close(self) -> None:
-        if self._h is not None:
-            self._lib.msa_session_close(self._h)
-            self._h = None
-
-    def __enter__(self) -> "Session":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
