@@ -91,7 +91,7 @@ typedef struct cuda_layer {
  * baked into the graph. */
 typedef struct graph_key {
     const void *kv, *k, *v, *kidx;
-    int cap_blocks, view_blocks, dense, top_k, generic, gen, gemv;
+    int cap_blocks, view_blocks, dense, top_k, generic, gen, gemv, skip_attn;
 } graph_key;
 
 struct msa_cuda_model {
@@ -111,7 +111,7 @@ struct msa_cuda_model {
     size_t weight_bytes;
     void **allocs;       /* device allocations freed with the model */
     int n_allocs, cap_allocs;
-    int use_graph, generic, use_gemv;
+    int use_graph, generic, use_gemv, skip_attn;
 
     /* scratch, grown on demand (gen counts reallocations: graphs hold pointers) */
     int cap_rows, cap_topk, cap_logit_rows;
@@ -363,21 +363,50 @@ __global__ void argmax_kernel(const float *__restrict__ logits, int V, int32_t *
  *   GEMV_PLAIN   u = x (bf16)
  *   GEMV_NORM    u = bf16(rmsnorm(xf) * w)          (fuses rmsnorm_kernel)
  *   GEMV_SWIGLU  u = bf16(silu(yf[:in]) * yf[in:])   (fuses swiglu_kernel)
- * Each warp owns GEMV_RPW consecutive rows and reads them with 16-byte loads,
- * four in flight per lane. Needs in % 8 == 0 and in <= GEMV_MAX_IN. */
+ * Each warp owns `rpw` consecutive rows and reads them with 16-byte loads.
+ * The first GEMV_PRE loads of the warp's first row are issued before the
+ * input stage, so that the stage (a few microseconds of L2 reads and a
+ * barrier) overlaps the first HBM round trip instead of preceding it.
+ * Needs in % 8 == 0 and in <= GEMV_MAX_IN.
+ *
+ * v1 (8 warps x 4 rows per CTA, no prefetch) ran a 4K decode step in
+ * 2.79 ms against cuBLAS's 1.86: qkv, wo and w2 had 64 to 96 CTAs for 132
+ * SMs and the stage was fully exposed. v2: one row per warp (4 for the
+ * classifier), and the prefetch. */
 #define GEMV_PLAIN 0
 #define GEMV_NORM 1
 #define GEMV_SWIGLU 2
 #define GEMV_WARPS 8
-#define GEMV_RPW 4
+#define GEMV_PRE 8
 #define GEMV_MAX_IN 16384
+
+__device__ __forceinline__ float dot8(uint4 w, uint4 x) {
+    const __nv_bfloat162 *wp = (const __nv_bfloat162 *)&w, *xp = (const __nv_bfloat162 *)&x;
+    float acc = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float2 a = __bfloat1622float2(wp[e]), b = __bfloat1622float2(xp[e]);
+        acc += a.x * b.x + a.y * b.y;
+    }
+    return acc;
+}
 
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ x, const float *__restrict__ xf,
             const float *__restrict__ nw, float eps, int mode, float *__restrict__ y, int in,
-            int outd, float beta) {
+            int outd, float beta, int rpw) {
     extern __shared__ __align__(16) bf16 u[]; /* (in) */
     __shared__ float red[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int r0 = (blockIdx.x * GEMV_WARPS + warp) * rpw;
+    const int nc = in / 8;
+    uint4 pre[GEMV_PRE];
+    if (r0 < outd) {
+        const uint4 *w4 = (const uint4 *)(W + (size_t)r0 * in);
+#pragma unroll
+        for (int t = 0; t < GEMV_PRE; t++)
+            if (lane + 32 * t < nc) pre[t] = __ldg(w4 + lane + 32 * t);
+    }
     if (mode == GEMV_NORM) {
         float ss = 0.0f;
         for (int j = threadIdx.x; j < in; j += blockDim.x) ss += xf[j] * xf[j];
@@ -394,24 +423,27 @@ gemv_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ x, const float 
         for (int j = threadIdx.x; j < in; j += blockDim.x) u[j] = x[j];
     }
     __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int r0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_RPW;
-    const int nc = in / 8;
     const uint4 *u4 = (const uint4 *)u;
-    for (int rr = 0; rr < GEMV_RPW; rr++) {
+    for (int rr = 0; rr < rpw; rr++) {
         const int row = r0 + rr;
         if (row >= outd) break;
         const uint4 *w4 = (const uint4 *)(W + (size_t)row * in);
         float acc = 0.0f;
-#pragma unroll 4
-        for (int c = lane; c < nc; c += 32) {
-            const uint4 wv = __ldg(w4 + c), xv = u4[c];
-            const __nv_bfloat162 *wp = (const __nv_bfloat162 *)&wv, *xp = (const __nv_bfloat162 *)&xv;
+        int c0 = 0;
+        if (rr == 0) {
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float2 a = __bfloat1622float2(wp[e]), b = __bfloat1622float2(xp[e]);
-                acc += a.x * b.x + a.y * b.y;
-            }
+            for (int t = 0; t < GEMV_PRE; t++)
+                if (lane + 32 * t < nc) acc += dot8(pre[t], u4[lane + 32 * t]);
+            c0 = 32 * GEMV_PRE;
+        }
+        for (int cb = c0; cb < nc; cb += 32 * GEMV_PRE) {
+            uint4 buf[GEMV_PRE];
+#pragma unroll
+            for (int t = 0; t < GEMV_PRE; t++)
+                if (cb + lane + 32 * t < nc) buf[t] = __ldg(w4 + cb + lane + 32 * t);
+#pragma unroll
+            for (int t = 0; t < GEMV_PRE; t++)
+                if (cb + lane + 32 * t < nc) acc += dot8(buf[t], u4[cb + lane + 32 * t]);
         }
         for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
         if (lane == 0) y[row] = beta != 0.0f ? y[row] + acc : acc;
@@ -422,9 +454,10 @@ static bool gemv_ok(int in) { return in % 8 == 0 && in <= GEMV_MAX_IN; }
 
 static int gemv(cudaStream_t st, const bf16 *W, const bf16 *x, const float *xf, const float *nw,
                 float eps, int mode, float *y, int in, int outd, float beta) {
-    const int rows_per_block = GEMV_WARPS * GEMV_RPW;
+    const int rpw = outd >= 32768 ? 4 : 1; /* the classifier: fewer input stages */
+    const int rows_per_block = GEMV_WARPS * rpw;
     gemv_kernel<<<(outd + rows_per_block - 1) / rows_per_block, GEMV_WARPS * 32,
-                  (size_t)in * sizeof(bf16), st>>>(W, x, xf, nw, eps, mode, y, in, outd, beta);
+                  (size_t)in * sizeof(bf16), st>>>(W, x, xf, nw, eps, mode, y, in, outd, beta, rpw);
     return LAUNCHED("gemv");
 }
 
@@ -540,7 +573,7 @@ static int model_new(const msa_model_info *info, float eps, int neox, int cuda_d
     cm->rope_neox = neox;
     cm->device = cuda_device;
     cm->use_graph = 1;
-    cm->use_gemv = 1;
+    cm->use_gemv = 0;
     const msa_model_info *I = info;
     cm->Nqkv = (I->n_heads + 2 * I->n_kv_heads) * I->head_dim +
                (I->has_trained_index ? (I->n_kv_heads + 1) * I->idx_dim : 0);
@@ -768,7 +801,8 @@ extern "C" void msa_cuda_model_set_options(msa_cuda_model *cm, int use_graph, in
     if (!cm) return;
     cm->use_graph = use_graph & 1;
     cm->generic = generic;
-    cm->use_gemv = !(use_graph & 2);
+    cm->use_gemv = (use_graph & 2) != 0;
+    cm->skip_attn = (use_graph & 4) != 0;
 }
 
 /* ---- layer memory ------------------------------------------------------------------ */
@@ -939,7 +973,8 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
     const int32_t *m_indptr = cm->meta, *m_len = cm->meta + 2, *m_tok = cm->meta + 4,
                   *m_pos = cm->meta + 4 + n;
     int rc;
-    /* one row: the fused GEMV kernels instead of rmsnorm + cuBLAS (+ swiglu) */
+    /* one row, when asked: the fused GEMV kernels instead of rmsnorm + cuBLAS
+     * (+ swiglu); docs/bench-model.md compares the two */
     const bool one = n == 1 && cm->use_gemv && gemv_ok(D) && gemv_ok(qd) && gemv_ok(F);
 
     embed_kernel<<<n, 256, 0, st>>>(cm->tok_embd, m_tok, cm->x, D);
@@ -988,7 +1023,10 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
             if ((rc = LAUNCHED("index RoPE"))) return rc;
         }
 
-        if (fast) {
+        if (cm->skip_attn) {
+            /* diagnostic (benchmark breakdown): no attention, att keeps
+             * whatever it held */
+        } else if (fast) {
             msa_paged_kv pk;
             memset(&pk, 0, sizeof pk);
             pk.dtype = MSA_DTYPE_BF16;
@@ -1135,6 +1173,7 @@ extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const
     key.generic = !fast;
     key.gen = cm->gen;
     key.gemv = cm->use_gemv;
+    key.skip_attn = cm->skip_attn;
     const bool graphable = cm->use_graph && n == 1;
     if (graphable && cm->gexec && !memcmp(&key, &cm->gkey, sizeof key)) {
         rc = ck(cudaGraphLaunch(cm->gexec, cm->st), "graph launch");

@@ -61,12 +61,14 @@ size_t msa_cuda_model_weight_bytes(const msa_cuda_model *cm);
 /* The model's stream (a cudaStream_t); every call queues its work there. */
 void *msa_cuda_model_stream(const msa_cuda_model *cm);
 
-/* Options that only the GPU path has. use_graph bit 0 (default on):
- * single-token calls replay a CUDA graph of the whole step, captured on the
- * second call with the same shapes; bit 1 (default off) turns off the fused
- * single-row GEMV kernels, so that single-token calls use rmsnorm + cuBLAS
- * like chunks do (comparisons). generic_attention (default 0): use the
- * generic attention kernels even where the fast ones apply (tests). */
+/* Options that only the GPU path has, as bits of `use_graph`:
+ *   1  (default on) single-token calls replay a CUDA graph of the whole
+ *      step, captured on the second call with the same shapes;
+ *   2  (default off) single-token calls use the fused GEMV kernels
+ *      (rmsnorm / swiglu staged in the GEMV) instead of rmsnorm + cuBLAS;
+ *   4  diagnostic for benchmarks: skip the attention (wrong results).
+ * generic_attention (default 0): use the generic attention kernels even
+ * where the fast ones apply (tests). */
 void msa_cuda_model_set_options(msa_cuda_model *cm, int use_graph, int generic_attention);
 
 /* A GPU layer memory for `cm` with room for `capacity` tokens in blocks of

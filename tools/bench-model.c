@@ -128,8 +128,8 @@ static double time_prefill(msa_cuda_model *cm, msa_cuda_kv *kv, const int32_t *t
 
 /* Greedy decode of `steps` tokens after 3 warm-up steps, starting at a
  * memory of L tokens; milliseconds per token (host clock, argmax back on
- * the host every step). `graph` as msa_cuda_model_set_options' use_graph
- * (bit 0 graphs, bit 1 cuBLAS instead of the fused GEMV). */
+ * the host every step). `graph`: the bits of msa_cuda_model_set_options'
+ * use_graph (1 graphs, 2 fused GEMV, 4 skip attention). */
 static double time_decode(msa_cuda_model *cm, msa_cuda_kv *kv, long long L, int steps,
                           int dense, int graph) {
     msa_forward_opts o = msa_forward_default_opts();
@@ -227,6 +227,11 @@ int main(int argc, char **argv) {
             t = time_prefill(cm, kv, ptok, P, 1);
             add_row("prefill dense", P, t * 1e3 / P, 0);
             printf("prefill %d tokens, dense: %.1f ms, %.0f tok/s\n", P, t * 1e3, P / t);
+            msa_cuda_model_set_options(cm, 1 | 4, 0);
+            t = time_prefill(cm, kv, ptok, P, 0);
+            msa_cuda_model_set_options(cm, 1, 0);
+            add_row("prefill without attention (diag.)", P, t * 1e3 / P, 0);
+            printf("prefill %d tokens, no attention: %.1f ms\n", P, t * 1e3);
         }
         OK(msa_cuda_kv_fill_random(kv, maxL, 7), "fill memory");
         /* bytes a decode step must read: weights, every index key, the
@@ -250,8 +255,14 @@ int main(int argc, char **argv) {
                     add_row("MSA, no CUDA graph", L, ms, wbytes + L * ikb + sel);
                     printf("decode L=%lld MSA eager: %.3f ms/token\n", L, ms);
                     ms = time_decode(cm, kv, L, steps, 0, 3);
-                    add_row("MSA, cuBLAS GEMMs, no fused GEMV", L, ms, wbytes + L * ikb + sel);
-                    printf("decode L=%lld MSA cuBLAS: %.3f ms/token\n", L, ms);
+                    add_row("MSA, fused GEMV instead of cuBLAS", L, ms, wbytes + L * ikb + sel);
+                    printf("decode L=%lld MSA fused GEMV: %.3f ms/token\n", L, ms);
+                    ms = time_decode(cm, kv, L, steps, 0, 1 | 4);
+                    add_row("step without attention (diag.)", L, ms, wbytes);
+                    printf("decode L=%lld without attention: %.3f ms/token\n", L, ms);
+                    ms = time_decode(cm, kv, L, steps, 0, 1 | 2 | 4);
+                    add_row("same, fused GEMV (diag.)", L, ms, wbytes);
+                    printf("decode L=%lld without attention, fused GEMV: %.3f ms/token\n", L, ms);
                 }
             }
             fflush(stdout);
