@@ -16,6 +16,9 @@
 #include "engine/engine.h"
 #include "engine/tokenizer.h"
 #include "kernels/base.h"
+#ifdef MSA_HAVE_CUDA
+#include "engine/model_cuda.h"
+#endif
 
 msa_engine_params msa_engine_default_params(void) {
     msa_engine_params p;
@@ -43,11 +46,13 @@ int msa_engine_open(const msa_engine_params *params, msa_engine **out) {
     *out = NULL;
     if (!params || !params->model_path || !*params->model_path)
         return msa_error(MSA_EINVAL, "msa_engine_open: no model path given");
+#ifndef MSA_HAVE_CUDA
     if (params->device == MSA_DEVICE_CUDA)
-        return msa_error(MSA_EUNSUPPORTED,
-                         "the model forward pass runs on the CPU in this version; "
-                         "the CUDA attention kernels are reachable through "
-                         "msa_attention() (use --device cpu)");
+        return msa_error(MSA_EUNSUPPORTED, "this build has no CUDA support: the model "
+                         "runs on the CPU only (use --device cpu)");
+#endif
+    if (params->device != MSA_DEVICE_CPU && params->device != MSA_DEVICE_CUDA)
+        return msa_error(MSA_EINVAL, "msa_engine_open: unknown device %d", (int)params->device);
     if (params->block_size < 0 || params->top_k < 0 || params->prefill_chunk < 0)
         return msa_error(MSA_EINVAL, "msa_engine_open: negative block_size, top_k or prefill_chunk");
 
@@ -60,6 +65,12 @@ int msa_engine_open(const msa_engine_params *params, msa_engine **out) {
     if (e->p.top_k == 0) e->p.top_k = 16;
     if (e->p.prefill_chunk == 0) e->p.prefill_chunk = 256;
     if (e->p.host_cache_bytes == 0) e->p.host_cache_bytes = (size_t)1 << 30;
+    e->kv_dtype = MSA_DTYPE_F32;
+    e->gpu_pool_bytes = (size_t)2 << 30;
+    e->gpu_index_bytes = (size_t)1 << 30;
+    const char *pool = getenv("MSA_GPU_POOL_BYTES");
+    if (pool && *pool && strtoull(pool, NULL, 10) > 0)
+        e->gpu_pool_bytes = (size_t)strtoull(pool, NULL, 10);
 
     msa_model_params mp = msa_model_default_params();
     mp.n_threads = params->n_threads;
@@ -67,6 +78,21 @@ int msa_engine_open(const msa_engine_params *params, msa_engine **out) {
     if (rc) goto fail;
     e->model->n_threads = params->n_threads;
     msa_model_get_info(e->model, &e->info);
+#ifdef MSA_HAVE_CUDA
+    if (params->device == MSA_DEVICE_CUDA) {
+        /* bf16 weights uploaded once; sessions page bf16 blocks through a
+         * GPU pool. The decode graph is off: the pager's host work sits
+         * between the launches of every layer. */
+        rc = msa_cuda_model_upload(e->model, params->cuda_device, &e->cm);
+        if (rc) {
+            msa_error_context(rc, "model '%s': uploading to GPU %d", e->model_path,
+                              params->cuda_device);
+            goto fail;
+        }
+        msa_cuda_model_set_options(e->cm, 0, 0);
+        e->kv_dtype = MSA_DTYPE_BF16;
+    }
+#endif
 
     const msa_gguf *g = msa_model_gguf(e->model);
     char *jinja = NULL;
@@ -110,6 +136,9 @@ void msa_engine_free(msa_engine *e) {
     msa_store_close(e->store);
     msa_tokenizer_free(e->tok);
     msa_model_free(e->model);
+#ifdef MSA_HAVE_CUDA
+    msa_cuda_model_free(e->cm);
+#endif
     free(e->model_path);
     free(e);
 }

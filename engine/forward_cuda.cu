@@ -132,6 +132,17 @@ struct msa_cuda_model {
     int32_t *meta_h;   /* pinned host twin */
     void *blas_ws;     /* cuBLAS workspace (graph capture must not allocate) */
 
+    /* the paged path (msa_cuda_model_forward_mem): the chunk's k, v, k_idx rows
+     * staged on the GPU, their host copies, the selection brought back */
+    int cap_stage;
+    bf16 *stage;       /* device (rows, 2 Hkv d + KH di) */
+    uint16_t *stage_h; /* pinned host twin */
+    float *stage_f;    /* (rows, 2 Hkv d + KH di) fp32 for the memory's append */
+    int32_t *sel_h;    /* pinned (rows, Hkv, top_k) */
+    int32_t *all_h;    /* host 0, 1, 2, ... (dense: every block) */
+    int cap_all;
+    double append_s;   /* seconds spent moving rows to the memory */
+
     /* the decode graph */
     cudaGraphExec_t gexec;
     graph_key gkey, warm_key;
@@ -232,6 +243,8 @@ struct qkv_args {
     bf16 *kc, *vc;          /* layer memory (cap_blocks, Hkv, Bk, d) */
     bf16 *kidx;             /* (cap_blocks, Hkv, Bk, d) training-free, or NULL */
     int Nqkv, Hq, Hkv, d, G, Bk, neox;
+    int rows;               /* 1: kc, vc, kidx are row-major staging (n, Hkv, d),
+                               row i at i (the paged path) */
 };
 
 /* One CTA per row: bias, RoPE on q and k, the training-free index, and the
@@ -263,7 +276,8 @@ __global__ void qkv_kernel(qkv_args a) {
         float k0 = yr[ok + ia], k1 = yr[ok + ib];
         if (a.bias) k0 += a.bias[ok + ia], k1 += a.bias[ok + ib];
         const float r0 = k0 * c - k1 * s, r1 = k0 * s + k1 * c;
-        const size_t at = (((size_t)blk * a.Hkv + g) * a.Bk + off) * a.d;
+        const size_t at = a.rows ? ((size_t)i * a.Hkv + g) * a.d
+                                 : (((size_t)blk * a.Hkv + g) * a.Bk + off) * a.d;
         a.kc[at + ia] = __float2bfloat16(r0);
         a.kc[at + ib] = __float2bfloat16(r1);
         if (a.qi) {
@@ -277,7 +291,9 @@ __global__ void qkv_kernel(qkv_args a) {
         const int g = t / a.d, j = t % a.d, o = qd + kvd + t;
         float v = yr[o];
         if (a.bias) v += a.bias[o];
-        a.vc[(((size_t)blk * a.Hkv + g) * a.Bk + off) * a.d + j] = __float2bfloat16(v);
+        const size_t at = a.rows ? ((size_t)i * a.Hkv + g) * a.d
+                                 : (((size_t)blk * a.Hkv + g) * a.Bk + off) * a.d;
+        a.vc[at + j] = __float2bfloat16(v);
     }
 }
 
@@ -287,7 +303,7 @@ __global__ void idx_kernel(const float *__restrict__ y, const int32_t *__restric
                            const float *__restrict__ inv_freq, const float *__restrict__ qn,
                            const float *__restrict__ kn, bf16 *__restrict__ qi,
                            bf16 *__restrict__ kidx, int Nqkv, int off0, int Hkv, int di, int Bk,
-                           float eps, int neox) {
+                           float eps, int neox, int rows) {
     extern __shared__ float r[]; /* (di) */
     __shared__ float red[32];
     const int i = blockIdx.x, u = blockIdx.y, pos = posv[i];
@@ -300,7 +316,7 @@ __global__ void idx_kernel(const float *__restrict__ y, const int32_t *__restric
     for (int j = threadIdx.x; j < di; j += blockDim.x) r[j] = (1.0f + w[j]) * (sc * src[j]);
     __syncthreads();
     bf16 *dst = u < Hkv ? qi + ((size_t)i * Hkv + u) * di
-                        : kidx + ((size_t)(pos / Bk) * Bk + pos % Bk) * di;
+                        : kidx + (rows ? (size_t)i : (size_t)(pos / Bk) * Bk + pos % Bk) * di;
     const int half = di / 2;
     for (int p = threadIdx.x; p < half; p += blockDim.x) {
         const int ia = neox ? p : 2 * p, ib = neox ? p + half : 2 * p + 1;
@@ -518,7 +534,8 @@ __global__ void generic_select_kernel(const bf16 *__restrict__ qi, const bf16 *_
 __global__ void generic_attn_kernel(const bf16 *__restrict__ q, const bf16 *__restrict__ kc,
                                     const bf16 *__restrict__ vc, const int32_t *__restrict__ posv,
                                     const int32_t *__restrict__ sel, bf16 *__restrict__ out, int n,
-                                    int Hq, int Hkv, int d, int Bk, int top_k, float scale) {
+                                    int Hq, int Hkv, int d, int Bk, int top_k, float scale,
+                                    const int32_t *__restrict__ table) {
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n * Hq) return;
     const int i = t / Hq, h = t % Hq, G = Hq / Hkv, g = h / G, pos = posv[i], local = pos / Bk;
@@ -530,8 +547,10 @@ __global__ void generic_attn_kernel(const bf16 *__restrict__ q, const bf16 *__re
     for (int u = 0; u < nl; u++) {
         const int b = sel ? sel[((size_t)i * Hkv + g) * top_k + u] : u;
         if (b < 0 || b > local) continue;
+        const int slot = table ? table[b] : b; /* table: the pager's block -> slot */
+        if (slot < 0) continue;
         for (int j = b * Bk; j < b * Bk + Bk && j <= pos; j++) {
-            const size_t at = (((size_t)b * Hkv + g) * Bk + (j % Bk)) * d;
+            const size_t at = (((size_t)slot * Hkv + g) * Bk + (j % Bk)) * d;
             float s = 0.0f;
             for (int e = 0; e < d; e++) s += __bfloat162float(qr[e]) * __bfloat162float(kc[at + e]);
             s *= scale;
@@ -778,9 +797,13 @@ extern "C" void msa_cuda_model_free(msa_cuda_model *cm) {
     if (cm->st) cudaStreamSynchronize(cm->st);
     if (cm->gexec) cudaGraphExecDestroy(cm->gexec);
     void *scratch[] = {cm->x, cm->xb, cm->y, cm->q, cm->qi, cm->att, cm->h,
-                       cm->sel, cm->logits, cm->amax, cm->ws, cm->meta};
+                       cm->sel, cm->logits, cm->amax, cm->ws, cm->meta, cm->stage};
     for (size_t i = 0; i < sizeof scratch / sizeof *scratch; i++) cudaFree(scratch[i]);
     cudaFreeHost(cm->meta_h);
+    cudaFreeHost(cm->stage_h);
+    cudaFreeHost(cm->sel_h);
+    free(cm->stage_f);
+    free(cm->all_h);
     for (int i = 0; i < cm->n_allocs; i++) cudaFree(cm->allocs[i]);
     free(cm->allocs);
     free(cm->L);
@@ -933,6 +956,23 @@ static int ensure_scratch(msa_cuda_model *cm, int n, int logit_rows, int top_k, 
         if (!rc) rc = grow((void **)&cm->sel, (size_t)rows * I->n_kv_heads * tk * 4);
         if (!rc) rc = grow((void **)&cm->meta, (4 + 2 * (size_t)rows) * 4);
         if (!rc) {
+            const size_t per = 2 * (size_t)I->n_kv_heads * I->head_dim +
+                               (size_t)I->idx_key_heads * I->idx_dim;
+            rc = grow((void **)&cm->stage, rows * per * 2);
+            cudaFreeHost(cm->stage_h);
+            cudaFreeHost(cm->sel_h);
+            cm->stage_h = NULL;
+            cm->sel_h = NULL;
+            free(cm->stage_f);
+            cm->stage_f = (float *)malloc(rows * per * 4);
+            if (!rc && !cm->stage_f) rc = msa_error(MSA_ENOMEM, "forward (CUDA): staging rows");
+            if (!rc) rc = ck(cudaHostAlloc((void **)&cm->stage_h, rows * per * 2,
+                                           cudaHostAllocDefault), "cudaHostAlloc");
+            if (!rc) rc = ck(cudaHostAlloc((void **)&cm->sel_h,
+                                           (size_t)rows * I->n_kv_heads * tk * 4,
+                                           cudaHostAllocDefault), "cudaHostAlloc");
+        }
+        if (!rc) {
             cudaFreeHost(cm->meta_h);
             cm->meta_h = NULL;
             rc = ck(cudaHostAlloc((void **)&cm->meta_h, (4 + 2 * (size_t)rows) * 4,
@@ -961,14 +1001,20 @@ static int ensure_scratch(msa_cuda_model *cm, int n, int logit_rows, int top_k, 
     return rc;
 }
 
+static int paged_attention(msa_cuda_model *cm, msa_kvmem *mem, int l, int n, int pos0,
+                           int view_blocks, const msa_forward_opts *o, bool fast,
+                           const msa_attn_config *cfg, const msa_exec *ex);
+
 /* Queues one forward step (everything between the metadata upload and the
- * output download) on cm->st. */
+ * output download) on cm->st. With `mem` (the paged path, kv NULL) the
+ * chunk's rows go to staging and paged_attention() runs each layer's
+ * attention over the memory (it waits for the stream twice per layer). */
 static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, int view_blocks,
-                   const msa_forward_opts *o, bool fast) {
+                   const msa_forward_opts *o, bool fast, msa_kvmem *mem = NULL, int pos0 = 0) {
     const msa_model_info *I = &cm->info;
     const int D = I->dim, Hq = I->n_heads, Hkv = I->n_kv_heads, d = I->head_dim, F = I->ff_dim,
               V = I->vocab_size, di = I->idx_dim, KH = I->idx_key_heads, qd = Hq * d,
-              Bk = kv->Bk, G = Hq / Hkv;
+              Bk = kv ? kv->Bk : o->block_size, G = Hq / Hkv;
     cudaStream_t st = cm->st;
     const int32_t *m_indptr = cm->meta, *m_len = cm->meta + 2, *m_tok = cm->meta + 4,
                   *m_pos = cm->meta + 4 + n;
@@ -995,10 +1041,18 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
     ex.workspace = cm->ws;
     ex.workspace_size = cm->cap_ws;
 
-    const size_t kvl = (size_t)kv->cap_blocks * Hkv * Bk * d, kil = (size_t)kv->cap_blocks * KH * Bk * di;
+    const size_t kvl = kv ? (size_t)kv->cap_blocks * Hkv * Bk * d : 0,
+                 kil = kv ? (size_t)kv->cap_blocks * KH * Bk * di : 0;
     for (int l = 0; l < I->n_layers; l++) {
         const cuda_layer *Y = &cm->L[l];
-        bf16 *kc = kv->k + l * kvl, *vc = kv->v + l * kvl, *ki = kv->kidx + l * kil;
+        bf16 *kc, *vc, *ki;
+        if (kv) {
+            kc = kv->k + l * kvl, vc = kv->v + l * kvl, ki = kv->kidx + l * kil;
+        } else { /* staging rows (n, Hkv, d) k, then v, then (n, KH, di) k_idx */
+            kc = cm->stage;
+            vc = kc + (size_t)n * Hkv * d;
+            ki = vc + (size_t)n * Hkv * d;
+        }
         if (one) {
             rc = gemv(st, Y->wqkv, NULL, cm->x, Y->attn_norm, cm->rms_eps, GEMV_NORM, cm->y, D,
                       cm->Nqkv, 0.0f);
@@ -1014,16 +1068,20 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
         a.kc = kc; a.vc = vc; a.kidx = I->has_trained_index ? NULL : ki;
         a.Nqkv = cm->Nqkv; a.Hq = Hq; a.Hkv = Hkv; a.d = d; a.G = G; a.Bk = Bk;
         a.neox = cm->rope_neox;
+        a.rows = kv == NULL;
         qkv_kernel<<<n, 128, 0, st>>>(a);
         if ((rc = LAUNCHED("qkv / RoPE"))) return rc;
         if (I->has_trained_index) {
             idx_kernel<<<dim3(n, Hkv + 1), 128, di * 4, st>>>(
                 cm->y, m_pos, cm->inv_freq_idx, Y->idx_q_norm, Y->idx_k_norm, cm->qi, ki,
-                cm->Nqkv, qd + 2 * Hkv * d, Hkv, di, Bk, cm->rms_eps, cm->rope_neox);
+                cm->Nqkv, qd + 2 * Hkv * d, Hkv, di, Bk, cm->rms_eps, cm->rope_neox, kv == NULL);
             if ((rc = LAUNCHED("index RoPE"))) return rc;
         }
 
-        if (cm->skip_attn) {
+        if (mem) {
+            rc = paged_attention(cm, mem, l, n, pos0, view_blocks, o, fast, &cfg, &ex);
+            if (rc) return msa_error_context(rc, "forward (CUDA): layer %d: attention", l);
+        } else if (cm->skip_attn) {
             /* diagnostic (benchmark breakdown): no attention, att keeps
              * whatever it held */
         } else if (fast) {
@@ -1054,7 +1112,7 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
             }
             generic_attn_kernel<<<(n * Hq + 63) / 64, 64, 0, st>>>(
                 cm->q, kc, vc, m_pos, o->dense ? NULL : cm->sel, cm->att, n, Hq, Hkv, d, Bk,
-                o->top_k, 1.0f / sqrtf((float)d));
+                o->top_k, 1.0f / sqrtf((float)d), NULL);
             if ((rc = LAUNCHED("generic attention"))) return rc;
         }
 
@@ -1217,4 +1275,166 @@ extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const
     if (rc) return msa_error_context(rc, "msa_cuda_model_forward (pos0 %d, n %d)", pos0, n);
     kv->len = pos0 + n;
     return MSA_OK;
+}
+
+/* ---- the paged path: attention over an msa_kvmem (the session's pager) ---------------- */
+
+static inline float bf16_bits_to_f32(uint16_t b) {
+    const uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Layer l of a paged step: the staged rows go to the memory (downloaded and
+ * widened to fp32, which is exact, for kvmem's append), then index_view,
+ * the selection on the GPU, the selection brought back to the host for
+ * kv_view, and the attention over the slots kv_view made resident. */
+static int paged_attention(msa_cuda_model *cm, msa_kvmem *mem, int l, int n, int pos0,
+                           int view_blocks, const msa_forward_opts *o, bool fast,
+                           const msa_attn_config *cfg, const msa_exec *ex) {
+    const msa_model_info *I = &cm->info;
+    const int Hq = I->n_heads, Hkv = I->n_kv_heads, d = I->head_dim, di = I->idx_dim,
+              KH = I->idx_key_heads, Bk = o->block_size, top_k = o->top_k;
+    cudaStream_t st = cm->st;
+    const int32_t *m_pos = cm->meta + 4 + n;
+    const size_t kvr = (size_t)n * Hkv * d, kir = (size_t)n * KH * di, tot = 2 * kvr + kir;
+    const double t0 = msa_now();
+    int rc = ck(cudaMemcpyAsync(cm->stage_h, cm->stage, tot * 2, cudaMemcpyDeviceToHost, st),
+                "download rows");
+    if (!rc) rc = ck(cudaStreamSynchronize(st), "download rows");
+    if (rc) return rc;
+    for (size_t i = 0; i < tot; i++) cm->stage_f[i] = bf16_bits_to_f32(cm->stage_h[i]);
+    rc = mem->ops->append(mem, l, n, cm->stage_f, cm->stage_f + kvr, cm->stage_f + 2 * kvr);
+    cm->append_s += msa_now() - t0;
+    if (rc) return rc;
+
+    msa_paged_kv pk;
+    memset(&pk, 0, sizeof pk);
+    if ((rc = mem->ops->index_view(mem, l, &pk))) return rc;
+    msa_attn_batch b;
+    memset(&b, 0, sizeof b);
+    b.n_q = n;
+    b.q_indptr = cm->meta;
+    b.q_pos = m_pos;
+    b.q = cm->q;
+    b.q_idx = cm->qi;
+    b.out = cm->att;
+    const int nb = (pos0 + n + Bk - 1) / Bk;
+    int n_sel;
+    const int32_t *sel_h;
+    if (!o->dense) {
+        if (fast) {
+            b.selected = cm->sel;
+            rc = msa_index_select(cfg, &pk, &b, ex);
+        } else {
+            generic_select_kernel<<<(n * Hkv + 63) / 64, 64, 0, st>>>(
+                cm->qi, (const bf16 *)pk.kidx, m_pos, (float *)cm->ws, cm->sel, n, Hkv, KH, di,
+                Bk, top_k, view_blocks);
+            rc = LAUNCHED("generic index select");
+        }
+        n_sel = n * Hkv * top_k;
+        if (!rc) rc = ck(cudaMemcpyAsync(cm->sel_h, cm->sel, (size_t)n_sel * 4,
+                                         cudaMemcpyDeviceToHost, st), "download selection");
+        if (!rc) rc = ck(cudaStreamSynchronize(st), "download selection");
+        sel_h = cm->sel_h;
+    } else {
+        if (nb > cm->cap_all) {
+            int32_t *a = (int32_t *)realloc(cm->all_h, (size_t)nb * 4);
+            if (!a) return msa_error(MSA_ENOMEM, "forward (CUDA): block list");
+            cm->all_h = a;
+            for (int i = cm->cap_all; i < nb; i++) a[i] = i;
+            cm->cap_all = nb;
+        }
+        n_sel = nb;
+        sel_h = cm->all_h;
+    }
+    if (rc) return rc;
+    if (o->on_layer) { /* the paged path traces the selection only */
+        msa_forward_trace t;
+        memset(&t, 0, sizeof t);
+        t.layer = l;
+        t.n = n;
+        t.pos0 = pos0;
+        t.n_kv_heads = Hkv;
+        t.top_k = top_k;
+        t.selected = o->dense ? NULL : sel_h;
+        o->on_layer(o->user, &t);
+    }
+    if ((rc = mem->ops->kv_view(mem, l, sel_h, n_sel, &pk))) return rc;
+    if (fast)
+        return o->dense ? msa_dense_attention(cfg, &pk, &b, ex)
+                        : msa_sparse_attention(cfg, &pk, &b, ex);
+    generic_attn_kernel<<<(n * Hq + 63) / 64, 64, 0, st>>>(
+        cm->q, (const bf16 *)pk.k, (const bf16 *)pk.v, m_pos, o->dense ? NULL : cm->sel, cm->att,
+        n, Hq, Hkv, d, Bk, top_k, 1.0f / sqrtf((float)d), pk.kv_table);
+    return LAUNCHED("generic attention (paged)");
+}
+
+extern "C" int msa_cuda_model_forward_mem(msa_cuda_model *cm, msa_kvmem *mem,
+                                          const int32_t *tokens, int n, int pos0,
+                                          const msa_forward_opts *opts, float *logits,
+                                          int32_t *argmax) {
+    if (!cm || !mem || !tokens || n <= 0 || pos0 < 0)
+        return msa_error(MSA_EINVAL, "msa_cuda_model_forward_mem: bad argument");
+    msa_forward_opts o = opts ? *opts : msa_forward_default_opts();
+    const int Bk = o.block_size;
+    if (Bk <= 0 || o.top_k <= 0)
+        return msa_error(MSA_EINVAL, "msa_cuda_model_forward_mem: block size %d, top_k %d", Bk,
+                         o.top_k);
+    const int64_t have = mem->ops->length(mem, 0);
+    if (have != pos0)
+        return msa_error(MSA_EINVAL, "msa_cuda_model_forward_mem: memory holds %lld tokens, "
+                         "pos0 is %d", (long long)have, pos0);
+    const msa_model_info *I = &cm->info;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= I->vocab_size)
+            return msa_error(MSA_EINVAL, "msa_cuda_model_forward_mem: token %d at row %d "
+                             "(vocab %d)", tokens[i], i, I->vocab_size);
+    if (I->head_dim > GEN_MAX_D || I->idx_dim > GEN_MAX_D)
+        return msa_error(MSA_EUNSUPPORTED, "msa_cuda_model_forward_mem: head dim %d",
+                         I->head_dim);
+    int rc = ck(cudaSetDevice(cm->device), "cudaSetDevice");
+    if (rc) return rc;
+    const bool fast = !cm->generic && (I->head_dim == 64 || I->head_dim == 128) &&
+                      (I->idx_dim == 64 || I->idx_dim == 128) && Bk % 16 == 0 && Bk <= 128 &&
+                      o.top_k <= 64;
+    const int view = (pos0 + n + Bk - 1) / Bk;
+    const int logit_rows = o.all_logits ? n : 1;
+    msa_attn_config cfg = msa_attn_default_config();
+    cfg.n_q_heads = I->n_heads;
+    cfg.n_kv_heads = I->n_kv_heads;
+    cfg.head_dim = I->head_dim;
+    cfg.idx_dim = I->idx_dim;
+    cfg.idx_key_heads = I->idx_key_heads;
+    cfg.block_size = Bk;
+    cfg.top_k = o.top_k;
+    size_t ws = fast ? msa_attention_workspace_size(&cfg, n, view) : 0;
+    const size_t gws = (size_t)n * I->n_kv_heads * view * 4;
+    if (gws > ws) ws = gws;
+    if ((rc = ensure_scratch(cm, n, logit_rows, o.top_k, ws))) return rc;
+    int32_t *mh = cm->meta_h;
+    mh[0] = 0;
+    mh[1] = n;
+    mh[2] = pos0 + n;
+    mh[3] = 0;
+    memcpy(mh + 4, tokens, (size_t)n * 4);
+    for (int i = 0; i < n; i++) mh[4 + n + i] = pos0 + i;
+    rc = ck(cudaMemcpyAsync(cm->meta, mh, (4 + 2 * (size_t)n) * 4, cudaMemcpyHostToDevice,
+                            cm->st), "upload tokens");
+    if (!rc) rc = enqueue(cm, NULL, n, logit_rows, view, &o, fast, mem, pos0);
+    if (!rc && logits)
+        rc = ck(cudaMemcpyAsync(logits, cm->logits, (size_t)logit_rows * I->vocab_size * 4,
+                                cudaMemcpyDeviceToHost, cm->st), "download logits");
+    if (!rc && argmax)
+        rc = ck(cudaMemcpyAsync(argmax, cm->amax, (size_t)logit_rows * 4, cudaMemcpyDeviceToHost,
+                                cm->st), "download argmax");
+    int rs = ck(cudaStreamSynchronize(cm->st), "forward");
+    if (!rc) rc = rs;
+    if (rc) return msa_error_context(rc, "msa_cuda_model_forward_mem (pos0 %d, n %d)", pos0, n);
+    return MSA_OK;
+}
+
+extern "C" double msa_cuda_model_append_seconds(const msa_cuda_model *cm) {
+    return cm ? cm->append_s : 0.0;
 }

@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "engine/model.h"
+#include "memory/kvmem.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -105,6 +106,27 @@ int msa_cuda_kv_fill_random(msa_cuda_kv *kv, int64_t len, uint64_t seed);
 int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const int32_t *tokens, int n,
                            int pos0, const msa_forward_opts *opts, float *logits,
                            int32_t *argmax);
+
+/* The forward pass over an msa_kvmem instead of a msa_cuda_kv: what the
+ * sessions run on the GPU, with the pager (memory/pager.h) in CUDA mode and
+ * bf16 blocks. Per layer the chunk's k, v, k_idx rows are computed into a
+ * staging buffer, downloaded and widened to fp32 (exact) for the memory's
+ * append, then index_view (device index keys), the selection (on the GPU,
+ * brought back to the host), kv_view (device block table) and the attention
+ * over the pool. Each layer waits for the stream twice (rows, selection),
+ * and the host work of the pager sits between the launches, so this path
+ * never uses the decode graph. opts->on_layer is called with the selection
+ * only (q, q_idx, attn_out NULL). `mem` must hold exactly pos0 tokens (its
+ * layer 0 length). Outputs and errors as msa_cuda_model_forward(); after a
+ * failure the memory may hold part of the chunk (the session reloads it). */
+int msa_cuda_model_forward_mem(msa_cuda_model *cm, msa_kvmem *mem, const int32_t *tokens, int n,
+                               int pos0, const msa_forward_opts *opts, float *logits,
+                               int32_t *argmax);
+
+/* Seconds the paged path has spent moving rows to the memory (download,
+ * widening, append), summed over calls: the cost of appending through the
+ * host. */
+double msa_cuda_model_append_seconds(const msa_cuda_model *cm);
 
 #ifdef __cplusplus
 }

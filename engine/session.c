@@ -39,6 +39,9 @@
 #include "engine/sampling.h"
 #include "kernels/base.h"
 #include "memory/pager.h"
+#ifdef MSA_HAVE_CUDA
+#include "engine/model_cuda.h"
+#endif
 
 /* One run of tokens from one source inside a block ("a.c:3-9"). */
 typedef struct tag_seg {
@@ -231,6 +234,23 @@ static int open_pager(msa_session *s) {
     pp.max_tokens = cap;
     pp.dtype = MSA_DTYPE_F32;
     pp.device = MSA_DEVICE_CPU;
+#ifdef MSA_HAVE_CUDA
+    if (e->cm) {
+        /* every index key of max_tokens must fit the GPU budget: size the
+         * tables to what it holds (run_rows reopens the pager when full) */
+        size_t per_tok = (size_t)s->shape.n_layers * s->shape.idx_key_heads *
+                         s->shape.idx_dim * msa_dtype_size(e->kv_dtype);
+        int64_t fit = per_tok ? (int64_t)(e->gpu_index_bytes / per_tok) : cap;
+        fit -= fit % s->shape.block_size;
+        if (cap > fit) cap = fit > s->n_tokens + s->shape.block_size ? fit : s->n_tokens + s->shape.block_size;
+        pp.max_tokens = cap;
+        pp.dtype = e->kv_dtype;
+        pp.device = MSA_DEVICE_CUDA;
+        pp.stream = msa_cuda_model_stream(e->cm);
+        pp.gpu_pool_bytes = e->gpu_pool_bytes;
+        pp.gpu_index_bytes = e->gpu_index_bytes;
+    }
+#endif
     pp.host_cache_bytes = e->p.host_cache_bytes;
     pp.n_threads = e->p.n_threads;
     msa_block_source src = {
@@ -247,6 +267,17 @@ static int open_pager(msa_session *s) {
     if (rc) return msa_error_context(rc, "session '%s': opening its memory", s->name);
     s->pager_capacity = cap;
     return MSA_OK;
+}
+
+/* ---- the forward pass, on the engine's device ---------------------------------- */
+
+static int run_forward(msa_session *s, msa_kvmem *mem, const int32_t *toks, int n, int64_t pos0,
+                       const msa_forward_opts *o) {
+#ifdef MSA_HAVE_CUDA
+    if (s->e->cm)
+        return msa_cuda_model_forward_mem(s->e->cm, mem, toks, n, (int)pos0, o, s->logits, NULL);
+#endif
+    return msa_model_forward(s->e->model, mem, toks, n, (int)pos0, o, s->logits);
 }
 
 /* ---- replaying the last token without appending ----------------------------- */
@@ -381,8 +412,8 @@ int msa_session_open(msa_engine *e, const char *name, int flags, msa_session **o
             .idx_key_heads = e->info.idx_key_heads,
             .idx_dim = e->info.idx_dim,
             .block_size = e->p.block_size,
-            .kv_dtype = MSA_DTYPE_F32,
-            .idx_dtype = MSA_DTYPE_F32,
+            .kv_dtype = e->kv_dtype,
+            .idx_dtype = e->kv_dtype,
         };
         rc = msa_store_session_create(e->store, name, e->info.fingerprint, &shape);
         if (rc == MSA_OK || rc == MSA_EEXIST) /* EEXIST: created meanwhile */
@@ -398,10 +429,18 @@ int msa_session_open(msa_engine *e, const char *name, int flags, msa_session **o
     s->shape = info.shape;
     if (s->shape.n_layers != e->info.n_layers || s->shape.n_kv_heads != e->info.n_kv_heads ||
         s->shape.head_dim != e->info.head_dim || s->shape.idx_dim != e->info.idx_dim ||
-        s->shape.idx_key_heads != e->info.idx_key_heads ||
-        s->shape.kv_dtype != MSA_DTYPE_F32) {
+        s->shape.idx_key_heads != e->info.idx_key_heads) {
         rc = msa_error(MSA_EMODEL, "session '%s' was written with other shapes than this "
                        "model's", name);
+        goto fail;
+    }
+    if (s->shape.kv_dtype != e->kv_dtype || s->shape.idx_dtype != e->kv_dtype) {
+        /* a session's dtype is fixed at creation; no conversion between devices */
+        int bf = s->shape.kv_dtype == MSA_DTYPE_BF16;
+        rc = msa_error(MSA_EUNSUPPORTED, "session '%s' stores %s keys (created on %s); this "
+                       "engine runs on %s and reads %s sessions only: open it with --device %s",
+                       name, bf ? "bf16" : "f32", bf ? "CUDA" : "the CPU",
+                       e->cm ? "CUDA" : "the CPU", e->cm ? "bf16" : "f32", bf ? "cuda" : "cpu");
         goto fail;
     }
     rc = lock_session(s);
@@ -542,7 +581,7 @@ static int run_rows(msa_session *s, const int32_t *toks, int n, const char *src,
     if ((rc = tags_for_chunk(s, pos0, n, src, lines))) return txn_fail(s, rc);
     msa_forward_opts o = forward_opts(s);
     double t0 = msa_now();
-    rc = msa_model_forward(s->e->model, s->mem, toks, n, (int)pos0, &o, s->logits);
+    rc = run_forward(s, s->mem, toks, n, pos0, &o);
     s->last_step_ms = 1e3 * (msa_now() - t0) / n;
     if (!rc && s->write_rc) rc = s->write_rc;
     if (!rc) rc = msa_store_txn_put_tokens(s->txn, toks, (size_t)n);
@@ -686,11 +725,15 @@ static int ensure_logits(msa_session *s) {
     r.base.ops = &replay_ops;
     r.inner = s->mem;
     msa_forward_opts o = forward_opts(s);
-    int rc = msa_model_forward(s->e->model, &r.base, &s->tokens[s->n_tokens - 1], 1,
-                               (int)(s->n_tokens - 1), &o, s->logits);
+    int rc = run_forward(s, &r.base, &s->tokens[s->n_tokens - 1], 1, s->n_tokens - 1, &o);
     if (rc) return msa_error_context(rc, "session '%s': recomputing the last logits", s->name);
     s->logits_valid = 1;
     return MSA_OK;
+}
+
+const float *msa_session_last_logits(msa_session *s) {
+    if (!s) return NULL;
+    return ensure_logits(s) == MSA_OK ? s->logits : NULL;
 }
 
 int msa_session_generate(msa_session *s, const msa_generate_params *params,

@@ -1,0 +1,244 @@
+/*
+ * test-session-cuda.c: sessions on a CUDA engine (bf16 weights and blocks,
+ * the pager in CUDA mode, msa_cuda_model_forward_mem) against sessions on
+ * the CPU engine, on the stories260K model converted into a temp folder.
+ *
+ *   1. resume across processes on CUDA: a child process fills a session and
+ *      generates part of the tokens, the parent reopens it and generates the
+ *      rest; the tokens equal one uninterrupted CUDA run. (Run first: the
+ *      parent must not touch CUDA before it forks.)
+ *   2. CPU vs CUDA, teacher-forced: both sessions get the prompt, then the
+ *      CPU's greedy token each step; every step's logits are compared
+ *      (cosine, argmax). Free-running greedy ids are compared too and the
+ *      length of the agreeing prefix is reported.
+ *   3. a GPU pool of a few blocks (evictions every step) gives the same
+ *      tokens as a roomy one.
+ *   4. a session's dtype is fixed: the CPU engine refuses a bf16 session.
+ *
+ * Label gpu: exits 77 without CUDA in the build or without a GPU.
+ */
+#include <errno.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "engine/msa.h"
+#include "kernels/base.h"
+#include "tests/testutil.h"
+#ifdef MSA_HAVE_CUDA
+#include "engine/model_cuda.h"
+#endif
+
+static char model_path[4096], store_dir[4096];
+
+static const char *prompt =
+    "Once upon a time, there was a little girl named Lily. She loved to play "
+    "outside in the park with her friends. One day, she saw a big red ball.";
+
+static msa_engine *open_engine(int cuda, int block_size, int top_k, int chunk) {
+    msa_engine_params p = msa_engine_default_params();
+    p.model_path = model_path;
+    p.store_dir = store_dir;
+    p.block_size = block_size;
+    p.top_k = top_k;
+    p.prefill_chunk = chunk;
+    p.durable = 0;
+    p.device = cuda ? MSA_DEVICE_CUDA : MSA_DEVICE_CPU;
+    msa_engine *e = NULL;
+    int rc = msa_engine_open(&p, &e);
+    if (rc) fprintf(stderr, "engine (%s): %s: %s\n", cuda ? "cuda" : "cpu", msa_strerror(rc),
+                    msa_last_error());
+    return e;
+}
+
+typedef struct collect {
+    int32_t ids[1024];
+    int n;
+} collect;
+
+static int on_token(void *user, int32_t tok, const char *text, size_t len) {
+    collect *c = user;
+    if (tok >= 0 && c->n < 1024) c->ids[c->n++] = tok;
+    return 0;
+}
+
+static int generate(msa_session *s, int n, collect *c) {
+    msa_generate_params g = msa_generate_default_params();
+    g.max_tokens = n;
+    g.stop_at_eos = 0;
+    int rc = msa_session_generate(s, &g, on_token, c, NULL);
+    if (rc) fprintf(stderr, "generate: %s: %s\n", msa_strerror(rc), msa_last_error());
+    return rc;
+}
+
+static int argmax(const float *x, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+#define RESUME_TOTAL 120
+#define RESUME_FIRST 37
+
+int main(int argc, char **argv) {
+#ifndef MSA_HAVE_CUDA
+    T_SKIP("built without CUDA");
+#endif
+    t_seed();
+    const char *assets = t_assets();
+    if (!assets) T_SKIP("no test assets (set MSA_ASSETS or keep ../shared/assets)");
+    char tmp[] = "/tmp/msa-test-session-cuda-XXXXXX";
+    if (!mkdtemp(tmp)) T_SKIP("cannot make a temporary folder");
+    char bin[4096], tok[4096];
+    snprintf(bin, sizeof bin, "%s/stories260K/stories260K.bin", assets);
+    snprintf(tok, sizeof tok, "%s/stories260K/tok512.bin", assets);
+    snprintf(model_path, sizeof model_path, "%s/stories260K.gguf", tmp);
+    snprintf(store_dir, sizeof store_dir, "%s/store", tmp);
+    CHECK_OK(msa_convert_llama2c(bin, tok, model_path));
+
+    /* 1. resume across processes (child first: no CUDA in the parent yet) */
+    pid_t pid = fork();
+    if (pid == 0) {
+        msa_engine *ce = open_engine(1, 16, 4, 24);
+        if (!ce) _exit(77);
+        msa_session *cs = NULL;
+        if (msa_session_open(ce, "resumed", MSA_SESSION_CREATE, &cs)) _exit(2);
+        if (msa_session_append_text(cs, prompt, strlen(prompt), "prompt.txt", NULL, NULL)) _exit(3);
+        collect part = {0};
+        if (generate(cs, RESUME_FIRST, &part)) _exit(4);
+        msa_session_close(cs);
+        msa_engine_free(ce);
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+        T_SKIP("no CUDA device (the CUDA engine does not open)");
+    CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+
+    msa_engine *e = open_engine(1, 16, 4, 24);
+    CHECK(e != NULL);
+    if (!e) return t_done("test-session-cuda");
+    msa_session *s = NULL;
+    collect whole = {0};
+    CHECK_OK(msa_session_open(e, "whole", MSA_SESSION_CREATE, &s));
+    CHECK_OK(msa_session_append_text(s, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
+    CHECK_OK(generate(s, RESUME_TOTAL, &whole));
+    msa_session_close(s);
+    CHECK_OK(msa_session_open(e, "resumed", 0, &s));
+    int64_t n_before = 0;
+    msa_session_tokens(s, &n_before);
+    collect rest = {0};
+    CHECK_OK(generate(s, RESUME_TOTAL - RESUME_FIRST, &rest));
+    int64_t n_tok;
+    const int32_t *toks = msa_session_tokens(s, &n_tok);
+    int prompt_len = (int)(n_before - RESUME_FIRST);
+    int mismatch = -1;
+    for (int i = 0; i < RESUME_TOTAL && mismatch < 0; i++)
+        if (prompt_len + i >= n_tok || toks[prompt_len + i] != whole.ids[i]) mismatch = i;
+    CHECKF(mismatch < 0, "CUDA: resumed run differs from the uninterrupted one at token %d",
+           mismatch);
+    printf("resume on CUDA: %d tokens (%d before the restart) %s\n", RESUME_TOTAL, RESUME_FIRST,
+           mismatch < 0 ? "identical" : "DIFFER");
+    msa_session_info info;
+    CHECK_OK(msa_session_get_info(s, &info));
+    CHECK(info.pager.gpu_slots > 0);
+    printf("  pager: steps %llu, gpu lookups %llu hits %llu, store->host %llu bytes\n",
+           (unsigned long long)info.pager.steps, (unsigned long long)info.pager.gpu_lookups,
+           (unsigned long long)info.pager.gpu_hits,
+           (unsigned long long)info.pager.bytes_store_to_host);
+    msa_session_close(s);
+
+    /* 2. CPU vs CUDA: teacher-forced logits, then free-running ids */
+    msa_engine *ec = open_engine(0, 16, 4, 24);
+    CHECK(ec != NULL);
+    if (!ec) return t_done("test-session-cuda");
+    /* 4. a session's dtype is fixed at creation */
+    CHECK(msa_session_open(ec, "whole", 0, &s) == MSA_EUNSUPPORTED);
+    printf("CPU engine on a bf16 session: %s\n", msa_last_error());
+    msa_session *sc = NULL, *sg = NULL;
+    CHECK_OK(msa_session_open(ec, "tf", MSA_SESSION_CREATE, &sc));
+    CHECK_OK(msa_session_open(e, "tf", MSA_SESSION_CREATE, &sg));
+    if (!sc || !sg) return t_done("test-session-cuda");
+    CHECK_OK(msa_session_append_text(sc, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
+    CHECK_OK(msa_session_append_text(sg, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
+    msa_model_info mi;
+    msa_model_get_info(msa_engine_model(ec), &mi);
+    const int steps = 100;
+    int agree = 0;
+    double min_cos = 1.0, sum_cos = 0.0;
+    for (int i = 0; i < steps; i++) {
+        const float *lc = msa_session_last_logits(sc), *lg = msa_session_last_logits(sg);
+        CHECK(lc && lg);
+        if (!lc || !lg) break;
+        double dot = 0, nc = 0, ng = 0;
+        for (int j = 0; j < mi.vocab_size; j++) {
+            dot += (double)lc[j] * lg[j];
+            nc += (double)lc[j] * lc[j];
+            ng += (double)lg[j] * lg[j];
+        }
+        double cs = dot / (sqrt(nc * ng) + 1e-30);
+        if (cs < min_cos) min_cos = cs;
+        sum_cos += cs;
+        int32_t tc = argmax(lc, mi.vocab_size), tg = argmax(lg, mi.vocab_size);
+        agree += tc == tg;
+        CHECK_OK(msa_session_append_tokens(sc, &tc, 1, "forced", NULL, NULL));
+        CHECK_OK(msa_session_append_tokens(sg, &tc, 1, "forced", NULL, NULL));
+    }
+    printf("teacher-forced, %d steps: argmax agreement %d/%d, cosine min %.6f mean %.6f\n",
+           steps, agree, steps, min_cos, sum_cos / steps);
+    CHECKF(min_cos > 0.99, "logits cosine %.6f", min_cos);
+    CHECKF(agree >= steps * 9 / 10, "argmax agreement %d of %d", agree, steps);
+    msa_session_close(sc);
+    msa_session_close(sg);
+
+    collect gc = {0}, gg = {0};
+    CHECK_OK(msa_session_open(ec, "free", MSA_SESSION_CREATE, &sc));
+    CHECK_OK(msa_session_open(e, "free", MSA_SESSION_CREATE, &sg));
+    CHECK_OK(msa_session_append_text(sc, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
+    CHECK_OK(msa_session_append_text(sg, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
+    CHECK_OK(generate(sc, 150, &gc));
+    CHECK_OK(generate(sg, 150, &gg));
+    int same = 0;
+    while (same < gc.n && same < gg.n && gc.ids[same] == gg.ids[same]) same++;
+    printf("free-running greedy: CPU and CUDA agree on the first %d of 150 tokens\n", same);
+    CHECKF(same >= 20, "CPU and CUDA greedy ids agree for only %d tokens", same);
+    msa_session_close(sc);
+    msa_session_close(sg);
+    msa_engine_free(ec);
+#ifdef MSA_HAVE_CUDA
+    printf("CUDA append through the host (download + widen + pager append): %.3f s in all\n",
+           msa_cuda_model_append_seconds(e->cm));
+#endif
+    msa_engine_free(e);
+
+    /* 3. a GPU pool of 6 blocks gives the same tokens as a roomy one (k = 2:
+     * a decode step reads at most 4 blocks besides the tail) */
+    size_t block_bytes = 2 * 4 * 16 * 8 * 2; /* K+V of one bf16 block */
+    collect ref = {0}, tiny = {0};
+    for (int pass = 0; pass < 2; pass++) {
+        e = open_engine(1, 16, 2, 24);
+        CHECK(e != NULL);
+        if (!e) break;
+        if (pass) e->gpu_pool_bytes = 6 * block_bytes;
+        const char *name = pass ? "tiny" : "roomy";
+        collect *out = pass ? &tiny : &ref;
+        CHECK_OK(msa_session_open(e, name, MSA_SESSION_CREATE, &s));
+        CHECK_OK(msa_session_append_text(s, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
+        CHECK_OK(generate(s, 150, out));
+        CHECK_OK(msa_session_get_info(s, &info));
+        printf("%s pool: %lld slots, gpu evictions %llu, misses %llu\n", name,
+               (long long)info.pager.gpu_slots, (unsigned long long)info.pager.gpu_evictions,
+               (unsigned long long)info.pager.gpu_misses);
+        if (pass)
+            CHECKF(info.pager.gpu_evictions > 0, "evictions %llu",
+                   (unsigned long long)info.pager.gpu_evictions);
+        msa_session_close(s);
+        msa_engine_free(e);
+    }
+    CHECK(tiny.n == 150 && tiny.n == ref.n &&
+          !memcmp(tiny.ids, ref.ids, sizeof(int32_t) * (size_t)ref.n));
+    return t_done("test-session-cuda");
+}
