@@ -44,6 +44,7 @@ static msa_engine *open_engine(int cuda, int block_size, int top_k, int chunk) {
     p.top_k = top_k;
     p.prefill_chunk = chunk;
     p.durable = 0;
+    p.host_cache_bytes = (size_t)64 << 20;
     p.device = cuda ? MSA_DEVICE_CUDA : MSA_DEVICE_CPU;
     msa_engine *e = NULL;
     int rc = msa_engine_open(&p, &e);
