@@ -7,7 +7,7 @@
  *      generates part of the tokens, the parent reopens it and generates the
  *      rest; the tokens equal one uninterrupted CUDA run. (Run first: the
  *      parent must not touch CUDA before it forks.)
- *   2. CPU vs CUDA, teacher-forced: both sessions get the prompt, then the
+ *   2. CPU vs CUDA, teacher-forced: two sessions (one per engine, one store) get the prompt, then the
  *      CPU's greedy token each step; every step's logits are compared
  *      (cosine, argmax). Free-running greedy ids are compared too and the
  *      length of the agreeing prefix is reported.
@@ -160,8 +160,8 @@ int main(int argc, char **argv) {
     CHECK(msa_session_open(ec, "whole", 0, &s) == MSA_EUNSUPPORTED);
     printf("CPU engine on a bf16 session: %s\n", msa_last_error());
     msa_session *sc = NULL, *sg = NULL;
-    CHECK_OK(msa_session_open(ec, "tf", MSA_SESSION_CREATE, &sc));
-    CHECK_OK(msa_session_open(e, "tf", MSA_SESSION_CREATE, &sg));
+    CHECK_OK(msa_session_open(ec, "tf-cpu", MSA_SESSION_CREATE, &sc));
+    CHECK_OK(msa_session_open(e, "tf-cuda", MSA_SESSION_CREATE, &sg));
     if (!sc || !sg) return t_done("test-session-cuda");
     CHECK_OK(msa_session_append_text(sc, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
     CHECK_OK(msa_session_append_text(sg, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
@@ -196,8 +196,8 @@ int main(int argc, char **argv) {
     msa_session_close(sg);
 
     collect gc = {0}, gg = {0};
-    CHECK_OK(msa_session_open(ec, "free", MSA_SESSION_CREATE, &sc));
-    CHECK_OK(msa_session_open(e, "free", MSA_SESSION_CREATE, &sg));
+    CHECK_OK(msa_session_open(ec, "free-cpu", MSA_SESSION_CREATE, &sc));
+    CHECK_OK(msa_session_open(e, "free-cuda", MSA_SESSION_CREATE, &sg));
     CHECK_OK(msa_session_append_text(sc, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
     CHECK_OK(msa_session_append_text(sg, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
     CHECK_OK(generate(sc, 150, &gc));
