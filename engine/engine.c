@@ -71,6 +71,8 @@ int msa_engine_open(const msa_engine_params *params, msa_engine **out) {
     const char *pool = getenv("MSA_GPU_POOL_BYTES");
     if (pool && *pool && strtoull(pool, NULL, 10) > 0)
         e->gpu_pool_bytes = (size_t)strtoull(pool, NULL, 10);
+    if (params->gpu_pool_bytes) e->gpu_pool_bytes = params->gpu_pool_bytes;
+    if (params->gpu_index_bytes) e->gpu_index_bytes = params->gpu_index_bytes;
 
     msa_model_params mp = msa_model_default_params();
     mp.n_threads = params->n_threads;

@@ -898,6 +898,9 @@ typedef struct msa_engine_params {
     size_t host_cache_bytes;  /* decompressed-block cache; 0: 1 GiB */
     int durable;              /* fsync every commit (default 1) */
     int dense;                /* 1: dense attention instead of MSA (comparisons) */
+    size_t gpu_pool_bytes;    /* CUDA: K+V bytes of the GPU block pool; 0: 2 GiB
+                                 (or MSA_GPU_POOL_BYTES) */
+    size_t gpu_index_bytes;   /* CUDA: bytes of resident index keys; 0: 1 GiB */
 } msa_engine_params;
 
 MSA_API msa_engine_params msa_engine_default_params(void);

@@ -37,7 +37,8 @@ int main(void) {
     F(msa_engine_params, n_threads); F(msa_engine_params, block_size);
     F(msa_engine_params, top_k); F(msa_engine_params, prefill_chunk);
     F(msa_engine_params, host_cache_bytes); F(msa_engine_params, durable);
-    F(msa_engine_params, dense);
+    F(msa_engine_params, dense); F(msa_engine_params, gpu_pool_bytes);
+    F(msa_engine_params, gpu_index_bytes);
     end();
     S(msa_sampling_params);
     F(msa_sampling_params, temperature); F(msa_sampling_params, top_k);

@@ -106,6 +106,8 @@ class _EngineParams(C.Structure):
         ("host_cache_bytes", C.c_size_t),
         ("durable", C.c_int),
         ("dense", C.c_int),
+        ("gpu_pool_bytes", C.c_size_t),
+        ("gpu_index_bytes", C.c_size_t),
     ]
 
 
