@@ -36,12 +36,39 @@
  *   v3: the 2048-bin scan is a block-wide scan (4 bins per thread)
  *      instead of one warp's serial walk: 128K decode 8.4-10.3 us
  *      (torch.topk 17-18), prefill 0.26 ms.
- *   v4 (this file): block scores are maxima of 128 token scores, so they
+ *   v4: block scores are maxima of 128 token scores, so they
  *      crowd into few top-11-bit bins (hundreds of keys in the boundary bin
  *      at 1K blocks) and v3's exact rank was quadratic in them; a boundary
  *      bin of more than 64 keys is now refined by a second 11-bit histogram
  *      before the rank. torch.topk on the same
  *      [rows*groups][blocks] scores is the comparison in tools/bench_torch.py.
+ *      128K decode 6.1-7.5 us (torch.topk 17-19): a floor of 5-6 us from
+ *      one 512-thread CTA per row-group and about 10 barriers.
+ *   v5 (topk_warp_kernel below, the default when top_k <= 32 and
+ *      max_blocks <= 2048): one warp per (row, group), TOPK_WARPS of them per
+ *      CTA, no block barrier. The row's keys live in registers (PER = 8..64
+ *      per lane, block id = i*32 + lane). A lower bound L on the kk-th
+ *      largest key comes from the lane maxima: the kk-th largest of the 32
+ *      lane maxima (kk lanes hold a key >= L, so the kk-th largest key is
+ *      >= L). The keys >= L (about 2% of them on random scores, typically
+ *      20-40) are compacted by ballots into shared memory as one 64-bit
+ *      word (key << 32 | ~id, so that a larger word is a better block) and
+ *      ranked exactly against each other; ranks < kk are the winners. When
+ *      more than TOPK_WARP_CAP keys pass L (heavy ties), an in-register
+ *      bit-by-bit threshold search finds the kk-th largest key T and the
+ *      keys == T are taken in id order. The v4 CTA kernel stays for
+ *      top_k > 32 or more than 2048 blocks, and msa_cuda_topk_version = 4
+ *      selects it everywhere (for comparison). Measured on H100 (graph
+ *      timing, tools/gpu-run.sh topk): 8K-32K decode 3.0-3.7 us (v4
+ *      5.5-7.1), 128K decode 4.9-5.6 us (v4 6.3-7.8; torch.topk 16.6-18.6,
+ *      so 3.2-3.5x, short of 5x), prefill 2K rows at 128K 108 / 43 us (v4
+ *      251 / 121). At 4K blocks (PER = 128) it took 11.8-12.8 us against
+ *      v4's 8.0-9.9, hence the 2048 limit. The cost grows about 0.07 us per
+ *      32 keys per lane: one warp's serial work, not memory (making every
+ *      load unconditional, v5b, gained only 0.2 us at 1K blocks). Next:
+ *      split a row-group over several warps of one CTA (per-warp L, the
+ *      maximum of them is still a lower bound; one barrier), or select in
+ *      the tail of the index-scoring kernel.
  */
 #include <cub/block/block_scan.cuh>
 
@@ -53,6 +80,7 @@
 
 __device__ __forceinline__ uint32_t order_key(float f) {
     uint32_t u = __float_as_uint(f);
+    if (u == 0x80000000u) u = 0; /* -0.0 ties +0.0, as on the host */
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
@@ -303,6 +331,161 @@ topk_kernel(const float *__restrict__ scores, /* [n_q][Hkv][max_blocks] */
     }
 }
 
+/* ---- v5: one warp per (row, group) ----------------------------------------- */
+
+#define TOPK_WARPS 4       /* row-groups (warps) per CTA */
+#define TOPK_WARP_CAP 256  /* keys >= L ranked directly; more: bit search */
+#define TOPK_WARP_MAX_K 32 /* top_k limit of the warp kernel */
+#define TOPK_WARP_MAX_BLOCKS 2048 /* more: v4 (measured faster from 4K blocks) */
+
+/* 0: automatic; 4: the v4 CTA kernel everywhere; 5: the warp kernel
+ * wherever it applies. For tests and benchmarks. */
+extern "C" int msa_cuda_topk_version;
+int msa_cuda_topk_version = 0;
+
+template <int PER>
+__global__ void __launch_bounds__(TOPK_WARPS * 32)
+topk_warp_kernel(const float *__restrict__ scores, /* [n_rg][max_blocks] */
+                 const int32_t *__restrict__ q_indptr, const int32_t *__restrict__ q_pos,
+                 const int32_t *__restrict__ seq_len, const int32_t *__restrict__ idx_indptr,
+                 int32_t *__restrict__ selected, /* [n_rg][top_k] */
+                 int n_rg, int n_seqs, int Hkv, int Bk, int top_k, int max_blocks) {
+    __shared__ unsigned long long s_cand[TOPK_WARPS][TOPK_WARP_CAP];
+    __shared__ int s_out[TOPK_WARPS][32];
+    const unsigned FULL = 0xffffffffu;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int rg = blockIdx.x * TOPK_WARPS + w;
+    if (rg >= n_rg) return; /* whole warps only; no CTA barrier below */
+    const int row = rg / Hkv;
+    int32_t *out = selected + (size_t)rg * top_k;
+
+    int local = -1;
+    const int s = msa_row_seq(q_indptr, n_seqs, row);
+    if (s >= 0) {
+        int lim = msa_row_limit(q_pos[row], seq_len[s]);
+        int nb = msa_seq_blocks(idx_indptr, seq_len, s, Bk);
+        if (lim >= 0 && lim / Bk < nb && lim / Bk < max_blocks) local = lim / Bk;
+    }
+    if (local < 0) {
+        if (lane < top_k) out[lane] = -1;
+        return;
+    }
+    const int n = local, kk = min(top_k - 1, n);
+    if (kk <= 0) {
+        if (lane < top_k) out[lane] = lane == 0 ? local : -1;
+        return;
+    }
+
+    /* keys in registers: lane holds blocks lane, lane+32, ... (cnt of them) */
+    const float *sc = scores + (size_t)rg * max_blocks;
+    const int cnt = n > lane ? (n - lane + 31) >> 5 : 0;
+    /* every load unconditional (clamped to the row), so that all PER are in
+     * flight at once; a predicated load per block made each one wait for
+     * the last (v5a: 5.4 us at 1K blocks, 15 us at 4K) */
+    const int last = max_blocks - 1;
+    uint32_t key[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++) key[i] = __float_as_uint(__ldg(sc + min(i * 32 + lane, last)));
+#pragma unroll
+    for (int i = 0; i < PER; i++) key[i] = i < cnt ? order_key(__uint_as_float(key[i])) : 0u;
+
+    /* L: the kk-th largest lane maximum (ties by lane), a lower bound on the
+     * kk-th largest key */
+    uint32_t m = 0;
+#pragma unroll
+    for (int i = 0; i < PER; i++) m = max(m, key[i]);
+    int mrank = 0;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        const uint32_t v = __shfl_sync(FULL, m, j);
+        mrank += (v > m) || (v == m && j < lane);
+    }
+    const uint32_t L = __shfl_sync(FULL, m, __ffs(__ballot_sync(FULL, mrank == kk - 1)) - 1);
+
+    const unsigned lt = (1u << lane) - 1u;
+    unsigned long long *cand = s_cand[w];
+    int *so = s_out[w];
+    int nc = 0;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        const bool p = i < cnt && key[i] >= L;
+        const unsigned b = __ballot_sync(FULL, p);
+        const int pos = nc + __popc(b & lt);
+        if (p && pos < TOPK_WARP_CAP)
+            cand[pos] = ((unsigned long long)key[i] << 32) | (0xffffffffu - (uint32_t)(i * 32 + lane));
+        nc += __popc(b);
+    }
+
+    if (nc > TOPK_WARP_CAP) {
+        /* heavy ties: T = the largest value with at least kk keys >= T, found
+         * bit by bit (T >= L); then every key > T (fewer than kk) and the
+         * lowest-id keys == T */
+        uint32_t T = 0;
+        for (int bit = 31; bit >= 0; bit--) {
+            const uint32_t c = T | (1u << bit);
+            int k = 0;
+#pragma unroll
+            for (int i = 0; i < PER; i++) k += i < cnt && key[i] >= c;
+            if (__reduce_add_sync(FULL, k) >= kk) T = c;
+        }
+        int g = 0;
+#pragma unroll
+        for (int i = 0; i < PER; i++) g += i < cnt && key[i] > T;
+        const int n_gt = __reduce_add_sync(FULL, g), take_eq = kk - n_gt;
+        __syncwarp();
+        int ng = 0, ne = 0;
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            const bool pg = i < cnt && key[i] > T, pe = i < cnt && key[i] == T;
+            const unsigned bg = __ballot_sync(FULL, pg), be = __ballot_sync(FULL, pe);
+            const unsigned long long word =
+                ((unsigned long long)key[i] << 32) | (0xffffffffu - (uint32_t)(i * 32 + lane));
+            if (pg) cand[ng + __popc(bg & lt)] = word;
+            const int r = ne + __popc(be & lt);
+            if (pe && r < take_eq) cand[n_gt + r] = word;
+            ng += __popc(bg);
+            ne += __popc(be);
+        }
+        nc = kk;
+    }
+    so[lane] = -1;
+    __syncwarp();
+    /* exact rank among the nc candidates (which hold the kk best): up to 64
+     * in registers by shuffles (an empty slot is 0, below every word) */
+    if (nc <= 64) {
+        const unsigned long long u0 = lane < nc ? cand[lane] : 0ull;
+        const unsigned long long u1 = lane + 32 < nc ? cand[lane + 32] : 0ull;
+        int r0 = 0, r1 = 0;
+#pragma unroll
+        for (int j = 0; j < 32; j++) {
+            const unsigned long long v0 = __shfl_sync(FULL, u0, j), v1 = __shfl_sync(FULL, u1, j);
+            r0 += (v0 > u0) + (v1 > u0);
+            r1 += (v0 > u1) + (v1 > u1);
+        }
+        if (lane < nc && r0 < kk) so[1 + r0] = (int)(0xffffffffu - (uint32_t)u0);
+        if (lane + 32 < nc && r1 < kk) so[1 + r1] = (int)(0xffffffffu - (uint32_t)u1);
+        nc = 0; /* done */
+    }
+    for (int c = lane; c < nc; c += 32) {
+        const unsigned long long u = cand[c];
+        int r = 0;
+        for (int j = 0; j < nc; j++) r += cand[j] > u;
+        if (r < kk) so[1 + r] = (int)(0xffffffffu - (uint32_t)u);
+    }
+    __syncwarp();
+    if (lane < top_k) out[lane] = lane == 0 ? local : so[lane];
+}
+
+template <int PER>
+static void launch_warp(const msa_paged_kv *kv, const msa_attn_batch *b, int Hkv, int Bk, int top_k,
+                        const float *scores, int32_t *selected, cudaStream_t st) {
+    const int n_rg = b->n_q * Hkv;
+    const int32_t *indptr = kv->idx_indptr ? kv->idx_indptr : kv->kv_indptr;
+    topk_warp_kernel<PER><<<(unsigned)((n_rg + TOPK_WARPS - 1) / TOPK_WARPS), TOPK_WARPS * 32, 0, st>>>(
+        scores, b->q_indptr, b->q_pos, kv->seq_len, indptr, selected, n_rg, kv->n_seqs, Hkv, Bk, top_k,
+        kv->max_blocks);
+}
+
 int msa_cuda_launch_topk(const msa_cuda_shape &sh, const msa_paged_kv *kv,
                          const msa_attn_batch *b, const float *scores, int32_t *selected,
                          cudaStream_t st) {
@@ -312,6 +495,14 @@ int msa_cuda_launch_topk(const msa_cuda_shape &sh, const msa_paged_kv *kv,
     if (kv->max_blocks > TOPK_MAX_BLOCKS)
         return msa_error(MSA_EUNSUPPORTED, "CUDA top-k: max_blocks %d (at most %d)",
                          kv->max_blocks, TOPK_MAX_BLOCKS);
+    if (msa_cuda_topk_version != 4 && sh.top_k <= TOPK_WARP_MAX_K && kv->max_blocks <= TOPK_WARP_MAX_BLOCKS) {
+        const int mb = kv->max_blocks;
+        if (mb <= 256) launch_warp<8>(kv, b, sh.Hkv, sh.Bk, sh.top_k, scores, selected, st);
+        else if (mb <= 512) launch_warp<16>(kv, b, sh.Hkv, sh.Bk, sh.top_k, scores, selected, st);
+        else if (mb <= 1024) launch_warp<32>(kv, b, sh.Hkv, sh.Bk, sh.top_k, scores, selected, st);
+        else launch_warp<64>(kv, b, sh.Hkv, sh.Bk, sh.top_k, scores, selected, st);
+        return MSA_CUDA_LAUNCHED("top-k warp kernel");
+    }
     size_t smem = (size_t)kv->max_blocks * sizeof(uint32_t);
     static size_t optin[MSA_CUDA_MAX_DEVICES];
     int rc = msa_cuda_smem_optin((const void *)topk_kernel, TOPK_MAX_BLOCKS * 4, optin, "top-k: shared memory limit");
@@ -321,4 +512,13 @@ int msa_cuda_launch_topk(const msa_cuda_shape &sh, const msa_paged_kv *kv,
         scores, b->q_indptr, b->q_pos, kv->seq_len, indptr, selected, kv->n_seqs, sh.Hkv, sh.Bk,
         sh.top_k, kv->max_blocks);
     return MSA_CUDA_LAUNCHED("top-k kernel");
+}
+
+/* The top-k launcher alone, from C (tests/test-kernels-cuda.c): scores
+ * [n_q][Hkv][kv->max_blocks] on the device, selected [n_q][Hkv][top_k]. */
+extern "C" int msa_cuda_topk_scores(const msa_paged_kv *kv, const msa_attn_batch *b, int Hkv, int Bk,
+                                    int top_k, const float *scores, int32_t *selected, void *stream) {
+    msa_cuda_shape sh = {};
+    sh.Hkv = Hkv; sh.Bk = Bk; sh.top_k = top_k;
+    return msa_cuda_launch_topk(sh, kv, b, scores, selected, (cudaStream_t)stream);
 }

@@ -39,6 +39,13 @@ int main(void) { T_SKIP("built without CUDA"); }
 #include <cuda_runtime_api.h>
 
 #include "kernels/cuda.h"
+#include "kernels/ref.h"
+
+/* kernels/topk.cu: the top-k launcher alone, and its version switch
+ * (0 automatic, 4 the CTA kernel everywhere, 5 the warp kernel where it applies). */
+int msa_cuda_topk_scores(const msa_paged_kv *kv, const msa_attn_batch *b, int Hkv, int Bk, int top_k,
+                         const float *scores, int32_t *selected, void *stream);
+extern int msa_cuda_topk_version;
 
 #define GUARD 256
 #define GUARD_BYTE 0xA5
@@ -532,9 +539,107 @@ static void check_unsupported(void) {
     CU(cudaFree((void *)bt.q_indptr)); CU(cudaFree((void *)bt.q_pos));
 }
 
+/* ---- top-k alone on given scores ------------------------------------------ */
+
+/* The top-k kernels on fresh random block scores against msa_ref_topk, exact
+ * (same ids in the same order): every row is its own sequence (Bk 1), so
+ * local = q_pos; the blocks after local get large scores that must never be
+ * chosen. Score kinds: 0 normal; 1 integers 0..7 (heavy ties); 2 maxima of
+ * 64 normals (crowded, like block max-pooled scores); 3 constant; each with
+ * some -inf and some -0.0/+0.0. Both kernel versions, top_k 1..33, up to 5K
+ * blocks, edge locals (0, 1, k-1, k, k+1, max-1). */
+static void test_topk_direct(void) {
+    const int mbs[] = {40, 256, 300, 1024, 1025, 2048, 4096, 5000};
+    const int ks[] = {1, 2, 5, 16, 32, 33};
+    const int versions[] = {4, 0};
+    const int Hkv = 3, n_q = 23, n_rg = n_q * Hkv;
+    int bad_total = 0, runs = 0;
+    for (int mi = 0; mi < (int)(sizeof mbs / sizeof mbs[0]); mi++) {
+        const int mb = mbs[mi];
+        for (int ki = 0; ki < (int)(sizeof ks / sizeof ks[0]); ki++) {
+            const int k = ks[ki];
+            for (int kind = 0; kind < 4; kind++) {
+                int q_indptr[n_q + 1], q_pos[n_q], seq_len[n_q], indptr[n_q + 1];
+                const int edge[] = {0, 1, k - 1, k, k + 1, mb - 1};
+                indptr[0] = 0;
+                for (int r = 0; r < n_q; r++) {
+                    int loc = r < 6 ? edge[r] : t_randint(mb);
+                    if (loc < 0) loc = 0;
+                    if (loc > mb - 1) loc = mb - 1;
+                    q_indptr[r] = r;
+                    q_pos[r] = loc;
+                    seq_len[r] = loc + 1 + t_randint(mb - loc); /* <= mb */
+                    indptr[r + 1] = indptr[r] + seq_len[r];
+                }
+                q_indptr[n_q] = n_q;
+                float *sc = malloc((size_t)n_rg * mb * sizeof(float));
+                for (int rg = 0; rg < n_rg; rg++) {
+                    const int loc = q_pos[rg / Hkv];
+                    for (int b = 0; b < mb; b++) {
+                        float x;
+                        if (kind == 0) x = t_randn();
+                        else if (kind == 1) x = (float)t_randint(8);
+                        else if (kind == 2) {
+                            x = -1e30f;
+                            for (int j = 0; j < 64; j++) x = fmaxf(x, t_randn());
+                        } else x = 1.5f;
+                        const int u = t_randint(100);
+                        if (u < 4) x = -INFINITY;
+                        else if (u < 6) x = (u == 4) ? -0.0f : 0.0f;
+                        if (b >= loc) x = 1e30f; /* invisible or local: never a candidate */
+                        sc[(size_t)rg * mb + b] = x;
+                    }
+                }
+                int32_t *want = malloc((size_t)n_rg * k * 4), *got = malloc((size_t)n_rg * k * 4);
+                for (int rg = 0; rg < n_rg; rg++)
+                    msa_ref_topk(sc + (size_t)rg * mb, q_pos[rg / Hkv], k, want + (size_t)rg * k);
+                float *d_sc = dev_copy(sc, (size_t)n_rg * mb * sizeof(float));
+                msa_paged_kv kv;
+                memset(&kv, 0, sizeof kv);
+                kv.n_seqs = n_q; kv.max_blocks = mb;
+                kv.seq_len = dev_copy(seq_len, sizeof seq_len);
+                kv.kv_indptr = dev_copy(indptr, sizeof indptr);
+                msa_attn_batch bt;
+                memset(&bt, 0, sizeof bt);
+                bt.n_q = n_q;
+                bt.q_indptr = dev_copy(q_indptr, sizeof q_indptr);
+                bt.q_pos = dev_copy(q_pos, sizeof q_pos);
+                guarded g = guarded_alloc((size_t)n_rg * k * 4);
+                for (int vi = 0; vi < 2; vi++) {
+                    msa_cuda_topk_version = versions[vi];
+                    guarded_reset(g, 0x7f);
+                    int rc = msa_cuda_topk_scores(&kv, &bt, Hkv, 1, k, d_sc, guarded_ptr(g), NULL);
+                    CU(cudaDeviceSynchronize());
+                    int ok = rc == MSA_OK && guarded_fetch(g, got);
+                    int bad = 0, first = -1;
+                    for (int rg = 0; ok && rg < n_rg; rg++)
+                        if (memcmp(want + (size_t)rg * k, got + (size_t)rg * k, (size_t)k * 4)) {
+                            if (first < 0) first = rg;
+                            bad++;
+                        }
+                    if (!ok || bad) {
+                        bad_total++;
+                        CHECKF(0, "top-k v%d max_blocks %d k %d kind %d: rc %d, %d of %d row-groups differ (first %d, local %d)",
+                               versions[vi], mb, k, kind, rc, bad, n_rg, first, first >= 0 ? q_pos[first / Hkv] : -1);
+                    }
+                    runs++;
+                }
+                msa_cuda_topk_version = 0;
+                CU(cudaFree(g.base)); CU(cudaFree(d_sc));
+                CU(cudaFree((void *)kv.seq_len)); CU(cudaFree((void *)kv.kv_indptr));
+                CU(cudaFree((void *)bt.q_indptr)); CU(cudaFree((void *)bt.q_pos));
+                free(sc); free(want); free(got);
+            }
+        }
+    }
+    CHECKF(bad_total == 0, "top-k direct: %d of %d runs differ from msa_ref_topk", bad_total, runs);
+    printf("top-k direct: %d runs (v4 and automatic), %d differ\n", runs, bad_total);
+}
+
 int main(void) {
     if (msa_cuda_device_count() <= 0) T_SKIP("no CUDA device");
     t_seed();
+    test_topk_direct();
     const msa_dtype BF = MSA_DTYPE_BF16, F16 = MSA_DTYPE_F16;
     /* name, Hq, Hkv, d, d_idx, idx_heads, Bk, k, dtype, n_seqs, seq_len, rows, pos mode, sep idx, bad */
     const tcase cases[] = {

@@ -24,7 +24,10 @@
  * slots, so that the numbers are HBM numbers and not L2 numbers. Inputs are
  * random (a counter hash on the device), never zeros.
  *
- *   bench-msa [--json FILE] [--quick] [--reps N]
+ *   bench-msa [--json FILE] [--quick] [--reps N] [--topk-only]
+ *
+ * --topk-only times the top-k alone (on the block scores of the step), the
+ * current kernel and v4 (msa_cuda_topk_version = 4), and skips the rest.
  */
 #include <algorithm>
 #include <stdio.h>
@@ -35,6 +38,8 @@
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda.h"
+
+extern "C" int msa_cuda_topk_version; /* kernels/topk.cu: 4 = the v4 CTA kernel */
 
 #define CK(x)                                                                             \
     do {                                                                                  \
@@ -376,17 +381,18 @@ static int validate(const pools &P, problem &p) {
 struct result {
     shape sh;
     int B, rows, N;
-    double t_index, t_topk, t_sparse, t_step, t_dense, idx_gbs;
+    double t_index, t_topk, t_sparse, t_step, t_dense, idx_gbs, t_topk_v4;
 };
 
 int main(int argc, char **argv) {
     const char *json = NULL;
-    int quick = 0, reps = 20;
+    int quick = 0, reps = 20, topk_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
-        else { fprintf(stderr, "usage: bench-msa [--json FILE] [--quick] [--reps N]\n"); return 2; }
+        else if (!strcmp(argv[i], "--topk-only")) topk_only = 1;
+        else { fprintf(stderr, "usage: bench-msa [--json FILE] [--quick] [--reps N] [--topk-only]\n"); return 2; }
     }
     if (msa_cuda_device_count() <= 0) { printf("bench-msa: no CUDA device\n"); return 77; }
     cudaDeviceProp prop;
@@ -426,7 +432,7 @@ int main(int argc, char **argv) {
         bool validated = false;
         for (const run &r : runs) {
             problem p = make_problem(P, r.B, r.rows, r.N, prop.l2CacheSize, 7 + r.N + r.B);
-            if (!validated) {
+            if (!validated && !topk_only) {
                 failures += validate(P, p);
                 validated = true;
             }
@@ -442,6 +448,19 @@ int main(int argc, char **argv) {
             R.sh = sh; R.B = r.B; R.rows = r.rows; R.N = r.N;
             const int rp = r.rows > 1 ? 3 : reps;
             auto ex_on = [&](cudaStream_t st) { msa_exec e = ex; e.stream = st; return e; };
+            R.t_index = R.t_sparse = R.t_step = R.t_dense = R.t_topk_v4 = 0;
+            if (topk_only) { /* top-k alone: the current kernel and v4 (topk.cu) */
+                R.t_topk = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_topk(cs, &kv, &bt, scores, p.selected, st)); }, rp);
+                msa_cuda_topk_version = 4;
+                R.t_topk_v4 = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_topk(cs, &kv, &bt, scores, p.selected, st)); }, rp);
+                msa_cuda_topk_version = 0;
+                res.push_back(R);
+                printf("  %2d/%d/%d %-7s B=%d rows=%-4d N=%-7d topk %7.2f us  (v4 %7.2f us)\n", sh.Hq, sh.Hkv, sh.d,
+                       r.rows > 1 ? "prefill" : "decode", r.B, r.rows, r.N, R.t_topk, R.t_topk_v4);
+                fflush(stdout);
+                free_problem(p);
+                continue;
+            }
             R.t_index = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_index_scores(cs, &kv, &bt, scores, st)); }, rp);
             R.t_topk = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_topk(cs, &kv, &bt, scores, p.selected, st)); }, rp);
             /* the selection of rotation 0 is used by every rotation: the tables
@@ -478,8 +497,8 @@ int main(int argc, char **argv) {
             for (size_t i = 0; i < res.size(); i++) {
                 const result &R = res[i];
                 fprintf(f, "  {\"Hq\": %d, \"Hkv\": %d, \"d\": %d, \"B\": %d, \"rows\": %d, \"N\": %d, \"d_idx\": 128, \"Bk\": 128, \"top_k\": 16, "
-                           "\"index_us\": %.2f, \"index_gbs\": %.1f, \"topk_us\": %.2f, \"sparse_us\": %.2f, \"step_us\": %.2f, \"dense_us\": %.2f}%s\n",
-                        R.sh.Hq, R.sh.Hkv, R.sh.d, R.B, R.rows, R.N, R.t_index, R.idx_gbs, R.t_topk, R.t_sparse, R.t_step, R.t_dense,
+                           "\"index_us\": %.2f, \"index_gbs\": %.1f, \"topk_us\": %.2f, \"topk_v4_us\": %.2f, \"sparse_us\": %.2f, \"step_us\": %.2f, \"dense_us\": %.2f}%s\n",
+                        R.sh.Hq, R.sh.Hkv, R.sh.d, R.B, R.rows, R.N, R.t_index, R.idx_gbs, R.t_topk, R.t_topk_v4, R.t_sparse, R.t_step, R.t_dense,
                         i + 1 < res.size() ? "," : "");
             }
             fprintf(f, "]}\n");

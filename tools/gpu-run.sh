@@ -4,7 +4,12 @@
 # Everything it prints also lands under $OUT (test.log, bench.log,
 # bench.json, torch.log, torch.json, gpu.txt).
 #
-#   tools/gpu-run.sh [all|test|bench]      (default all)
+#   tools/gpu-run.sh [all|test|bench|topk]      (default all)
+#
+# topk: the GPU test, then the top-k alone (bench-msa --topk-only: the
+# current kernel and v4) and torch.topk on scores of the same shapes
+# (topk.log, topk.json, torch-topk.log). BIN=<dir> with prebuilt
+# test-kernels-cuda and bench-msa skips the build.
 #
 # It builds with CMake (only the targets it needs); if the tree does not
 # configure (another folder mid-change), it compiles kernels/ alone with
@@ -21,7 +26,9 @@ B=build-gpu
 TEST=$B/tests/test-kernels-cuda
 BENCH=$B/tools/bench-msa
 t0=$(date +%s)
-if cmake -B $B -G Ninja -DCMAKE_PREFIX_PATH="$PWD/.devdeps" -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/configure.log" 2>&1 &&
+if [ -n "${BIN:-}" ] && [ -x "$BIN/test-kernels-cuda" ] && [ -x "$BIN/bench-msa" ]; then
+  TEST=$BIN/test-kernels-cuda; BENCH=$BIN/bench-msa; echo "prebuilt binaries in $BIN"
+elif cmake -B $B -G Ninja -DCMAKE_PREFIX_PATH="$PWD/.devdeps" -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/configure.log" 2>&1 &&
    cmake --build $B --target test-kernels-cuda bench-msa >"$OUT/build.log" 2>&1; then
   echo "cmake build ok ($(( $(date +%s) - t0 )) s)"
 else
@@ -42,7 +49,7 @@ else
 fi
 
 rc=0
-if [ "$WHAT" = all ] || [ "$WHAT" = test ]; then
+if [ "$WHAT" = all ] || [ "$WHAT" = test ] || [ "$WHAT" = topk ]; then
   echo "== test-kernels-cuda"
   $TEST 2>&1 | tee "$OUT/test.log"; rc=${PIPESTATUS[0]}
   echo "test exit $rc"
@@ -53,5 +60,28 @@ if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
   echo "== bench_torch.py"
   PYTHONUNBUFFERED=1 python3 tools/bench_torch.py --ours "$OUT/bench.json" --json "$OUT/torch.json" 2>&1 | tee "$OUT/torch.log"
   echo "== summary"; grep -E "^\||^device" "$OUT/bench.log"
+fi
+if [ "$WHAT" = topk ]; then
+  echo "== bench-msa --topk-only"
+  $BENCH --topk-only --json "$OUT/topk.json" 2>&1 | tee "$OUT/topk.log"
+  echo "== torch.topk"
+  PYTHONUNBUFFERED=1 python3 - "$OUT/topk.json" <<'PY' 2>&1 | tee "$OUT/torch-topk.log"
+import json, sys
+sys.path.insert(0, "tools")
+import torch
+import bench_torch as bt
+ours = json.load(open(sys.argv[1]))
+print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, {ours['date']}")
+print("| shape | mode | B x rows | N | block scores | torch.topk us | top-k v4 us | top-k us | vs torch | vs v4 |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for r in ours["results"]:
+    n_rg, nb = r["B"] * r["rows"] * r["Hkv"], r["N"] // r["Bk"]
+    nc = bt.n_copies(n_rg * nb * 4)
+    sc = [torch.randn(n_rg, nb, device="cuda") for _ in range(nc)]
+    t = bt.time_us(lambda i: torch.topk(sc[i], r["top_k"], dim=-1), reps=3 if r["rows"] > 1 else 20, n_inputs=nc)
+    mode = "prefill" if r["rows"] > 1 else "decode"
+    print(f"| {r['Hq']}/{r['Hkv']}/{r['d']} | {mode} | {r['B']}x{r['rows']} | {r['N'] // 1024}K | [{n_rg}][{nb}] | "
+          f"{t:.1f} | {r['topk_v4_us']:.1f} | {r['topk_us']:.1f} | {t / r['topk_us']:.1f}x | {r['topk_v4_us'] / r['topk_us']:.1f}x |")
+PY
 fi
 exit $rc
