@@ -37,6 +37,7 @@
 
 #include "engine/engine.h"
 #include "engine/sampling.h"
+#include "engine/sha256.h"
 #include "kernels/base.h"
 #include "memory/pager.h"
 #ifdef MSA_HAVE_CUDA
@@ -359,12 +360,12 @@ static msa_forward_opts forward_opts(msa_session *s) {
 
 static int lock_session(msa_session *s) {
     const char *dir = msa_store_dir(s->e->store);
-    char path[4096], hex[65];
+    char path[4096], hex[MSA_SHA256_HEX_SIZE];
+    uint8_t digest[MSA_SHA256_DIGEST_SIZE];
     /* the name may hold any characters: lock a file named by its hash */
-    uint32_t h = 2166136261u;
-    for (const char *p = s->name; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-    snprintf(hex, sizeof hex, "%08x", h);
-    snprintf(path, sizeof path, "%s/session-%s.lock", dir, hex);
+    msa_sha256(s->name, strlen(s->name), digest);
+    msa_sha256_hex(digest, hex);
+    snprintf(path, sizeof path, "%s/session-%.32s.lock", dir, hex);
     s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (s->lock_fd < 0)
         return msa_error(MSA_EIO, "session '%s': cannot open lock file %s: %s", s->name, path,
