@@ -13,3 +13,14 @@ foreach(t test_cli test_python)
     SKIP_REGULAR_EXPRESSION "^[0-9]+ skipped in"
     ENVIRONMENT "MSA_DEFAULT_ASSETS=${MSA_DEFAULT_ASSETS};MSA_BUILD_DIR=${PROJECT_BINARY_DIR};MSA_SOURCE_DIR=${PROJECT_SOURCE_DIR};MSA_LIBRARY=${PROJECT_BINARY_DIR}/libmsa.so")
 endforeach()
+
+# Quantized GGUF tensors (Q8_0, F16, BF16) against gguf-py, llama.cpp's own
+# GGUF library; skipped where gguf-py is not installed.
+add_executable(gguf-dump gguf_dump.c)
+target_link_libraries(gguf-dump PRIVATE msa_static)
+set_target_properties(gguf-dump PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
+add_test(NAME test_gguf_quant
+         COMMAND python3 -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/test_gguf_quant.py)
+set_tests_properties(test_gguf_quant PROPERTIES LABELS unit TIMEOUT 300
+  SKIP_REGULAR_EXPRESSION "^[0-9]+ skipped in"
+  ENVIRONMENT "MSA_DEFAULT_ASSETS=${MSA_DEFAULT_ASSETS};MSA_BUILD_DIR=${PROJECT_BINARY_DIR}")

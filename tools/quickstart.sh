@@ -34,13 +34,16 @@ install_packages() {
   fi
 }
 
-# numpy and pytest are used by a few tests as independent references.
+# numpy and pytest run the Python tests; gguf (llama.cpp's GGUF library) is
+# the independent reference for quantized tensors. Without pip, Debian's
+# numpy and pytest are used and the gguf test skips.
 python_packages() {
-  if ! python3 -c 'import numpy, pytest' 2>/dev/null; then
-    say "installing python packages: numpy pytest"
+  if ! python3 -c 'import numpy, pytest, gguf' 2>/dev/null; then
     if python3 -m pip --version >/dev/null 2>&1; then
-      python3 -m pip install -q numpy pytest 2>&1 | grep -v "WARNING: Running pip as" || true
-    else
+      say "installing python packages: numpy pytest gguf"
+      python3 -m pip install -q numpy pytest gguf 2>&1 | grep -v "WARNING: Running pip as" || true
+    elif ! python3 -c 'import numpy, pytest' 2>/dev/null; then
+      say "installing python packages: python3-numpy python3-pytest"
       local sudo=()
       [ "$(id -u)" = 0 ] || sudo=(sudo)
       DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq python3-numpy python3-pytest
