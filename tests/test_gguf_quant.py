@@ -176,3 +176,58 @@ def test_quantized_model_generates_like_f32(models, tmp_path):
     while same < min(len(words_a), len(words_b)) and words_a[same] == words_b[same]:
         same += 1
     assert same >= 8, f"f32: {a!r}\nq8: {b!r}"
+
+
+def to_rotate_half(w, n_heads):
+    """Rows of a q/k projection reordered from interleaved RoPE pairs
+    (2i, 2i+1) to rotate-half pairs (i, i + d/2), as qwen2 GGUFs expect."""
+    rows, dim = w.shape
+    hd = rows // n_heads
+    return np.ascontiguousarray(
+        w.reshape(n_heads, hd // 2, 2, dim).swapaxes(1, 2).reshape(rows, dim))
+
+
+def test_qwen2_layout_matches_llama(models, tmp_path):
+    """The same network written as a qwen2 GGUF (rotate-half RoPE, q/k/v
+    biases present, here zero) by gguf-py must generate exactly what the
+    llama GGUF generates: this exercises the qwen2 tensor names, the biases
+    and the NEOX RoPE path against the interleaved one."""
+    f32, _, _ = models
+    hp, tensors = read_llama2c(MODEL)
+    toks, scores, types = read_tokenizer(TOKENIZER, hp["vocab"])
+    path = tmp_path / "qwen2.gguf"
+    w = gguf.GGUFWriter(str(path), "qwen2")
+    w.add_context_length(hp["seq"])
+    w.add_embedding_length(hp["dim"])
+    w.add_feed_forward_length(hp["hidden"])
+    w.add_block_count(hp["layers"])
+    w.add_head_count(hp["heads"])
+    w.add_head_count_kv(hp["kv_heads"])
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(hp["vocab"])
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(True)
+    for name, a in tensors:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if name.endswith("attn_q.weight"):
+            a = to_rotate_half(a, hp["heads"])
+        elif name.endswith("attn_k.weight"):
+            a = to_rotate_half(a, hp["kv_heads"])
+        w.add_tensor(name, a)
+        for proj in ("q", "k", "v"):
+            if name.endswith(f"attn_{proj}.weight"):
+                w.add_tensor(name.replace(".weight", ".bias"),
+                             np.zeros(a.shape[0], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    prompt = "Once upon a time, there was a little"
+    assert gen(path, tmp_path / "q", prompt, 48) == gen(f32, tmp_path / "l", prompt, 48)
