@@ -10,7 +10,9 @@
  * stack buffer, the accumulator is rescaled by exp(m_old - m_new) when the
  * max grows, then p * v is added. The accumulator is the output row itself,
  * divided by l at the end. Only the local block is partly visible: tokens
- * past the row's position are simply not visited.
+ * past the row's position are simply not visited. On x86 Linux with GCC
+ * the function also has an AVX2 clone, chosen at load time, that computes
+ * the same lanes 8 at a time (bit-identical results).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -36,6 +38,14 @@ static inline void axpy(float *restrict acc, float a, const float *restrict x, i
     for (int i = 0; i < n; i++) acc[i] += a * x[i];
 }
 
+/* On x86 with GCC, an AVX2 clone is picked at load time (8-wide vectors
+ * instead of SSE2's 4). Each lane computes exactly what the portable code
+ * computes (the dot's 8 partial sums, the per-element axpy; AVX2 alone has
+ * no fused multiply-add to contract into), so results are bit-identical. */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(__clang__) && \
+    defined(__linux__) && !defined(__AVX2__)
+__attribute__((target_clones("avx2", "default")))
+#endif
 void msa_ref_attend_group(const msa_ref_problem *p, int row, int g,
                           const int32_t *blocks, int n_blocks, float *m,
                           float *l) {
