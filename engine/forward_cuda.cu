@@ -51,6 +51,8 @@
 
 #include "engine/model_cuda.h"
 #include "kernels/base.h"
+#include "kernels/cuda.h"
+#include "memory/pager.h"
 
 typedef __nv_bfloat16 bf16;
 
@@ -1286,10 +1288,46 @@ static inline float bf16_bits_to_f32(uint16_t b) {
     return f;
 }
 
+/* Where the paged path's index scan writes: block scores [n][Hkv][nb] at
+ * the start of cm->ws, the scan's scratch after them. */
+static size_t scan_scratch_offset(int n, int Hkv, int nb) {
+    return ((size_t)n * Hkv * nb * 4 + 255) & ~(size_t)255;
+}
+
+typedef struct scan_ctx {
+    const msa_attn_config *cfg;
+    const msa_attn_batch *b;
+    float *scores;
+    int stride;
+    void *scratch;
+    cudaStream_t st;
+    bool fast;
+} scan_ctx;
+
+/* One chunk of a layer's index keys (or all of them) scored into its columns
+ * of the score buffer (msa_kvmem_paged_index_scan's callback). */
+static int score_chunk(void *user, const msa_paged_kv *chunk, int64_t block0, int nblk) {
+    const scan_ctx *c = (const scan_ctx *)user;
+    msa_paged_kv kv = *chunk;
+    kv.max_blocks = nblk;
+    return c->fast ? msa_cuda_index_scores(c->cfg, &kv, c->b, (int)block0, c->stride, c->scores,
+                                           c->scratch, c->st)
+                   : msa_cuda_index_scores_generic(c->cfg, &kv, c->b, (int)block0, c->stride,
+                                                   c->scores, c->st);
+}
+
 /* Layer l of a paged step: the staged rows go to the memory (downloaded and
  * widened to fp32, which is exact, for kvmem's append), then index_view,
  * the selection on the GPU, the selection brought back to the host for
- * kv_view, and the attention over the slots kv_view made resident. */
+ * kv_view, and the attention over the slots kv_view made resident.
+ *
+ * The selection: with index keys resident on the GPU the fast path runs
+ * msa_index_select; a layer whose index keys the pager streams (beyond
+ * gpu_index_bytes) is scored chunk by chunk as the pager pages the keys in
+ * (msa_kvmem_paged_index_scan -> msa_cuda_index_scores, bit-identical
+ * scores), then one top-k runs over all of them. The generic path always
+ * scores through the same kernel (msa_cuda_index_scores_generic: once over
+ * the resident keys, or per chunk) and selects with msa_cuda_topk_generic. */
 static int paged_attention(msa_cuda_model *cm, msa_kvmem *mem, int l, int n, int pos0,
                            int view_blocks, const msa_forward_opts *o, bool fast,
                            const msa_attn_config *cfg, const msa_exec *ex) {
@@ -1324,14 +1362,24 @@ static int paged_attention(msa_cuda_model *cm, msa_kvmem *mem, int l, int n, int
     int n_sel;
     const int32_t *sel_h;
     if (!o->dense) {
-        if (fast) {
-            b.selected = cm->sel;
+        const bool streamed = msa_kvmem_paged_index_streamed(mem, l) != 0;
+        b.selected = cm->sel;
+        if (fast && !streamed) {
             rc = msa_index_select(cfg, &pk, &b, ex);
         } else {
-            generic_select_kernel<<<(n * Hkv + 63) / 64, 64, 0, st>>>(
-                cm->qi, (const bf16 *)pk.kidx, m_pos, (float *)cm->ws, cm->sel, n, Hkv, KH, di,
-                Bk, top_k, view_blocks);
-            rc = LAUNCHED("generic index select");
+            scan_ctx c;
+            c.cfg = cfg;
+            c.b = &b;
+            c.scores = (float *)cm->ws;
+            c.stride = pk.max_blocks;
+            c.scratch = (char *)cm->ws + scan_scratch_offset(n, Hkv, pk.max_blocks);
+            c.st = st;
+            c.fast = fast;
+            rc = streamed ? msa_kvmem_paged_index_scan(mem, l, score_chunk, &c)
+                          : score_chunk(&c, &pk, 0, pk.max_blocks);
+            if (!rc)
+                rc = fast ? msa_cuda_topk_scores(&pk, &b, Hkv, Bk, top_k, c.scores, cm->sel, st)
+                          : msa_cuda_topk_generic(cfg, &b, c.stride, c.scores, cm->sel, st);
         }
         n_sel = n * Hkv * top_k;
         if (!rc) rc = ck(cudaMemcpyAsync(cm->sel_h, cm->sel, (size_t)n_sel * 4,
@@ -1410,7 +1458,9 @@ extern "C" int msa_cuda_model_forward_mem(msa_cuda_model *cm, msa_kvmem *mem,
     cfg.block_size = Bk;
     cfg.top_k = o.top_k;
     size_t ws = fast ? msa_attention_workspace_size(&cfg, n, view) : 0;
-    const size_t gws = (size_t)n * I->n_kv_heads * view * 4;
+    /* block scores and the index scan's scratch (paged_attention) */
+    const size_t gws = scan_scratch_offset(n, I->n_kv_heads, view) +
+                       msa_cuda_index_scratch_size(n, 1);
     if (gws > ws) ws = gws;
     if ((rc = ensure_scratch(cm, n, logit_rows, o.top_k, ws))) return rc;
     int32_t *mh = cm->meta_h;

@@ -226,3 +226,36 @@ int msa_cuda_launch_index_scores(const msa_cuda_shape &sh, const msa_paged_kv *k
                                   : launch_t<__half, 64>(sh, kv, b, scores, st);
     return msa_error(MSA_EUNSUPPORTED, "CUDA index scores: d_idx %d (64 or 128)", sh.d_idx);
 }
+
+/* ---- a range of blocks (kernels/index_paged.cu) ----------------------------------
+ * The kernel above over the kv->max_blocks blocks of kv (grid x), writing
+ * row (i, r) at scores[(i * Hkv + r) * stride + b]. index_paged.cu points
+ * `scores` at the range's first column and passes positions and lengths
+ * relative to the range, so that every CTA computes exactly what it
+ * computes for the same block in a whole-sequence launch. */
+template <typename T, int DI>
+static int launch_range_t(const msa_cuda_shape &sh, const msa_paged_kv *kv,
+                          const msa_attn_batch *bt, float *scores, int stride, cudaStream_t st) {
+    size_t smem = index_smem_bytes<DI>(sh.Bk);
+    static size_t optin[MSA_CUDA_MAX_DEVICES];
+    int rc = msa_cuda_smem_optin((const void *)index_scores_kernel<T, DI>, index_smem_bytes<DI>(128),
+                                 optin, "index scores: shared memory limit");
+    if (rc) return rc;
+    dim3 grid(kv->max_blocks, kv->n_seqs * sh.idx_heads);
+    index_scores_kernel<T, DI><<<grid, IDX_WARPS * 32, smem, st>>>(
+        (const T *)kv->kidx, kv->idx_indptr, kv->idx_table, kv->seq_len, bt->q_indptr, bt->q_pos,
+        (const T *)bt->q_idx, scores, sh.Hkv, sh.idx_heads, sh.Bk, stride,
+        1.0f / sqrtf((float)sh.d_idx));
+    return MSA_CUDA_LAUNCHED("index scores kernel (block range)");
+}
+
+int msa_cuda_launch_index_scores_range(const msa_cuda_shape &sh, const msa_paged_kv *kv,
+                                       const msa_attn_batch *b, float *scores, int stride,
+                                       cudaStream_t st) {
+    if (kv->max_blocks <= 0 || kv->n_seqs <= 0) return MSA_OK;
+    const bool bf = kv->dtype == MSA_DTYPE_BF16;
+    if (sh.d_idx == 128) return bf ? launch_range_t<__nv_bfloat16, 128>(sh, kv, b, scores, stride, st)
+                                   : launch_range_t<__half, 128>(sh, kv, b, scores, stride, st);
+    return bf ? launch_range_t<__nv_bfloat16, 64>(sh, kv, b, scores, stride, st)
+              : launch_range_t<__half, 64>(sh, kv, b, scores, stride, st);
+}

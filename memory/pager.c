@@ -32,9 +32,18 @@
  * source in parallel when the source is thread-safe.
  *
  * Index keys are held per layer in a growing host array [blocks][ikh][Bk]
- * [d_idx] and mirrored on the GPU, where new rows are copied up at each
- * index_view. Known limits: index keys beyond gpu_index_bytes are refused
- * (MSA_ERANGE), not paged; a step's distinct blocks must fit in each tier.
+ * [d_idx] (pinned on CUDA) and mirrored on the GPU while they fit
+ * gpu_index_bytes: new rows are copied up at each index_view. A layer that
+ * outgrows the budget is streamed instead (msa_kvmem_paged_index_scan):
+ * its resident copy is dropped and every scan copies its blocks, chunk by
+ * chunk, into a ring of two halves of GPU index slots on the copy stream.
+ * Each chunk is one step of the event rings: the copy into a half waits for
+ * compute[use + 1] where `use` is the step whose scoring last read that
+ * half (so the copy of chunk c+1 overlaps the scoring of chunk c), and the
+ * compute stream waits for copy[step] before the chunk is scored. The ring
+ * comes out of the same budget; when the resident layers leave no room for
+ * two blocks, every layer is streamed. Known limit: a step's distinct
+ * blocks must fit in each tier.
  */
 #include "memory/pager.h"
 
@@ -65,6 +74,9 @@ typedef struct pager_layer {
     int64_t gpu_tail_block; /* block whose rows the GPU tail slot holds */
     int64_t gpu_tail_rows;
     int64_t tail_dma;       /* last step whose copies read the host tail */
+    int kidx_pinned;        /* kidx from msa_gpu_host_alloc */
+    int streamed;           /* index keys beyond the budget: no dev_idx */
+    int64_t idx_dma;        /* last step whose copies read kidx */
 } pager_layer;
 
 typedef struct pager {
@@ -89,6 +101,7 @@ typedef struct pager {
     int32_t *sel_host;
     size_t sel_cap;
     msa_pager_stats st;
+    uint64_t index_chunks; /* chunks of streamed index scans (reset with st) */
     /* GPU tier */
     int gpu;
 #ifdef MSA_HAVE_CUDA
@@ -101,6 +114,9 @@ typedef struct pager {
     int32_t *dev_meta;     /* [L][4] */
     int64_t *pool_use;     /* [pool_slots] */
     size_t dev_idx_bytes;  /* allocated for index keys, all layers */
+    char *ring;            /* streamed index keys: 2 halves of ring_C blocks */
+    int64_t ring_C;
+    int64_t ring_use[2];   /* step whose scoring last read each half */
 #endif
 } pager;
 
@@ -188,11 +204,33 @@ static int read_listed(pager *P, int layer, int n) {
 
 /* ---- the ops ----------------------------------------------------------------- */
 
+static int host_wait(pager *P, int64_t dma_step);
+
 static int grow_index(pager *P, pager_layer *L, int64_t blocks) {
     if (blocks <= L->idx_cap) return MSA_OK;
     int64_t cap = L->idx_cap ? L->idx_cap : 16;
     while (cap < blocks) cap *= 2;
     if (cap > P->max_blocks) cap = P->max_blocks;
+#ifdef MSA_HAVE_CUDA
+    if (P->gpu) {
+        /* pinned, so that the streamed scan's copies run asynchronously */
+        int pinned = 0;
+        void *nk = msa_gpu_host_alloc((size_t)cap * P->idx_block_bytes, &pinned);
+        if (!nk)
+            return msa_error(MSA_ENOMEM, "pager: index keys for %lld blocks", (long long)cap);
+        int rc = host_wait(P, L->idx_dma); /* no copy may still read the old array */
+        if (rc != MSA_OK) {
+            msa_gpu_host_free(nk, pinned);
+            return rc;
+        }
+        if (L->kidx) memcpy(nk, L->kidx, (size_t)L->idx_cap * P->idx_block_bytes);
+        msa_gpu_host_free(L->kidx, L->kidx_pinned);
+        L->kidx = nk;
+        L->kidx_pinned = pinned;
+        L->idx_cap = cap;
+        return MSA_OK;
+    }
+#endif
     void *nk = realloc(L->kidx, (size_t)cap * P->idx_block_bytes);
     if (!nk)
         return msa_error(MSA_ENOMEM, "pager: index keys for %lld blocks", (long long)cap);
@@ -314,6 +352,93 @@ static void set_meta(pager *P, pager_layer *L) {
     L->meta[3] = 0;
 }
 
+#ifdef MSA_HAVE_CUDA
+/* Chunks of a streamed scan hold at most this many blocks (32 MiB of bf16
+ * index keys at Bk = d_idx = 128): big enough that a copy takes much longer
+ * than the launches around it. */
+#define INDEX_CHUNK_MAX 1024
+
+/* `L` gives up its resident index keys and is streamed from now on. */
+static void stream_layer(pager *P, pager_layer *L) {
+    if (L->streamed) return;
+    msa_gpu_dfree(L->dev_idx); /* cudaFree waits for the kernels reading it */
+    P->dev_idx_bytes -= (size_t)L->dev_idx_cap * P->idx_block_bytes;
+    L->dev_idx = NULL;
+    L->dev_idx_cap = 0;
+    L->idx_gpu_len = 0;
+    L->streamed = 1;
+}
+
+/* The ring of GPU index slots, out of the budget the resident layers leave
+ * (all of it when they leave less than two blocks). */
+static int ensure_ring(pager *P) {
+    if (P->ring) return MSA_OK;
+    size_t budget = P->p.gpu_index_bytes, ibb = P->idx_block_bytes;
+    if (P->dev_idx_bytes + 2 * ibb > budget)
+        for (int l = 0; l < P->L; l++) stream_layer(P, &P->layers[l]);
+    int64_t C = (int64_t)((budget - P->dev_idx_bytes) / (2 * ibb));
+    if (C > INDEX_CHUNK_MAX) C = INDEX_CHUNK_MAX;
+    if (C > P->max_blocks) C = P->max_blocks;
+    if (C < 1)
+        return msa_error(MSA_ERANGE, "pager: gpu_index_bytes %zu holds fewer than two blocks of "
+                                     "index keys (%zu bytes each)", budget, ibb);
+    int rc = msa_gpu_malloc((void **)&P->ring, (size_t)(2 * C) * ibb, "the index-key ring");
+    if (rc != MSA_OK) return rc;
+    P->ring_C = C;
+    P->ring_use[0] = P->ring_use[1] = -1;
+    return MSA_OK;
+}
+
+/* The GPU side of a layer's index keys: its resident copy grown and brought
+ * up to date, or, when the budget cannot hold it, the layer streamed. */
+static int index_on_gpu(pager *P, int layer) {
+    pager_layer *L = &P->layers[layer];
+    int64_t nb = n_blocks(P, L);
+    int rc;
+    size_t ibb = P->idx_block_bytes;
+    if (!L->streamed && nb > L->dev_idx_cap) {
+        int64_t cap = L->dev_idx_cap ? L->dev_idx_cap : 16;
+        while (cap < nb) cap *= 2;
+        if (cap > P->max_blocks) cap = P->max_blocks;
+        size_t used = P->dev_idx_bytes + (P->ring ? (size_t)(2 * P->ring_C) * ibb : 0);
+        size_t want = used + (size_t)(cap - L->dev_idx_cap) * ibb;
+        if (want > P->p.gpu_index_bytes) {
+            cap = nb;
+            want = used + (size_t)(cap - L->dev_idx_cap) * ibb;
+        }
+        if (want > P->p.gpu_index_bytes) {
+            stream_layer(P, L);
+        } else {
+            void *nd;
+            if ((rc = msa_gpu_malloc(&nd, (size_t)cap * ibb, "index keys")) != MSA_OK) return rc;
+            if (L->dev_idx) {
+                size_t keep = (size_t)(L->idx_gpu_len / P->Bk) * ibb;
+                if (keep && (rc = msa_gpu_upload(P->g, nd, L->dev_idx, keep)) != MSA_OK) {
+                    msa_gpu_dfree(nd);
+                    return rc;
+                }
+                msa_gpu_dfree(L->dev_idx); /* cudaFree waits for the copy */
+            }
+            P->dev_idx_bytes += (size_t)(cap - L->dev_idx_cap) * ibb;
+            L->dev_idx = nd;
+            L->dev_idx_cap = cap;
+            L->idx_gpu_len = L->idx_gpu_len / P->Bk * P->Bk;
+        }
+    }
+    if (L->streamed) return ensure_ring(P);
+    if (L->idx_gpu_len < L->len) {
+        int64_t b0 = L->idx_gpu_len / P->Bk;
+        size_t bytes = (size_t)(nb - b0) * ibb;
+        rc = msa_gpu_upload(P->g, (char *)L->dev_idx + (size_t)b0 * ibb,
+                            (char *)L->kidx + (size_t)b0 * ibb, bytes);
+        if (rc != MSA_OK) return rc;
+        P->st.bytes_index_to_gpu += bytes;
+        L->idx_gpu_len = L->len;
+    }
+    return MSA_OK;
+}
+#endif
+
 static int op_index_view(msa_kvmem *m, int layer, msa_paged_kv *kv) {
     pager *P = (pager *)m;
     if (layer < 0 || layer >= P->L || !kv)
@@ -332,49 +457,11 @@ static int op_index_view(msa_kvmem *m, int layer, msa_paged_kv *kv) {
         return MSA_OK;
     }
 #ifdef MSA_HAVE_CUDA
-    int rc;
-    if (nb > L->dev_idx_cap) {
-        int64_t cap = L->dev_idx_cap ? L->dev_idx_cap : 16;
-        while (cap < nb) cap *= 2;
-        if (cap > P->max_blocks) cap = P->max_blocks;
-        size_t want = P->dev_idx_bytes + (size_t)(cap - L->dev_idx_cap) * P->idx_block_bytes;
-        if (want > P->p.gpu_index_bytes) {
-            cap = nb;
-            want = P->dev_idx_bytes + (size_t)(cap - L->dev_idx_cap) * P->idx_block_bytes;
-        }
-        if (want > P->p.gpu_index_bytes)
-            return msa_error(MSA_ERANGE, "pager: layer %d needs %lld blocks of index keys on "
-                                         "the GPU, %zu bytes in all, over gpu_index_bytes %zu "
-                                         "(index keys are not paged on the GPU yet)",
-                             layer, (long long)nb, want, P->p.gpu_index_bytes);
-        void *nd;
-        if ((rc = msa_gpu_malloc(&nd, (size_t)cap * P->idx_block_bytes, "index keys")) != MSA_OK)
-            return rc;
-        if (L->dev_idx) {
-            size_t keep = (size_t)(L->idx_gpu_len / P->Bk) * P->idx_block_bytes;
-            if (keep && (rc = msa_gpu_upload(P->g, nd, L->dev_idx, keep)) != MSA_OK) {
-                msa_gpu_dfree(nd);
-                return rc;
-            }
-            msa_gpu_dfree(L->dev_idx); /* cudaFree waits for the copy */
-        }
-        P->dev_idx_bytes += (size_t)(cap - L->dev_idx_cap) * P->idx_block_bytes;
-        L->dev_idx = nd;
-        L->dev_idx_cap = cap;
-        L->idx_gpu_len = L->idx_gpu_len / P->Bk * P->Bk;
-    }
-    if (L->idx_gpu_len < L->len) {
-        int64_t b0 = L->idx_gpu_len / P->Bk;
-        size_t bytes = (size_t)(nb - b0) * P->idx_block_bytes;
-        rc = msa_gpu_upload(P->g, (char *)L->dev_idx + (size_t)b0 * P->idx_block_bytes,
-                            (char *)L->kidx + (size_t)b0 * P->idx_block_bytes, bytes);
-        if (rc != MSA_OK) return rc;
-        P->st.bytes_index_to_gpu += bytes;
-        L->idx_gpu_len = L->len;
-    }
+    int rc = index_on_gpu(P, layer);
+    if (rc != MSA_OK) return rc;
     int32_t *meta = P->dev_meta + 4 * layer;
     if ((rc = msa_gpu_upload(P->g, meta, L->meta, sizeof L->meta)) != MSA_OK) return rc;
-    kv->kidx = L->dev_idx;
+    kv->kidx = L->streamed ? NULL : L->dev_idx; /* streamed: msa_kvmem_paged_index_scan */
     kv->idx_indptr = meta;
     kv->idx_table = P->dev_ident;
     kv->seq_len = meta + 2;
@@ -619,6 +706,58 @@ static const msa_kvmem_ops paged_ops = {
     .length = op_length,
 };
 
+int msa_kvmem_paged_index_streamed(const msa_kvmem *m, int layer) {
+    const pager *P = (const pager *)m;
+    if (!m || m->ops != &paged_ops || layer < 0 || layer >= P->L) return 0;
+    return P->layers[layer].streamed;
+}
+
+int msa_kvmem_paged_index_scan(msa_kvmem *m, int layer, msa_index_chunk_fn fn, void *user) {
+    pager *P = (pager *)m;
+    if (!m || m->ops != &paged_ops || !fn || layer < 0 || layer >= P->L)
+        return msa_error(MSA_EINVAL, "pager index scan: not a pager, no callback or layer %d",
+                         layer);
+    msa_paged_kv kv;
+    memset(&kv, 0, sizeof kv);
+    int rc = op_index_view(m, layer, &kv);
+    if (rc != MSA_OK) return rc;
+    pager_layer *L = &P->layers[layer];
+    int64_t nb = n_blocks(P, L);
+    if (nb == 0) return MSA_OK;
+    if (!L->streamed) return fn(user, &kv, 0, (int)nb);
+#ifdef MSA_HAVE_CUDA
+    const int64_t C = P->ring_C;
+    const size_t ibb = P->idx_block_bytes;
+    for (int64_t b0 = 0, c = 0; b0 < nb; b0 += C, c++) {
+        const int h = (int)(c & 1);
+        const int64_t n = nb - b0 < C ? nb - b0 : C;
+        char *half = P->ring + (size_t)(h * C) * ibb;
+        const int64_t w = ++P->step;
+        rc = msa_gpu_begin_step(P->g, w);
+        /* the half is free once the scoring that last read it has run */
+        if (rc == MSA_OK && P->ring_use[h] >= 0)
+            rc = msa_gpu_copy_wait_compute(P->g, P->ring_use[h] + 1);
+        if (rc == MSA_OK)
+            rc = msa_gpu_copy(P->g, half, (const char *)L->kidx + (size_t)b0 * ibb,
+                              (size_t)n * ibb);
+        L->idx_dma = w;
+        int rc2 = msa_gpu_end_step(P->g, w); /* the compute stream waits for the copy */
+        if (rc == MSA_OK) rc = rc2;
+        if (rc != MSA_OK) return rc;
+        P->st.bytes_index_to_gpu += (uint64_t)n * ibb;
+        P->index_chunks++;
+        kv.kidx = half;
+        kv.max_blocks = (int)n;
+        rc = fn(user, &kv, b0, (int)n);
+        P->ring_use[h] = w;
+        if (rc != MSA_OK) return rc;
+    }
+    return MSA_OK;
+#else
+    return msa_error(MSA_ENODEV, "pager: built without CUDA");
+#endif
+}
+
 /* ---- lifetime -------------------------------------------------------------------- */
 
 void msa_kvmem_paged_free(msa_kvmem *m) {
@@ -632,15 +771,20 @@ void msa_kvmem_paged_free(msa_kvmem *m) {
     msa_gpu_dfree(P->dev_tables);
     msa_gpu_dfree(P->dev_ident);
     msa_gpu_dfree(P->dev_meta);
+    msa_gpu_dfree(P->ring);
     free(P->pool_use);
 #endif
     if (P->layers)
         for (int l = 0; l < P->L; l++) {
-            free(P->layers[l].kidx);
-            free(P->layers[l].kv_table);
 #ifdef MSA_HAVE_CUDA
+            if (P->gpu) {
+                msa_gpu_host_free(P->layers[l].kidx, P->layers[l].kidx_pinned);
+                P->layers[l].kidx = NULL;
+            }
             msa_gpu_dfree(P->layers[l].dev_idx);
 #endif
+            free(P->layers[l].kidx);
+            free(P->layers[l].kv_table);
         }
 #ifdef MSA_HAVE_CUDA
     if (P->gpu) {
@@ -802,9 +946,16 @@ int msa_kvmem_paged_init(msa_kvmem **out, const msa_pager_params *params,
         }
         L->gpu_tail_block = -1;
         L->tail_dma = -1;
+        L->idx_dma = -1;
     }
 #ifdef MSA_HAVE_CUDA
     if (P->gpu) {
+        if (params->gpu_index_bytes < 2 * P->idx_block_bytes) {
+            rc = msa_error(MSA_ERANGE, "pager: gpu_index_bytes %zu holds fewer than two blocks "
+                                       "of index keys (%zu bytes each)",
+                           params->gpu_index_bytes, P->idx_block_bytes);
+            goto fail;
+        }
         if ((rc = slots_for(params->gpu_pool_bytes, P->block_bytes, "gpu_pool_bytes",
                             &P->pool_slots)) != MSA_OK)
             goto fail;
@@ -851,6 +1002,21 @@ void msa_kvmem_paged_stats(const msa_kvmem *m, msa_pager_stats *out) {
 void msa_kvmem_paged_reset_stats(msa_kvmem *m) {
     pager *P = (pager *)m;
     memset(&P->st, 0, sizeof P->st);
+    P->index_chunks = 0;
+}
+
+void msa_kvmem_paged_index_info(const msa_kvmem *m, int *streamed_layers, int64_t *chunk_blocks,
+                                uint64_t *chunks) {
+    const pager *P = (const pager *)m;
+    int n = 0;
+    for (int l = 0; l < P->L; l++) n += P->layers[l].streamed;
+    if (streamed_layers) *streamed_layers = n;
+#ifdef MSA_HAVE_CUDA
+    if (chunk_blocks) *chunk_blocks = P->ring ? P->ring_C : 0;
+#else
+    if (chunk_blocks) *chunk_blocks = 0;
+#endif
+    if (chunks) *chunks = P->index_chunks;
 }
 
 int msa_kvmem_paged_tail(msa_kvmem *m, int layer, int64_t *block, int *rows,

@@ -19,9 +19,11 @@
  *
  * A block that a step uses is pinned for that step (until the next call on
  * the memory), so eviction can never take it. Index keys of every block are
- * resident: in host RAM always, and on the GPU within gpu_index_bytes; a
- * session whose index keys exceed that budget is refused at init with
- * MSA_ERANGE (known limit: index keys are not paged on the GPU yet).
+ * resident in host RAM (pinned on CUDA), and on the GPU within
+ * gpu_index_bytes. A layer whose index keys outgrow that budget is
+ * streamed: at every scan its keys are paged through a ring of GPU index
+ * slots, chunk by chunk (msa_kvmem_paged_index_scan), the copy of the next
+ * chunk overlapping the scoring of the current one.
  *
  * The open tail block of each layer (the one being appended to) lives in a
  * dedicated slot of each tier; when it fills it is handed to the source's
@@ -75,7 +77,9 @@ typedef struct msa_pager_params {
     msa_device_kind device;  /* where attention reads the pool */
     size_t host_cache_bytes; /* K+V bytes of host slots (tail slots extra) */
     size_t gpu_pool_bytes;   /* K+V bytes of GPU slots (tail slots extra) */
-    size_t gpu_index_bytes;  /* budget for resident index keys on the GPU */
+    size_t gpu_index_bytes;  /* GPU budget for index keys: resident layers
+                                plus the ring of streamed ones; at least
+                                two blocks of index keys */
     void *stream;            /* CUDA compute stream (cudaStream_t), NULL for
                                 the default stream */
     int n_threads;           /* source-read workers, 0: one per core */
@@ -96,7 +100,8 @@ size_t msa_pager_block_bytes(const msa_pager_params *p);
  *
  * Returns MSA_OK; MSA_EINVAL for bad params (the message says which);
  * MSA_ERANGE when a tier holds no slot, a stored length exceeds max_tokens
- * or the GPU index budget cannot hold max_tokens of index keys; MSA_ENODEV
+ * or (CUDA) gpu_index_bytes holds fewer than two blocks of index keys;
+ * MSA_ENODEV
  * for CUDA without a GPU; MSA_ENOMEM, MSA_ECUDA; any source error with the
  * layer and block named. Nothing is allocated after a failure. */
 int msa_kvmem_paged_init(msa_kvmem **out, const msa_pager_params *params,
@@ -117,6 +122,43 @@ void msa_kvmem_paged_reset_stats(msa_kvmem *m);
  * Returns MSA_OK or MSA_EINVAL for a bad layer. */
 int msa_kvmem_paged_tail(msa_kvmem *m, int layer, int64_t *block, int *rows,
                          const void **k, const void **v, const void **kidx);
+
+/* ---- index keys beyond the GPU budget ------------------------------------
+ *
+ * On a CUDA pager, index_view gives a streamed layer's view with kidx NULL
+ * (everything else filled: idx_indptr, idx_table, seq_len, max_blocks = the
+ * layer's blocks); its index keys are scanned through the ring instead.
+ */
+
+/* Called once per chunk with a view of that chunk: kidx holds blocks
+ * block0 .. block0 + n - 1 of the layer as slots 0 .. n-1 (idx_table the
+ * identity, max_blocks = n; idx_indptr and seq_len the layer's own, as
+ * index_view gives them). The callback queues its work on the pager's
+ * compute stream (msa_pager_params.stream) and returns; the view is valid
+ * for that work only (the pager reuses the slots two chunks later, after
+ * that work has run). A non-zero return stops the scan and is returned. */
+typedef int (*msa_index_chunk_fn)(void *user, const msa_paged_kv *chunk, int64_t block0,
+                                  int n);
+
+/* The index scan of `layer`: index_view's work, then `fn` over every block
+ * of the layer. A resident layer (and every layer of a CPU pager) gives
+ * one call with the whole view (block0 0). A streamed layer gives one call
+ * per chunk of at most chunk_blocks (msa_kvmem_paged_index_info): the
+ * chunk's index keys are copied from the host on the copy stream into one
+ * half of the ring, after the work queued for the chunk that last used
+ * that half, and the compute stream waits for the copy. Nothing waits on
+ * the host. MSA_OK, MSA_EINVAL (not a pager, no fn, bad layer), MSA_ECUDA,
+ * or what fn returned. */
+int msa_kvmem_paged_index_scan(msa_kvmem *m, int layer, msa_index_chunk_fn fn, void *user);
+
+/* 1 when `layer` of pager `m` is streamed (0 for anything else). */
+int msa_kvmem_paged_index_streamed(const msa_kvmem *m, int layer);
+
+/* Layers streamed, blocks per chunk of the ring (0: no ring yet) and
+ * chunks scanned since the counters were last reset; each NULL-able.
+ * Bytes copied for streamed scans count in bytes_index_to_gpu. */
+void msa_kvmem_paged_index_info(const msa_kvmem *m, int *streamed_layers,
+                                int64_t *chunk_blocks, uint64_t *chunks);
 
 /* ---- the in-memory block source (tests, tools, unsaved sessions) ------- */
 
