@@ -491,14 +491,18 @@ static int gpu_queue_copies(pager *P, int layer, int n_miss, int tail_used) {
         pslot[i] = s;
     }
     if (n_miss > 0 && (rc = msa_gpu_copy_wait_compute(P->g, wait_step)) != MSA_OK) return rc;
-    for (int i = 0; i < n_miss && rc == MSA_OK; i++) {
+    /* rd_block is free too: the host slots of the misses; one call queues
+     * all of the step's block copies (gpupool.h: msa_gpu_copy_blocks) */
+    int32_t *hslot = P->rd_block;
+    for (int i = 0; i < n_miss; i++) {
         int hs = msa_slotmap_find(&P->host, KEY(P, layer, P->miss[i]));
-        size_t so = (size_t)hs * P->half_bytes, dof = (size_t)pslot[i] * P->half_bytes;
-        rc = msa_gpu_copy(P->g, P->dev_k + dof, P->host_k + so, P->half_bytes);
-        if (rc == MSA_OK) rc = msa_gpu_copy(P->g, P->dev_v + dof, P->host_v + so, P->half_bytes);
+        hslot[i] = hs;
         P->host_dma[hs] = P->step;
         P->st.bytes_host_to_gpu += P->block_bytes;
     }
+    if (n_miss > 0)
+        rc = msa_gpu_copy_blocks(P->g, P->dev_k, P->dev_v, P->host_k, P->host_v, P->half_bytes,
+                                 hslot, pslot, n_miss);
     if (rc != MSA_OK) {
         /* the copies may not have happened: forget the slots */
         for (int i = 0; i < n_miss; i++) msa_slotmap_release(&P->pool, pslot[i]);

@@ -2,10 +2,12 @@
  * bench-pager.c: what the block pager (memory/) costs.
  *
  *   copy     (CUDA) host-to-device throughput: one large pinned copy (the
- *            peak of this machine, measured in the same run), one
- *            cudaMemcpyAsync per scattered block, and the pager itself
- *            paging a step of scattered blocks (GPU misses, host hits)
- *            through kv_view. Bytes are counted as K+V of the blocks moved.
+ *            peak of this machine, measured in the same run), then under
+ *            each block-copy method of gpupool.h (memcpy, runs, batch,
+ *            gather): msa_gpu_copy_blocks of 64 scattered blocks, and the
+ *            pager itself paging a step of 64 blocks (GPU misses, host
+ *            hits) through kv_view, in order and in random order. Bytes are
+ *            counted as K+V of the blocks moved.
  *   decode   a decode-like access pattern: every step appends one token per
  *            layer, and each of the Hkv groups selects k blocks per layer
  *            (the local block plus k-1 others), mostly the ones of the last
@@ -34,6 +36,8 @@
 
 #ifdef MSA_HAVE_CUDA
 #include <cuda_runtime_api.h>
+
+#include "memory/gpupool.h"
 #endif
 
 static uint64_t rng = 88172645463325252ULL;
@@ -115,8 +119,15 @@ static msa_pager_params bench_params(const opts *o, int gpu) {
 
 /* ---- copy throughput ------------------------------------------------------------ */
 
+enum { N_H2D = 4 };
+
 typedef struct copy_result {
-    double peak_gbs, scattered_gbs, pager_gbs;
+    double peak_gbs;
+    /* per msa_gpu_h2d method: raw scattered blocks through
+     * msa_gpu_copy_blocks, and the pager's kv_view with blocks in order
+     * (consecutive host and GPU slots) and in random order */
+    double scattered_gbs[N_H2D], pager_seq_gbs[N_H2D], pager_rand_gbs[N_H2D];
+    int method;             /* the default method (msa_gpu_init) */
     size_t block_bytes;
     int blocks_per_step;
 } copy_result;
@@ -127,6 +138,63 @@ typedef struct copy_result {
         cudaError_t e_ = (x);                                                     \
         if (e_ != cudaSuccess) DIE("%s: %s", #x, cudaGetErrorString(e_));          \
     } while (0)
+
+/* k distinct values of 0..n-1 in random order (partial Fisher-Yates). */
+static void pick(int32_t *out, int k, int n, int32_t *scratch) {
+    for (int i = 0; i < n; i++) scratch[i] = i;
+    for (int i = 0; i < k; i++) {
+        int j = i + (int)(rnd() % (uint64_t)(n - i));
+        int32_t t = scratch[i];
+        scratch[i] = scratch[j];
+        scratch[j] = t;
+        out[i] = scratch[i];
+    }
+}
+
+/* Pager kv_view throughput under method m: 21 steps of per_step blocks, all
+ * GPU misses that hit the host cache; `random`: the blocks of a step are a
+ * random choice of one half of the session (alternating halves, so none is
+ * in the pool), else blocks 0..per_step-1 and per_step..2 per_step-1 in
+ * turn. Every step is timed on the host (kv_view plus the copies). */
+static double bench_pager_path(msa_pager_params p, int n, int per_step, int m, int random,
+                               msa_memsource *ms) {
+    static const char *names[N_H2D] = {"memcpy", "runs", "batch", "gather"};
+    setenv("MSA_PAGER_H2D", names[m], 1);
+    msa_block_source src = msa_memsource_source(ms);
+    msa_kvmem *mem;
+    OK(msa_kvmem_paged_init(&mem, &p, &src));
+    unsetenv("MSA_PAGER_H2D");
+    cudaStream_t s = (cudaStream_t)p.stream;
+    int32_t *sel = malloc(sizeof(int32_t) * per_step), *scratch = malloc(sizeof(int32_t) * n);
+    msa_paged_kv kv;
+    double t[21];
+    int reps = 21;
+    msa_pager_stats st0, st1;
+    for (int rep = -n / per_step; rep < reps; rep++) { /* first: fill the host cache */
+        if (rep < 0) {
+            int base = (rep + n / per_step) * per_step;
+            for (int i = 0; i < per_step; i++) sel[i] = base + i;
+        } else if (random) {
+            pick(sel, per_step, n / 2, scratch);
+            for (int i = 0; i < per_step; i++) sel[i] += (rep % 2) * (n / 2);
+        } else {
+            for (int i = 0; i < per_step; i++) sel[i] = (rep % 2) * per_step + i;
+        }
+        CU(cudaStreamSynchronize(s));
+        if (rep == 0) msa_kvmem_paged_stats(mem, &st0);
+        double t0 = msa_now();
+        OK(mem->ops->kv_view(mem, 0, sel, per_step, &kv));
+        CU(cudaStreamSynchronize(s));
+        if (rep >= 0) t[rep] = msa_now() - t0;
+    }
+    msa_kvmem_paged_stats(mem, &st1);
+    if (st1.gpu_misses - st0.gpu_misses != (uint64_t)reps * per_step ||
+        st1.host_misses != st0.host_misses)
+        DIE("bench-pager: the copy steps were not all GPU misses and host hits");
+    msa_kvmem_paged_free(mem);
+    free(sel), free(scratch);
+    return (double)per_step * msa_pager_block_bytes(&p) / median(t + 1, reps - 1) / 1e9;
+}
 
 static copy_result bench_copy(const opts *o) {
     copy_result r;
@@ -141,10 +209,15 @@ static copy_result bench_copy(const opts *o) {
     r.blocks_per_step = per_step;
     size_t total = (size_t)per_step * bb;
     /* peak: one pinned copy of a step's bytes */
-    char *h, *d;
-    CU(cudaHostAlloc((void **)&h, (size_t)n * bb, 0));
-    CU(cudaMalloc((void **)&d, (size_t)n * bb));
-    for (size_t i = 0; i < (size_t)n * bb / 8; i++) ((uint64_t *)h)[i] = rnd();
+    char *hk, *hv, *dk, *dv;
+    CU(cudaHostAlloc((void **)&hk, (size_t)n * half, cudaHostAllocMapped));
+    CU(cudaHostAlloc((void **)&hv, (size_t)n * half, cudaHostAllocMapped));
+    CU(cudaMalloc((void **)&dk, (size_t)n * half));
+    CU(cudaMalloc((void **)&dv, (size_t)n * half));
+    for (size_t i = 0; i < (size_t)n * half / 8; i++) {
+        ((uint64_t *)hk)[i] = rnd();
+        ((uint64_t *)hv)[i] = rnd();
+    }
     cudaStream_t s;
     CU(cudaStreamCreate(&s));
     cudaEvent_t e0, e1;
@@ -153,7 +226,7 @@ static copy_result bench_copy(const opts *o) {
     double t[21];
     for (int rep = 0; rep < 21; rep++) {
         CU(cudaEventRecord(e0, s));
-        CU(cudaMemcpyAsync(d, h + (size_t)(rep % 4) * total, total, cudaMemcpyHostToDevice, s));
+        CU(cudaMemcpyAsync(dk, hk + (size_t)(rep % 4) * total, total, cudaMemcpyHostToDevice, s));
         CU(cudaEventRecord(e1, s));
         CU(cudaEventSynchronize(e1));
         float ms;
@@ -161,54 +234,70 @@ static copy_result bench_copy(const opts *o) {
         t[rep] = ms * 1e-3;
     }
     r.peak_gbs = total / median(t + 1, 20) / 1e9;
-    /* scattered: K and V of random blocks to random slots, one call each */
-    for (int rep = 0; rep < 21; rep++) {
-        CU(cudaEventRecord(e0, s));
-        for (int i = 0; i < per_step; i++) {
-            size_t src = (size_t)(rnd() % n) * bb, dst = (size_t)(rnd() % n) * bb;
-            CU(cudaMemcpyAsync(d + dst, h + src, half, cudaMemcpyHostToDevice, s));
-            CU(cudaMemcpyAsync(d + dst + half, h + src + half, half, cudaMemcpyHostToDevice, s));
+    /* scattered: K and V of random host slots into random GPU slots through
+     * msa_gpu_copy_blocks on its copy stream, timed on the compute stream
+     * the way the pager orders it (begin_step, wait, copies, end_step) */
+    msa_gpu *g;
+    OK(msa_gpu_init(&g, s));
+    r.method = (int)msa_gpu_get_h2d(g);
+    int32_t *hs = malloc(sizeof(int32_t) * per_step), *ds = malloc(sizeof(int32_t) * per_step);
+    int32_t *scratch = malloc(sizeof(int32_t) * n);
+    int64_t w = 100;
+    for (int m = 0; m < N_H2D; m++) {
+        msa_gpu_set_h2d(g, (msa_gpu_h2d)m);
+        for (int rep = -1; rep < 21; rep++) {
+            pick(hs, per_step, n, scratch);
+            pick(ds, per_step, n, scratch);
+            CU(cudaEventRecord(e0, s));
+            OK(msa_gpu_begin_step(g, ++w));
+            OK(msa_gpu_copy_wait_compute(g, w));
+            OK(msa_gpu_copy_blocks(g, dk, dv, hk, hv, half, hs, ds, per_step));
+            OK(msa_gpu_end_step(g, w));
+            CU(cudaEventRecord(e1, s));
+            CU(cudaEventSynchronize(e1));
+            float ms;
+            CU(cudaEventElapsedTime(&ms, e0, e1));
+            if (rep >= 0) t[rep] = ms * 1e-3;
         }
-        CU(cudaEventRecord(e1, s));
-        CU(cudaEventSynchronize(e1));
-        float ms;
-        CU(cudaEventElapsedTime(&ms, e0, e1));
-        t[rep] = ms * 1e-3;
+        /* the last step's blocks arrived intact */
+        char *back = malloc(half);
+        for (int i = 0; i < per_step; i += 7) {
+            CU(cudaMemcpy(back, dv + (size_t)ds[i] * half, half, cudaMemcpyDeviceToHost));
+            if (memcmp(back, hv + (size_t)hs[i] * half, half))
+                DIE("bench-pager: %s: block %d arrived wrong", msa_gpu_h2d_name(m), i);
+        }
+        free(back);
+        r.scattered_gbs[m] = total / median(t + 1, 20) / 1e9;
     }
-    r.scattered_gbs = total / median(t + 1, 20) / 1e9;
-    cudaFreeHost(h);
-    cudaFree(d);
-    /* the pager: host cache holds every block, GPU pool one step; each step
-     * selects per_step blocks none of which is in the pool */
+    msa_gpu_free(g);
+    free(hs), free(ds), free(scratch);
+    cudaFreeHost(hk);
+    cudaFreeHost(hv);
+    cudaFree(dk);
+    cudaFree(dv);
+    /* the pager: host cache holds every block, GPU pool one step */
     p.host_cache_bytes = (size_t)(n + 1) * bb;
     p.gpu_pool_bytes = (size_t)per_step * bb;
     p.stream = s;
     msa_memsource *ms = make_source(&p, n);
-    msa_block_source src = msa_memsource_source(ms);
-    msa_kvmem *m;
-    OK(msa_kvmem_paged_init(&m, &p, &src));
-    int32_t *sel = malloc(sizeof(int32_t) * per_step);
-    msa_paged_kv kv;
-    int reps = 21;
-    for (int rep = -n / per_step; rep < reps; rep++) { /* first: fill the host cache */
-        int base = rep < 0 ? (rep + n / per_step) * per_step : (rep % 2) * per_step;
-        for (int i = 0; i < per_step; i++) sel[i] = base + i;
-        CU(cudaStreamSynchronize(s));
-        double t0 = msa_now();
-        OK(m->ops->kv_view(m, 0, sel, per_step, &kv));
-        CU(cudaStreamSynchronize(s));
-        if (rep >= 0) t[rep] = msa_now() - t0;
+    for (int m = 0; m < N_H2D; m++) {
+        r.pager_seq_gbs[m] = bench_pager_path(p, n, per_step, m, 0, ms);
+        r.pager_rand_gbs[m] = bench_pager_path(p, n, per_step, m, 1, ms);
     }
-    msa_pager_stats st;
-    msa_kvmem_paged_stats(m, &st);
-    r.pager_gbs = total / median(t + 1, reps - 1) / 1e9;
-    msa_kvmem_paged_free(m);
     msa_memsource_free(ms);
-    free(sel);
     cudaStreamDestroy(s);
     return r;
 }
 #endif
+
+static const char *h2d_name(int m) {
+#ifdef MSA_HAVE_CUDA
+    return msa_gpu_h2d_name((msa_gpu_h2d)m);
+#else
+    (void)m;
+    return "";
+#endif
+}
 
 /* ---- decode pattern ------------------------------------------------------------- */
 
@@ -354,13 +443,17 @@ int main(int argc, char **argv) {
 #ifdef MSA_HAVE_CUDA
     if (gpu) {
         cr = bench_copy(&o);
-        printf("\nhost-to-device, %d blocks of %zu bytes per step\n", cr.blocks_per_step,
-               cr.block_bytes);
+        printf("\nhost-to-device, %d blocks of %zu bytes per step (default method: %s)\n",
+               cr.blocks_per_step, cr.block_bytes, msa_gpu_h2d_name(cr.method));
         printf("  %-34s %8.2f GB/s\n", "one pinned copy (peak)", cr.peak_gbs);
-        printf("  %-34s %8.2f GB/s  %5.1f%% of peak\n", "scattered cudaMemcpyAsync",
-               cr.scattered_gbs, 100 * cr.scattered_gbs / cr.peak_gbs);
-        printf("  %-34s %8.2f GB/s  %5.1f%% of peak\n", "pager kv_view (GPU miss, host hit)",
-               cr.pager_gbs, 100 * cr.pager_gbs / cr.peak_gbs);
+        printf("  %-8s %-16s %8s %7s %11s %7s %11s %7s\n", "method", "", "scattered", "%peak",
+               "pager seq", "%peak", "pager rand", "%peak");
+        for (int m = 0; m < N_H2D; m++)
+            printf("  %-25s %8.2f %6.1f%% %11.2f %6.1f%% %11.2f %6.1f%%\n",
+                   msa_gpu_h2d_name(m), cr.scattered_gbs[m],
+                   100 * cr.scattered_gbs[m] / cr.peak_gbs, cr.pager_seq_gbs[m],
+                   100 * cr.pager_seq_gbs[m] / cr.peak_gbs, cr.pager_rand_gbs[m],
+                   100 * cr.pager_rand_gbs[m] / cr.peak_gbs);
     }
 #endif
     msa_pager_params p = bench_params(&o, gpu);
@@ -392,9 +485,15 @@ int main(int argc, char **argv) {
                "\"changes\": %d, \"block_bytes\": %zu,\n",
                gpu ? "cuda" : "cpu", gpu ? "bf16" : "f32", o.hkv, o.dim, o.layers, o.blocks,
                o.steps, o.changes, msa_pager_block_bytes(&p));
-        printf(" \"copy\": {\"peak_gbs\": %.3f, \"scattered_gbs\": %.3f, \"pager_gbs\": %.3f, "
-               "\"blocks_per_step\": %d},\n",
-               cr.peak_gbs, cr.scattered_gbs, cr.pager_gbs, cr.blocks_per_step);
+        printf(" \"copy\": {\"peak_gbs\": %.3f, \"blocks_per_step\": %d, \"default_method\": "
+               "\"%s\", \"methods\": {",
+               cr.peak_gbs, cr.blocks_per_step, gpu ? h2d_name(cr.method) : "");
+        for (int m = 0; m < N_H2D && gpu; m++)
+            printf("%s\"%s\": {\"scattered_gbs\": %.3f, \"pager_seq_gbs\": %.3f, "
+                   "\"pager_rand_gbs\": %.3f}",
+                   m ? ", " : "", h2d_name(m), cr.scattered_gbs[m], cr.pager_seq_gbs[m],
+                   cr.pager_rand_gbs[m]);
+        printf("}},\n");
         printf(" \"decode\": [");
         for (int f = 0; f < 3; f++)
             printf("%s\n  {\"pool_fraction\": %.2f, \"pool_slots\": %d, \"pool_hit_rate\": %.5f, "
