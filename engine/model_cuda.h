@@ -113,7 +113,10 @@ int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const int32_t *t
  * staging buffer, downloaded and widened to fp32 (exact) for the memory's
  * append, then index_view (device index keys), the selection (on the GPU,
  * brought back to the host), kv_view (device block table) and the attention
- * over the pool. Each layer waits for the stream twice (rows, selection),
+ * over the pool. A layer whose index keys the pager streams (beyond its
+ * gpu_index_bytes) is scored chunk by chunk as msa_kvmem_paged_index_scan
+ * pages the keys in, then one top-k selects: the same selection as with
+ * resident keys. Each layer waits for the stream twice (rows, selection),
  * and the host work of the pager sits between the launches, so this path
  * never uses the decode graph. opts->on_layer is called with the selection
  * only (q, q_idx, attn_out NULL). `mem` must hold exactly pos0 tokens (its

@@ -18,7 +18,11 @@
  *   range      a step that needs more blocks than the pool: MSA_ERANGE with
  *              the numbers, and the memory still works afterwards.
  *   --gpu      the equivalence on CUDA with bf16 blocks and a tiny GPU pool
- *              (exits 77 without a GPU).
+ *              (exits 77 without a GPU); then again with a GPU index budget
+ *              of five blocks, so that the index keys are streamed through
+ *              the pager's ring (msa_kvmem_paged_index_scan, scored chunk by
+ *              chunk with msa_cuda_index_scores, one msa_cuda_topk_scores):
+ *              the selection must equal the resident msa_index_select's.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +36,8 @@
 
 #ifdef MSA_HAVE_CUDA
 #include <cuda_runtime_api.h>
+
+#include "kernels/cuda.h"
 #endif
 
 /* ---- slot map ------------------------------------------------------------- */
@@ -517,7 +523,25 @@ static void to_bf16(const float *x, uint16_t *y, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = msa_f32_to_bf16(x[i]);
 }
 
-static void test_equiv_gpu(void) {
+typedef struct scan_ctx {
+    const msa_attn_config *cfg;
+    const msa_attn_batch *b;
+    float *scores;
+    int stride;
+    void *scratch;
+    void *stream;
+    int calls;
+} scan_ctx;
+
+static int score_chunk(void *user, const msa_paged_kv *chunk, int64_t block0, int n) {
+    scan_ctx *c = user;
+    c->calls++;
+    if (chunk->max_blocks != n || !chunk->kidx) return msa_error(MSA_EINVAL, "bad chunk view");
+    return msa_cuda_index_scores(c->cfg, chunk, c->b, (int)block0, c->stride, c->scores,
+                                 c->scratch, c->stream);
+}
+
+static void test_equiv_gpu(int stream_index) {
     msa_pager_params p = small_params(MSA_DTYPE_BF16, MSA_DEVICE_CUDA);
     msa_attn_config *cfg = &p.cfg;
     int Hq = cfg->n_q_heads, Hkv = cfg->n_kv_heads, d = cfg->head_dim, di = cfg->idx_dim;
@@ -527,6 +551,8 @@ static void test_equiv_gpu(void) {
     p.gpu_pool_bytes = per_step * bb;          /* one step's worth: evicts every step */
     p.host_cache_bytes = (per_step + 3) * bb;
     p.gpu_index_bytes = 1 << 20;
+    size_t ibb = (size_t)p.cfg.idx_key_heads * p.cfg.block_size * p.cfg.idx_dim * 2;
+    if (stream_index) p.gpu_index_bytes = 5 * ibb;
     cudaStream_t stream;
     CU(cudaStreamCreate(&stream));
     p.stream = stream;
@@ -560,6 +586,11 @@ static void test_equiv_gpu(void) {
     msa_exec ex = {MSA_DEVICE_CUDA, 0, stream, NULL, 0};
     ex.workspace_size = msa_attention_workspace_size(cfg, 1, maxb);
     CU(cudaMalloc(&ex.workspace, ex.workspace_size ? ex.workspace_size : 1));
+    float *dscores;
+    void *dscratch;
+    CU(cudaMalloc((void **)&dscores, (size_t)Hkv * maxb * 4));
+    CU(cudaMalloc(&dscratch, msa_cuda_index_scratch_size(1, 1)));
+    int scans = 0, chunk_calls = 0;
     float *fk = malloc(sizeof(float) * kvn), *fv = malloc(sizeof(float) * kvn),
           *fki = malloc(sizeof(float) * in);
     uint16_t *hk = malloc(kvn * 2), *hv = malloc(kvn * 2), *hki = malloc(in * 2);
@@ -592,8 +623,21 @@ static void test_equiv_gpu(void) {
             msa_paged_kv kv;
             memset(&kv, 0, sizeof kv);
             int rc;
-            if ((rc = m->ops->index_view(m, l, &kv)) != MSA_OK ||
-                (rc = msa_index_select(cfg, &kv, &b1, &ex)) != MSA_OK ||
+            if ((rc = m->ops->index_view(m, l, &kv)) == MSA_OK) {
+                if (msa_kvmem_paged_index_streamed(m, l)) {
+                    /* the index keys are paged: chunk by chunk, then one top-k */
+                    scan_ctx c = {cfg, &b1, dscores, kv.max_blocks, dscratch, stream, 0};
+                    if (kv.kidx != NULL) rc = MSA_EINVAL;
+                    if (rc == MSA_OK) rc = msa_kvmem_paged_index_scan(m, l, score_chunk, &c);
+                    if (rc == MSA_OK)
+                        rc = msa_cuda_topk_scores(&kv, &b1, Hkv, Bk, kk, dscores, ds1, stream);
+                    scans++;
+                    chunk_calls += c.calls;
+                } else {
+                    rc = msa_index_select(cfg, &kv, &b1, &ex);
+                }
+            }
+            if (rc != MSA_OK ||
                 (rc = m->ops->kv_view(m, l, ds1, Hkv * kk, &kv)) != MSA_OK ||
                 (rc = msa_sparse_attention(cfg, &kv, &b1, &ex)) != MSA_OK) {
                 fprintf(stderr, "gpu paged step: %s: %s\n", msa_strerror(rc), msa_last_error());
@@ -654,6 +698,24 @@ static void test_equiv_gpu(void) {
     msa_pager_stats st;
     msa_kvmem_paged_stats(m, &st);
     check_counters(&st, 1);
+    int n_streamed = 0;
+    int64_t chunk_blocks = 0;
+    uint64_t chunks = 0;
+    msa_kvmem_paged_index_info(m, &n_streamed, &chunk_blocks, &chunks);
+    if (stream_index) {
+        CHECKF(n_streamed == p.n_layers && scans > 0 && chunks == (uint64_t)chunk_calls &&
+                   chunk_calls > 2 * scans && chunk_blocks == 2,
+               "streamed layers %d, scans %d, chunks %llu (%d calls), %lld blocks per chunk",
+               n_streamed, scans, (unsigned long long)chunks, chunk_calls,
+               (long long)chunk_blocks);
+        CHECK(st.bytes_index_to_gpu >= (uint64_t)chunk_calls * ibb);
+        printf("gpu index keys streamed: budget %zu bytes (%zu per block), %d layers, %d scans "
+               "in %d chunks of <= %lld blocks, %llu index bytes copied up\n",
+               p.gpu_index_bytes, ibb, n_streamed, scans, chunk_calls, (long long)chunk_blocks,
+               (unsigned long long)st.bytes_index_to_gpu);
+    } else {
+        CHECK(n_streamed == 0 && chunks == 0);
+    }
     printf("gpu equiv: %d steps, gpu %llu lookups %llu hits %llu misses %llu evictions, "
            "host %llu hits %llu misses\n", steps, (unsigned long long)st.gpu_lookups,
            (unsigned long long)st.gpu_hits, (unsigned long long)st.gpu_misses,
@@ -665,6 +727,8 @@ static void test_equiv_gpu(void) {
     cudaFree(dk), cudaFree(dv), cudaFree(dki), cudaFree(dq), cudaFree(dqi), cudaFree(do1);
     cudaFree(do2), cudaFree(dtab), cudaFree(dmeta), cudaFree(ds1), cudaFree(ds2);
     cudaFree(ex.workspace);
+    cudaFree(dscores);
+    cudaFree(dscratch);
     cudaStreamDestroy(stream);
     free(ident), free(fk), free(fv), free(fki), free(hk), free(hv), free(hki), free(o1);
     free(o2), free(slotbuf), free(q), free(qi), free(hq), free(hqi);
@@ -677,7 +741,8 @@ int main(int argc, char **argv) {
     if (gpu) {
         if (!msa_cuda_available()) T_SKIP("no CUDA device (or a build without CUDA)");
 #ifdef MSA_HAVE_CUDA
-        test_equiv_gpu();
+        test_equiv_gpu(0);
+        test_equiv_gpu(1);
 #endif
         return t_done("test-pager --gpu");
     }

@@ -14,6 +14,12 @@
  *   3. a GPU pool of a few blocks (evictions every step) gives the same
  *      tokens as a roomy one.
  *   4. a session's dtype is fixed: the CPU engine refuses a bf16 session.
+ *   5. index keys beyond the GPU budget are paged: a session whose
+ *      gpu_index_bytes holds four blocks of index keys gives the same
+ *      tokens as one with the default budget; then the forward pass over a
+ *      pager of its own (no session around it), resident vs streamed
+ *      index keys: same greedy tokens, the pager's counters show the index
+ *      bytes paged, and the cost per decode step of each is printed.
  *
  * Label gpu: exits 77 without CUDA in the build or without a GPU.
  */
@@ -25,6 +31,7 @@
 #include "engine/engine.h"
 #include "engine/msa.h"
 #include "kernels/base.h"
+#include "memory/pager.h"
 #include "tests/testutil.h"
 #ifdef MSA_HAVE_CUDA
 #include "engine/model_cuda.h"
@@ -78,6 +85,149 @@ static int argmax(const float *x, int n) {
     for (int i = 1; i < n; i++)
         if (x[i] > x[b]) b = i;
     return b;
+}
+
+/* Greedy decoding through msa_cuda_model_forward_mem over a pager of its
+ * own with GPU index budget `index_bytes`: prompt ids, then `steps` tokens.
+ * Returns the ms per decode step (after a warm-up), or -1 on failure. */
+#ifdef MSA_HAVE_CUDA
+static double forward_run(msa_engine *e, size_t index_bytes, const int32_t *prompt_ids,
+                          int n_prompt, int steps, int top_k, int32_t *out, msa_pager_stats *st,
+                          int *streamed, uint64_t *chunks, int64_t *chunk_blocks) {
+    const msa_model_info *I = msa_cuda_model_info(e->cm);
+    msa_pager_params p = msa_pager_default_params();
+    p.cfg.n_q_heads = I->n_heads;
+    p.cfg.n_kv_heads = I->n_kv_heads;
+    p.cfg.head_dim = I->head_dim;
+    p.cfg.idx_dim = I->idx_dim;
+    p.cfg.idx_key_heads = I->idx_key_heads;
+    p.cfg.block_size = 16;
+    p.cfg.top_k = top_k;
+    p.n_layers = I->n_layers;
+    p.max_tokens = 1024;
+    p.dtype = MSA_DTYPE_BF16;
+    p.device = MSA_DEVICE_CUDA;
+    p.stream = msa_cuda_model_stream(e->cm);
+    p.host_cache_bytes = (size_t)16 << 20;
+    p.gpu_pool_bytes = (size_t)16 << 20;
+    p.gpu_index_bytes = index_bytes;
+    msa_memsource *ms = NULL;
+    msa_kvmem *m = NULL;
+    double ms_step = -1;
+    if (msa_memsource_init(&ms, &p) != MSA_OK) return -1;
+    msa_block_source src = msa_memsource_source(ms);
+    int rc = msa_kvmem_paged_init(&m, &p, &src);
+    msa_forward_opts o = msa_forward_default_opts();
+    o.block_size = 16;
+    o.top_k = top_k;
+    int32_t tok = 0;
+    if (!rc) rc = msa_cuda_model_forward_mem(e->cm, m, prompt_ids, n_prompt, 0, &o, NULL, &tok);
+    const int warm = 5;
+    double t0 = 0;
+    for (int i = 0; !rc && i < steps; i++) {
+        if (i == warm) t0 = msa_now();
+        out[i] = tok;
+        rc = msa_cuda_model_forward_mem(e->cm, m, &out[i], 1, n_prompt + i, &o, NULL, &tok);
+    }
+    if (rc) {
+        fprintf(stderr, "forward over a pager (index budget %zu): %s: %s\n", index_bytes,
+                msa_strerror(rc), msa_last_error());
+    } else {
+        ms_step = 1e3 * (msa_now() - t0) / (steps - warm);
+        msa_kvmem_paged_stats(m, st);
+        msa_kvmem_paged_index_info(m, streamed, chunk_blocks, chunks);
+    }
+    msa_kvmem_paged_free(m);
+    msa_memsource_free(ms);
+    return ms_step;
+}
+#endif
+
+static void test_index_budget(void) {
+#ifdef MSA_HAVE_CUDA
+    /* a session: four blocks of index keys (idx_key_heads x Bk x d_idx bf16) */
+    msa_engine *e = open_engine(1, 16, 2, 16);
+    CHECK(e != NULL);
+    if (!e) return;
+    const msa_model_info *I = msa_cuda_model_info(e->cm);
+    const size_t ibb = (size_t)I->idx_key_heads * 16 * I->idx_dim * 2;
+    msa_engine_free(e);
+    collect ref = {0}, tiny = {0};
+    msa_session_info info;
+    uint64_t idx_bytes[2] = {0, 0};
+    double ms_tok[2] = {0, 0};
+    for (int pass = 0; pass < 2; pass++) {
+        e = open_engine(1, 16, 2, 16);
+        CHECK(e != NULL);
+        if (!e) return;
+        if (pass) e->gpu_index_bytes = 4 * ibb;
+        char name[32];
+        snprintf(name, sizeof name, "index-%s", pass ? "paged" : "resident");
+        collect *out = pass ? &tiny : &ref;
+        msa_session *s = NULL;
+        CHECK_OK(msa_session_open(e, name, MSA_SESSION_CREATE, &s));
+        if (!s) {
+            msa_engine_free(e);
+            return;
+        }
+        CHECK_OK(msa_session_append_text(s, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
+        double t0 = msa_now();
+        CHECK_OK(generate(s, 150, out));
+        ms_tok[pass] = 1e3 * (msa_now() - t0) / 150;
+        CHECK_OK(msa_session_get_info(s, &info));
+        idx_bytes[pass] = info.pager.bytes_index_to_gpu;
+        msa_session_close(s);
+        msa_engine_free(e);
+    }
+    int same = tiny.n == 150 && tiny.n == ref.n &&
+               !memcmp(tiny.ids, ref.ids, sizeof(int32_t) * (size_t)ref.n);
+    CHECKF(same, "a session with a GPU index budget of 4 blocks differs from a roomy one");
+    printf("session, GPU index budget of 4 blocks (%zu bytes) vs the default: 150 tokens %s; "
+           "%.3f vs %.3f ms/token; index bytes copied up since the last pager open %llu vs "
+           "%llu\n", 4 * ibb, same ? "identical" : "DIFFER", ms_tok[1], ms_tok[0],
+           (unsigned long long)idx_bytes[1], (unsigned long long)idx_bytes[0]);
+    CHECK(idx_bytes[1] > 0);
+
+    /* the forward pass over a pager of its own: resident vs streamed */
+    e = open_engine(1, 16, 2, 16);
+    CHECK(e != NULL);
+    if (!e) return;
+    enum { NP = 40, STEPS = 200 };
+    int32_t ids[NP];
+    I = msa_cuda_model_info(e->cm);
+    for (int i = 0; i < NP; i++) ids[i] = 1 + (i * 37 + 11) % (I->vocab_size - 1);
+    static int32_t toks[3][STEPS];
+    const size_t budgets[3] = {(size_t)1 << 30, 4 * ibb, 64 * ibb};
+    const char *names[3] = {"resident", "paged, 4-block budget", "paged, 64-block budget"};
+    for (int top_k = 2; top_k <= 4; top_k += 2)
+        for (int c = 0; c < 3; c++) {
+            msa_pager_stats st;
+            memset(&st, 0, sizeof st);
+            int streamed = 0;
+            uint64_t chunks = 0;
+            int64_t chunk_blocks = 0;
+            double ms = forward_run(e, budgets[c], ids, NP, STEPS, top_k, toks[c], &st,
+                                    &streamed, &chunks, &chunk_blocks);
+            CHECK(ms >= 0);
+            if (ms < 0) break;
+            int agree = !memcmp(toks[c], toks[0], sizeof toks[0]);
+            printf("forward over a pager, k=%d, %s: %.3f ms/step; %d layers streamed, %llu "
+                   "chunks of <= %lld blocks, %llu index bytes copied up; tokens %s\n",
+                   top_k, names[c], ms, streamed, (unsigned long long)chunks,
+                   (long long)chunk_blocks, (unsigned long long)st.bytes_index_to_gpu,
+                   c == 0 ? "(reference)" : agree ? "identical" : "DIFFER");
+            if (c == 0) {
+                CHECK(streamed == 0 && chunks == 0);
+            } else {
+                CHECKF(agree, "k=%d, index budget %zu: tokens differ from resident", top_k,
+                       budgets[c]);
+                CHECK(streamed == I->n_layers && chunks > 0);
+                /* every step pages every block of every layer */
+                CHECK(st.bytes_index_to_gpu >= (uint64_t)STEPS * I->n_layers * ibb);
+            }
+        }
+    msa_engine_free(e);
+#endif
 }
 
 #define RESUME_TOTAL 120
@@ -241,5 +391,8 @@ int main(int argc, char **argv) {
     }
     CHECK(tiny.n == 150 && tiny.n == ref.n &&
           !memcmp(tiny.ids, ref.ids, sizeof(int32_t) * (size_t)ref.n));
+
+    /* 5. index keys beyond the GPU budget are paged */
+    test_index_budget();
     return t_done("test-session-cuda");
 }
