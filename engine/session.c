@@ -237,14 +237,8 @@ static int open_pager(msa_session *s) {
     pp.device = MSA_DEVICE_CPU;
 #ifdef MSA_HAVE_CUDA
     if (e->cm) {
-        /* every index key of max_tokens must fit the GPU budget: size the
-         * tables to what it holds (run_rows reopens the pager when full) */
-        size_t per_tok = (size_t)s->shape.n_layers * s->shape.idx_key_heads *
-                         s->shape.idx_dim * msa_dtype_size(e->kv_dtype);
-        int64_t fit = per_tok ? (int64_t)(e->gpu_index_bytes / per_tok) : cap;
-        fit -= fit % s->shape.block_size;
-        if (cap > fit) cap = fit > s->n_tokens + s->shape.block_size ? fit : s->n_tokens + s->shape.block_size;
-        pp.max_tokens = cap;
+        /* index keys beyond gpu_index_bytes are streamed by the pager, so
+         * the tables are sized as on the CPU */
         pp.dtype = e->kv_dtype;
         pp.device = MSA_DEVICE_CUDA;
         pp.stream = msa_cuda_model_stream(e->cm);
