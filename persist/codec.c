@@ -41,6 +41,21 @@ static _Thread_local ZSTD_DCtx *tl_dctx;
 static _Thread_local uint8_t *tl_scratch;
 static _Thread_local size_t tl_scratch_cap;
 
+static _Thread_local uint8_t *tl_out;
+static _Thread_local size_t tl_out_cap;
+
+/* the encoder's output when it goes to a thread's reused buffer: memory
+ * that stays mapped, so each value costs no fresh page faults */
+static uint8_t *out_scratch(size_t n) {
+    if (n > tl_out_cap) {
+        void *p = realloc(tl_out, n);
+        if (!p) return NULL;
+        tl_out = p;
+        tl_out_cap = n;
+    }
+    return tl_out;
+}
+
 static uint8_t *scratch(size_t n) {
     if (n > tl_scratch_cap) {
         void *p = realloc(tl_scratch, n);
@@ -275,9 +290,9 @@ static void planes_to_section(const section *s, int bs, int n, const uint8_t *co
 
 /* ---- encode ------------------------------------------------------------------- */
 
-int msa_block_encode(const msa_codec_shape *sh, int n, const void *k, const void *v,
-                     const void *kidx, int level, int lossy, void **out, size_t *out_len,
-                     msa_codec_err *err) {
+static int block_encode(const msa_codec_shape *sh, int n, const void *k, const void *v,
+                        const void *kidx, int level, int lossy, int to_scratch, void **out,
+                        size_t *out_len, msa_codec_err *err) {
     *out = NULL;
     *out_len = 0;
     section sec[3];
@@ -298,11 +313,11 @@ int msa_block_encode(const msa_codec_shape *sh, int n, const void *k, const void
     size_t hdr = MSA_BLOCK_HDR + (size_t)np * 8;
     int f = msa_fault_point();
     uint8_t *plain = f == ENOMEM ? NULL : scratch(total);
-    uint8_t *val = plain ? malloc(hdr + bound) : NULL;
+    uint8_t *val = !plain ? NULL : to_scratch ? out_scratch(hdr + bound) : malloc(hdr + bound);
     if (!val) return msa_error(MSA_ENOMEM, "block encode: %zu bytes", hdr + bound + total);
     int zrc = cctx_setup(level);
     if (zrc) {
-        free(val);
+        if (!to_scratch) free(val);
         return msa_error(zrc, "block encode: zstd context for level %d", level);
     }
     uint8_t *pp[MSA_BLOCK_MAX_PLANES];
@@ -317,7 +332,7 @@ int msa_block_encode(const msa_codec_shape *sh, int n, const void *k, const void
         if (!plane_looks_random(pp[i], plen[i])) {
             c = ZSTD_compress2(tl_cctx, val + pos, bound - (pos - hdr), pp[i], plen[i]);
             if (ZSTD_isError(c)) {
-                free(val);
+                if (!to_scratch) free(val);
                 return msa_error(MSA_EIO, "block encode: zstd: %s", ZSTD_getErrorName(c));
             }
         }
@@ -340,10 +355,25 @@ int msa_block_encode(const msa_codec_shape *sh, int n, const void *k, const void
     msa_put_le32(val + 16, plain_crc);
     msa_put_le32(val + 20, (uint32_t)raw);
     msa_put_le32(val + 4, msa_crc32c(0, val + 8, hdr - 8));
-    uint8_t *shrunk = realloc(val, pos);
+    uint8_t *shrunk = to_scratch ? NULL : realloc(val, pos);
     *out = shrunk ? shrunk : val;
     *out_len = pos;
     return MSA_OK;
+}
+
+int msa_block_encode(const msa_codec_shape *sh, int n, const void *k, const void *v,
+                     const void *kidx, int level, int lossy, void **out, size_t *out_len,
+                     msa_codec_err *err) {
+    return block_encode(sh, n, k, v, kidx, level, lossy, 0, out, out_len, err);
+}
+
+int msa_block_encode_scratch(const msa_codec_shape *sh, int n, const void *k, const void *v,
+                             const void *kidx, int level, int lossy, const void **out,
+                             size_t *out_len, msa_codec_err *err) {
+    void *o = NULL;
+    int rc = block_encode(sh, n, k, v, kidx, level, lossy, 1, &o, out_len, err);
+    *out = o;
+    return rc;
 }
 
 /* ---- decode ------------------------------------------------------------------- */

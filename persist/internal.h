@@ -91,6 +91,11 @@ typedef struct msa_codec_err {
 int msa_block_encode(const msa_codec_shape *sh, int n_tokens, const void *k,
                      const void *v, const void *kidx, int level, int lossy,
                      void **out, size_t *out_len, msa_codec_err *err);
+/* The same into this thread's reused output buffer: *out is valid until
+ * the thread's next encode (the caller copies it where it keeps it). */
+int msa_block_encode_scratch(const msa_codec_shape *sh, int n_tokens, const void *k,
+                             const void *v, const void *kidx, int level, int lossy,
+                             const void **out, size_t *out_len, msa_codec_err *err);
 
 /* Verifies the value's checksum (cheap) and, when any of k, v, kidx is
  * given, decodes those sections into [heads][block_size][dim] buffers

@@ -532,6 +532,7 @@ int msa_store_open(const msa_store_params *params, msa_store **out) {
     p.dir = st->dir;
     st->params = p;
     pthread_rwlock_init(&st->grow, NULL);
+    pthread_mutex_init(&st->arena_mu, NULL);
     snprintf(path, sizeof path, "%s/" LOCK_NAME, st->dir);
     st->lock_fd = open(path, (p.readonly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0644);
     if (st->lock_fd >= 0) flock(st->lock_fd, LOCK_SH);
@@ -544,8 +545,12 @@ int msa_store_open(const msa_store_params *params, msa_store **out) {
     return MSA_OK;
 }
 
+static void arena_free(struct msa_arena *a);
+
 void msa_store_close(msa_store *st) {
     if (!st) return;
+    arena_free(st->spare);
+    pthread_mutex_destroy(&st->arena_mu);
     if (st->env) mdb_env_close(st->env);
     if (st->lock_fd >= 0) close(st->lock_fd);
     pthread_rwlock_destroy(&st->grow);
@@ -866,6 +871,103 @@ typedef struct pending {
 /* Buffered raw bytes that start a parallel encode of the puts so far. */
 enum { MSA_ENCODE_BATCH = 16 << 20 };
 
+/* Encoded values live in an arena of large chunks that the store keeps
+ * from one transaction to the next (up to MSA_ARENA_KEEP bytes): freshly
+ * mapped memory costs a page fault and a page clear per 4 KiB on first
+ * touch, several times the cost of the copy, and a malloc per value of a
+ * few hundred KiB is mapped afresh each time. */
+enum { MSA_ARENA_CHUNK = 64 << 20 };
+#define MSA_ARENA_KEEP ((size_t)256 << 20)
+
+typedef struct arena_chunk {
+    struct arena_chunk *next;
+    size_t cap, used;
+    max_align_t data[];
+} arena_chunk;
+
+struct msa_arena {
+    arena_chunk *first, *cur;
+    pthread_mutex_t mu;     /* encode workers allocate concurrently */
+};
+
+static void arena_free(struct msa_arena *a) {
+    if (!a) return;
+    for (arena_chunk *c = a->first, *n; c; c = n) {
+        n = c->next;
+        free(c);
+    }
+    pthread_mutex_destroy(&a->mu);
+    free(a);
+}
+
+static struct msa_arena *arena_take(msa_store *st) {
+    pthread_mutex_lock(&st->arena_mu);
+    struct msa_arena *a = st->spare;
+    st->spare = NULL;
+    pthread_mutex_unlock(&st->arena_mu);
+    if (a) return a;
+    a = calloc(1, sizeof *a);
+    if (a) pthread_mutex_init(&a->mu, NULL);
+    return a;
+}
+
+/* Empties the arena and hands it back to the store (keeping at most
+ * MSA_ARENA_KEEP bytes of chunks) or frees it. */
+static void arena_give(msa_store *st, struct msa_arena *a) {
+    if (!a) return;
+    size_t kept = 0;
+    arena_chunk **pp = &a->first;
+    while (*pp) {
+        arena_chunk *c = *pp;
+        if (kept + c->cap > MSA_ARENA_KEEP) {
+            *pp = c->next;
+            free(c);
+            continue;
+        }
+        kept += c->cap;
+        c->used = 0;
+        pp = &c->next;
+    }
+    a->cur = a->first;
+    pthread_mutex_lock(&st->arena_mu);
+    if (!st->spare) {
+        st->spare = a;
+        a = NULL;
+    }
+    pthread_mutex_unlock(&st->arena_mu);
+    arena_free(a);
+}
+
+static void *arena_alloc(struct msa_arena *a, size_t n) {
+    n = (n + 63) & ~(size_t)63;
+    void *r = NULL;
+    pthread_mutex_lock(&a->mu);
+    arena_chunk *c = a->cur;
+    while (c && c->used + n > c->cap) {
+        c = c->next;
+        if (c) c->used = 0;
+    }
+    if (!c) {
+        size_t cap = n > MSA_ARENA_CHUNK ? n : MSA_ARENA_CHUNK;
+        c = malloc(sizeof *c + cap);
+        if (c) {
+            c->next = NULL;
+            c->cap = cap;
+            c->used = 0;
+            arena_chunk **pp = &a->first;
+            while (*pp) pp = &(*pp)->next;
+            *pp = c;
+        }
+    }
+    if (c) {
+        r = (uint8_t *)c->data + c->used;
+        c->used += n;
+        a->cur = c;
+    }
+    pthread_mutex_unlock(&a->mu);
+    return r;
+}
+
 struct msa_store_txn {
     msa_store_session *s;
     msa_srec base;          /* the session as of begin */
@@ -882,6 +984,7 @@ struct msa_store_txn {
     size_t n_plain;         /* puts waiting in `plain` */
     size_t plain_bytes;
     int failed;             /* a deferred encode failed: commit refuses */
+    struct msa_arena *arena; /* holds every pending value */
 };
 
 int msa_store_txn_begin(msa_store_session *s, msa_store_txn **out) {
@@ -899,8 +1002,9 @@ int msa_store_txn_begin(msa_store_session *s, msa_store_txn **out) {
         x->covered = malloc(L * sizeof *x->covered);
         x->last = malloc(L * sizeof *x->last);
     }
-    if (!x || !x->covered || !x->last) {
-        if (x) { free(x->covered); free(x->last); free(x); }
+    if (x) x->arena = arena_take(s->st);
+    if (!x || !x->covered || !x->last || !x->arena) {
+        if (x) { free(x->covered); free(x->last); arena_free(x->arena); free(x); }
         return msa_error(MSA_ENOMEM, "session '%s': beginning a transaction", s->name);
     }
     x->s = s;
@@ -918,7 +1022,6 @@ int msa_store_txn_begin(msa_store_session *s, msa_store_txn **out) {
 void msa_store_txn_abort(msa_store_txn *x) {
     if (!x) return;
     for (size_t i = 0; i < x->np; i++) {
-        free(x->p[i].val);
         free(x->p[i].tag);
         free(x->p[i].plain);
         free(x->p[i].msg);
@@ -927,7 +1030,12 @@ void msa_store_txn_abort(msa_store_txn *x) {
     free(x->toks);
     free(x->covered);
     free(x->last);
-    if (x->s) x->s->txn = NULL;
+    if (x->s) {
+        x->s->txn = NULL;
+        arena_give(x->s->st, x->arena);
+    } else {
+        arena_free(x->arena);
+    }
     free(x);
 }
 
@@ -962,8 +1070,14 @@ static void encode_task(void *ctx, int64_t i) {
     size_t kb = (size_t)sh->n_kv_heads * sh->block_size * sh->head_dim * msa_dtype_size(sh->kv_dtype);
     const uint8_t *b = p->plain;
     memset(&p->err, 0, sizeof p->err);
-    p->rc = msa_block_encode(&cs, p->n_tokens, b, b + kb, b + 2 * kb, x->s->st->params.level,
-                             x->s->st->params.lossy, &p->val, &p->len, &p->err);
+    const void *enc;
+    p->rc = msa_block_encode_scratch(&cs, p->n_tokens, b, b + kb, b + 2 * kb, x->s->st->params.level,
+                                     x->s->st->params.lossy, &enc, &p->len, &p->err);
+    if (!p->rc) {
+        p->val = arena_alloc(x->arena, p->len);
+        if (p->val) memcpy(p->val, enc, p->len);
+        else p->rc = msa_error(MSA_ENOMEM, "block encode: %zu bytes", p->len);
+    }
     if (p->rc) p->msg = strdup(msa_last_error());
 }
 
@@ -1047,9 +1161,14 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
         memcpy((uint8_t *)plain + kb, v, kb);
         memcpy((uint8_t *)plain + 2 * kb, kidx, ib);
     } else {
-        rc = msa_block_encode(&cs, n_tokens, k, v, kidx, s->st->params.level, s->st->params.lossy,
-                              &val, &len, &x->err);
+        const void *enc;
+        rc = msa_block_encode_scratch(&cs, n_tokens, k, v, kidx, s->st->params.level, s->st->params.lossy,
+                                      &enc, &len, &x->err);
         if (rc) return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
+        if (!(val = arena_alloc(x->arena, len)))
+            return msa_error(MSA_ENOMEM, "session '%s', layer %d, block %llu: %zu bytes", s->name, layer,
+                             (unsigned long long)block, len);
+        memcpy(val, enc, len);
     }
     char *tg = strdup(tag);
     pending *slot = NULL;
@@ -1063,7 +1182,6 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
             x->stats.stored_bytes -= slot->len;
         }
         x->stats.blocks--;
-        free(slot->val);
         free(slot->tag);
         free(slot->plain);
         free(slot->msg);
@@ -1082,7 +1200,6 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
         }
     }
     if (!slot || !tg) {
-        free(val);
         free(plain);
         free(tg);
         if (slot) { /* the rewritten slot lost its value: drop it */

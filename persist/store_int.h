@@ -35,6 +35,8 @@ struct msa_store {
     size_t map_size;
     int threads;            /* compression threads of new transactions (0: one per core) */
     pthread_rwlock_t grow;  /* read txns hold it shared; map growth exclusive */
+    pthread_mutex_t arena_mu;
+    struct msa_arena *spare; /* encoded-value memory kept from the last transaction */
 };
 
 /* A session record, decoded. */

@@ -6,6 +6,8 @@
  *   roundtrip   append in several transactions (partial blocks rewritten),
  *               read back exactly, in this process and in a fresh process
  *               (the program re-executes itself with "verify")
+ *   txn memory  two transactions open at once on one handle, an abort in
+ *               between, commits in both orders (1 and 3 threads)
  *   rules       blocks out of order, K without index keys, uncovered layers
  *               are refused and nothing is committed
  *   format      a newer format version (MSA_EVERSION), a folder of other
@@ -172,6 +174,47 @@ static void test_threads(const char *dir) {
     }
     CHECKF(stored[0] == stored[1], "stored bytes %llu (1 thread) vs %llu (3 threads)",
            (unsigned long long)stored[0], (unsigned long long)stored[1]);
+    msa_store_set_threads(st, 0);
+    msa_store_close(st);
+}
+
+/* Encoded values live in memory the store hands from one transaction to
+ * the next: two transactions open at once on one handle (two sessions),
+ * an abort in between, commits in both orders, and every session holds
+ * exactly its own content. */
+static void test_txn_memory(const char *dir) {
+    msa_store *st = ts_open(dir);
+    msa_store_shape s = ts_shape();
+    for (int threads = 1; threads <= 3; threads += 2) {
+        msa_store_set_threads(st, threads);
+        const char *names[2] = {"mem-a", "mem-b"};
+        uint64_t seeds[2] = {seed + 101, seed + 202}, n[2] = {0, 0};
+        msa_store_session *ss[2];
+        for (int i = 0; i < 2; i++) {
+            CHECK_OK(msa_store_session_create(st, names[i], "fp", &s));
+            CHECK_OK(msa_store_session_open(st, names[i], NULL, &ss[i]));
+        }
+        for (int round = 0; round < 6; round++) {
+            msa_store_txn *x[2];
+            uint64_t c[2] = {(uint64_t)(13 + 11 * round), (uint64_t)(40 - 5 * round)};
+            for (int i = 0; i < 2; i++) CHECK_OK(msa_store_txn_begin(ss[i], &x[i]));
+            for (int i = 0; i < 2; i++) CHECK_OK(ts_put(x[i], &s, seeds[i], n[i], c[i]));
+            if (round == 2) { /* drop one: its memory goes back unused */
+                msa_store_txn_abort(x[0]);
+                c[0] = 0;
+            }
+            for (int j = 0; j < 2; j++) {
+                int i = round % 2 ? 1 - j : j;
+                if (c[i]) CHECK_OK(msa_store_txn_commit(x[i]));
+                n[i] += c[i];
+            }
+        }
+        for (int i = 0; i < 2; i++) {
+            msa_store_session_close(ss[i]);
+            check_session(st, names[i], seeds[i], n[i]);
+            CHECK_OK(msa_store_remove(st, names[i]));
+        }
+    }
     msa_store_set_threads(st, 0);
     msa_store_close(st);
 }
@@ -571,6 +614,7 @@ int main(int argc, char **argv) {
     test_codec_planes();
     test_roundtrip(dir, self);
     test_threads(dir);
+    test_txn_memory(dir);
     test_rules(dir);
     test_format(dir);
     test_fork_export(dir, 5 + 11 + 1 + 16 + 40 + 3 + 1 + 1 + 70 + 20);
