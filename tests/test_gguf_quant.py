@@ -91,26 +91,11 @@ def read_tokenizer(path, vocab):
     return toks, scores, types
 
 
-def qtype_for(name, a):
-    """Q8_0 where rows split into blocks of 32, else F16 (1-D norms: F32);
-    the attention output in BF16 to cover that type too."""
-    if a.ndim == 1:
-        return T.F32
-    if name.endswith("attn_output.weight"):
-        return T.BF16
-    return T.Q8_0 if a.shape[-1] % 32 == 0 else T.F16
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("quant")
-    f32 = d / "f32.gguf"
-    subprocess.run([str(BUILD / "msa-mem"), "-q", "convert", "llama2c", str(MODEL),
-                    str(TOKENIZER), str(f32)], check=True, capture_output=True)
-    hp, tensors = read_llama2c(MODEL)
+def new_writer(path, arch, hp):
+    """A gguf-py writer for the stories260K network as architecture `arch`,
+    hyperparameters and the SentencePiece vocabulary already added."""
     toks, scores, types = read_tokenizer(TOKENIZER, hp["vocab"])
-    q = d / "q8.gguf"
-    w = gguf.GGUFWriter(str(q), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(hp["seq"])
     w.add_embedding_length(hp["dim"])
     w.add_feed_forward_length(hp["hidden"])
@@ -128,6 +113,28 @@ def models(tmp_path_factory):
     w.add_eos_token_id(2)
     w.add_add_bos_token(True)
     w.add_add_space_prefix(True)
+    return w
+
+
+def qtype_for(name, a):
+    """Q8_0 where rows split into blocks of 32, else F16 (1-D norms: F32);
+    the attention output in BF16 to cover that type too."""
+    if a.ndim == 1:
+        return T.F32
+    if name.endswith("attn_output.weight"):
+        return T.BF16
+    return T.Q8_0 if a.shape[-1] % 32 == 0 else T.F16
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("quant")
+    f32 = d / "f32.gguf"
+    subprocess.run([str(BUILD / "msa-mem"), "-q", "convert", "llama2c", str(MODEL),
+                    str(TOKENIZER), str(f32)], check=True, capture_output=True)
+    hp, tensors = read_llama2c(MODEL)
+    q = d / "q8.gguf"
+    w = new_writer(q, "llama", hp)
     expect = {}
     for name, a in tensors:
         a = np.ascontiguousarray(a, dtype=np.float32)
@@ -194,26 +201,8 @@ def test_qwen2_layout_matches_llama(models, tmp_path):
     and the NEOX RoPE path against the interleaved one."""
     f32, _, _ = models
     hp, tensors = read_llama2c(MODEL)
-    toks, scores, types = read_tokenizer(TOKENIZER, hp["vocab"])
     path = tmp_path / "qwen2.gguf"
-    w = gguf.GGUFWriter(str(path), "qwen2")
-    w.add_context_length(hp["seq"])
-    w.add_embedding_length(hp["dim"])
-    w.add_feed_forward_length(hp["hidden"])
-    w.add_block_count(hp["layers"])
-    w.add_head_count(hp["heads"])
-    w.add_head_count_kv(hp["kv_heads"])
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(hp["vocab"])
-    w.add_tokenizer_model("llama")
-    w.add_token_list(toks)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
-    w.add_add_space_prefix(True)
+    w = new_writer(path, arch="qwen2", hp=hp)
     for name, a in tensors:
         a = np.ascontiguousarray(a, dtype=np.float32)
         if name.endswith("attn_q.weight"):
