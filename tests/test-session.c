@@ -27,8 +27,7 @@
 #include "kernels/base.h"
 #include "persist/internal.h"
 #include "tests/testutil.h"
-
-static char model_path[4096], store_dir[4096];
+#include "tests/session_util.h"
 
 static int read_expected(const char *assets, int32_t *ids, int cap) {
     char path[4096];
@@ -45,41 +44,8 @@ static int read_expected(const char *assets, int32_t *ids, int cap) {
 }
 
 static msa_engine *open_engine(int block_size, int top_k, size_t cache) {
-    msa_engine_params p = msa_engine_default_params();
-    p.model_path = model_path;
-    p.store_dir = store_dir;
-    p.block_size = block_size;
-    p.top_k = top_k;
-    p.host_cache_bytes = cache;
-    p.prefill_chunk = 24; /* chunks that straddle blocks */
-    p.durable = 0;
-    msa_engine *e = NULL;
-    int rc = msa_engine_open(&p, &e);
-    if (rc) fprintf(stderr, "engine: %s: %s\n", msa_strerror(rc), msa_last_error());
-    return e;
+    return open_engine_on(0, block_size, top_k, 24 /* chunks that straddle blocks */, cache);
 }
-
-typedef struct collect {
-    int32_t ids[1024];
-    int n;
-} collect;
-
-static int on_token(void *user, int32_t tok, const char *text, size_t len) {
-    collect *c = user;
-    if (tok >= 0 && c->n < 1024) c->ids[c->n++] = tok;
-    return 0;
-}
-
-static int generate(msa_session *s, int n, collect *c) {
-    msa_generate_params g = msa_generate_default_params();
-    g.max_tokens = n;
-    g.stop_at_eos = 0;
-    return msa_session_generate(s, &g, on_token, c, NULL);
-}
-
-static const char *prompt =
-    "Once upon a time, there was a little girl named Lily. She loved to play "
-    "outside in the park with her friends. One day, she saw a big red ball.";
 
 int main(void) {
     t_seed();
