@@ -50,9 +50,13 @@ if [ -z "$model" ]; then
     if [ ! -s "$src/stories260K.bin" ] || [ ! -s "$src/tok512.bin" ]; then
       bold "downloading stories260K (1 MB) from huggingface.co/karpathy/tinyllamas"
       src=$cache
-      base=https://huggingface.co/karpathy/tinyllamas/resolve/main/stories260K
-      [ -s "$src/stories260K.bin" ] || "$msa" pull "$base/stories260K.bin" "$src/stories260K.bin"
-      [ -s "$src/tok512.bin" ] || "$msa" pull "$base/tok512.bin" "$src/tok512.bin"
+      # Hugging Face shorthand: HF_ENDPOINT may point at a mirror
+      repo=karpathy/tinyllamas:stories260K
+      # the files' published SHA-256 (small files carry none in their headers)
+      [ -s "$src/stories260K.bin" ] || "$msa" pull "$repo/stories260K.bin" "$src/stories260K.bin" \
+        --sha256 b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696
+      [ -s "$src/tok512.bin" ] || "$msa" pull "$repo/tok512.bin" "$src/tok512.bin" \
+        --sha256 037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312
     fi
     bold "converting stories260K to GGUF (once)"
     "$msa" convert llama2c "$src/stories260K.bin" "$src/tok512.bin" "$model"
