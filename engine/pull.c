@@ -221,7 +221,7 @@ static int make_parent_dirs(const char *path) {
 /* Where a digest was stated, best first. */
 enum { SRC_NONE = 99, SRC_PARAM = 0, SRC_LINKED = 1, SRC_XCHECKSUM = 2,
        SRC_REPR = 3, SRC_DIGEST = 4, SRC_ETAG = 5 };
-static const char *const src_names[] = {"param", "X-Linked-Etag", "X-Checksum-Sha256",
+static const char *const src_names[] = {"--sha256", "X-Linked-Etag", "X-Checksum-Sha256",
                                         "Repr-Digest", "Digest", "ETag"};
 
 enum { ABORT_NONE, ABORT_STATUS, ABORT_RESTART };
