@@ -833,7 +833,7 @@ typedef struct msa_pull_result {
                                during this one); 0: fetched whole */
     char sha256[65];        /* lowercase hex digest of the whole file */
     int verified;           /* 1 when a stated digest was checked */
-    char verified_by[32];   /* which: "--sha256" (the caller's expected_sha256),
+    char verified_by[32];   /* which: "--sha256" (the caller's params.sha256),
                                "X-Linked-Etag", ... or "" */
 } msa_pull_result;
 
