@@ -45,6 +45,13 @@
  *      outside their selection, causal future).
  *   v4 (this file): when the grid has no more CTAs than SMs (sparse decode
  *      of one or two rows), 4 warps split each block's tokens instead of 2.
+ *   v5 (this file): sparse prefill as gather: tiles of 16 vectors (one row
+ *      at G = 16, four rows at G = 4), so a tile's union is ~16 (G = 16) or
+ *      ~64 (G = 4) blocks and the K/V bytes are those of the selection, not
+ *      of a 64-vector tile's ~240-block union; 2 token warps; each KV block
+ *      staged in halves (SUB = 2, ~65 KB of shared memory, 3 CTAs per SM).
+ *      H100, 2048 rows at 128K: 32/8/128 23.1 -> 9.7 ms, 64/4/128 18.2 ->
+ *      8.5 ms; decode unchanged. msa_cuda_attn_version = 4 selects v4.
  *   Known headroom: no double buffering of the next block's K/V;
  *      mma.sync with register-resident O (or wgmma) would remove the
  *      shared-memory round trips of S, P and O.
@@ -98,11 +105,13 @@ struct attn_args {
  * NW warps along the vectors (16 each) times NWT warps along the tokens of
  * a block (warp wt takes the 16-token column tiles j = wt, wt + NWT, ...),
  * each with its own running (m, l, O), merged at the end of the tile. */
-template <typename T, int D, int NW, int NWT, bool SPARSE>
+template <typename T, int D, int NW, int NWT, bool SPARSE, int SUB>
 __global__ void __launch_bounds__(NW * NWT * 32) block_attn_kernel(const attn_args a) {
     extern __shared__ __align__(16) unsigned char smem[];
     constexpr int V = 16 * NW, LD = D + 8, OLD = D + 4;
-    const int Bk = a.Bk, SLD = Bk + 4, PLD = Bk + 8;
+    /* Bk here is the unit the CTA stages in shared memory: the KV block, or
+     * 1/SUB of it (SUB > 1: smaller footprint, more CTAs per SM) */
+    const int Bk = a.Bk / SUB, SLD = Bk + 4, PLD = Bk + 8;
     T *Qs = (T *)(smem + a.L.q), *Ks = (T *)(smem + a.L.k), *Vs = (T *)(smem + a.L.v);
     float *Ss = (float *)(smem + a.L.s), *Os = (float *)(smem + a.L.o);
     T *Ps = (T *)(smem + a.L.p);
@@ -118,12 +127,12 @@ __global__ void __launch_bounds__(NW * NWT * 32) block_attn_kernel(const attn_ar
     const int wv = warp / NWT, wt = warp % NWT; /* vector warp, token warp */
     const int s = blockIdx.y / a.Hkv, r = blockIdx.y % a.Hkv;
     const int sp = blockIdx.x % a.n_split;
-    const int G = a.G, Bkk = Bk;
+    const int G = a.G, Bkk = a.Bk;
     const int q0 = a.q_indptr[s], nrows = a.q_indptr[s + 1] - q0;
     if (nrows <= 0) return;
     const int nvec = nrows * G, ntiles = (nvec + V - 1) / V;
     const int slen = a.seq_len[s];
-    const int nb = msa_seq_blocks(a.kv_indptr, a.seq_len, s, Bk);
+    const int nb = msa_seq_blocks(a.kv_indptr, a.seq_len, s, Bkk);
     const int32_t *table = a.kv_table + a.kv_indptr[s];
     const T *kpool = (const T *)a.k, *vpool = (const T *)a.v;
 
@@ -189,11 +198,12 @@ __global__ void __launch_bounds__(NW * NWT * 32) block_attn_kernel(const attn_ar
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(qa[kk], Qs + wv * 16 * LD + kk * 16, LD);
 
-        for (int li = li0; li < li1; li++) {
+        for (int lu = li0 * SUB; lu < li1 * SUB; lu++) {
+            const int li = lu / SUB, hs = lu % SUB; /* block, its sub-block */
             const int b = SPARSE ? list[li] : li;
             const int slot = b < nb ? table[b] : -1;
             if (slot < 0) continue; /* unmapped block: nothing to attend */
-            const size_t base = ((size_t)slot * a.Hkv + r) * Bk * D;
+            const size_t base = ((size_t)slot * a.Hkv + r) * Bkk * D + (size_t)hs * Bk * D;
             for (int i = tid; i < Bk * (D / 8); i += blockDim.x) {
                 int rr = i / (D / 8), c = i % (D / 8);
                 msa_cp_async16(Ks + rr * LD + c * 8, kpool + base + (size_t)rr * D + c * 8);
@@ -212,7 +222,7 @@ __global__ void __launch_bounds__(NW * NWT * 32) block_attn_kernel(const attn_ar
              * selection. A warp with none skips the block's math entirely
              * (padding vectors of decode, rows of a prefill tile that did not
              * select this block of the union, future blocks of a causal tile). */
-            const int p0 = b * Bkk;
+            const int p0 = b * Bkk + hs * Bk;
             bool part = false;
             if (lane < 16) {
                 const int vi = wv * 16 + lane;
@@ -377,9 +387,9 @@ int msa_cuda_attn_splits(const msa_cuda_shape &sh, int n_q, int max_blocks, int 
     return (int)n;
 }
 
-template <typename T, int D, int NW, int NWT, bool SPARSE>
+template <typename T, int D, int NW, int NWT, bool SPARSE, int SUB = 1>
 static int launch_attn(attn_args &a, int n_q, cudaStream_t st) {
-    a.L = attn_layout(D, NW, NWT, a.Bk, a.top_k, a.max_blocks, SPARSE);
+    a.L = attn_layout(D, NW, NWT, a.Bk / SUB, a.top_k, a.max_blocks, SPARSE);
     int dev = 0, optin = 0;
     int rc = msa_cuda_check(cudaGetDevice(&dev), "get device");
     if (!rc) rc = msa_cuda_check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attribute");
@@ -388,19 +398,30 @@ static int launch_attn(attn_args &a, int n_q, cudaStream_t st) {
         return msa_error(MSA_EUNSUPPORTED, "CUDA attention: %zu bytes of shared memory needed (Bk %d, d %d, top_k %d, max_blocks %d), %d available",
                          a.L.total, a.Bk, D, a.top_k, a.max_blocks, optin);
     static size_t optin_cache[MSA_CUDA_MAX_DEVICES];
-    rc = msa_cuda_smem_optin((const void *)block_attn_kernel<T, D, NW, NWT, SPARSE>, a.L.total, optin_cache,
+    rc = msa_cuda_smem_optin((const void *)block_attn_kernel<T, D, NW, NWT, SPARSE, SUB>, a.L.total, optin_cache,
                              "attention: shared memory limit");
     if (rc) return rc;
     dim3 grid((unsigned)(a.tiles_x * a.n_split), (unsigned)(a.n_seqs * a.Hkv));
-    block_attn_kernel<T, D, NW, NWT, SPARSE><<<grid, NW * NWT * 32, a.L.total, st>>>(a);
+    block_attn_kernel<T, D, NW, NWT, SPARSE, SUB><<<grid, NW * NWT * 32, a.L.total, st>>>(a);
     rc = MSA_CUDA_LAUNCHED("attention kernel");
     if (rc || a.n_split == 1) return rc;
     combine_kernel<T, D><<<(unsigned)n_q * a.Hq, D, 0, st>>>(a.partials, (T *)a.out, a.lse, a.n_split);
     return MSA_CUDA_LAUNCHED("attention combine kernel");
 }
 
+/* Selects the sparse prefill layout: 0 (default) the per-row gather of v5,
+ * 4 the 64-vector union tiles of v4 (kept for comparison). */
+extern "C" int msa_cuda_attn_version;
+int msa_cuda_attn_version = 0;
+
 template <typename T, int D>
 static int launch_d(attn_args &a, int n_q, bool sparse, bool prefill, bool few, cudaStream_t st) {
+    if (prefill && sparse && msa_cuda_attn_version != 4) {
+        /* v5 gather: tiles of 16 vectors (one row, or 16/G rows), 2 token
+         * warps, half blocks staged so that 3 CTAs share an SM */
+        if (a.Bk % 32 == 0) return launch_attn<T, D, 1, 2, true, 2>(a, n_q, st);
+        return launch_attn<T, D, 1, 2, true, 1>(a, n_q, st);
+    }
     /* prefill: 4 warps x 16 vectors; decode: 16 vectors, 2 warps splitting
      * each block's tokens (two CTAs fit on an SM, so one CTA's loads overlap
      * the other's math) */
@@ -432,13 +453,13 @@ int msa_cuda_launch_block_attn(const msa_cuda_shape &sh, const msa_paged_kv *kv,
      * grid are walked by a grid-stride loop, so uneven batches stay correct. */
     const int rows_avg = (b->n_q + kv->n_seqs - 1) / kv->n_seqs;
     const bool prefill = (long)rows_avg * sh.G > 16;
-    const int V = prefill ? 64 : 16;
+    const bool sparse = selected != NULL;
+    const int V = prefill && !(sparse && msa_cuda_attn_version != 4) ? 64 : 16;
     a.tiles_x = (int)(((long)rows_avg * sh.G + V - 1) / V);
     if (a.tiles_x < 1) a.tiles_x = 1;
     if ((long)a.tiles_x * a.n_split > 0x7fffffffL || (long)kv->n_seqs * sh.Hkv > 65535)
         return msa_error(MSA_EUNSUPPORTED, "CUDA attention: grid too large (%d sequences)", kv->n_seqs);
     const bool bf = kv->dtype == MSA_DTYPE_BF16;
-    const bool sparse = selected != NULL;
     int dev = 0, n_sm = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
