@@ -4,6 +4,9 @@
  *
  * Per layer, for a chunk of n tokens (the order of forward.c):
  *
+ * (one-token steps: the rmsnorms, the GEMMs and SwiGLU are gemv_kernel
+ * launches instead, see "decode GEMV" below)
+ *
  *   xb  = rmsnorm(x) * attn_norm                        rmsnorm_kernel, bf16 out
  *   y   = xb [Wq; Wk; Wv; (Wqi; Wki)]^T  (+ biases)       one cuBLAS GEMM, fp32 out
  *   q, k, v, q_idx, k_idx  with RoPE                     qkv_kernel (+ idx_kernel when
@@ -29,7 +32,7 @@
  * query heads, rounded once to bf16.
  *
  * Decode (one token) replays a CUDA graph of the whole step when
- * use_graph is on: the step is some 12 launches per layer, and at batch 1
+ * use_graph is on: the step is 9 to 12 launches per layer, and at batch 1
  * the host cannot issue them as fast as the GPU runs them (docs/bench-model.md
  * has the numbers). The graph is captured on the second call with the same
  * shapes (the first runs eagerly, so that every launcher's one-time setup
@@ -37,9 +40,11 @@
  * length) lives in a small device buffer written before each replay.
  *
  * The generic attention (any head dim up to 256, e.g. stories260K's d = 8) is
- * deliberately plain: one thread per (row, group) scores every visible block
- * and picks the Top-k as DESIGN.md section 1 says; one thread per (row, query
- * head) runs an online softmax over the listed blocks. It exists so that
+ * deliberately plain: kernels/index_paged.cu's plain scan and selection
+ * (msa_cuda_index_scores_generic, msa_cuda_topk_generic: one thread per (row,
+ * group) scores every visible block and picks the Top-k as DESIGN.md section
+ * 1 says), then one thread per (row, query head) runs an online softmax over
+ * the listed blocks. It exists so that
  * every model runs on the GPU, and as a second opinion on the fast path.
  */
 #include <cublas_v2.h>
@@ -114,6 +119,7 @@ struct msa_cuda_model {
     void **allocs;       /* device allocations freed with the model */
     int n_allocs, cap_allocs;
     int use_graph, generic, use_gemv, skip_attn;
+    int sms;             /* the GPU's multiprocessors (GEMV grid sizing) */
 
     /* scratch, grown on demand (gen counts reallocations: graphs hold pointers) */
     int cap_rows, cap_topk, cap_logit_rows;
@@ -373,30 +379,56 @@ __global__ void argmax_kernel(const float *__restrict__ logits, int V, int32_t *
     if (threadIdx.x == 0) out[blockIdx.x] = bi[0] < V ? bi[0] : 0;
 }
 
-/* ---- decode GEMV (one row), with its input stage fused ------------------------------ */
+/* ---- decode GEMV (one row) ---------------------------------------------------------- */
 
-/* y (out) = W (out, in) . u, W bf16 row-major, for a single input row; beta 1
- * adds into y. u is staged in shared memory as bf16, exactly as the unfused
- * path rounds it before its GEMM, from one of:
- *   GEMV_PLAIN   u = x (bf16)
- *   GEMV_NORM    u = bf16(rmsnorm(xf) * w)          (fuses rmsnorm_kernel)
- *   GEMV_SWIGLU  u = bf16(silu(yf[:in]) * yf[in:])   (fuses swiglu_kernel)
- * Each warp owns `rpw` consecutive rows and reads them with 16-byte loads.
- * The first GEMV_PRE loads of the warp's first row are issued before the
- * input stage, so that the stage (a few microseconds of L2 reads and a
- * barrier) overlaps the first HBM round trip instead of preceding it.
+/* y (outd) = W (outd, in) . u for a single input row u, W bf16 row-major,
+ * fp32 accumulation; the default for single-token steps (use_graph bit 2
+ * switches back to rmsnorm + cuBLAS). u is staged once per CTA in shared
+ * memory as bf16, rounded exactly as the unfused path rounds its GEMM input:
+ *   GEMV_PLAIN  u = xb (bf16, the attention output or the SwiGLU product)
+ *   GEMV_NORM   u = bf16(rmsnorm(xf) * nw), with the sum of squares taken in
+ *               rmsnorm_kernel's order (256 threads, block_sum): the same u
+ * Outputs: y[r] = acc, or y[r] += acc (accumulate: the residual adds), or,
+ * with h set, the gate/up pair fused with SwiGLU: W holds 2*outd rows (gate
+ * then up) and h[r] = bf16(silu(W_r . u) * W_{outd+r} . u), so the (1, 2F)
+ * fp32 intermediate and the swiglu launch disappear.
+ *
+ * Work: warp w of the grid owns `rpw` consecutive rows, read as chunks of
+ * 32 lanes x GEMV_CH 16-byte loads (1024 bf16) that bypass L1, two chunks
+ * in flight per warp (double buffer). rpw is chosen so that about 4 CTAs of
+ * 256 threads sit on each SM. Launched with programmatic dependent launch:
+ * a CTA issues its first two weight chunks, lets the next kernel launch,
+ * and only then waits for the previous kernel's outputs (griddepcontrol),
+ * so the weight stream of one GEMV starts while the previous one drains.
  * Needs in % 8 == 0 and in <= GEMV_MAX_IN.
  *
- * v1 (8 warps x 4 rows per CTA, no prefetch) ran a 4K decode step in
- * 2.79 ms against cuBLAS's 1.86: qkv, wo and w2 had 64 to 96 CTAs for 132
- * SMs and the stage was fully exposed. v2: one row per warp (4 for the
- * classifier), and the prefetch. */
+ * History. v1 (8 warps x 4 rows per CTA, rmsnorm / swiglu recomputed per
+ * CTA, no prefetch): 2.79 ms per 4K step against cuBLAS's 1.86; qkv, wo and
+ * w2 had 64 to 96 CTAs for 132 SMs and the stage was fully exposed. v2 (one
+ * row per warp, 8 loads prefetched before the stage): 2.15 ms; each of up
+ * to 2048 CTAs did its own rmsnorm (w13) or swiglu over 8192 inputs (w2)
+ * for 32 KB of weights, and every warp had a single 4 KB round trip with
+ * nothing behind it. v3 (this): rows grouped per warp with two chunks in
+ * flight, ~4 CTAs per SM so the stage is amortised, SwiGLU moved into the
+ * gate/up epilogue (w2 stages plain bf16), PDL between consecutive GEMVs;
+ * docs/bench-model.md has what it measured. */
 #define GEMV_PLAIN 0
 #define GEMV_NORM 1
-#define GEMV_SWIGLU 2
-#define GEMV_WARPS 8
-#define GEMV_PRE 8
+#define GEMV_THREADS 256
+#define GEMV_CH 4
+#define GEMV_CHUNK (32 * GEMV_CH) /* 16-byte words per chunk */
 #define GEMV_MAX_IN 16384
+
+struct gemv_args {
+    const bf16 *W;
+    const bf16 *xb;   /* GEMV_PLAIN input */
+    const float *xf;  /* GEMV_NORM input */
+    const float *nw;  /* GEMV_NORM weights */
+    float *y;         /* output (or NULL with h) */
+    bf16 *h;          /* SwiGLU output, or NULL */
+    float eps;
+    int mode, in, outd, rpw, accumulate;
+};
 
 __device__ __forceinline__ float dot8(uint4 w, uint4 x) {
     const __nv_bfloat162 *wp = (const __nv_bfloat162 *)&w, *xp = (const __nv_bfloat162 *)&x;
@@ -409,127 +441,132 @@ __device__ __forceinline__ float dot8(uint4 w, uint4 x) {
     return acc;
 }
 
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ x, const float *__restrict__ xf,
-            const float *__restrict__ nw, float eps, int mode, float *__restrict__ y, int in,
-            int outd, float beta, int rpw) {
+/* a weight word read once: not kept in L1 */
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* chunk k of a warp's work: logical row row0 + k / cpl, part (gate/up) and
+ * chunk within the row from k % cpl */
+__device__ __forceinline__ void gemv_load(const gemv_args &a, int row0, int k, int cpl, int cpr,
+                                          int nc, int lane, uint4 (&buf)[GEMV_CH]) {
+    const int row = row0 + k / cpl, c = k % cpl, part = c / cpr, cc = c % cpr;
+    const uint4 *w4 = (const uint4 *)(a.W + (size_t)(row + part * a.outd) * a.in) + cc * GEMV_CHUNK;
+#pragma unroll
+    for (int t = 0; t < GEMV_CH; t++) {
+        const int idx = cc * GEMV_CHUNK + lane + 32 * t;
+        buf[t] = idx < nc ? ld_stream(w4 + lane + 32 * t) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+__global__ void __launch_bounds__(GEMV_THREADS, 4) gemv_kernel(gemv_args a) {
     extern __shared__ __align__(16) bf16 u[]; /* (in) */
     __shared__ float red[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int r0 = (blockIdx.x * GEMV_WARPS + warp) * rpw;
-    const int nc = in / 8;
-    uint4 pre[GEMV_PRE];
-    if (r0 < outd) {
-        const uint4 *w4 = (const uint4 *)(W + (size_t)r0 * in);
-#pragma unroll
-        for (int t = 0; t < GEMV_PRE; t++)
-            if (lane + 32 * t < nc) pre[t] = __ldg(w4 + lane + 32 * t);
-    }
-    if (mode == GEMV_NORM) {
+    const int lane = threadIdx.x & 31;
+    const int gw = blockIdx.x * (GEMV_THREADS / 32) + (threadIdx.x >> 5);
+    const int nc = a.in / 8, cpr = (nc + GEMV_CHUNK - 1) / GEMV_CHUNK;
+    const int cpl = a.h ? 2 * cpr : cpr;
+    const int row0 = gw * a.rpw;
+    int nrows = a.outd - row0;
+    nrows = nrows < 0 ? 0 : (nrows > a.rpw ? a.rpw : nrows);
+    const int nk = nrows * cpl;
+    uint4 cur[GEMV_CH], nxt[GEMV_CH];
+    if (nk > 0) gemv_load(a, row0, 0, cpl, cpr, nc, lane, cur);
+    if (nk > 1) gemv_load(a, row0, 1, cpl, cpr, nc, lane, nxt);
+    pdl_launch_dependents();
+    pdl_wait(); /* the previous kernel's outputs (x, att, h) are visible from here */
+    if (a.mode == GEMV_NORM) {
         float ss = 0.0f;
-        for (int j = threadIdx.x; j < in; j += blockDim.x) ss += xf[j] * xf[j];
+        for (int j = threadIdx.x; j < a.in; j += blockDim.x) ss += a.xf[j] * a.xf[j];
         ss = block_sum(ss, red);
-        const float r = 1.0f / sqrtf(ss / in + eps);
-        for (int j = threadIdx.x; j < in; j += blockDim.x) u[j] = __float2bfloat16(nw[j] * (r * xf[j]));
-    } else if (mode == GEMV_SWIGLU) {
-        for (int j = threadIdx.x; j < in; j += blockDim.x) {
-            float g = xf[j];
-            g *= 1.0f / (1.0f + expf(-g));
-            u[j] = __float2bfloat16(g * xf[in + j]);
-        }
+        const float r = 1.0f / sqrtf(ss / a.in + a.eps);
+        for (int j = threadIdx.x; j < a.in; j += blockDim.x)
+            u[j] = __float2bfloat16(a.nw[j] * (r * a.xf[j]));
     } else {
-        for (int j = threadIdx.x; j < in; j += blockDim.x) u[j] = x[j];
+        const uint4 *x4 = (const uint4 *)a.xb;
+        uint4 *u4w = (uint4 *)u;
+        for (int j = threadIdx.x; j < nc; j += blockDim.x) u4w[j] = x4[j];
     }
     __syncthreads();
     const uint4 *u4 = (const uint4 *)u;
-    for (int rr = 0; rr < rpw; rr++) {
-        const int row = r0 + rr;
-        if (row >= outd) break;
-        const uint4 *w4 = (const uint4 *)(W + (size_t)row * in);
-        float acc = 0.0f;
-        int c0 = 0;
-        if (rr == 0) {
+    float acc0 = 0.0f, acc1 = 0.0f;
+    for (int k = 0; k < nk; k++) {
+        const int c = k % cpl, cc = c % cpr;
+        float s = 0.0f;
 #pragma unroll
-            for (int t = 0; t < GEMV_PRE; t++)
-                if (lane + 32 * t < nc) acc += dot8(pre[t], u4[lane + 32 * t]);
-            c0 = 32 * GEMV_PRE;
+        for (int t = 0; t < GEMV_CH; t++) {
+            const int idx = cc * GEMV_CHUNK + lane + 32 * t;
+            if (idx < nc) s += dot8(cur[t], u4[idx]);
         }
-        for (int cb = c0; cb < nc; cb += 32 * GEMV_PRE) {
-            uint4 buf[GEMV_PRE];
+        if (c >= cpr) acc1 += s;
+        else acc0 += s;
 #pragma unroll
-            for (int t = 0; t < GEMV_PRE; t++)
-                if (cb + lane + 32 * t < nc) buf[t] = __ldg(w4 + cb + lane + 32 * t);
-#pragma unroll
-            for (int t = 0; t < GEMV_PRE; t++)
-                if (cb + lane + 32 * t < nc) acc += dot8(buf[t], u4[cb + lane + 32 * t]);
+        for (int t = 0; t < GEMV_CH; t++) cur[t] = nxt[t];
+        if (k + 2 < nk) gemv_load(a, row0, k + 2, cpl, cpr, nc, lane, nxt);
+        if (c == cpl - 1) {
+            for (int o = 16; o > 0; o >>= 1) {
+                acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
+                acc1 += __shfl_xor_sync(0xffffffffu, acc1, o);
+            }
+            const int row = row0 + k / cpl;
+            if (lane == 0) {
+                if (a.h) {
+                    const float g = acc0 * (1.0f / (1.0f + expf(-acc0)));
+                    a.h[row] = __float2bfloat16(g * acc1);
+                } else {
+                    a.y[row] = a.accumulate ? a.y[row] + acc0 : acc0;
+                }
+            }
+            acc0 = acc1 = 0.0f;
         }
-        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (lane == 0) y[row] = beta != 0.0f ? y[row] + acc : acc;
     }
 }
 
 static bool gemv_ok(int in) { return in % 8 == 0 && in <= GEMV_MAX_IN; }
 
-static int gemv(cudaStream_t st, const bf16 *W, const bf16 *x, const float *xf, const float *nw,
-                float eps, int mode, float *y, int in, int outd, float beta) {
-    const int rpw = outd >= 32768 ? 4 : 1; /* the classifier: fewer input stages */
-    const int rows_per_block = GEMV_WARPS * rpw;
-    gemv_kernel<<<(outd + rows_per_block - 1) / rows_per_block, GEMV_WARPS * 32,
-                  (size_t)in * sizeof(bf16), st>>>(W, x, xf, nw, eps, mode, y, in, outd, beta, rpw);
-    return LAUNCHED("gemv");
+/* Queues one GEMV on `st` (programmatic dependent launch): outd logical rows
+ * (with h: outd gate/up pairs), about 4 CTAs per SM. */
+static int gemv(cudaStream_t st, int sms, const bf16 *W, const bf16 *xb, const float *xf,
+                const float *nw, float eps, int mode, float *y, bf16 *h, int in, int outd,
+                int accumulate) {
+    gemv_args a;
+    a.W = W; a.xb = xb; a.xf = xf; a.nw = nw; a.y = y; a.h = h; a.eps = eps;
+    a.mode = mode; a.in = in; a.outd = outd; a.accumulate = accumulate;
+    const int warps_per_cta = GEMV_THREADS / 32, slots = 4 * sms * warps_per_cta;
+    a.rpw = (outd + slots - 1) / slots;
+    const int warps = (outd + a.rpw - 1) / a.rpw;
+    cudaLaunchConfig_t c;
+    memset(&c, 0, sizeof c);
+    c.gridDim = dim3((warps + warps_per_cta - 1) / warps_per_cta);
+    c.blockDim = dim3(GEMV_THREADS);
+    c.dynamicSmemBytes = (size_t)in * sizeof(bf16);
+    c.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    c.attrs = at;
+    c.numAttrs = 1;
+    return ck(cudaLaunchKernelEx(&c, gemv_kernel, a), "gemv");
 }
 
 /* ---- generic attention (any head dim up to GEN_MAX_D) --------------------------- */
 
 #define GEN_MAX_D 256
-
-/* One thread per (row, group): block scores (max over visible tokens of
- * q_idx . k_idx / sqrt(di)) into scores (n, Hkv, max_blocks), then the local
- * block and the top_k - 1 best other visible blocks (higher score first, then
- * lower block id; -1 pads). */
-__global__ void generic_select_kernel(const bf16 *__restrict__ qi, const bf16 *__restrict__ kidx,
-                                      const int32_t *__restrict__ posv, float *__restrict__ scores,
-                                      int32_t *__restrict__ sel, int n, int Hkv, int KH, int di,
-                                      int Bk, int top_k, int max_blocks) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= n * Hkv) return;
-    const int i = t / Hkv, g = t % Hkv, pos = posv[i], local = pos / Bk;
-    const int kh = KH == 1 ? 0 : g;
-    const float scale = 1.0f / sqrtf((float)di);
-    const bf16 *q = qi + (size_t)t * di;
-    float *sc = scores + (size_t)t * max_blocks;
-    for (int b = 0; b <= local && b < max_blocks; b++) {
-        float best = -INFINITY;
-        for (int j = b * Bk; j < b * Bk + Bk && j <= pos; j++) {
-            const bf16 *kr = kidx + (((size_t)b * KH + kh) * Bk + (j % Bk)) * di;
-            float s = 0.0f;
-            for (int e = 0; e < di; e++) s += __bfloat162float(q[e]) * __bfloat162float(kr[e]);
-            best = fmaxf(best, s * scale);
-        }
-        sc[b] = best;
-    }
-    int32_t *o = sel + (size_t)t * top_k;
-    o[0] = local;
-    float ps = INFINITY;
-    int pb = -1;
-    for (int k = 1; k < top_k; k++) {
-        int bb = -1;
-        float bs = -INFINITY;
-        for (int b = 0; b < local && b < max_blocks; b++) {
-            const float s = sc[b];
-            if (!(s > -INFINITY)) continue;
-            const bool after = s < ps || (s == ps && b > pb); /* not yet taken */
-            if (after && (bb < 0 || s > bs)) bb = b, bs = s;  /* ascending b: ties keep lower */
-        }
-        o[k] = bb;
-        if (bb < 0) {
-            for (int r = k + 1; r < top_k; r++) o[r] = -1;
-            break;
-        }
-        ps = bs;
-        pb = bb;
-    }
-}
 
 /* One thread per (row, query head): online softmax over the visible tokens
  * of the listed blocks (sel, or every block 0..local when sel is NULL). */
@@ -594,11 +631,13 @@ static int model_new(const msa_model_info *info, float eps, int neox, int cuda_d
     cm->rope_neox = neox;
     cm->device = cuda_device;
     cm->use_graph = 1;
-    cm->use_gemv = 0;
+    cm->use_gemv = 1;
     const msa_model_info *I = info;
     cm->Nqkv = (I->n_heads + 2 * I->n_kv_heads) * I->head_dim +
                (I->has_trained_index ? (I->n_kv_heads + 1) * I->idx_dim : 0);
     int rc = ck(cudaSetDevice(cuda_device), "cudaSetDevice");
+    if (!rc) rc = ck(cudaDeviceGetAttribute(&cm->sms, cudaDevAttrMultiProcessorCount, cuda_device),
+                     "multiprocessor count");
     if (!rc) rc = ck(cudaStreamCreateWithFlags(&cm->st, cudaStreamNonBlocking), "stream");
     if (!rc) rc = ckb(cublasCreate(&cm->blas), "create");
     if (!rc) rc = ckb(cublasSetStream(cm->blas, cm->st), "set stream");
@@ -826,7 +865,7 @@ extern "C" void msa_cuda_model_set_options(msa_cuda_model *cm, int use_graph, in
     if (!cm) return;
     cm->use_graph = use_graph & 1;
     cm->generic = generic;
-    cm->use_gemv = (use_graph & 2) != 0;
+    cm->use_gemv = (use_graph & 2) == 0;
     cm->skip_attn = (use_graph & 4) != 0;
 }
 
@@ -1021,9 +1060,11 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
     const int32_t *m_indptr = cm->meta, *m_len = cm->meta + 2, *m_tok = cm->meta + 4,
                   *m_pos = cm->meta + 4 + n;
     int rc;
-    /* one row, when asked: the fused GEMV kernels instead of rmsnorm + cuBLAS
-     * (+ swiglu); docs/bench-model.md compares the two */
+    /* one row: the GEMV kernel (rmsnorm staged in it, SwiGLU in the gate/up
+     * epilogue) instead of rmsnorm + cuBLAS + swiglu, unless switched off;
+     * docs/bench-model.md compares the two */
     const bool one = n == 1 && cm->use_gemv && gemv_ok(D) && gemv_ok(qd) && gemv_ok(F);
+    const int sms = cm->sms;
 
     embed_kernel<<<n, 256, 0, st>>>(cm->tok_embd, m_tok, cm->x, D);
     if ((rc = LAUNCHED("embedding"))) return rc;
@@ -1056,8 +1097,8 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
             ki = vc + (size_t)n * Hkv * d;
         }
         if (one) {
-            rc = gemv(st, Y->wqkv, NULL, cm->x, Y->attn_norm, cm->rms_eps, GEMV_NORM, cm->y, D,
-                      cm->Nqkv, 0.0f);
+            rc = gemv(st, sms, Y->wqkv, NULL, cm->x, Y->attn_norm, cm->rms_eps, GEMV_NORM, cm->y,
+                      NULL, D, cm->Nqkv, 0);
         } else {
             rmsnorm_kernel<<<n, 256, 0, st>>>(cm->x, Y->attn_norm, cm->xb, D, cm->rms_eps);
             if (!(rc = LAUNCHED("rmsnorm")))
@@ -1106,11 +1147,20 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
             }
             if (rc) return msa_error_context(rc, "forward (CUDA): layer %d: attention", l);
         } else {
-            if (!o->dense) {
-                generic_select_kernel<<<(n * Hkv + 63) / 64, 64, 0, st>>>(
-                    cm->qi, ki, m_pos, (float *)cm->ws, cm->sel, n, Hkv, KH, di, Bk, o->top_k,
-                    view_blocks);
-                if ((rc = LAUNCHED("generic index select"))) return rc;
+            if (!o->dense) { /* kernels/index_paged.cu's plain scan and selection */
+                msa_paged_kv pk;
+                memset(&pk, 0, sizeof pk);
+                pk.dtype = MSA_DTYPE_BF16;
+                pk.kidx = ki;
+                pk.kv_indptr = kv->indptr; pk.kv_table = kv->table;
+                pk.seq_len = m_len; pk.n_seqs = 1; pk.max_blocks = view_blocks;
+                msa_attn_batch b;
+                memset(&b, 0, sizeof b);
+                b.n_q = n; b.q_indptr = m_indptr; b.q_pos = m_pos; b.q_idx = cm->qi;
+                float *scores = (float *)cm->ws;
+                rc = msa_cuda_index_scores_generic(&cfg, &pk, &b, 0, view_blocks, scores, st);
+                if (!rc) rc = msa_cuda_topk_generic(&cfg, &b, view_blocks, scores, cm->sel, st);
+                if (rc) return msa_error_context(rc, "forward (CUDA): layer %d: selection", l);
             }
             generic_attn_kernel<<<(n * Hq + 63) / 64, 64, 0, st>>>(
                 cm->q, kc, vc, m_pos, o->dense ? NULL : cm->sel, cm->att, n, Hq, Hkv, d, Bk,
@@ -1118,7 +1168,7 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
             if ((rc = LAUNCHED("generic attention"))) return rc;
         }
 
-        rc = one ? gemv(st, Y->wo, cm->att, NULL, NULL, 0.0f, GEMV_PLAIN, cm->x, qd, D, 1.0f)
+        rc = one ? gemv(st, sms, Y->wo, cm->att, NULL, NULL, 0.0f, GEMV_PLAIN, cm->x, NULL, qd, D, 1)
                  : gemm(cm, Y->wo, cm->att, cm->x, CUDA_R_32F, n, qd, D, 1.0f, "wo");
         if (rc) return rc;
         if (Y->bo) {
@@ -1126,10 +1176,10 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
             if ((rc = LAUNCHED("bias"))) return rc;
         }
         if (one) {
-            rc = gemv(st, Y->w13, NULL, cm->x, Y->ffn_norm, cm->rms_eps, GEMV_NORM, cm->y, D,
-                      2 * F, 0.0f);
+            rc = gemv(st, sms, Y->w13, NULL, cm->x, Y->ffn_norm, cm->rms_eps, GEMV_NORM, NULL,
+                      cm->h, D, F, 0);
             if (!rc)
-                rc = gemv(st, Y->w2, NULL, cm->y, NULL, 0.0f, GEMV_SWIGLU, cm->x, F, D, 1.0f);
+                rc = gemv(st, sms, Y->w2, cm->h, NULL, NULL, 0.0f, GEMV_PLAIN, cm->x, NULL, F, D, 1);
             if (rc) return rc;
             continue;
         }
@@ -1143,8 +1193,8 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
     }
     const int r0 = n - logit_rows;
     if (one) {
-        rc = gemv(st, cm->output, NULL, cm->x, cm->output_norm, cm->rms_eps, GEMV_NORM,
-                  cm->logits, D, V, 0.0f);
+        rc = gemv(st, sms, cm->output, NULL, cm->x, cm->output_norm, cm->rms_eps, GEMV_NORM,
+                  cm->logits, NULL, D, V, 0);
         if (rc) return rc;
         argmax_kernel<<<1, 1024, 0, st>>>(cm->logits, V, cm->amax);
         return LAUNCHED("argmax");

@@ -65,8 +65,9 @@ void *msa_cuda_model_stream(const msa_cuda_model *cm);
 /* Options that only the GPU path has, as bits of `use_graph`:
  *   1  (default on) single-token calls replay a CUDA graph of the whole
  *      step, captured on the second call with the same shapes;
- *   2  (default off) single-token calls use the fused GEMV kernels
- *      (rmsnorm / swiglu staged in the GEMV) instead of rmsnorm + cuBLAS;
+ *   2  (default off) single-token calls use rmsnorm + cuBLAS + swiglu
+ *      instead of the decode GEMV kernel (rmsnorm staged in the GEMV,
+ *      SwiGLU in the gate/up epilogue), which is the default;
  *   4  diagnostic for benchmarks: skip the attention (wrong results).
  * generic_attention (default 0): use the generic attention kernels even
  * where the fast ones apply (tests). */
