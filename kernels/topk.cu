@@ -69,6 +69,24 @@
  *      split a row-group over several warps of one CTA (per-warp L, the
  *      maximum of them is still a lower bound; one barrier), or select in
  *      the tail of the index-scoring kernel.
+ *   v6 (topk_cta_kernel below): one CTA of NW = 4, 8 or 16 warps per
+ *      (row, group); thread (w, lane) holds blocks (i*NW + w)*32 + lane
+ *      (PER = 1..16 per thread). Thread maxima go to shared memory, one
+ *      barrier, and every warp folds the NW maxima of its lane and takes the
+ *      kk-th largest of the 32 as L (v5's bound over NW*PER keys per lane,
+ *      computed redundantly by each warp instead of a second exchange). Keys
+ *      >= L are compacted by ballots (one shared atomic per warp), a second
+ *      barrier, and ranked exactly from shared memory, one thread per
+ *      candidate. Over TOPK6_CAP candidates (heavy ties) a CTA-wide bit
+ *      search finds the kk-th largest word key << 32 | ~id (words are
+ *      distinct, so exactly kk are >= it). Automatic choice: v6 for at most
+ *      TOPK6_MAX_RG row-groups (decode; 4 warps up to 512 blocks, else 8),
+ *      v5 above (prefill: 4 row-groups per CTA win when the GPU is full).
+ *      Measured on H100 (tools/gpu-run.sh topk, docs/bench-kernels.md run
+ *      9): 128K decode 3.1-3.5 us (v5 5.0-5.5; torch.topk 16.6-18.1, so
+ *      5.1-5.5x), 8K-32K decode 2.7-3.3 us (v5 3.0-3.6); prefill 2K rows at
+ *      128K v6 60 / 32 us against v5's 48 / 26, hence v5 there. 16 warps was
+ *      slowest everywhere (0.3-0.4 us over 8 at 1K blocks).
  */
 #include <cub/block/block_scan.cuh>
 
@@ -338,8 +356,9 @@ topk_kernel(const float *__restrict__ scores, /* [n_q][Hkv][max_blocks] */
 #define TOPK_WARP_MAX_K 32 /* top_k limit of the warp kernel */
 #define TOPK_WARP_MAX_BLOCKS 2048 /* more: v4 (measured faster from 4K blocks) */
 
-/* 0: automatic; 4: the v4 CTA kernel everywhere; 5: the warp kernel
- * wherever it applies. For tests and benchmarks. */
+/* 0: automatic; 4: the v4 CTA kernel everywhere; 5: the warp kernel, 6:
+ * the multi-warp CTA kernel, wherever they apply (top_k <= 32, at most 2048
+ * blocks; v4 otherwise). For tests and benchmarks. */
 extern "C" int msa_cuda_topk_version;
 int msa_cuda_topk_version = 0;
 
@@ -486,6 +505,167 @@ static void launch_warp(const msa_paged_kv *kv, const msa_attn_batch *b, int Hkv
         kv->max_blocks);
 }
 
+/* ---- v6: one CTA of NW warps per (row, group) ------------------------------ */
+
+#define TOPK6_CAP 512 /* candidates ranked from shared memory; more: word search */
+#define TOPK6_MAX_RG 1024 /* automatic: v6 up to this many row-groups, v5 above */
+
+/* 0: automatic; 4, 8 or 16: the warps per CTA of v6 wherever v6 runs. */
+extern "C" int msa_cuda_topk_warps;
+int msa_cuda_topk_warps = 0;
+
+template <int NW, int PER>
+__global__ void __launch_bounds__(NW * 32)
+topk_cta_kernel(const float *__restrict__ scores, /* [n_rg][max_blocks] */
+                const int32_t *__restrict__ q_indptr, const int32_t *__restrict__ q_pos,
+                const int32_t *__restrict__ seq_len, const int32_t *__restrict__ idx_indptr,
+                int32_t *__restrict__ selected, /* [n_rg][top_k] */
+                int n_seqs, int Hkv, int Bk, int top_k, int max_blocks) {
+    __shared__ uint32_t s_max[NW][32];
+    __shared__ unsigned long long s_cand[TOPK6_CAP];
+    __shared__ int s_red[2][NW];
+    __shared__ int s_n, s_n2;
+    const unsigned FULL = 0xffffffffu;
+    const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+    const int rg = blockIdx.x, row = rg / Hkv;
+    int32_t *out = selected + (size_t)rg * top_k;
+
+    int local = -1; /* uniform over the CTA: every return below is too */
+    const int s = msa_row_seq(q_indptr, n_seqs, row);
+    if (s >= 0) {
+        int lim = msa_row_limit(q_pos[row], seq_len[s]);
+        int nb = msa_seq_blocks(idx_indptr, seq_len, s, Bk);
+        if (lim >= 0 && lim / Bk < nb && lim / Bk < max_blocks) local = lim / Bk;
+    }
+    if (local < 0) {
+        if (tid < top_k) out[tid] = -1;
+        return;
+    }
+    const int n = local, kk = min(top_k - 1, n);
+    if (tid < top_k && (tid == 0 || tid > kk)) out[tid] = tid == 0 ? local : -1;
+    if (kk <= 0) return;
+    if (tid == 0) { s_n = 0; s_n2 = 0; }
+
+    /* keys in registers: thread (w, lane) holds blocks (i*NW + w)*32 + lane */
+    const float *sc = scores + (size_t)rg * max_blocks;
+    const int last = max_blocks - 1;
+    uint32_t key[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++) key[i] = __float_as_uint(__ldg(sc + min((i * NW + w) * 32 + lane, last)));
+    uint32_t m = 0;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        key[i] = (i * NW + w) * 32 + lane < n ? order_key(__uint_as_float(key[i])) : 0u;
+        m = max(m, key[i]);
+    }
+    s_max[w][lane] = m;
+    __syncthreads();
+
+    /* L, as in v5 but over the CTA: "lane" l stands for every thread of lane
+     * l (NW * PER keys); the kk-th largest of the 32 lane maxima is a lower
+     * bound on the kk-th largest key. Every warp computes it (no barrier). */
+    m = 0;
+#pragma unroll
+    for (int v = 0; v < NW; v++) m = max(m, s_max[v][lane]);
+    int mrank = 0;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        const uint32_t v = __shfl_sync(FULL, m, j);
+        mrank += (v > m) || (v == m && j < lane);
+    }
+    const uint32_t L = __shfl_sync(FULL, m, __ffs(__ballot_sync(FULL, mrank == kk - 1)) - 1);
+
+    /* compact the keys >= L (valid ones) as key << 32 | ~id: a larger word
+     * is a better block */
+    const unsigned lt = (1u << lane) - 1u;
+    unsigned bal[PER];
+    int cw = 0;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        bal[i] = __ballot_sync(FULL, (i * NW + w) * 32 + lane < n && key[i] >= L);
+        cw += __popc(bal[i]);
+    }
+    int base = 0;
+    if (lane == 0 && cw) base = atomicAdd(&s_n, cw);
+    base = __shfl_sync(FULL, base, 0);
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        const int pos = base + __popc(bal[i] & lt);
+        if (((bal[i] >> lane) & 1u) && pos < TOPK6_CAP)
+            s_cand[pos] = ((unsigned long long)key[i] << 32) | (0xffffffffu - (uint32_t)((i * NW + w) * 32 + lane));
+        base += __popc(bal[i]);
+    }
+    __syncthreads();
+    int nc = s_n;
+
+    if (nc > TOPK6_CAP) {
+        /* heavy ties: W = the kk-th largest word (words are distinct), bit by
+         * bit over the CTA; bits 31..idb of ~id are 1 for every block. */
+        const int idb = 32 - __clz(max(max_blocks - 1, 1));
+        const unsigned long long ones = (unsigned long long)(0xffffffffu << idb) & 0xffffffffull;
+        unsigned long long W = ones;
+        int it = 0;
+        for (int bit = 63; bit >= 0; bit--) {
+            if (bit < 32 && bit >= idb) continue;
+            const unsigned long long c = W | (1ull << bit);
+            int k = 0;
+#pragma unroll
+            for (int i = 0; i < PER; i++) {
+                const int id = (i * NW + w) * 32 + lane;
+                const unsigned long long word = ((unsigned long long)key[i] << 32) | (0xffffffffu - (uint32_t)id);
+                k += id < n && word >= c;
+            }
+            k = __reduce_add_sync(FULL, k);
+            if (lane == 0) s_red[it & 1][w] = k;
+            __syncthreads();
+            int tot = 0;
+#pragma unroll
+            for (int v = 0; v < NW; v++) tot += s_red[it & 1][v];
+            if (tot >= kk) W = c;
+            it++;
+        }
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            const int id = (i * NW + w) * 32 + lane;
+            const unsigned long long word = ((unsigned long long)key[i] << 32) | (0xffffffffu - (uint32_t)id);
+            if (id < n && word >= W) s_cand[atomicAdd(&s_n2, 1)] = word; /* exactly kk */
+        }
+        __syncthreads();
+        nc = kk;
+    }
+
+    /* exact rank among the nc candidates (they hold the kk best) */
+    for (int c = tid; c < nc; c += NW * 32) {
+        const unsigned long long u = s_cand[c];
+        int r = 0;
+#pragma unroll 4
+        for (int j = 0; j < nc; j++) r += s_cand[j] > u;
+        if (r < kk) out[1 + r] = (int)(0xffffffffu - (uint32_t)u);
+    }
+}
+
+template <int NW, int PER>
+static void launch_cta(const msa_paged_kv *kv, const msa_attn_batch *b, int Hkv, int Bk, int top_k,
+                       const float *scores, int32_t *selected, cudaStream_t st) {
+    const int32_t *indptr = kv->idx_indptr ? kv->idx_indptr : kv->kv_indptr;
+    topk_cta_kernel<NW, PER><<<(unsigned)(b->n_q * Hkv), NW * 32, 0, st>>>(
+        scores, b->q_indptr, b->q_pos, kv->seq_len, indptr, selected, kv->n_seqs, Hkv, Bk, top_k,
+        kv->max_blocks);
+}
+
+/* v6 for max_blocks <= 2048: NW warps, PER = the power of two that covers
+ * max_blocks (at least 1) */
+template <int NW>
+static void launch_cta_nw(const msa_paged_kv *kv, const msa_attn_batch *b, int Hkv, int Bk, int top_k,
+                          const float *scores, int32_t *selected, cudaStream_t st) {
+    const int per = (kv->max_blocks + NW * 32 - 1) / (NW * 32);
+    if (per <= 1) launch_cta<NW, 1>(kv, b, Hkv, Bk, top_k, scores, selected, st);
+    else if (per <= 2) launch_cta<NW, 2>(kv, b, Hkv, Bk, top_k, scores, selected, st);
+    else if (per <= 4) launch_cta<NW, 4>(kv, b, Hkv, Bk, top_k, scores, selected, st);
+    else if (per <= 8) launch_cta<NW, 8>(kv, b, Hkv, Bk, top_k, scores, selected, st);
+    else launch_cta<NW, 16>(kv, b, Hkv, Bk, top_k, scores, selected, st);
+}
+
 int msa_cuda_launch_topk(const msa_cuda_shape &sh, const msa_paged_kv *kv,
                          const msa_attn_batch *b, const float *scores, int32_t *selected,
                          cudaStream_t st) {
@@ -495,7 +675,19 @@ int msa_cuda_launch_topk(const msa_cuda_shape &sh, const msa_paged_kv *kv,
     if (kv->max_blocks > TOPK_MAX_BLOCKS)
         return msa_error(MSA_EUNSUPPORTED, "CUDA top-k: max_blocks %d (at most %d)",
                          kv->max_blocks, TOPK_MAX_BLOCKS);
-    if (msa_cuda_topk_version != 4 && sh.top_k <= TOPK_WARP_MAX_K && kv->max_blocks <= TOPK_WARP_MAX_BLOCKS) {
+    const int n_rg = b->n_q * sh.Hkv, mbk = kv->max_blocks;
+    const bool small = sh.top_k <= TOPK_WARP_MAX_K && mbk <= TOPK_WARP_MAX_BLOCKS;
+    int ver = msa_cuda_topk_version;
+    if (ver == 0) ver = n_rg <= TOPK6_MAX_RG ? 6 : 5;
+    if (ver == 6 && small) {
+        int nw = msa_cuda_topk_warps;
+        if (nw != 4 && nw != 8 && nw != 16) nw = mbk <= 512 ? 4 : 8;
+        if (nw == 4) launch_cta_nw<4>(kv, b, sh.Hkv, sh.Bk, sh.top_k, scores, selected, st);
+        else if (nw == 8) launch_cta_nw<8>(kv, b, sh.Hkv, sh.Bk, sh.top_k, scores, selected, st);
+        else launch_cta_nw<16>(kv, b, sh.Hkv, sh.Bk, sh.top_k, scores, selected, st);
+        return MSA_CUDA_LAUNCHED("top-k CTA kernel");
+    }
+    if (ver != 4 && small) {
         const int mb = kv->max_blocks;
         if (mb <= 256) launch_warp<8>(kv, b, sh.Hkv, sh.Bk, sh.top_k, scores, selected, st);
         else if (mb <= 512) launch_warp<16>(kv, b, sh.Hkv, sh.Bk, sh.top_k, scores, selected, st);

@@ -46,6 +46,7 @@ int main(void) { T_SKIP("built without CUDA"); }
 int msa_cuda_topk_scores(const msa_paged_kv *kv, const msa_attn_batch *b, int Hkv, int Bk, int top_k,
                          const float *scores, int32_t *selected, void *stream);
 extern int msa_cuda_topk_version;
+extern int msa_cuda_topk_warps;
 
 #define GUARD 256
 #define GUARD_BYTE 0xA5
@@ -546,12 +547,15 @@ static void check_unsupported(void) {
  * local = q_pos; the blocks after local get large scores that must never be
  * chosen. Score kinds: 0 normal; 1 integers 0..7 (heavy ties); 2 maxima of
  * 64 normals (crowded, like block max-pooled scores); 3 constant; each with
- * some -inf and some -0.0/+0.0. Both kernel versions, top_k 1..33, up to 5K
+ * some -inf and some -0.0/+0.0. Every kernel version (v6 at each width), top_k 1..33, up to 5K
  * blocks, edge locals (0, 1, k-1, k, k+1, max-1). */
 static void test_topk_direct(void) {
     const int mbs[] = {40, 256, 300, 1024, 1025, 2048, 4096, 5000};
     const int ks[] = {1, 2, 5, 16, 32, 33};
-    const int versions[] = {4, 0};
+    /* v4, v5, v6 with 4 / 8 / 16 warps and its automatic width, automatic */
+    const int versions[] = {4, 5, 6, 6, 6, 6, 0};
+    const int warps[] = {0, 0, 4, 8, 16, 0, 0};
+    const int n_ver = (int)(sizeof versions / sizeof versions[0]);
     const int Hkv = 3, n_q = 23, n_rg = n_q * Hkv;
     int bad_total = 0, runs = 0;
     for (int mi = 0; mi < (int)(sizeof mbs / sizeof mbs[0]); mi++) {
@@ -605,8 +609,9 @@ static void test_topk_direct(void) {
                 bt.q_indptr = dev_copy(q_indptr, sizeof q_indptr);
                 bt.q_pos = dev_copy(q_pos, sizeof q_pos);
                 guarded g = guarded_alloc((size_t)n_rg * k * 4);
-                for (int vi = 0; vi < 2; vi++) {
+                for (int vi = 0; vi < n_ver; vi++) {
                     msa_cuda_topk_version = versions[vi];
+                    msa_cuda_topk_warps = warps[vi];
                     guarded_reset(g, 0x7f);
                     int rc = msa_cuda_topk_scores(&kv, &bt, Hkv, 1, k, d_sc, guarded_ptr(g), NULL);
                     CU(cudaDeviceSynchronize());
@@ -619,12 +624,13 @@ static void test_topk_direct(void) {
                         }
                     if (!ok || bad) {
                         bad_total++;
-                        CHECKF(0, "top-k v%d max_blocks %d k %d kind %d: rc %d, %d of %d row-groups differ (first %d, local %d)",
-                               versions[vi], mb, k, kind, rc, bad, n_rg, first, first >= 0 ? q_pos[first / Hkv] : -1);
+                        CHECKF(0, "top-k v%d (warps %d) max_blocks %d k %d kind %d: rc %d, %d of %d row-groups differ (first %d, local %d)",
+                               versions[vi], warps[vi], mb, k, kind, rc, bad, n_rg, first, first >= 0 ? q_pos[first / Hkv] : -1);
                     }
                     runs++;
                 }
                 msa_cuda_topk_version = 0;
+                msa_cuda_topk_warps = 0;
                 CU(cudaFree(g.base)); CU(cudaFree(d_sc));
                 CU(cudaFree((void *)kv.seq_len)); CU(cudaFree((void *)kv.kv_indptr));
                 CU(cudaFree((void *)bt.q_indptr)); CU(cudaFree((void *)bt.q_pos));
@@ -633,7 +639,7 @@ static void test_topk_direct(void) {
         }
     }
     CHECKF(bad_total == 0, "top-k direct: %d of %d runs differ from msa_ref_topk", bad_total, runs);
-    printf("top-k direct: %d runs (v4 and automatic), %d differ\n", runs, bad_total);
+    printf("top-k direct: %d runs (v4, v5, v6 at 4/8/16/auto warps, automatic), %d differ\n", runs, bad_total);
 }
 
 int main(void) {

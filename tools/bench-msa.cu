@@ -26,8 +26,9 @@
  *
  *   bench-msa [--json FILE] [--quick] [--reps N] [--topk-only]
  *
- * --topk-only times the top-k alone (on the block scores of the step), the
- * current kernel and v4 (msa_cuda_topk_version = 4), and skips the rest.
+ * --topk-only times the top-k alone (on the block scores of the step): the
+ * v4, v5 and v6 at 4, 8 and 16 warps forced, then the automatic choice
+ * (msa_cuda_topk_version / msa_cuda_topk_warps), and skips the rest.
  */
 #include <algorithm>
 #include <stdio.h>
@@ -39,7 +40,9 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda.h"
 
-extern "C" int msa_cuda_topk_version; /* kernels/topk.cu: 4 = the v4 CTA kernel */
+extern "C" int msa_cuda_attn_version; /* kernels/block_attn.cu: 4 the previous sparse prefill */
+extern "C" int msa_cuda_topk_version; /* kernels/topk.cu: 4, 5, 6 force a version, 0 automatic */
+extern "C" int msa_cuda_topk_warps;   /* v6 warps per CTA: 4, 8, 16; 0 automatic */
 
 #define CK(x)                                                                             \
     do {                                                                                  \
@@ -382,16 +385,18 @@ struct result {
     shape sh;
     int B, rows, N;
     double t_index, t_topk, t_sparse, t_step, t_dense, idx_gbs, t_topk_v4;
+    double t_topk_v5, t_topk_v6[3]; /* --topk-only: v5, v6 at 4 / 8 / 16 warps */
 };
 
 int main(int argc, char **argv) {
     const char *json = NULL;
-    int quick = 0, reps = 20, topk_only = 0;
+    int quick = 0, reps = 20, topk_only = 0, prefill_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--topk-only")) topk_only = 1;
+        else if (!strcmp(argv[i], "--prefill")) prefill_only = 1; /* the prefill and the 128K decode rows */
         else { fprintf(stderr, "usage: bench-msa [--json FILE] [--quick] [--reps N] [--topk-only]\n"); return 2; }
     }
     if (msa_cuda_device_count() <= 0) { printf("bench-msa: no CUDA device\n"); return 77; }
@@ -407,6 +412,7 @@ int main(int argc, char **argv) {
     const shape shapes[2] = {{32, 8, 128}, {64, 4, 128}};
     std::vector<int> Ns = {8192, 32768, 131072, 524288, 1048576};
     if (quick) Ns = {8192, 131072};
+    if (prefill_only) Ns = {131072};
     const int maxB = 8, maxN = Ns.back();
     std::vector<result> res;
     int failures = 0;
@@ -448,15 +454,28 @@ int main(int argc, char **argv) {
             R.sh = sh; R.B = r.B; R.rows = r.rows; R.N = r.N;
             const int rp = r.rows > 1 ? 3 : reps;
             auto ex_on = [&](cudaStream_t st) { msa_exec e = ex; e.stream = st; return e; };
-            R.t_index = R.t_sparse = R.t_step = R.t_dense = R.t_topk_v4 = 0;
-            if (topk_only) { /* top-k alone: the current kernel and v4 (topk.cu) */
-                R.t_topk = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_topk(cs, &kv, &bt, scores, p.selected, st)); }, rp);
-                msa_cuda_topk_version = 4;
-                R.t_topk_v4 = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_topk(cs, &kv, &bt, scores, p.selected, st)); }, rp);
-                msa_cuda_topk_version = 0;
+            R.t_index = R.t_sparse = R.t_step = R.t_dense = R.t_topk_v4 = R.t_topk_v5 = 0;
+            R.t_topk_v6[0] = R.t_topk_v6[1] = R.t_topk_v6[2] = 0;
+            if (topk_only) { /* top-k alone: automatic, then each version (topk.cu) */
+                auto tk = [&](int ver, int warps) {
+                    msa_cuda_topk_version = ver;
+                    msa_cuda_topk_warps = warps;
+                    double t = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_topk(cs, &kv, &bt, scores, p.selected, st)); }, rp);
+                    msa_cuda_topk_version = 0;
+                    msa_cuda_topk_warps = 0;
+                    return t;
+                };
+                R.idx_gbs = 0;
+                R.t_topk_v4 = tk(4, 0);
+                R.t_topk_v5 = tk(5, 0);
+                R.t_topk_v6[0] = tk(6, 4);
+                R.t_topk_v6[1] = tk(6, 8);
+                R.t_topk_v6[2] = tk(6, 16);
+                R.t_topk = tk(0, 0); /* last: the first timing of a shape reads slow at prefill */
                 res.push_back(R);
-                printf("  %2d/%d/%d %-7s B=%d rows=%-4d N=%-7d topk %7.2f us  (v4 %7.2f us)\n", sh.Hq, sh.Hkv, sh.d,
-                       r.rows > 1 ? "prefill" : "decode", r.B, r.rows, r.N, R.t_topk, R.t_topk_v4);
+                printf("  %2d/%d/%d %-7s B=%d rows=%-4d N=%-7d topk %7.2f us  (v4 %7.2f  v5 %7.2f  v6 w4 %7.2f  w8 %7.2f  w16 %7.2f us)\n",
+                       sh.Hq, sh.Hkv, sh.d, r.rows > 1 ? "prefill" : "decode", r.B, r.rows, r.N, R.t_topk, R.t_topk_v4,
+                       R.t_topk_v5, R.t_topk_v6[0], R.t_topk_v6[1], R.t_topk_v6[2]);
                 fflush(stdout);
                 free_problem(p);
                 continue;
@@ -466,8 +485,14 @@ int main(int argc, char **argv) {
             /* the selection of rotation 0 is used by every rotation: the tables
              * all have the same shape, so the work is the same */
             R.t_sparse = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_sparse_attention(&cfg, &kv, &bt, &e)); }, rp);
+            if (r.rows > 1) { /* the previous sparse prefill layout (block_attn.cu v4) */
+                msa_cuda_attn_version = 4;
+                double t4 = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_sparse_attention(&cfg, &kv, &bt, &e)); }, rp);
+                msa_cuda_attn_version = 0;
+                printf("  sparse prefill: %.1f us (v4 union tiles: %.1f us)\n", R.t_sparse, t4);
+            }
             R.t_step = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_attention(&cfg, &kv, &bt, &e)); }, rp);
-            R.t_dense = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_dense_attention(&cfg, &kv, &bt, &e)); },
+            R.t_dense = prefill_only ? 0 : time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_dense_attention(&cfg, &kv, &bt, &e)); },
                                       r.N >= 524288 || r.rows > 1 ? 2 : rp, 3);
             const double idx_bytes = (double)r.B * p.nb * P.Bk * P.d_idx * 2;
             R.idx_gbs = idx_bytes / (R.t_index * 1e-6) / 1e9;
@@ -497,8 +522,10 @@ int main(int argc, char **argv) {
             for (size_t i = 0; i < res.size(); i++) {
                 const result &R = res[i];
                 fprintf(f, "  {\"Hq\": %d, \"Hkv\": %d, \"d\": %d, \"B\": %d, \"rows\": %d, \"N\": %d, \"d_idx\": 128, \"Bk\": 128, \"top_k\": 16, "
-                           "\"index_us\": %.2f, \"index_gbs\": %.1f, \"topk_us\": %.2f, \"topk_v4_us\": %.2f, \"sparse_us\": %.2f, \"step_us\": %.2f, \"dense_us\": %.2f}%s\n",
-                        R.sh.Hq, R.sh.Hkv, R.sh.d, R.B, R.rows, R.N, R.t_index, R.idx_gbs, R.t_topk, R.t_topk_v4, R.t_sparse, R.t_step, R.t_dense,
+                           "\"index_us\": %.2f, \"index_gbs\": %.1f, \"topk_us\": %.2f, \"topk_v4_us\": %.2f, \"topk_v5_us\": %.2f, "
+                           "\"topk_v6_w4_us\": %.2f, \"topk_v6_w8_us\": %.2f, \"topk_v6_w16_us\": %.2f, \"sparse_us\": %.2f, \"step_us\": %.2f, \"dense_us\": %.2f}%s\n",
+                        R.sh.Hq, R.sh.Hkv, R.sh.d, R.B, R.rows, R.N, R.t_index, R.idx_gbs, R.t_topk, R.t_topk_v4, R.t_topk_v5,
+                        R.t_topk_v6[0], R.t_topk_v6[1], R.t_topk_v6[2], R.t_sparse, R.t_step, R.t_dense,
                         i + 1 < res.size() ? "," : "");
             }
             fprintf(f, "]}\n");

@@ -7,7 +7,7 @@
 #   tools/gpu-run.sh [all|test|bench|topk]      (default all)
 #
 # topk: the GPU test, then the top-k alone (bench-msa --topk-only: the
-# current kernel and v4) and torch.topk on scores of the same shapes
+# automatic choice, v4, v5, v6 at 4/8/16 warps) and torch.topk on scores of the same shapes
 # (topk.log, topk.json, torch-topk.log). BIN=<dir> with prebuilt
 # test-kernels-cuda and bench-msa skips the build.
 #
@@ -72,8 +72,8 @@ import torch
 import bench_torch as bt
 ours = json.load(open(sys.argv[1]))
 print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, {ours['date']}")
-print("| shape | mode | B x rows | N | block scores | torch.topk us | top-k v4 us | top-k us | vs torch | vs v4 |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| shape | mode | B x rows | N | block scores | torch.topk us | v4 us | v5 us | v6 w4/w8/w16 us | top-k (auto) us | vs torch | vs v4 |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in ours["results"]:
     n_rg, nb = r["B"] * r["rows"] * r["Hkv"], r["N"] // r["Bk"]
     nc = bt.n_copies(n_rg * nb * 4)
@@ -81,7 +81,8 @@ for r in ours["results"]:
     t = bt.time_us(lambda i: torch.topk(sc[i], r["top_k"], dim=-1), reps=3 if r["rows"] > 1 else 20, n_inputs=nc)
     mode = "prefill" if r["rows"] > 1 else "decode"
     print(f"| {r['Hq']}/{r['Hkv']}/{r['d']} | {mode} | {r['B']}x{r['rows']} | {r['N'] // 1024}K | [{n_rg}][{nb}] | "
-          f"{t:.1f} | {r['topk_v4_us']:.1f} | {r['topk_us']:.1f} | {t / r['topk_us']:.1f}x | {r['topk_v4_us'] / r['topk_us']:.1f}x |")
+          f"{t:.1f} | {r['topk_v4_us']:.1f} | {r.get('topk_v5_us', 0):.1f} | "
+          f"{r.get('topk_v6_w4_us', 0):.1f}/{r.get('topk_v6_w8_us', 0):.1f}/{r.get('topk_v6_w16_us', 0):.1f} | {r['topk_us']:.1f} | {t / r['topk_us']:.1f}x | {r['topk_v4_us'] / r['topk_us']:.1f}x |")
 PY
 fi
 exit $rc
