@@ -17,7 +17,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-all}
-OUT=${OUT:-/tmp/kcuda-out}
+OUT=${OUT:-/tmp/msa-gpu-run}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$PWD/.devdeps/lib:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
