@@ -52,9 +52,14 @@
  *      staged in halves (SUB = 2, ~65 KB of shared memory, 3 CTAs per SM).
  *      H100, 2048 rows at 128K: 32/8/128 23.1 -> 9.7 ms, 64/4/128 18.2 ->
  *      8.5 ms; decode unchanged. msa_cuda_attn_version = 4 selects v4.
- *   Known headroom: no double buffering of the next block's K/V;
- *      mma.sync with register-resident O (or wgmma) would remove the
- *      shared-memory round trips of S, P and O.
+ *   v6 (this file, block_attn6_kernel): sparse prefill with v5's tiles and
+ *      lists but flash-attention-2 math: mma.sync m16n8k16, Q/S/P/O and the
+ *      softmax state in registers, K/V in 64-token stages double-buffered
+ *      with cp.async (one barrier per stage), 4 warps over a stage's column
+ *      tiles, participation masks built once per tile. H100, 2048 rows at
+ *      128K: 32/8/128 9.76 -> 3.27 ms, 64/4/128 8.40 -> 1.82 ms (same run);
+ *      decode unchanged. msa_cuda_attn_version: 7 = v6 with 32-token stages,
+ *      3 in flight, 2 warps (3.19 / 1.82 ms); 5 = v5; 4 = v4.
  */
 #include <cub/block/block_scan.cuh>
 #include <mma.h>
@@ -409,13 +414,417 @@ static int launch_attn(attn_args &a, int n_q, cudaStream_t st) {
     return MSA_CUDA_LAUNCHED("attention combine kernel");
 }
 
-/* Selects the sparse prefill layout: 0 (default) the per-row gather of v5,
- * 4 the 64-vector union tiles of v4 (kept for comparison). */
+/* ---- v6: sparse prefill with register-resident O ----------------------------------
+ * Same tiles and block list as v5 (16 vectors, the union of their rows'
+ * selections), but the math is mma.sync m16n8k16 (fp32 accumulate) with
+ * everything per vector in registers, as flash-attention 2 does it:
+ *
+ *   Q [16][D]    A fragments, loaded once per tile with ldmatrix
+ *   S = Q K^T    per 16-token column tile, K as B fragments (ldmatrix)
+ *   softmax      on the S accumulators; each thread owns rows lane/4 and
+ *                lane/4 + 8, the row max meets across the 4 threads of a quad
+ *   P            the S accumulators converted to A fragments in registers
+ *   O += P V     V as B fragments (ldmatrix.trans), O [16][D] fp32 in
+ *                registers (D/8 n-tiles x 4 floats per thread)
+ *
+ * K/V move in stages of STG tokens (a block is Bk/STG stages), NST stages
+ * in flight with cp.async, one barrier per stage. The NWT warps split the
+ * 16-token column tiles of a stage; each keeps its own (m, l, O), merged
+ * through shared memory once per tile. The participation of a vector in a
+ * listed block (its row selected it) is one 16-bit mask per list entry,
+ * built once per tile. */
+struct attn6_smem { size_t kv, lim, sel, bits, list, pm, total; };
+
+static attn6_smem attn6_layout(int D, int NWT, int STG, int NST, int top_k, int max_blocks) {
+    attn6_smem L;
+    size_t off = 0;
+    auto take = [&](size_t bytes) { size_t o = off; off += (bytes + 15) & ~(size_t)15; return o; };
+    /* one area: the Q tile (until its fragments are in registers), then the
+     * K/V stages, then the merge of the warps' (m, l, O) */
+    size_t kv = (size_t)NST * 2 * STG * (D + 8) * 2;
+    const size_t mrg = (size_t)NWT * 16 * (D + 4) * 4 + (size_t)NWT * 16 * 2 * 4;
+    const size_t q = (size_t)16 * (D + 8) * 2;
+    if (kv < mrg) kv = mrg;
+    if (kv < q) kv = q;
+    L.kv = take(kv);
+    L.lim = take(16 * 4);
+    const size_t nsel = (size_t)17 * top_k;
+    L.sel = take(nsel * 4);
+    L.bits = take((size_t)((max_blocks + 31) / 32) * 4);
+    const size_t nl = nsel < (size_t)max_blocks ? nsel : (size_t)max_blocks;
+    L.list = take(nl * 4);
+    L.pm = take(nl * 4);
+    L.total = off;
+    return L;
+}
+
+struct attn6_args {
+    const void *q, *k, *v;
+    const int32_t *kv_indptr, *kv_table, *seq_len, *q_indptr, *q_pos, *selected;
+    void *out;
+    float *lse, *partials;
+    int Hq, Hkv, G, Bk, top_k, max_blocks, n_split, tiles_x;
+    float scale_log2;
+    attn6_smem L;
+};
+
+__device__ __forceinline__ void attn_ldsm_x4(uint32_t (&r)[4], const void *p) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void attn_ldsm_x4_t(uint32_t (&r)[4], const void *p) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+/* d += a b, m16n8k16, fp32 accumulate */
+template <typename T> __device__ __forceinline__ void attn_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void attn_mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void attn_mma<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <typename T> __device__ __forceinline__ uint32_t attn_pack(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t attn_pack<__nv_bfloat16>(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+template <> __device__ __forceinline__ uint32_t attn_pack<__half>(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+/* grid (tiles_x * n_split, n_seqs * Hkv), block NWT * 32 threads */
+template <typename T, int D, int NWT, int STG, int NST>
+__global__ void __launch_bounds__(NWT * 32) block_attn6_kernel(const attn6_args a) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    constexpr int LD = D + 8, OLD = D + 4, NJ = (STG / 16 + NWT - 1) / NWT, NT = 128;
+    constexpr int NTHR = NWT * 32;
+    T *KV = (T *)(smem + a.L.kv), *Qs = KV;
+    int *lim_s = (int *)(smem + a.L.lim), *sel_s = (int *)(smem + a.L.sel);
+    uint32_t *bits = (uint32_t *)(smem + a.L.bits), *pm_s = (uint32_t *)(smem + a.L.pm);
+    int *list = (int *)(smem + a.L.list);
+    typedef cub::BlockScan<int, NTHR> Scan;
+    __shared__ typename Scan::TempStorage scan_tmp;
+    __shared__ int s_nlist;
+    (void)NT;
+
+    const int tid = threadIdx.x, wt = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, tq = lane & 3; /* mma row group, thread in quad */
+    const int s = blockIdx.y / a.Hkv, r = blockIdx.y % a.Hkv;
+    const int sp = blockIdx.x % a.n_split;
+    const int G = a.G, Bkk = a.Bk, k = a.top_k;
+    const int q0 = a.q_indptr[s], nrows = a.q_indptr[s + 1] - q0;
+    if (nrows <= 0) return;
+    const int nvec = nrows * G, ntiles = (nvec + 15) / 16;
+    const int slen = a.seq_len[s];
+    const int nb = msa_seq_blocks(a.kv_indptr, a.seq_len, s, Bkk);
+    const int32_t *table = a.kv_table + a.kv_indptr[s];
+    const T *kpool = (const T *)a.k, *vpool = (const T *)a.v;
+    const int nsub = (Bkk + STG - 1) / STG; /* stages per block */
+
+    for (int t = blockIdx.x / a.n_split; t < ntiles; t += a.tiles_x) {
+        const int v0 = t * 16;
+        const int row_lo = q0 + v0 / G;
+        const int row_hi = q0 + min(nvec - 1, v0 + 15) / G;
+        const int nrt = row_hi - row_lo + 1;
+        for (int i = tid; i < 16 * (D / 8); i += NTHR) {
+            int vi = i / (D / 8), c = i % (D / 8), v = v0 + vi;
+            uint4 val = make_uint4(0, 0, 0, 0);
+            if (v < nvec) {
+                int row = q0 + v / G, head = r * G + v % G;
+                val = *(const uint4 *)((const T *)a.q + ((size_t)row * a.Hq + head) * D + c * 8);
+            }
+            *(uint4 *)(Qs + vi * LD + c * 8) = val;
+        }
+        if (tid < 16) {
+            int v = v0 + tid, lim = -1;
+            if (v < nvec) lim = msa_row_limit(a.q_pos[q0 + v / G], slen);
+            if (lim >= nb * Bkk) lim = -1;
+            lim_s[tid] = lim;
+        }
+        /* the block list: union of the rows' selections, ascending */
+        const int nwords = (a.max_blocks + 31) / 32;
+        for (int i = tid; i < nwords; i += NTHR) bits[i] = 0;
+        __syncthreads();
+        for (int i = tid; i < nrt * k; i += NTHR) {
+            int bsel = a.selected[((size_t)(row_lo + i / k) * a.Hkv + r) * k + i % k];
+            if (!(bsel >= 0 && bsel < nb && bsel < a.max_blocks)) bsel = -1;
+            sel_s[i] = bsel;
+            if (bsel >= 0) atomicOr(&bits[bsel >> 5], 1u << (bsel & 31));
+        }
+        __syncthreads();
+        {
+            const int per = (nwords + NTHR - 1) / NTHR;
+            const int w0 = tid * per, w1 = min(nwords, w0 + per);
+            int cnt = 0;
+            for (int w = w0; w < w1; w++) cnt += __popc(bits[w]);
+            int off;
+            Scan(scan_tmp).ExclusiveSum(cnt, off);
+            for (int w = w0; w < w1; w++) {
+                uint32_t x = bits[w];
+                while (x) { int bb = __ffs(x) - 1; x &= x - 1; pm_s[off] = 0; list[off++] = w * 32 + bb; }
+            }
+            if (tid == NTHR - 1) s_nlist = off;
+        }
+        __syncthreads();
+        const int nlist = s_nlist;
+        /* participation masks: bit vi of pm_s[li] = vector vi's row selected list[li] */
+        for (int i = tid; i < nrt * k; i += NTHR) {
+            const int bsel = sel_s[i];
+            if (bsel < 0) continue;
+            int lo = 0, hi = nlist - 1;
+            while (lo < hi) { int mid = (lo + hi) >> 1; if (list[mid] < bsel) lo = mid + 1; else hi = mid; }
+            const int row = row_lo + i / k;
+            uint32_t m = 0;
+            for (int vi = 0; vi < 16; vi++) {
+                const int v = v0 + vi;
+                if (v < nvec && q0 + v / G == row) m |= 1u << vi;
+            }
+            atomicOr(&pm_s[lo], m);
+        }
+        __syncthreads();
+        const int chunk = (nlist + a.n_split - 1) / a.n_split;
+        const int li0 = sp * chunk, li1 = min(nlist, li0 + chunk);
+        const int u0 = li0 * nsub, u1 = li1 * nsub; /* stage units */
+
+        /* Q fragments: ldmatrix rows lane % 16, columns kk*16 + (lane / 16)*8 */
+        uint32_t qf[D / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) attn_ldsm_x4(qf[kk], Qs + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
+        const int lim_g = lim_s[g], lim_g8 = lim_s[g + 8];
+        __syncthreads(); /* Q is in registers: its shared memory takes K/V */
+
+        float o[D / 8][4];
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+        float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+        auto load_unit = [&](int u) {
+            if (u < u1) {
+                const int li = u / nsub, hs = u % nsub;
+                const int b = list[li];
+                const int slot = b < nb ? table[b] : -1;
+                const int tok0 = hs * STG, ntok = min(STG, Bkk - tok0);
+                if (slot >= 0) {
+                    T *Ks = KV + (size_t)((u - u0) % NST) * 2 * STG * LD, *Vs = Ks + STG * LD;
+                    const size_t base = ((size_t)slot * a.Hkv + r) * Bkk * D + (size_t)tok0 * D;
+                    for (int i = tid; i < ntok * (D / 8); i += NTHR) {
+                        int rr = i / (D / 8), c = i % (D / 8);
+                        msa_cp_async16(Ks + rr * LD + c * 8, kpool + base + (size_t)rr * D + c * 8);
+                        msa_cp_async16(Vs + rr * LD + c * 8, vpool + base + (size_t)rr * D + c * 8);
+                    }
+                }
+            }
+            msa_cp_async_commit(); /* empty groups keep the count */
+        };
+#pragma unroll
+        for (int i = 0; i < NST - 1; i++) load_unit(u0 + i);
+
+        for (int u = u0; u < u1; u++) {
+            msa_cp_async_wait<NST - 2>();
+            __syncthreads(); /* unit u landed for everyone; unit u - 1's buffer is free */
+            load_unit(u + NST - 1);
+            const int li = u / nsub, hs = u % nsub;
+            const int b = list[li];
+            const int slot = b < nb ? table[b] : -1;
+            const uint32_t pm = pm_s[li];
+            if (slot < 0 || pm == 0) continue;
+            const int tok0 = hs * STG, ntok = min(STG, Bkk - tok0), nj = ntok / 16;
+            const T *Ks = KV + (size_t)((u - u0) % NST) * 2 * STG * LD, *Vs = Ks + STG * LD;
+            const int p0 = b * Bkk + tok0;
+            /* per-row visibility limits inside this stage (-1: not taking part) */
+            const int e0 = ((pm >> g) & 1) ? lim_g - p0 : -1;
+            const int e1 = ((pm >> (g + 8)) & 1) ? lim_g8 - p0 : -1;
+            if (__all_sync(0xffffffffu, e0 < 0 && e1 < 0)) continue;
+
+            float sc[NJ][2][4];
+#pragma unroll
+            for (int jj = 0; jj < NJ; jj++) {
+                const int j = wt + NWT * jj;
+#pragma unroll
+                for (int h = 0; h < 2; h++) sc[jj][h][0] = sc[jj][h][1] = sc[jj][h][2] = sc[jj][h][3] = 0.0f;
+                if (j < nj) {
+#pragma unroll
+                    for (int kk = 0; kk < D / 16; kk++) {
+                        uint32_t kb[4]; /* tokens j*16 + (lane/16)*8 + lane%8, dims kk*16 + ((lane/8)&1)*8 */
+                        attn_ldsm_x4(kb, Ks + (j * 16 + (lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+                        attn_mma<T>(sc[jj][0], qf[kk], kb[0], kb[1]);
+                        attn_mma<T>(sc[jj][1], qf[kk], kb[2], kb[3]);
+                    }
+                }
+            }
+            /* scale, mask, row max */
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+            for (int jj = 0; jj < NJ; jj++) {
+                const int j = wt + NWT * jj;
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int c = j * 16 + h * 8 + 2 * tq;
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const bool ok = j < nj;
+                        float x0 = sc[jj][h][e] * a.scale_log2, x1 = sc[jj][h][2 + e] * a.scale_log2;
+                        x0 = ok && c + e <= e0 ? x0 : -INFINITY;
+                        x1 = ok && c + e <= e1 ? x1 : -INFINITY;
+                        sc[jj][h][e] = x0; sc[jj][h][2 + e] = x1;
+                        mx0 = fmaxf(mx0, x0); mx1 = fmaxf(mx1, x1);
+                    }
+                }
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+            const float mu0 = n0 == -INFINITY ? 0.0f : n0, mu1 = n1 == -INFINITY ? 0.0f : n1;
+            const float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1); /* 0 when m = -inf */
+            m0 = n0; m1 = n1;
+            float s0 = 0.0f, s1 = 0.0f;
+            uint32_t pf[NJ][4];
+#pragma unroll
+            for (int jj = 0; jj < NJ; jj++) {
+                float p[2][4];
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    p[h][0] = exp2f(sc[jj][h][0] - mu0); p[h][1] = exp2f(sc[jj][h][1] - mu0);
+                    p[h][2] = exp2f(sc[jj][h][2] - mu1); p[h][3] = exp2f(sc[jj][h][3] - mu1);
+                    s0 += p[h][0] + p[h][1];
+                    s1 += p[h][2] + p[h][3];
+                }
+                pf[jj][0] = attn_pack<T>(p[0][0], p[0][1]);
+                pf[jj][1] = attn_pack<T>(p[0][2], p[0][3]);
+                pf[jj][2] = attn_pack<T>(p[1][0], p[1][1]);
+                pf[jj][3] = attn_pack<T>(p[1][2], p[1][3]);
+            }
+            l0 = l0 * al0 + s0; /* thread-partial sums, reduced over the quad at the end */
+            l1 = l1 * al1 + s1;
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) { o[n][0] *= al0; o[n][1] *= al0; o[n][2] *= al1; o[n][3] *= al1; }
+            /* O += P V */
+#pragma unroll
+            for (int jj = 0; jj < NJ; jj++) {
+                const int j = wt + NWT * jj;
+                if (j >= nj) break;
+#pragma unroll
+                for (int nd = 0; nd < D / 16; nd++) {
+                    uint32_t vb[4]; /* tokens j*16 + ((lane/8)&1)*8 + lane%8, dims nd*16 + (lane/16)*8 */
+                    attn_ldsm_x4_t(vb, Vs + (j * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + nd * 16 + (lane >> 4) * 8);
+                    attn_mma<T>(o[2 * nd], pf[jj], vb[0], vb[1]);
+                    attn_mma<T>(o[2 * nd + 1], pf[jj], vb[2], vb[3]);
+                }
+            }
+        }
+        msa_cp_async_wait<0>();
+        __syncthreads(); /* the stage buffers become the merge area */
+
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        float *Om = (float *)KV;                       /* [NWT][16][OLD] */
+        float *ml = Om + (size_t)NWT * 16 * OLD;       /* [NWT][16][2] */
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            const int c = n * 8 + 2 * tq;
+            *(float2 *)(Om + ((size_t)wt * 16 + g) * OLD + c) = make_float2(o[n][0], o[n][1]);
+            *(float2 *)(Om + ((size_t)wt * 16 + g + 8) * OLD + c) = make_float2(o[n][2], o[n][3]);
+        }
+        if (tq == 0) {
+            ml[(wt * 16 + g) * 2] = m0; ml[(wt * 16 + g) * 2 + 1] = l0;
+            ml[(wt * 16 + g + 8) * 2] = m1; ml[(wt * 16 + g + 8) * 2 + 1] = l1;
+        }
+        __syncthreads();
+        /* merge and write: warp per vector */
+        for (int vi = wt; vi < 16; vi += NWT) {
+            const int v = v0 + vi;
+            if (v >= nvec) break;
+            float M = -INFINITY;
+#pragma unroll
+            for (int w = 0; w < NWT; w++) M = fmaxf(M, ml[(w * 16 + vi) * 2]);
+            const float Mu = M == -INFINITY ? 0.0f : M;
+            float wgt[NWT], L = 0.0f;
+#pragma unroll
+            for (int w = 0; w < NWT; w++) {
+                wgt[w] = exp2f(ml[(w * 16 + vi) * 2] - Mu);
+                L += ml[(w * 16 + vi) * 2 + 1] * wgt[w];
+            }
+            const int row = q0 + v / G, head = r * G + v % G;
+            if (a.n_split == 1) {
+                const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+                T *op = (T *)a.out + ((size_t)row * a.Hq + head) * D;
+                for (int c = lane; c < D; c += 32) {
+                    float acc = 0.0f;
+#pragma unroll
+                    for (int w = 0; w < NWT; w++) acc += Om[((size_t)w * 16 + vi) * OLD + c] * wgt[w];
+                    op[c] = msa_from_f32<T>(acc * inv);
+                }
+                if (a.lse && lane == 0)
+                    a.lse[(size_t)row * a.Hq + head] = L > 0.0f ? (M + log2f(L)) * MSA_LN2 : -INFINITY;
+            } else {
+                float *pp = a.partials + (((size_t)row * a.Hq + head) * a.n_split + sp) * (D + 2);
+                if (lane == 0) { pp[0] = M; pp[1] = L; }
+                for (int c = lane; c < D; c += 32) {
+                    float acc = 0.0f;
+#pragma unroll
+                    for (int w = 0; w < NWT; w++) acc += Om[((size_t)w * 16 + vi) * OLD + c] * wgt[w];
+                    pp[2 + c] = acc;
+                }
+            }
+        }
+        __syncthreads(); /* the next tile reuses shared memory */
+    }
+}
+
+template <typename T, int D, int NWT, int STG, int NST>
+static int launch_attn6(const attn_args &a0, int n_q, cudaStream_t st) {
+    attn6_args a;
+    a.q = a0.q; a.k = a0.k; a.v = a0.v;
+    a.kv_indptr = a0.kv_indptr; a.kv_table = a0.kv_table; a.seq_len = a0.seq_len;
+    a.q_indptr = a0.q_indptr; a.q_pos = a0.q_pos; a.selected = a0.selected;
+    a.out = a0.out; a.lse = a0.lse; a.partials = a0.partials;
+    a.Hq = a0.Hq; a.Hkv = a0.Hkv; a.G = a0.G; a.Bk = a0.Bk; a.top_k = a0.top_k;
+    a.max_blocks = a0.max_blocks; a.n_split = a0.n_split; a.tiles_x = a0.tiles_x;
+    a.scale_log2 = a0.scale_log2;
+    a.L = attn6_layout(D, NWT, STG, NST, a.top_k, a.max_blocks);
+    int dev = 0, optin = 0;
+    int rc = msa_cuda_check(cudaGetDevice(&dev), "get device");
+    if (!rc) rc = msa_cuda_check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attribute");
+    if (rc) return rc;
+    if (a.L.total + 1024 > (size_t)optin)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA attention: %zu bytes of shared memory needed (Bk %d, d %d, top_k %d, max_blocks %d), %d available",
+                         a.L.total, a.Bk, D, a.top_k, a.max_blocks, optin);
+    static size_t optin_cache[MSA_CUDA_MAX_DEVICES];
+    rc = msa_cuda_smem_optin((const void *)block_attn6_kernel<T, D, NWT, STG, NST>, a.L.total, optin_cache,
+                             "attention v6: shared memory limit");
+    if (rc) return rc;
+    dim3 grid((unsigned)(a.tiles_x * a.n_split), (unsigned)(a0.n_seqs * a.Hkv));
+    block_attn6_kernel<T, D, NWT, STG, NST><<<grid, NWT * 32, a.L.total, st>>>(a);
+    rc = MSA_CUDA_LAUNCHED("attention kernel v6");
+    if (rc || a.n_split == 1) return rc;
+    combine_kernel<T, D><<<(unsigned)n_q * a.Hq, D, 0, st>>>(a.partials, (T *)a.out, a.lse, a.n_split);
+    return MSA_CUDA_LAUNCHED("attention combine kernel");
+}
+
+/* Selects the sparse prefill kernel: 0 (default) v6 (mma.sync, O in
+ * registers, 64-token stages, 2 in flight, 4 warps); 7 v6 with 32-token
+ * stages, 3 in flight, 2 warps; 5 the v5 gather (wmma, O in shared);
+ * 4 the 64-vector union tiles of v4. The older ones are kept for comparison. */
 extern "C" int msa_cuda_attn_version;
 int msa_cuda_attn_version = 0;
 
 template <typename T, int D>
 static int launch_d(attn_args &a, int n_q, bool sparse, bool prefill, bool few, cudaStream_t st) {
+    if (prefill && sparse && (msa_cuda_attn_version == 0 || msa_cuda_attn_version == 6))
+        return launch_attn6<T, D, 4, 64, 2>(a, n_q, st);
+    if (prefill && sparse && msa_cuda_attn_version == 7) return launch_attn6<T, D, 2, 32, 3>(a, n_q, st);
     if (prefill && sparse && msa_cuda_attn_version != 4) {
         /* v5 gather: tiles of 16 vectors (one row, or 16/G rows), 2 token
          * warps, half blocks staged so that 3 CTAs share an SM */

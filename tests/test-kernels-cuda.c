@@ -47,6 +47,8 @@ int msa_cuda_topk_scores(const msa_paged_kv *kv, const msa_attn_batch *b, int Hk
                          const float *scores, int32_t *selected, void *stream);
 extern int msa_cuda_topk_version;
 extern int msa_cuda_topk_warps;
+extern int msa_cuda_attn_version;  /* kernels/block_attn.cu: 0 newest, 7, 5, 4 older sparse prefill */
+extern int msa_cuda_index_version; /* kernels/index_score.cu: 0 newest, 4 the previous prefill scan */
 
 #define GUARD 256
 #define GUARD_BYTE 0xA5
@@ -662,11 +664,26 @@ int main(void) {
         {"bad row past its sequence", 8, 2, 128, 128, 1, 128, 4, BF, 2, {900, 1300}, {1, 1}, 0, 0, 1, 0},
         {"many blocks Bk16 random", 8, 2, 64, 64, 1, 16, 16, BF, 2, {20000, 9000}, {1, 1}, 0, 0, 0, 0},
         {"prefill sparse chunk 2K blocks", 8, 2, 64, 64, 1, 16, 8, BF, 1, {33000}, {64}, 0, 1, 0, 0},
+        {"prefill gqa16 fp16 Bk48 2 seqs", 32, 2, 128, 64, 1, 48, 6, F16, 2, {3000, 800}, {70, 33}, 0, 0, 0, 0},
+        {"prefill gqa4 d128 Bk128 300 rows", 16, 4, 128, 128, 1, 128, 8, BF, 1, {9000}, {300}, 0, 0, 0, 0},
         {"ties: integer index", 8, 2, 64, 64, 1, 16, 16, BF, 2, {6000, 3000}, {1, 3}, 1, 0, 0, 1},
         {"ties: constant index 1K blocks", 4, 2, 64, 64, 1, 16, 16, BF, 1, {17000}, {1}, 0, 0, 0, 2},
     };
     const int n_cases = (int)(sizeof cases / sizeof cases[0]);
     for (int i = 0; i < n_cases; i++) run_case(&cases[i], 0);
+    /* The previous kernels, still selectable, on the prefill cases:
+     * attention v6 with 32-token stages (7), v5 (5), v4 (4); index v4. */
+    {
+        const int av[] = {7, 5, 4};
+        for (int vi = 0; vi < 3; vi++) {
+            msa_cuda_attn_version = av[vi];
+            msa_cuda_index_version = vi == 0 ? 4 : 0;
+            for (int i = 0; i < n_cases; i++)
+                if (cases[i].rows[0] > 1) run_case(&cases[i], 0);
+        }
+        msa_cuda_attn_version = 0;
+        msa_cuda_index_version = 0;
+    }
     check_unsupported();
     /* The public API's CUDA path, once kernels/attention.c provides it. */
     {

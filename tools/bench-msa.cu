@@ -40,7 +40,8 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda.h"
 
-extern "C" int msa_cuda_attn_version; /* kernels/block_attn.cu: 4 the previous sparse prefill */
+extern "C" int msa_cuda_attn_version;  /* kernels/block_attn.cu: 0 v6, 7 v6 32-token stages, 5, 4 older sparse prefill */
+extern "C" int msa_cuda_index_version; /* kernels/index_score.cu: 0 v5, 4 the previous prefill scan */
 extern "C" int msa_cuda_topk_version; /* kernels/topk.cu: 4, 5, 6 force a version, 0 automatic */
 extern "C" int msa_cuda_topk_warps;   /* v6 warps per CTA: 4, 8, 16; 0 automatic */
 
@@ -485,11 +486,21 @@ int main(int argc, char **argv) {
             /* the selection of rotation 0 is used by every rotation: the tables
              * all have the same shape, so the work is the same */
             R.t_sparse = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_sparse_attention(&cfg, &kv, &bt, &e)); }, rp);
-            if (r.rows > 1) { /* the previous sparse prefill layout (block_attn.cu v4) */
-                msa_cuda_attn_version = 4;
-                double t4 = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_sparse_attention(&cfg, &kv, &bt, &e)); }, rp);
-                msa_cuda_attn_version = 0;
-                printf("  sparse prefill: %.1f us (v4 union tiles: %.1f us)\n", R.t_sparse, t4);
+            if (r.rows > 1) { /* the previous sparse prefill kernels (block_attn.cu) and index scan (index_score.cu) */
+                auto tv = [&](int ver) {
+                    msa_cuda_attn_version = ver;
+                    double t = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_sparse_attention(&cfg, &kv, &bt, &e)); }, rp);
+                    msa_cuda_attn_version = 0;
+                    return t;
+                };
+                const double t7 = tv(7), t5 = tv(5), t4 = tv(4);
+                R.t_sparse = tv(0); /* last: the first timing of a shape reads slow at prefill */
+                msa_cuda_index_version = 4;
+                const double ti4 = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_index_scores(cs, &kv, &bt, scores, st)); }, rp);
+                msa_cuda_index_version = 0;
+                R.t_index = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_index_scores(cs, &kv, &bt, scores, st)); }, rp);
+                printf("  sparse prefill: v6 %.1f us (v6 32-token stages %.1f, v5 gather %.1f, v4 union tiles %.1f us); index: v5 %.1f us (v4 %.1f us)\n",
+                       R.t_sparse, t7, t5, t4, R.t_index, ti4);
             }
             R.t_step = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_attention(&cfg, &kv, &bt, &e)); }, rp);
             R.t_dense = prefill_only ? 0 : time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_dense_attention(&cfg, &kv, &bt, &e)); },

@@ -4,7 +4,11 @@
 # Everything it prints also lands under $OUT (test.log, bench.log,
 # bench.json, torch.log, torch.json, gpu.txt).
 #
-#   tools/gpu-run.sh [all|test|bench|topk]      (default all)
+#   tools/gpu-run.sh [all|test|bench|topk|prefill]      (default all)
+#
+# prefill: the GPU test, then bench-msa --prefill (the 2048-row prefill and
+# the 128K decode rows; every sparse-prefill and index version timed in the
+# same run) to prefill.log / prefill.json.
 #
 # topk: the GPU test, then the top-k alone (bench-msa --topk-only: the
 # automatic choice, v4, v5, v6 at 4/8/16 warps) and torch.topk on scores of the same shapes
@@ -49,7 +53,7 @@ else
 fi
 
 rc=0
-if [ "$WHAT" = all ] || [ "$WHAT" = test ] || [ "$WHAT" = topk ]; then
+if [ "$WHAT" = all ] || [ "$WHAT" = test ] || [ "$WHAT" = topk ] || [ "$WHAT" = prefill ]; then
   echo "== test-kernels-cuda"
   $TEST 2>&1 | tee "$OUT/test.log"; rc=${PIPESTATUS[0]}
   echo "test exit $rc"
@@ -60,6 +64,10 @@ if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
   echo "== bench_torch.py"
   PYTHONUNBUFFERED=1 python3 tools/bench_torch.py --ours "$OUT/bench.json" --json "$OUT/torch.json" 2>&1 | tee "$OUT/torch.log"
   echo "== summary"; grep -E "^\||^device" "$OUT/bench.log"
+fi
+if [ "$WHAT" = prefill ]; then
+  echo "== bench-msa --prefill"
+  $BENCH --prefill --json "$OUT/prefill.json" 2>&1 | tee "$OUT/prefill.log"
 fi
 if [ "$WHAT" = topk ]; then
   echo "== bench-msa --topk-only"
