@@ -5,7 +5,8 @@
  * Per layer, for a chunk of n tokens (the order of forward.c):
  *
  * (one-token steps: the rmsnorms, the GEMMs and SwiGLU are gemv_kernel
- * launches instead, see "decode GEMV" below)
+ * launches instead, with qkv_kernel's work and the argmax as epilogues of
+ * the qkv and classifier GEMVs, see "decode GEMV" below)
  *
  *   xb  = rmsnorm(x) * attn_norm                        rmsnorm_kernel, bf16 out
  *   y   = xb [Wq; Wk; Wv; (Wqi; Wki)]^T  (+ biases)       one cuBLAS GEMM, fp32 out
@@ -98,8 +99,11 @@ typedef struct cuda_layer {
  * baked into the graph. */
 typedef struct graph_key {
     const void *kv, *k, *v, *kidx;
-    int cap_blocks, view_blocks, dense, top_k, generic, gen, gemv, skip_attn;
+    int cap_blocks, view_blocks, dense, top_k, generic, gen, gemv, skip_attn, gemv_v3;
 } graph_key;
+
+#define PROF_MAX 1024
+#define GEMV_MAX_CTAS 4096
 
 struct msa_cuda_model {
     msa_model_info info;
@@ -118,7 +122,7 @@ struct msa_cuda_model {
     size_t weight_bytes;
     void **allocs;       /* device allocations freed with the model */
     int n_allocs, cap_allocs;
-    int use_graph, generic, use_gemv, skip_attn;
+    int use_graph, generic, use_gemv, skip_attn, gemv_v3;
     int sms;             /* the GPU's multiprocessors (GEMV grid sizing) */
 
     /* scratch, grown on demand (gen counts reallocations: graphs hold pointers) */
@@ -150,6 +154,20 @@ struct msa_cuda_model {
     int32_t *all_h;    /* host 0, 1, 2, ... (dense: every block) */
     int cap_all;
     double append_s;   /* seconds spent moving rows to the memory */
+
+    /* decode GEMV v4's last-CTA epilogues: arrival counters (zero between
+     * launches: the last CTA resets its own), per-CTA argmax partials */
+    int *gemv_count;   /* [2]: qkv, classifier */
+    float *amax_val;   /* (GEMV_MAX_CTAS) */
+    int *amax_idx;     /* (GEMV_MAX_CTAS) */
+
+    /* per-kernel timing (msa_cuda_model_profile) */
+    int prof_on, prof_active, prof_open, prof_n;
+    cudaEvent_t *prof_ev;   /* [2 * PROF_MAX] begin, end of each bracket */
+    cudaEvent_t prof_step[2];
+    int prof_kind[PROF_MAX];
+    double prof_bytes[PROF_MAX];
+    msa_cuda_prof prof;
 
     /* the decode graph */
     cudaGraphExec_t gexec;
@@ -259,8 +277,11 @@ struct qkv_args {
  * row's k, v (and k_idx) stored at its position. Thread t handles the pair p
  * of group g for every query head of the group (so that q_idx is their mean,
  * summed in head order as forward.c does) and for the group's key. */
-__global__ void qkv_kernel(qkv_args a) {
-    const int i = blockIdx.x, half = a.d / 2;
+/* Row i of the qkv post-processing, by the calling CTA's threads: the body of
+ * qkv_kernel, and decode GEMV v4's qkv epilogue (run by the GEMV's last CTA,
+ * which is why y is read through L2: other CTAs wrote it). */
+__device__ void qkv_row(const qkv_args &a, int i) {
+    const int half = a.d / 2;
     const int pos = a.pos[i], blk = pos / a.Bk, off = pos % a.Bk;
     const float *yr = a.y + (size_t)i * a.Nqkv;
     const int qd = a.Hq * a.d, kvd = a.Hkv * a.d;
@@ -272,7 +293,7 @@ __global__ void qkv_kernel(qkv_args a) {
         float sa = 0.0f, sb = 0.0f;
         for (int hh = 0; hh < a.G; hh++) {
             const int o = (g * a.G + hh) * a.d;
-            float v0 = yr[o + ia], v1 = yr[o + ib];
+            float v0 = __ldcg(yr + o + ia), v1 = __ldcg(yr + o + ib);
             if (a.bias) v0 += a.bias[o + ia], v1 += a.bias[o + ib];
             const float r0 = v0 * c - v1 * s, r1 = v0 * s + v1 * c;
             a.q[(size_t)i * qd + o + ia] = __float2bfloat16(r0);
@@ -281,7 +302,7 @@ __global__ void qkv_kernel(qkv_args a) {
             sb += r1;
         }
         const int ok = qd + g * a.d;
-        float k0 = yr[ok + ia], k1 = yr[ok + ib];
+        float k0 = __ldcg(yr + ok + ia), k1 = __ldcg(yr + ok + ib);
         if (a.bias) k0 += a.bias[ok + ia], k1 += a.bias[ok + ib];
         const float r0 = k0 * c - k1 * s, r1 = k0 * s + k1 * c;
         const size_t at = a.rows ? ((size_t)i * a.Hkv + g) * a.d
@@ -297,12 +318,24 @@ __global__ void qkv_kernel(qkv_args a) {
     }
     for (int t = threadIdx.x; t < kvd; t += blockDim.x) {
         const int g = t / a.d, j = t % a.d, o = qd + kvd + t;
-        float v = yr[o];
+        float v = __ldcg(yr + o);
         if (a.bias) v += a.bias[o];
         const size_t at = a.rows ? ((size_t)i * a.Hkv + g) * a.d
                                  : (((size_t)blk * a.Hkv + g) * a.Bk + off) * a.d;
         a.vc[at + j] = __float2bfloat16(v);
     }
+}
+
+__global__ void qkv_kernel(qkv_args a) { qkv_row(a, blockIdx.x); }
+
+/* Holds the stream for `ns` nanoseconds (per-kernel timing: the host queues
+ * the whole step behind it, so the events time the GPU, not the host). */
+__global__ void spin_kernel(long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while ((long long)(t - t0) < ns);
 }
 
 /* Trained index, grid (n, Hkv + 1): head u < Hkv is q_idx head u, head Hkv the
@@ -410,14 +443,38 @@ __global__ void argmax_kernel(const float *__restrict__ logits, int V, int32_t *
  * for 32 KB of weights, and every warp had a single 4 KB round trip with
  * nothing behind it. v3 (this): rows grouped per warp with two chunks in
  * flight, ~4 CTAs per SM so the stage is amortised, SwiGLU moved into the
- * gate/up epilogue (w2 stages plain bf16), PDL between consecutive GEMVs;
- * docs/bench-model.md has what it measured. */
+ * gate/up epilogue (w2 stages plain bf16), PDL between consecutive GEMVs:
+ * 1.703 ms per 4K step, 1.290 without attention. v4 (this; use_graph bit 8
+ * selects v3 for comparisons), from bench-model --profile's per-kernel
+ * timing of v3 (eager, events around each launch): the qkv GEMV took 14.6 us
+ * for 12.6 MB and its separate post-processing launch 8.1 us more, the
+ * one-CTA argmax 32 us, gate/up 34 us for 67 MB (2.0 TB/s), while the
+ * classifier streamed at 2.75 TB/s. So: (1) the qkv post-processing (bias,
+ * RoPE, q_idx mean, K/V/k_idx append) is the qkv GEMV's epilogue, run by
+ * its last CTA to arrive (threadfence + arrival counter, reset by that
+ * CTA); (2) the argmax is the classifier's epilogue: per-warp and per-CTA
+ * best (value, row), the last CTA reduces the per-CTA partials with the
+ * same tie rule (lowest row; NaN never wins), so the 513 KB one-CTA pass
+ * and its launch are gone (the logits are still written); (3) the rmsnorm
+ * stage reads x and the norm weights in one round trip into shared memory
+ * (v3: x twice and the weights after the block sum, three dependent
+ * round trips queued behind the weight stream; same arithmetic, same u);
+ * (4) row-poor PLAIN GEMVs (down: 2048 rows of 16 KB, o) give each row to 2
+ * warps of a CTA whose parts are summed in order through shared memory, so
+ * every warp slot streams (measured: no change for down, 19.5 us either
+ * way). The epilogue and split variants are template instances so that
+ * none spills at 64 registers. H100: 1.501 ms per 4K step (v3 1.710 in the
+ * same run), 1.090 without attention (v3 1.280); docs/bench-model.md. */
 #define GEMV_PLAIN 0
 #define GEMV_NORM 1
+#define EPI_NONE 0
+#define EPI_QKV 1    /* last CTA: qkv_row(qa, 0) */
+#define EPI_ARGMAX 2 /* per-CTA argmax partials, last CTA: amax[0] */
 #define GEMV_THREADS 256
 #define GEMV_CH 4
 #define GEMV_CHUNK (32 * GEMV_CH) /* 16-byte words per chunk */
 #define GEMV_MAX_IN 16384
+#define GEMV_NORM_SMEM_IN 4096 /* v4 norm stage in shared memory up to this input */
 
 struct gemv_args {
     const bf16 *W;
@@ -428,6 +485,14 @@ struct gemv_args {
     bf16 *h;          /* SwiGLU output, or NULL */
     float eps;
     int mode, in, outd, rpw, accumulate;
+    int v3;           /* GEMV v3's input stage (comparisons) */
+    int split;        /* warps per row (rpw 1): warp s of a row reads chunks s, s+split, .. */
+    int epi;          /* EPI_* */
+    int *count;       /* arrival counter of the last-CTA epilogue (0 on entry and exit) */
+    float *pval;      /* EPI_ARGMAX: per-CTA best value and row */
+    int *pidx;
+    int32_t *amax;    /* EPI_ARGMAX: the argmax (lowest row on ties, 0 if none) */
+    qkv_args qa;      /* EPI_QKV */
 };
 
 __device__ __forceinline__ float dot8(uint4 w, uint4 x) {
@@ -463,9 +528,10 @@ __device__ __forceinline__ void pdl_wait() {
 
 /* chunk k of a warp's work: logical row row0 + k / cpl, part (gate/up) and
  * chunk within the row from k % cpl */
-__device__ __forceinline__ void gemv_load(const gemv_args &a, int row0, int k, int cpl, int cpr,
-                                          int nc, int lane, uint4 (&buf)[GEMV_CH]) {
-    const int row = row0 + k / cpl, c = k % cpl, part = c / cpr, cc = c % cpr;
+template <int SPLIT>
+__device__ __forceinline__ void gemv_load(const gemv_args &a, int row0, int k, int cps, int sub,
+                                          int cpr, int nc, int lane, uint4 (&buf)[GEMV_CH]) {
+    const int row = row0 + k / cps, c = sub + (k % cps) * SPLIT, part = c / cpr, cc = c % cpr;
     const uint4 *w4 = (const uint4 *)(a.W + (size_t)(row + part * a.outd) * a.in) + cc * GEMV_CHUNK;
 #pragma unroll
     for (int t = 0; t < GEMV_CH; t++) {
@@ -474,6 +540,7 @@ __device__ __forceinline__ void gemv_load(const gemv_args &a, int row0, int k, i
     }
 }
 
+template <int EPI, int SPLIT>
 __global__ void __launch_bounds__(GEMV_THREADS, 4) gemv_kernel(gemv_args a) {
     extern __shared__ __align__(16) bf16 u[]; /* (in) */
     __shared__ float red[32];
@@ -481,16 +548,35 @@ __global__ void __launch_bounds__(GEMV_THREADS, 4) gemv_kernel(gemv_args a) {
     const int gw = blockIdx.x * (GEMV_THREADS / 32) + (threadIdx.x >> 5);
     const int nc = a.in / 8, cpr = (nc + GEMV_CHUNK - 1) / GEMV_CHUNK;
     const int cpl = a.h ? 2 * cpr : cpr;
-    const int row0 = gw * a.rpw;
+    const int cps = cpl / SPLIT, sub = gw % SPLIT; /* chunks per row of this warp */
+    const int row0 = gw / SPLIT * a.rpw;
     int nrows = a.outd - row0;
     nrows = nrows < 0 ? 0 : (nrows > a.rpw ? a.rpw : nrows);
-    const int nk = nrows * cpl;
+    const int nk = nrows * cps;
     uint4 cur[GEMV_CH], nxt[GEMV_CH];
-    if (nk > 0) gemv_load(a, row0, 0, cpl, cpr, nc, lane, cur);
-    if (nk > 1) gemv_load(a, row0, 1, cpl, cpr, nc, lane, nxt);
+    if (nk > 0) gemv_load<SPLIT>(a, row0, 0, cps, sub, cpr, nc, lane, cur);
+    if (nk > 1) gemv_load<SPLIT>(a, row0, 1, cps, sub, cpr, nc, lane, nxt);
     pdl_launch_dependents();
     pdl_wait(); /* the previous kernel's outputs (x, att, h) are visible from here */
-    if (a.mode == GEMV_NORM) {
+    if (a.mode == GEMV_NORM && a.in <= GEMV_NORM_SMEM_IN && !a.v3) {
+        /* v4: x and the norm weights read in one round trip and kept in
+         * shared memory for the second pass (v3 read x twice and the
+         * weights after the sum: three dependent global round trips behind
+         * the weight stream); the same arithmetic, so the same u */
+        float *xs = (float *)(u + a.in), *ws = xs + a.in;
+        float ss = 0.0f;
+#pragma unroll 4
+        for (int j = threadIdx.x; j < a.in; j += GEMV_THREADS) {
+            const float xv = a.xf[j], wv = a.nw[j];
+            xs[j] = xv;
+            ws[j] = wv;
+            ss += xv * xv;
+        }
+        ss = block_sum(ss, red);
+        const float r = 1.0f / sqrtf(ss / a.in + a.eps);
+        for (int j = threadIdx.x; j < a.in; j += GEMV_THREADS)
+            u[j] = __float2bfloat16(ws[j] * (r * xs[j]));
+    } else if (a.mode == GEMV_NORM) {
         float ss = 0.0f;
         for (int j = threadIdx.x; j < a.in; j += blockDim.x) ss += a.xf[j] * a.xf[j];
         ss = block_sum(ss, red);
@@ -505,8 +591,10 @@ __global__ void __launch_bounds__(GEMV_THREADS, 4) gemv_kernel(gemv_args a) {
     __syncthreads();
     const uint4 *u4 = (const uint4 *)u;
     float acc0 = 0.0f, acc1 = 0.0f;
+    float bestv = -INFINITY; /* EPI_ARGMAX: this warp's best row so far */
+    int besti = a.outd;
     for (int k = 0; k < nk; k++) {
-        const int c = k % cpl, cc = c % cpr;
+        const int c = sub + (k % cps) * SPLIT, cc = c % cpr;
         float s = 0.0f;
 #pragma unroll
         for (int t = 0; t < GEMV_CH; t++) {
@@ -517,51 +605,133 @@ __global__ void __launch_bounds__(GEMV_THREADS, 4) gemv_kernel(gemv_args a) {
         else acc0 += s;
 #pragma unroll
         for (int t = 0; t < GEMV_CH; t++) cur[t] = nxt[t];
-        if (k + 2 < nk) gemv_load(a, row0, k + 2, cpl, cpr, nc, lane, nxt);
-        if (c == cpl - 1) {
+        if (k + 2 < nk) gemv_load<SPLIT>(a, row0, k + 2, cps, sub, cpr, nc, lane, nxt);
+        if (k % cps == cps - 1) {
             for (int o = 16; o > 0; o >>= 1) {
                 acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
                 acc1 += __shfl_xor_sync(0xffffffffu, acc1, o);
             }
-            const int row = row0 + k / cpl;
+            const int row = row0 + k / cps;
             if (lane == 0) {
                 if (a.h) {
                     const float g = acc0 * (1.0f / (1.0f + expf(-acc0)));
                     a.h[row] = __float2bfloat16(g * acc1);
-                } else {
+                } else if (SPLIT == 1) {
                     a.y[row] = a.accumulate ? a.y[row] + acc0 : acc0;
+                    if (EPI == EPI_ARGMAX && acc0 > bestv) bestv = acc0, besti = row; /* rows ascend */
                 }
             }
-            acc0 = acc1 = 0.0f;
+            if (SPLIT == 1) acc0 = acc1 = 0.0f;
         }
     }
+    __shared__ float bv[GEMV_THREADS];
+    __shared__ int bi[GEMV_THREADS];
+    __shared__ int last;
+    const int w = threadIdx.x >> 5;
+    if (SPLIT > 1) { /* one row per group of SPLIT warps: sum their parts in order */
+        if (lane == 0) bv[w] = acc0;
+        __syncthreads();
+        if (lane == 0 && sub == 0 && nrows > 0) {
+            float t = 0.0f;
+            for (int j = 0; j < SPLIT; j++) t += bv[w + j];
+            a.y[row0] = a.accumulate ? a.y[row0] + t : t;
+        }
+    }
+    if (EPI == EPI_NONE) return;
+    if (EPI == EPI_ARGMAX) {
+        if (lane == 0) bv[w] = bestv, bi[w] = besti;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float v = bv[0];
+            int ix = bi[0];
+            for (int j = 1; j < GEMV_THREADS / 32; j++)
+                if (bv[j] > v || (bv[j] == v && bi[j] < ix)) v = bv[j], ix = bi[j];
+            a.pval[blockIdx.x] = v;
+            a.pidx[blockIdx.x] = ix;
+        }
+    }
+    /* last CTA to arrive runs the epilogue (threadfence reduction) */
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(a.count, 1) == (int)gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (EPI == EPI_QKV) {
+        qkv_row(a.qa, 0);
+    } else {
+        float v = -INFINITY;
+        int ix = a.outd;
+        for (int j = threadIdx.x; j < (int)gridDim.x; j += blockDim.x) {
+            const float ov = __ldcg(a.pval + j);
+            const int oi = __ldcg(a.pidx + j);
+            if (ov > v || (ov == v && oi < ix)) v = ov, ix = oi;
+        }
+        bv[threadIdx.x] = v;
+        bi[threadIdx.x] = ix;
+        __syncthreads();
+        for (int st = blockDim.x / 2; st > 0; st >>= 1) {
+            if (threadIdx.x < st) {
+                const float ov = bv[threadIdx.x + st];
+                const int oi = bi[threadIdx.x + st];
+                if (ov > bv[threadIdx.x] || (ov == bv[threadIdx.x] && oi < bi[threadIdx.x]))
+                    bv[threadIdx.x] = ov, bi[threadIdx.x] = oi;
+            }
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) a.amax[0] = bi[0] < a.outd ? bi[0] : 0;
+    }
+    if (threadIdx.x == 0) *a.count = 0;
 }
 
 static bool gemv_ok(int in) { return in % 8 == 0 && in <= GEMV_MAX_IN; }
 
 /* Queues one GEMV on `st` (programmatic dependent launch): outd logical rows
  * (with h: outd gate/up pairs), about 4 CTAs per SM. */
-static int gemv(cudaStream_t st, int sms, const bf16 *W, const bf16 *xb, const float *xf,
+static int gemv(msa_cuda_model *cm, const bf16 *W, const bf16 *xb, const float *xf,
                 const float *nw, float eps, int mode, float *y, bf16 *h, int in, int outd,
-                int accumulate) {
+                int accumulate, int epi = EPI_NONE, const qkv_args *qa = NULL) {
+    cudaStream_t st = cm->st;
     gemv_args a;
+    memset(&a, 0, sizeof a);
     a.W = W; a.xb = xb; a.xf = xf; a.nw = nw; a.y = y; a.h = h; a.eps = eps;
     a.mode = mode; a.in = in; a.outd = outd; a.accumulate = accumulate;
-    const int warps_per_cta = GEMV_THREADS / 32, slots = 4 * sms * warps_per_cta;
-    a.rpw = (outd + slots - 1) / slots;
-    const int warps = (outd + a.rpw - 1) / a.rpw;
+    a.epi = cm->gemv_v3 ? EPI_NONE : epi;
+    if (qa) a.qa = *qa;
+    a.count = cm->gemv_count + (epi == EPI_ARGMAX);
+    a.pval = cm->amax_val;
+    a.pidx = cm->amax_idx;
+    a.amax = cm->amax;
+    const int warps_per_cta = GEMV_THREADS / 32, slots = 4 * cm->sms * warps_per_cta;
+    const int cpr = (in / 8 + GEMV_CHUNK - 1) / GEMV_CHUNK;
+    /* v4: rows too few to give every warp slot one (down: 2048 rows of 8
+     * chunks; o) are split over 2 warps of a CTA */
+    a.split = 1;
+    if (!cm->gemv_v3 && !h && a.epi == EPI_NONE)
+        if (2 * outd <= slots && cpr % 2 == 0) a.split = 2;
+    a.rpw = a.split > 1 ? 1 : (outd + slots - 1) / slots;
+    const int warps = (outd + a.rpw - 1) / a.rpw * a.split;
+    if (a.epi != EPI_NONE && (warps + warps_per_cta - 1) / warps_per_cta > GEMV_MAX_CTAS)
+        return msa_error(MSA_EINVAL, "forward (CUDA): gemv epilogue over %d CTAs", warps / 8);
     cudaLaunchConfig_t c;
     memset(&c, 0, sizeof c);
     c.gridDim = dim3((warps + warps_per_cta - 1) / warps_per_cta);
     c.blockDim = dim3(GEMV_THREADS);
-    c.dynamicSmemBytes = (size_t)in * sizeof(bf16);
+    a.v3 = cm->gemv_v3;
+    c.dynamicSmemBytes = (size_t)in * sizeof(bf16) +
+                         (mode == GEMV_NORM && in <= GEMV_NORM_SMEM_IN && !a.v3 ? (size_t)in * 8 : 0);
     c.stream = st;
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     c.attrs = at;
     c.numAttrs = 1;
-    return ck(cudaLaunchKernelEx(&c, gemv_kernel, a), "gemv");
+    return ck(cudaLaunchKernelEx(&c, a.epi == EPI_QKV      ? gemv_kernel<EPI_QKV, 1>
+                                     : a.epi == EPI_ARGMAX ? gemv_kernel<EPI_ARGMAX, 1>
+                                     : a.split == 2        ? gemv_kernel<EPI_NONE, 2>
+                                                           : gemv_kernel<EPI_NONE, 1>,
+                                 a),
+              "gemv");
 }
 
 /* ---- generic attention (any head dim up to GEN_MAX_D) --------------------------- */
@@ -644,6 +814,14 @@ static int model_new(const msa_model_info *info, float eps, int neox, int cuda_d
     if (!rc) rc = dalloc(cm, BLAS_WS_BYTES, &cm->blas_ws);
     /* after cublasSetStream, which resets the workspace */
     if (!rc) rc = ckb(cublasSetWorkspace(cm->blas, cm->blas_ws, BLAS_WS_BYTES), "set workspace");
+    void *ep = NULL;
+    if (!rc) rc = dalloc(cm, 16 + (size_t)GEMV_MAX_CTAS * 8, &ep);
+    if (!rc) rc = ck(cudaMemset(ep, 0, 16 + (size_t)GEMV_MAX_CTAS * 8), "memset");
+    if (!rc) {
+        cm->gemv_count = (int *)ep;
+        cm->amax_val = (float *)((char *)ep + 16);
+        cm->amax_idx = (int *)(cm->amax_val + GEMV_MAX_CTAS);
+    }
     if (!rc) {
         cm->L = (cuda_layer *)calloc((size_t)I->n_layers, sizeof *cm->L);
         if (!cm->L) rc = msa_error(MSA_ENOMEM, "forward (CUDA): layers");
@@ -837,6 +1015,12 @@ extern "C" void msa_cuda_model_free(msa_cuda_model *cm) {
     cudaSetDevice(cm->device);
     if (cm->st) cudaStreamSynchronize(cm->st);
     if (cm->gexec) cudaGraphExecDestroy(cm->gexec);
+    if (cm->prof_ev) {
+        for (int i = 0; i < 2 * PROF_MAX; i++) cudaEventDestroy(cm->prof_ev[i]);
+        cudaEventDestroy(cm->prof_step[0]);
+        cudaEventDestroy(cm->prof_step[1]);
+        free(cm->prof_ev);
+    }
     void *scratch[] = {cm->x, cm->xb, cm->y, cm->q, cm->qi, cm->att, cm->h,
                        cm->sel, cm->logits, cm->amax, cm->ws, cm->meta, cm->stage};
     for (size_t i = 0; i < sizeof scratch / sizeof *scratch; i++) cudaFree(scratch[i]);
@@ -867,6 +1051,71 @@ extern "C" void msa_cuda_model_set_options(msa_cuda_model *cm, int use_graph, in
     cm->generic = generic;
     cm->use_gemv = (use_graph & 2) == 0;
     cm->skip_attn = (use_graph & 4) != 0;
+    cm->gemv_v3 = (use_graph & 8) != 0;
+}
+
+/* ---- per-kernel timing ---------------------------------------------------------------- */
+
+static const char *const prof_names[MSA_CUDA_PROF_KINDS] = {
+    "embedding", "gemv qkv", "qkv post (bias, RoPE, idx q)", "attn: index + top-k",
+    "attn: sparse + combine", "gemv o", "gemv gate/up + SwiGLU", "gemv down",
+    "gemv classifier", "argmax", "token up / argmax down", "step (first to last launch)"};
+
+extern "C" const char *msa_cuda_prof_name(int kind) {
+    return kind >= 0 && kind < MSA_CUDA_PROF_KINDS ? prof_names[kind] : "?";
+}
+
+extern "C" void msa_cuda_model_profile(msa_cuda_model *cm, int on) {
+    if (!cm) return;
+    cudaSetDevice(cm->device);
+    if (on && !cm->prof_ev) {
+        cm->prof_ev = (cudaEvent_t *)calloc(2 * PROF_MAX, sizeof *cm->prof_ev);
+        if (!cm->prof_ev) return;
+        for (int i = 0; i < 2 * PROF_MAX; i++) cudaEventCreate(&cm->prof_ev[i]);
+        cudaEventCreate(&cm->prof_step[0]);
+        cudaEventCreate(&cm->prof_step[1]);
+    }
+    cm->prof_on = on && cm->prof_ev;
+    memset(&cm->prof, 0, sizeof cm->prof);
+    cm->prof_n = cm->prof_open = 0;
+}
+
+extern "C" int msa_cuda_model_profile_read(const msa_cuda_model *cm, msa_cuda_prof *out) {
+    if (!cm || !out) return MSA_EINVAL;
+    *out = cm->prof;
+    return MSA_OK;
+}
+
+/* Brackets of one step: prof_b before a launch (or a group), prof_e after. */
+static void prof_b(msa_cuda_model *cm, int kind, double bytes) {
+    if (!cm->prof_active || cm->prof_n >= PROF_MAX) return;
+    cudaEventRecord(cm->prof_ev[2 * cm->prof_n], cm->st);
+    cm->prof_kind[cm->prof_n] = kind;
+    cm->prof_bytes[cm->prof_n] = bytes;
+    cm->prof_open = 1;
+}
+static void prof_e(msa_cuda_model *cm) {
+    if (!cm->prof_open) return;
+    cudaEventRecord(cm->prof_ev[2 * cm->prof_n + 1], cm->st);
+    cm->prof_n++;
+    cm->prof_open = 0;
+}
+/* After the step's stream synchronisation: the brackets into the sums. */
+static void prof_collect(msa_cuda_model *cm) {
+    for (int i = 0; i < cm->prof_n; i++) {
+        float ms = 0.0f;
+        cudaEventElapsedTime(&ms, cm->prof_ev[2 * i], cm->prof_ev[2 * i + 1]);
+        cm->prof.ms[cm->prof_kind[i]] += ms;
+        cm->prof.bytes[cm->prof_kind[i]] += cm->prof_bytes[i];
+        cm->prof.launches[cm->prof_kind[i]]++;
+    }
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, cm->prof_step[0], cm->prof_step[1]);
+    cm->prof.ms[MSA_CUDA_PROF_STEP] += ms;
+    cm->prof.launches[MSA_CUDA_PROF_STEP]++;
+    cm->prof.steps++;
+    cm->prof_n = cm->prof_open = 0;
+    cudaGetLastError();
 }
 
 /* ---- layer memory ------------------------------------------------------------------ */
@@ -1064,9 +1313,12 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
      * epilogue) instead of rmsnorm + cuBLAS + swiglu, unless switched off;
      * docs/bench-model.md compares the two */
     const bool one = n == 1 && cm->use_gemv && gemv_ok(D) && gemv_ok(qd) && gemv_ok(F);
-    const int sms = cm->sms;
+    const bool v4 = one && !cm->gemv_v3;
+    const double kvd = (double)Hkv * d;
 
+    prof_b(cm, MSA_CUDA_PROF_EMBED, (double)n * D * 6);
     embed_kernel<<<n, 256, 0, st>>>(cm->tok_embd, m_tok, cm->x, D);
+    prof_e(cm);
     if ((rc = LAUNCHED("embedding"))) return rc;
 
     msa_attn_config cfg = msa_attn_default_config();
@@ -1096,15 +1348,6 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
             vc = kc + (size_t)n * Hkv * d;
             ki = vc + (size_t)n * Hkv * d;
         }
-        if (one) {
-            rc = gemv(st, sms, Y->wqkv, NULL, cm->x, Y->attn_norm, cm->rms_eps, GEMV_NORM, cm->y,
-                      NULL, D, cm->Nqkv, 0);
-        } else {
-            rmsnorm_kernel<<<n, 256, 0, st>>>(cm->x, Y->attn_norm, cm->xb, D, cm->rms_eps);
-            if (!(rc = LAUNCHED("rmsnorm")))
-                rc = gemm(cm, Y->wqkv, cm->xb, cm->y, CUDA_R_32F, n, D, cm->Nqkv, 0.0f, "qkv");
-        }
-        if (rc) return rc;
         qkv_args a;
         a.y = cm->y; a.bias = Y->bqkv; a.pos = m_pos; a.inv_freq = cm->inv_freq;
         a.q = cm->q; a.qi = I->has_trained_index ? NULL : cm->qi;
@@ -1112,8 +1355,28 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
         a.Nqkv = cm->Nqkv; a.Hq = Hq; a.Hkv = Hkv; a.d = d; a.G = G; a.Bk = Bk;
         a.neox = cm->rope_neox;
         a.rows = kv == NULL;
-        qkv_kernel<<<n, 128, 0, st>>>(a);
-        if ((rc = LAUNCHED("qkv / RoPE"))) return rc;
+        /* bytes the post-processing reads (y) and writes (q, k, v, q_idx, k_idx) */
+        const double post = (double)n * (cm->Nqkv * 4 + (qd + 2 * kvd) * 2 +
+                                         (I->has_trained_index ? 0 : 2 * kvd * 2));
+        prof_b(cm, MSA_CUDA_PROF_QKV, (double)cm->Nqkv * D * 2 + (double)n * cm->Nqkv * 4 +
+                                          (v4 ? post : 0));
+        if (one) {
+            /* v4: the post-processing is the GEMV's last-CTA epilogue */
+            rc = gemv(cm, Y->wqkv, NULL, cm->x, Y->attn_norm, cm->rms_eps, GEMV_NORM, cm->y,
+                      NULL, D, cm->Nqkv, 0, EPI_QKV, &a);
+        } else {
+            rmsnorm_kernel<<<n, 256, 0, st>>>(cm->x, Y->attn_norm, cm->xb, D, cm->rms_eps);
+            if (!(rc = LAUNCHED("rmsnorm")))
+                rc = gemm(cm, Y->wqkv, cm->xb, cm->y, CUDA_R_32F, n, D, cm->Nqkv, 0.0f, "qkv");
+        }
+        prof_e(cm);
+        if (rc) return rc;
+        if (!v4) {
+            prof_b(cm, MSA_CUDA_PROF_QKV_POST, post);
+            qkv_kernel<<<n, 128, 0, st>>>(a);
+            prof_e(cm);
+            if ((rc = LAUNCHED("qkv / RoPE"))) return rc;
+        }
         if (I->has_trained_index) {
             idx_kernel<<<dim3(n, Hkv + 1), 128, di * 4, st>>>(
                 cm->y, m_pos, cm->inv_freq_idx, Y->idx_q_norm, Y->idx_k_norm, cm->qi, ki,
@@ -1138,12 +1401,21 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
             memset(&b, 0, sizeof b);
             b.n_q = n; b.q_indptr = m_indptr; b.q_pos = m_pos;
             b.q = cm->q; b.q_idx = cm->qi; b.out = cm->att;
+            /* bytes: index keys of the visible blocks; the selected (or all) K/V */
+            const double vis = (double)view_blocks * Bk;
+            const double sel_tok = (double)o->top_k * Bk < vis ? (double)o->top_k * Bk : vis;
             if (o->dense) {
+                prof_b(cm, MSA_CUDA_PROF_ATT_SPARSE, vis * kvd * 4);
                 rc = msa_dense_attention(&cfg, &pk, &b, &ex);
+                prof_e(cm);
             } else {
                 b.selected = cm->sel;
+                prof_b(cm, MSA_CUDA_PROF_ATT_SELECT, vis * KH * di * 2);
                 rc = msa_index_select(&cfg, &pk, &b, &ex);
+                prof_e(cm);
+                prof_b(cm, MSA_CUDA_PROF_ATT_SPARSE, n * sel_tok * kvd * 4);
                 if (!rc) rc = msa_sparse_attention(&cfg, &pk, &b, &ex);
+                prof_e(cm);
             }
             if (rc) return msa_error_context(rc, "forward (CUDA): layer %d: attention", l);
         } else {
@@ -1168,18 +1440,24 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
             if ((rc = LAUNCHED("generic attention"))) return rc;
         }
 
-        rc = one ? gemv(st, sms, Y->wo, cm->att, NULL, NULL, 0.0f, GEMV_PLAIN, cm->x, NULL, qd, D, 1)
+        prof_b(cm, MSA_CUDA_PROF_O, (double)D * qd * 2 + (double)n * D * 8);
+        rc = one ? gemv(cm, Y->wo, cm->att, NULL, NULL, 0.0f, GEMV_PLAIN, cm->x, NULL, qd, D, 1)
                  : gemm(cm, Y->wo, cm->att, cm->x, CUDA_R_32F, n, qd, D, 1.0f, "wo");
+        prof_e(cm);
         if (rc) return rc;
         if (Y->bo) {
             add_bias_kernel<<<grid_for((size_t)n * D, 256), 256, 0, st>>>(cm->x, Y->bo, n, D);
             if ((rc = LAUNCHED("bias"))) return rc;
         }
         if (one) {
-            rc = gemv(st, sms, Y->w13, NULL, cm->x, Y->ffn_norm, cm->rms_eps, GEMV_NORM, NULL,
+            prof_b(cm, MSA_CUDA_PROF_GATE_UP, 2.0 * F * D * 2 + (double)F * 2);
+            rc = gemv(cm, Y->w13, NULL, cm->x, Y->ffn_norm, cm->rms_eps, GEMV_NORM, NULL,
                       cm->h, D, F, 0);
+            prof_e(cm);
+            prof_b(cm, MSA_CUDA_PROF_DOWN, (double)F * D * 2 + (double)D * 8);
             if (!rc)
-                rc = gemv(st, sms, Y->w2, cm->h, NULL, NULL, 0.0f, GEMV_PLAIN, cm->x, NULL, F, D, 1);
+                rc = gemv(cm, Y->w2, cm->h, NULL, NULL, 0.0f, GEMV_PLAIN, cm->x, NULL, F, D, 1);
+            prof_e(cm);
             if (rc) return rc;
             continue;
         }
@@ -1193,10 +1471,16 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
     }
     const int r0 = n - logit_rows;
     if (one) {
-        rc = gemv(st, sms, cm->output, NULL, cm->x, cm->output_norm, cm->rms_eps, GEMV_NORM,
-                  cm->logits, NULL, D, V, 0);
-        if (rc) return rc;
+        /* v4: the argmax is the classifier GEMV's epilogue (per-CTA partials,
+         * the last CTA reduces them) */
+        prof_b(cm, MSA_CUDA_PROF_CLASSIFIER, (double)V * D * 2 + (double)V * 4);
+        rc = gemv(cm, cm->output, NULL, cm->x, cm->output_norm, cm->rms_eps, GEMV_NORM,
+                  cm->logits, NULL, D, V, 0, EPI_ARGMAX);
+        prof_e(cm);
+        if (rc || v4) return rc;
+        prof_b(cm, MSA_CUDA_PROF_ARGMAX, (double)V * 4);
         argmax_kernel<<<1, 1024, 0, st>>>(cm->logits, V, cm->amax);
+        prof_e(cm);
         return LAUNCHED("argmax");
     }
     rmsnorm_kernel<<<logit_rows, 256, 0, st>>>(cm->x + (size_t)r0 * D, cm->output_norm, cm->xb, D,
@@ -1259,6 +1543,12 @@ extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const
     if (gws > ws) ws = gws;
     if ((rc = ensure_scratch(cm, n, logit_rows, o.top_k, ws))) return rc;
 
+    /* per-kernel timing: single-token steps of this path only, eager */
+    cm->prof_active = cm->prof_on && n == 1;
+    if (cm->prof_active) {
+        spin_kernel<<<1, 1, 0, cm->st>>>(4000000); /* 4 ms: the host queues the step */
+        if ((rc = LAUNCHED("spin"))) return rc;
+    }
     int32_t *mh = cm->meta_h;
     mh[0] = 0;
     mh[1] = n;
@@ -1266,9 +1556,14 @@ extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const
     mh[3] = 0;
     memcpy(mh + 4, tokens, (size_t)n * 4);
     for (int i = 0; i < n; i++) mh[4 + n + i] = pos0 + i;
-    if ((rc = ck(cudaMemcpyAsync(cm->meta, mh, (4 + 2 * (size_t)n) * 4, cudaMemcpyHostToDevice,
-                                 cm->st), "upload tokens")))
+    prof_b(cm, MSA_CUDA_PROF_COPY, (4 + 2.0 * n) * 4);
+    rc = ck(cudaMemcpyAsync(cm->meta, mh, (4 + 2 * (size_t)n) * 4, cudaMemcpyHostToDevice, cm->st),
+            "upload tokens");
+    prof_e(cm);
+    if (rc) {
+        cm->prof_active = 0;
         return rc;
+    }
 
     graph_key key;
     memset(&key, 0, sizeof key);
@@ -1284,7 +1579,8 @@ extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const
     key.gen = cm->gen;
     key.gemv = cm->use_gemv;
     key.skip_attn = cm->skip_attn;
-    const bool graphable = cm->use_graph && n == 1;
+    key.gemv_v3 = cm->gemv_v3;
+    const bool graphable = cm->use_graph && n == 1 && !cm->prof_active;
     if (graphable && cm->gexec && !memcmp(&key, &cm->gkey, sizeof key)) {
         rc = ck(cudaGraphLaunch(cm->gexec, cm->st), "graph launch");
     } else if (graphable && cm->have_warm && !memcmp(&key, &cm->warm_key, sizeof key)) {
@@ -1310,20 +1606,30 @@ extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const
             rc = enqueue(cm, kv, n, logit_rows, view, &o, fast);
         }
     } else {
+        if (cm->prof_active) cudaEventRecord(cm->prof_step[0], cm->st);
         rc = enqueue(cm, kv, n, logit_rows, view, &o, fast);
+        if (cm->prof_active) cudaEventRecord(cm->prof_step[1], cm->st);
         if (graphable && !rc) {
             cm->warm_key = key;
             cm->have_warm = 1;
         }
     }
+    prof_b(cm, MSA_CUDA_PROF_COPY, (logits ? (double)logit_rows * I->vocab_size * 4 : 0) +
+                                       (argmax ? logit_rows * 4 : 0));
     if (!rc && logits)
         rc = ck(cudaMemcpyAsync(logits, cm->logits, (size_t)logit_rows * I->vocab_size * 4,
                                 cudaMemcpyDeviceToHost, cm->st), "download logits");
     if (!rc && argmax)
         rc = ck(cudaMemcpyAsync(argmax, cm->amax, (size_t)logit_rows * 4, cudaMemcpyDeviceToHost,
                                 cm->st), "download argmax");
+    prof_e(cm);
     int rs = ck(cudaStreamSynchronize(cm->st), "forward");
     if (!rc) rc = rs;
+    if (cm->prof_active) {
+        if (!rc) prof_collect(cm);
+        cm->prof_n = cm->prof_open = 0;
+        cm->prof_active = 0;
+    }
     if (rc) return msa_error_context(rc, "msa_cuda_model_forward (pos0 %d, n %d)", pos0, n);
     kv->len = pos0 + n;
     return MSA_OK;

@@ -68,10 +68,47 @@ void *msa_cuda_model_stream(const msa_cuda_model *cm);
  *   2  (default off) single-token calls use rmsnorm + cuBLAS + swiglu
  *      instead of the decode GEMV kernel (rmsnorm staged in the GEMV,
  *      SwiGLU in the gate/up epilogue), which is the default;
- *   4  diagnostic for benchmarks: skip the attention (wrong results).
+ *   4  diagnostic for benchmarks: skip the attention (wrong results);
+ *   8  (default off) the decode GEMV as v3 (for comparisons): qkv
+ *      post-processing and argmax as their own launches, the down
+ *      projection one row per warp, instead of v4's fused epilogues and
+ *      split row.
  * generic_attention (default 0): use the generic attention kernels even
  * where the fast ones apply (tests). */
 void msa_cuda_model_set_options(msa_cuda_model *cm, int use_graph, int generic_attention);
+
+/* Per-kernel timing of single-token steps (bench-model --profile). While on,
+ * msa_cuda_model_forward() runs single-token steps eagerly (no graph, no
+ * programmatic dependent launch overlap), holds the stream with a short spin
+ * kernel until the whole step is queued, and brackets every launch (or
+ * group of launches from kernels/) with CUDA events; the elapsed times are
+ * summed by kind with the bytes each launch must read or write. Turning it
+ * on (or off) clears the sums. */
+enum {
+    MSA_CUDA_PROF_EMBED,      /* embedding row */
+    MSA_CUDA_PROF_QKV,        /* qkv GEMV (rmsnorm staged; with the qkv epilogue when fused) */
+    MSA_CUDA_PROF_QKV_POST,   /* bias, RoPE, index query mean, K/V append (own launch) */
+    MSA_CUDA_PROF_ATT_SELECT, /* msa_index_select: index scores + top-k */
+    MSA_CUDA_PROF_ATT_SPARSE, /* msa_sparse_attention (or dense): attention + combine */
+    MSA_CUDA_PROF_O,          /* wo GEMV (+= residual) */
+    MSA_CUDA_PROF_GATE_UP,    /* w1/w3 GEMV with SwiGLU */
+    MSA_CUDA_PROF_DOWN,       /* w2 GEMV (+= residual) */
+    MSA_CUDA_PROF_CLASSIFIER, /* final rmsnorm + classifier GEMV (+ argmax when fused) */
+    MSA_CUDA_PROF_ARGMAX,     /* argmax launch (when not fused) */
+    MSA_CUDA_PROF_COPY,       /* token upload and argmax / logits download */
+    MSA_CUDA_PROF_STEP,       /* the whole step, first launch to last */
+    MSA_CUDA_PROF_KINDS
+};
+typedef struct msa_cuda_prof {
+    double ms[MSA_CUDA_PROF_KINDS];    /* summed over steps */
+    double bytes[MSA_CUDA_PROF_KINDS]; /* summed over steps */
+    long launches[MSA_CUDA_PROF_KINDS];
+    int steps;
+} msa_cuda_prof;
+void msa_cuda_model_profile(msa_cuda_model *cm, int on);
+/* The sums so far (MSA_OK), names[kind] the kinds' names. */
+int msa_cuda_model_profile_read(const msa_cuda_model *cm, msa_cuda_prof *out);
+const char *msa_cuda_prof_name(int kind);
 
 /* A GPU layer memory for `cm` with room for `capacity` tokens in blocks of
  * `block_size` (a multiple of 16, at most 128). Bytes: n_layers * capacity *

@@ -22,8 +22,16 @@
  * decode at 4K within 1.5x of that floor; decode at 128K no more than 1.3x
  * the time per token at 4K.
  *
+ * Per-kernel timing (--profile): at 4K (and 128K when timed) one decode step
+ * is also run eagerly with CUDA events around every launch
+ * (msa_cuda_model_profile), summed by kind, with the bytes each kind must
+ * move and the rate it reached; the sum of the kernels against the graph
+ * replay's time per token says what the gaps between kernels cost. Done for
+ * the default (GEMV v4), GEMV v3 (set_options bit 8) and the step without
+ * attention.
+ *
  *   bench-model [--lengths 4096,32768,131072,524288] [--steps 32]
- *               [--prefill 4096] [--json FILE]
+ *               [--prefill 4096 (0: none)] [--no-trained] [--profile] [--json FILE]
  */
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -150,12 +158,56 @@ static double time_decode(msa_cuda_model *cm, msa_cuda_kv *kv, long long L, int 
     return ms;
 }
 
+/* One decode step at L, `steps` times, eager with per-launch events; prints
+ * the sums per kind per step. graph_ms: the same variant's time per token
+ * with the graph (host clock), for the gap line. */
+static void profile_decode(msa_cuda_model *cm, msa_cuda_kv *kv, long long L, int steps,
+                           int bits, const char *label, double graph_ms) {
+    msa_forward_opts o = msa_forward_default_opts();
+    o.block_size = BK;
+    o.top_k = TOPK;
+    msa_cuda_model_set_options(cm, bits, 0);
+    OK(msa_cuda_kv_truncate(kv, L), "truncate");
+    int32_t tok = 1;
+    for (int s = -3; s < steps; s++) {
+        if (s == 0) msa_cuda_model_profile(cm, 1);
+        int64_t pos = msa_cuda_kv_length(kv);
+        OK(msa_cuda_model_forward(cm, kv, &tok, 1, (int)pos, &o, NULL, &tok), "decode");
+    }
+    msa_cuda_prof p;
+    msa_cuda_model_profile_read(cm, &p);
+    msa_cuda_model_profile(cm, 0);
+    msa_cuda_model_set_options(cm, 1, 0);
+    const int n = p.steps > 0 ? p.steps : 1;
+    printf("\nper-kernel timing, %s, L=%lld (eager, events around each launch, %d steps)\n",
+           label, L, p.steps);
+    printf("| kind | launches/step | us/step | MB/step | GB/s |\n|---|---:|---:|---:|---:|\n");
+    double sum = 0;
+    for (int k = 0; k < MSA_CUDA_PROF_KINDS; k++) {
+        if (!p.launches[k]) continue;
+        const double us = p.ms[k] * 1e3 / n, mb = p.bytes[k] / 1e6 / n;
+        if (k != MSA_CUDA_PROF_STEP && k != MSA_CUDA_PROF_COPY) sum += us;
+        if (k == MSA_CUDA_PROF_STEP)
+            printf("| %s | | %.1f | | |\n", msa_cuda_prof_name(k), us);
+        else
+            printf("| %s | %.1f | %.1f | %.3f | %.0f |\n", msa_cuda_prof_name(k),
+                   (double)p.launches[k] / n, us, mb, us > 0 ? mb * 1e3 / us : 0);
+    }
+    printf("kernels summed %.1f us; step %.1f us eager with events; graph replay %.1f us/token "
+           "(host clock, incl. upload, download, host)\n",
+           sum, p.ms[MSA_CUDA_PROF_STEP] * 1e3 / n, graph_ms * 1e3);
+    fflush(stdout);
+}
+
 int main(int argc, char **argv) {
     long long lens[MAX_LEN] = {524288, 131072, 32768, 4096};
     int n_lens = 4, steps = 32, P = 4096;
     const char *json = NULL;
+    int no_trained = 0, profile = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--no-trained")) no_trained = 1;
+        else if (!strcmp(argv[i], "--profile")) profile = 1;
         else if (!strcmp(argv[i], "--prefill") && i + 1 < argc) P = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
         else if (!strcmp(argv[i], "--lengths") && i + 1 < argc) {
@@ -166,7 +218,7 @@ int main(int argc, char **argv) {
             }
         } else {
             fprintf(stderr, "usage: bench-model [--lengths a,b,..] [--steps N] [--prefill P] "
-                            "[--json FILE]\n");
+                            "[--no-trained] [--profile] [--json FILE]\n");
             return 2;
         }
     }
@@ -200,12 +252,12 @@ int main(int argc, char **argv) {
     info.vocab_size = 128256;
     info.rope_theta = 500000.0f;
     const long long maxL = lens[0];
-    int32_t *ptok = malloc((size_t)P * sizeof *ptok);
+    int32_t *ptok = malloc((size_t)(P > 0 ? P : 1) * sizeof *ptok);
     for (int i = 0; i < P; i++) ptok[i] = (int32_t)((i * 7919u + 13) % (unsigned)info.vocab_size);
 
     double floor_ms = 0, wbytes = 0;
     double msa4k = 0, msa128k = 0, tr4k = 0, tr128k = 0;
-    for (int trained = 0; trained < 2; trained++) {
+    for (int trained = 0; trained < 2 - no_trained; trained++) {
         info.has_trained_index = trained;
         info.idx_dim = trained ? 128 : 0;
         const char *tag = trained ? "MSA trained idx" : "MSA";
@@ -220,10 +272,12 @@ int main(int argc, char **argv) {
         msa_cuda_kv *kv;
         long long cap = (maxL > P ? maxL : P) + 4 * BK;
         OK(msa_cuda_kv_init(cm, BK, cap, &kv), "memory");
-        double t = time_prefill(cm, kv, ptok, P, 0);
-        add_row(trained ? "prefill MSA trained idx" : "prefill MSA", P, t * 1e3 / P, 0);
-        printf("prefill %d tokens, %s: %.1f ms, %.0f tok/s\n", P, tag, t * 1e3, P / t);
-        if (!trained) {
+        double t = P > 0 ? time_prefill(cm, kv, ptok, P, 0) : 0;
+        if (P > 0) {
+            add_row(trained ? "prefill MSA trained idx" : "prefill MSA", P, t * 1e3 / P, 0);
+            printf("prefill %d tokens, %s: %.1f ms, %.0f tok/s\n", P, tag, t * 1e3, P / t);
+        }
+        if (!trained && P > 0) {
             t = time_prefill(cm, kv, ptok, P, 1);
             add_row("prefill dense", P, t * 1e3 / P, 0);
             printf("prefill %d tokens, dense: %.1f ms, %.0f tok/s\n", P, t * 1e3, P / t);
@@ -246,6 +300,8 @@ int main(int argc, char **argv) {
             printf("decode L=%lld %s: %.3f ms/token, %.1f tok/s\n", L, tag, ms, 1e3 / ms);
             if (L == 4096) *(trained ? &tr4k : &msa4k) = ms;
             if (L == 131072) *(trained ? &tr128k : &msa128k) = ms;
+            if (profile && !trained && L == 131072)
+                profile_decode(cm, kv, L, steps, 1, "MSA (GEMV v4)", ms);
             if (!trained) {
                 ms = time_decode(cm, kv, L, steps, 1, 1);
                 add_row("dense", L, ms, wbytes + L * kvb);
@@ -257,9 +313,23 @@ int main(int argc, char **argv) {
                     ms = time_decode(cm, kv, L, steps, 0, 3);
                     add_row("MSA, cuBLAS instead of the GEMV", L, ms, wbytes + L * ikb + sel);
                     printf("decode L=%lld MSA cuBLAS: %.3f ms/token\n", L, ms);
+                    const double v4ms = msa4k;
+                    const double v3ms = time_decode(cm, kv, L, steps, 0, 1 | 8);
+                    add_row("MSA, GEMV v3", L, v3ms, wbytes + L * ikb + sel);
+                    printf("decode L=%lld MSA GEMV v3: %.3f ms/token\n", L, v3ms);
                     ms = time_decode(cm, kv, L, steps, 0, 1 | 4);
                     add_row("step without attention (diag.)", L, ms, wbytes);
                     printf("decode L=%lld without attention: %.3f ms/token\n", L, ms);
+                    const double noatt = ms;
+                    ms = time_decode(cm, kv, L, steps, 0, 1 | 4 | 8);
+                    add_row("same, GEMV v3 (diag.)", L, ms, wbytes);
+                    printf("decode L=%lld without attention, GEMV v3: %.3f ms/token\n", L, ms);
+                    if (profile) {
+                        profile_decode(cm, kv, L, steps, 1, "MSA (GEMV v4)", v4ms);
+                        profile_decode(cm, kv, L, steps, 1 | 8, "MSA (GEMV v3)", v3ms);
+                        profile_decode(cm, kv, L, steps, 1 | 4, "without attention (GEMV v4)",
+                                       noatt);
+                    }
                     ms = time_decode(cm, kv, L, steps, 0, 1 | 2 | 4);
                     add_row("same, cuBLAS (diag.)", L, ms, wbytes);
                     printf("decode L=%lld without attention, cuBLAS: %.3f ms/token\n", L, ms);

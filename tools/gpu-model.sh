@@ -47,7 +47,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = test ]; then
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
   echo "== bench-model"
-  timeout 400 "$BIN/bench-model" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+  timeout 400 "$BIN/bench-model" --profile --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = torch ]; then
   echo "== bench_model_torch.py"
