@@ -901,7 +901,8 @@ typedef struct msa_engine_params {
     int dense;                /* 1: dense attention instead of MSA (comparisons) */
     size_t gpu_pool_bytes;    /* CUDA: K+V bytes of the GPU block pool; 0: 2 GiB
                                  (or MSA_GPU_POOL_BYTES) */
-    size_t gpu_index_bytes;   /* CUDA: bytes of resident index keys; 0: 1 GiB */
+    size_t gpu_index_bytes;   /* CUDA: GPU bytes for index keys; layers beyond it
+                                 stream theirs in chunks at each step; 0: 1 GiB */
 } msa_engine_params;
 
 MSA_API msa_engine_params msa_engine_default_params(void);
