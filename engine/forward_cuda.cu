@@ -1493,6 +1493,26 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
     return LAUNCHED("argmax");
 }
 
+/* The attention config of model I with blocks of Bk and top_k. */
+static msa_attn_config attn_config(const msa_model_info *I, int Bk, int top_k) {
+    msa_attn_config cfg = msa_attn_default_config();
+    cfg.n_q_heads = I->n_heads;
+    cfg.n_kv_heads = I->n_kv_heads;
+    cfg.head_dim = I->head_dim;
+    cfg.idx_dim = I->idx_dim;
+    cfg.idx_key_heads = I->idx_key_heads;
+    cfg.block_size = Bk;
+    cfg.top_k = top_k;
+    return cfg;
+}
+
+/* Whether the public CUDA attention kernels take these shapes (else the
+ * generic kernels run). */
+static bool fast_path_fits(const msa_model_info *I, int Bk, int top_k) {
+    return (I->head_dim == 64 || I->head_dim == 128) && (I->idx_dim == 64 || I->idx_dim == 128) &&
+           Bk % 16 == 0 && Bk <= 128 && top_k <= 64;
+}
+
 extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const int32_t *tokens,
                                       int n, int pos0, const msa_forward_opts *opts,
                                       float *logits, int32_t *argmax) {
@@ -1521,23 +1541,14 @@ extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const
     if (rc) return rc;
 
     const int Bk = kv->Bk;
-    const bool fast = !cm->generic && (I->head_dim == 64 || I->head_dim == 128) &&
-                      (I->idx_dim == 64 || I->idx_dim == 128) && Bk % 16 == 0 && Bk <= 128 &&
-                      o.top_k <= 64;
+    const bool fast = !cm->generic && fast_path_fits(I, Bk, o.top_k);
     /* Blocks the call can see, rounded up so that consecutive decode steps
      * share one graph. */
     int need = (pos0 + n + Bk - 1) / Bk;
     int view = (need + 31) / 32 * 32;
     if (view > kv->cap_blocks) view = kv->cap_blocks;
     const int logit_rows = o.all_logits ? n : 1;
-    msa_attn_config cfg = msa_attn_default_config();
-    cfg.n_q_heads = I->n_heads;
-    cfg.n_kv_heads = I->n_kv_heads;
-    cfg.head_dim = I->head_dim;
-    cfg.idx_dim = I->idx_dim;
-    cfg.idx_key_heads = I->idx_key_heads;
-    cfg.block_size = Bk;
-    cfg.top_k = o.top_k;
+    const msa_attn_config cfg = attn_config(I, Bk, o.top_k);
     size_t ws = fast ? msa_attention_workspace_size(&cfg, n, view) : 0;
     const size_t gws = (size_t)n * I->n_kv_heads * view * 4;
     if (gws > ws) ws = gws;
@@ -1800,19 +1811,10 @@ extern "C" int msa_cuda_model_forward_mem(msa_cuda_model *cm, msa_kvmem *mem,
                          I->head_dim);
     int rc = ck(cudaSetDevice(cm->device), "cudaSetDevice");
     if (rc) return rc;
-    const bool fast = !cm->generic && (I->head_dim == 64 || I->head_dim == 128) &&
-                      (I->idx_dim == 64 || I->idx_dim == 128) && Bk % 16 == 0 && Bk <= 128 &&
-                      o.top_k <= 64;
+    const bool fast = !cm->generic && fast_path_fits(I, Bk, o.top_k);
     const int view = (pos0 + n + Bk - 1) / Bk;
     const int logit_rows = o.all_logits ? n : 1;
-    msa_attn_config cfg = msa_attn_default_config();
-    cfg.n_q_heads = I->n_heads;
-    cfg.n_kv_heads = I->n_kv_heads;
-    cfg.head_dim = I->head_dim;
-    cfg.idx_dim = I->idx_dim;
-    cfg.idx_key_heads = I->idx_key_heads;
-    cfg.block_size = Bk;
-    cfg.top_k = o.top_k;
+    const msa_attn_config cfg = attn_config(I, Bk, o.top_k);
     size_t ws = fast ? msa_attention_workspace_size(&cfg, n, view) : 0;
     /* block scores and the index scan's scratch (paged_attention) */
     const size_t gws = scan_scratch_offset(n, I->n_kv_heads, view) +
