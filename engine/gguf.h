@@ -180,6 +180,12 @@ int msa_gguf_writer_set_str_array(msa_gguf_writer *w, const char *key,
                                   const char *const *strs, const size_t *lens,
                                   uint64_t n);
 
+/* Copies metadata entry i of reader `g` (msa_gguf_kv_key() order) with its
+ * key, type and value (for tools that rewrite a GGUF with additions).
+ * MSA_OK, MSA_EINVAL (i out of range), MSA_EUNSUPPORTED (an array of
+ * arrays), MSA_ERANGE (a UINT64 above INT64_MAX), MSA_ENOMEM. */
+int msa_gguf_writer_copy_kv(msa_gguf_writer *w, const msa_gguf *g, int64_t i);
+
 /* Adds a tensor of ggml `type` (F32, F16, BF16, Q8_0) and shape
  * ne[0..n_dims-1] (ggml order); `data` holds exactly
  * msa_ggml_row_bytes(type, ne[0]) * rows bytes and is not copied.

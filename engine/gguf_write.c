@@ -186,6 +186,55 @@ int msa_gguf_writer_set_str_array(msa_gguf_writer *w, const char *key, const cha
     return set_value(w, key, &b);
 }
 
+int msa_gguf_writer_copy_kv(msa_gguf_writer *w, const msa_gguf *g, int64_t i) {
+    msa_gguf_type t;
+    const char *key = g ? msa_gguf_kv_key(g, i, &t) : NULL;
+    if (!w || !key) return msa_error(MSA_EINVAL, "GGUF writer: no metadata entry %lld",
+                                     (long long)i);
+    wbuf b = {0};
+    int rc;
+    if (t == MSA_GGUF_STRING) {
+        const char *s;
+        size_t n;
+        if ((rc = msa_gguf_get_str(g, key, &s, &n))) return rc;
+        put_u32(&b, MSA_GGUF_STRING);
+        put_str(&b, s, n);
+        return set_value(w, key, &b);
+    }
+    if (t == MSA_GGUF_ARRAY) {
+        msa_gguf_type elem;
+        uint64_t n;
+        const void *data;
+        if ((rc = msa_gguf_get_array(g, key, &elem, &n, &data))) return rc;
+        if (elem != MSA_GGUF_STRING) return msa_gguf_writer_set_array(w, key, elem, n, data);
+        put_u32(&b, MSA_GGUF_ARRAY);
+        put_u32(&b, MSA_GGUF_STRING);
+        put_u64(&b, n);
+        for (uint64_t k = 0; k < n; k++) {
+            const char *s;
+            size_t len;
+            if ((rc = msa_gguf_get_str_item(g, key, k, &s, &len))) {
+                free(b.p);
+                return rc;
+            }
+            put_str(&b, s, len);
+        }
+        return set_value(w, key, &b);
+    }
+    if (t == MSA_GGUF_FLOAT32 || t == MSA_GGUF_FLOAT64) {
+        double v;
+        if ((rc = msa_gguf_get_float(g, key, &v))) return rc;
+        if (t == MSA_GGUF_FLOAT64) return set_scalar(w, key, t, &v, 8);
+        float f = (float)v;
+        return set_scalar(w, key, t, &f, 4);
+    }
+    size_t es = elem_size(t);
+    int64_t v;
+    if (!es || (rc = msa_gguf_get_int(g, key, &v))) return es ? rc : msa_error(
+        MSA_EUNSUPPORTED, "GGUF writer: key '%s' of type %d", key, (int)t);
+    return set_scalar(w, key, t, &v, es); /* little-endian: the low bytes */
+}
+
 int msa_gguf_writer_add_tensor(msa_gguf_writer *w, const char *name, int type, int n_dims,
                                const int64_t *ne, const void *data) {
     if (!w || !name || !ne || !data || n_dims < 1 || n_dims > 4)
