@@ -25,7 +25,7 @@ static void help(FILE *f) {
             "                         [--idx-dim 32] [--steps 200] [--lr 0.02] [--seq-len 256]\n"
             "                         [--block-size 16] [--top-k 4] [--threads N]\n"
             "\n"
-            "Trains a trained MSA index for a model that has none: per layer, one index\n"
+            "Trains an MSA index for a model that has none: per layer, one index\n"
             "query head per KV group (W_q_idx) and one shared index key head (W_k_idx),\n"
             "RMSNorm (scale 1+w) and RoPE, fitted with Adam to the KL divergence between\n"
             "the model's dense attention (averaged over each group's query heads) and the\n"
