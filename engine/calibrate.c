@@ -37,6 +37,7 @@
 
 #include "engine/calibrate.h"
 #include "kernels/base.h"
+#include "kernels/ref.h"
 
 msa_calib_params msa_calib_default_params(void) {
     msa_calib_params p;
@@ -52,16 +53,6 @@ msa_calib_params msa_calib_default_params(void) {
 }
 
 /* ---- small helpers ----------------------------------------------------------- */
-
-static inline float dotf(const float *a, const float *b, int n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[i + l] * b[i + l];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
 
 /* RoPE of v (d) at pos, exactly as engine/forward.c turns it; sign -1 turns
  * it back (the transpose of the rotation). */
@@ -99,7 +90,7 @@ static void mm_task(void *c, int64_t t) {
     for (int i = (int)t * 8; i < i1; i++)
         for (int r = 0; r < M->dout; r++)
             M->out[(size_t)i * M->dout + r] =
-                dotf(M->x + (size_t)i * M->din, M->w + (size_t)r * M->din, M->din) +
+                msa_ref_dot(M->x + (size_t)i * M->din, M->w + (size_t)r * M->din, M->din) +
                 (M->b ? M->b[r] : 0.0f);
 }
 
@@ -159,7 +150,7 @@ static void fwd_tokens(void *c, int64_t t0) {
             const float *w = key ? C->kn : C->qn;
             float *n = key ? C->NK + (size_t)t * di : C->NQ + ((size_t)t * Hkv + r) * di;
             float *o = key ? C->K + (size_t)t * di : C->Q + ((size_t)t * Hkv + r) * di;
-            for (int e = 0; e < di; e++) n[e] = dotf(W + (size_t)e * D, x, D);
+            for (int e = 0; e < di; e++) n[e] = msa_ref_dot(W + (size_t)e * D, x, D);
             float s = rms_scale(n, di, L->rms_eps);
             for (int e = 0; e < di; e++) {
                 n[e] *= s;
@@ -194,7 +185,7 @@ static void scores_seq(void *c, int64_t sq) {
             const float *tp = L->teacher + ((size_t)sq * Hkv + r) * tri + (size_t)i * (i + 1) / 2;
             float mx = -INFINITY;
             for (int j = 0; j <= i; j++) {
-                sc[j] = dotf(q, K + (size_t)j * di, di) * inv;
+                sc[j] = msa_ref_dot(q, K + (size_t)j * di, di) * inv;
                 if (sc[j] > mx) mx = sc[j];
             }
             /* KL = sum t log t - sum t s + log z (rows of t sum to 1). */
@@ -350,7 +341,7 @@ static void teacher_group(void *c, int64_t g) {
             float mx = -INFINITY;
             for (int j = 0; j <= i; j++) {
                 const float *k = C->Kc + (((size_t)(j / C->bk) * Hkv + g) * C->bk + j % C->bk) * d;
-                pr[j] = dotf(q, k, d) * sc;
+                pr[j] = msa_ref_dot(q, k, d) * sc;
                 if (pr[j] > mx) mx = pr[j];
             }
             double z = 0;
@@ -690,7 +681,7 @@ static void mass_layer(void *user, const msa_forward_trace *t) {
                 const float *q = t->q + ((size_t)i * Hq + h) * d;
                 float mx = -INFINITY;
                 for (int j = 0; j <= pos; j++) {
-                    pr[j] = dotf(q, K + (((size_t)(j / bk) * Hkv + g) * bk + j % bk) * d, d) * sc;
+                    pr[j] = msa_ref_dot(q, K + (((size_t)(j / bk) * Hkv + g) * bk + j % bk) * d, d) * sc;
                     if (pr[j] > mx) mx = pr[j];
                 }
                 double z = 0, zs = 0;

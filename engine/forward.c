@@ -30,6 +30,7 @@
 
 #include "engine/model.h"
 #include "kernels/base.h"
+#include "kernels/ref.h"
 
 msa_forward_opts msa_forward_default_opts(void) {
     msa_forward_opts o;
@@ -40,16 +41,6 @@ msa_forward_opts msa_forward_default_opts(void) {
 }
 
 /* ---- matmul ------------------------------------------------------------------- */
-
-static inline float dot(const float *a, const float *b, int n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[i + l] * b[i + l];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
 
 typedef struct mm_task {
     float *out;        /* (n, dout) */
@@ -69,7 +60,7 @@ static void mm_run(void *ctx, int64_t t) {
             const float *w = T->w + (size_t)r * T->din;
             float bias = T->b ? T->b[r] : 0.0f;
             for (int i = i0; i < i1; i++)
-                T->out[(size_t)i * T->dout + r] = dot(T->x + (size_t)i * T->din, w, T->din) + bias;
+                T->out[(size_t)i * T->dout + r] = msa_ref_dot(T->x + (size_t)i * T->din, w, T->din) + bias;
         }
     }
 }
