@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "kernels/base.h"
+#include "base/base.h"
 
 enum { POOL = 16 };
 

@@ -7,7 +7,7 @@
  *
  * Tokenizes the text files with the model's own tokenizer, trains
  * W_q_idx / W_k_idx (and the index norms) of every layer with the KL
- * alignment loss (msa_calibrate(), engine/calibrate.c), writes OUT.gguf =
+ * alignment loss (msa_calibrate(), engine/calibrate/calibrate.c), writes OUT.gguf =
  * MODEL.gguf plus the index tensors, then reports, on the calibration text,
  * the dense attention mass kept by the block selection with the trained
  * index and with the training-free one at --block-size / --top-k.
@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "engine/calibrate.h"
+#include "engine/calibrate/calibrate.h"
 
 static void help(FILE *f) {
     fprintf(f,

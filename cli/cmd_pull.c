@@ -1,6 +1,6 @@
 /*
  * cmd_pull.c: `msa-mem pull SOURCE [DEST]`, a thin command over msa_pull()
- * (engine/pull.c): option parsing, a progress bar, and the result as text
+ * (engine/pull/pull.c): option parsing, a progress bar, and the result as text
  * or JSON. Everything about HTTP, resuming and verification lives in the
  * library, so that bindings get the same behaviour.
  */
@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "kernels/base.h"
+#include "base/base.h"
 
 static void pull_help(void) {
     printf(

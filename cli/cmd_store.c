@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "kernels/base.h"
+#include "base/base.h"
 
 static int open_store(msa_cli *cli, int create, msa_store **st) {
     msa_store_params p = msa_store_default_params();

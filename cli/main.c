@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "kernels/base.h"
+#include "base/base.h"
 
 typedef struct command {
     const char *name, *summary;

@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/base.h"
+#include "base/base.h"
 #include "kernels/ref.h"
 #ifdef MSA_HAVE_CUDA
 #include "kernels/cuda.h"

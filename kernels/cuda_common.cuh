@@ -27,7 +27,7 @@
 #include <stdint.h>
 
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 
 /* ---- error mapping ------------------------------------------------------- */
 

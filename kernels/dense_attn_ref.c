@@ -9,7 +9,7 @@
  */
 #include <stdlib.h>
 
-#include "kernels/base.h"
+#include "base/base.h"
 #include "kernels/ref.h"
 
 typedef struct dense_ctx {

@@ -40,7 +40,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "kernels/base.h"
+#include "base/base.h"
 #include "kernels/ref.h"
 
 enum {

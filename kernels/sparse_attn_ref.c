@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/base.h"
+#include "base/base.h"
 #include "kernels/ref.h"
 
 enum { TILE_T = 64 }; /* tokens scored per online-softmax step */

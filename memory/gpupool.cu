@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/base.h"
+#include "base/base.h"
 
 struct msa_gpu {
     cudaStream_t compute;   /* the caller's */

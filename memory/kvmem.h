@@ -10,7 +10,7 @@
  *   kv_view(l, selected, &kv)       those blocks made resident, table filled
  *   msa_sparse_attention(...)       exact attention over them
  *
- * Two implementations: engine/kvcache.c keeps everything in host RAM (the
+ * Two implementations: memory/kvcache.c keeps everything in host RAM (the
  * simplest correct memory, used by tests and short sessions); the pager in
  * memory/ backs it with the store and a bounded host cache / GPU pool
  * (memory/pager.h, msa_kvmem_paged_init). On a CUDA pager the views hold

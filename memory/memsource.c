@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/base.h"
+#include "base/base.h"
 #include "memory/pager.h"
 
 typedef struct mem_layer {

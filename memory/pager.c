@@ -52,7 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/base.h"
+#include "base/base.h"
 #include "memory/slotmap.h"
 #ifdef MSA_HAVE_CUDA
 #include "memory/gpupool.h"

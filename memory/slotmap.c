@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/base.h"
+#include "base/base.h"
 
 int msa_slotmap_init(msa_slotmap *m, int n_slots, int64_t n_keys) {
     memset(m, 0, sizeof *m);

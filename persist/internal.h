@@ -15,7 +15,7 @@
 #include <stddef.h>
 
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 
 /* ---- CRC32C (Castagnoli) ------------------------------------------------- */
 

@@ -8,8 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "engine/gguf.h"
-#include "kernels/base.h"
+#include "engine/model/gguf.h"
+#include "base/base.h"
 
 int main(int argc, char **argv) {
     if (argc != 3) {

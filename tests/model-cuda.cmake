@@ -1,4 +1,4 @@
-# The model's forward pass on CUDA (engine/forward_cuda.cu) against the CPU
+# The model's forward pass on CUDA (engine/forward/forward_cuda.cu) against the CPU
 # forward pass. Label gpu: skipped (exit 77) without CUDA or a GPU.
 # Also builds tools/bench-model (CUDA only): prefill and decode of a
 # Llama-3.2-1B-shaped model with random weights (docs/bench-model.md).

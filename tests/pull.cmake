@@ -1,4 +1,4 @@
-# Tests of engine/sha256.c and engine/pull.c (model download).
+# Tests of engine/pull/sha256.c and engine/pull/pull.c (model download).
 msa_test(test-sha256 SOURCES test-sha256.c LABELS unit TIMEOUT 60)
 msa_test(test-pull SOURCES test-pull.c LABELS unit TIMEOUT 60)
 

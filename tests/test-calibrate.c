@@ -1,5 +1,5 @@
 /*
- * test-calibrate.c: the index calibration (engine/calibrate.c).
+ * test-calibrate.c: the index calibration (engine/calibrate/calibrate.c).
  *
  *   (a) the hand-written gradient of the KL alignment loss (through softmax,
  *       dot products, RoPE, RMSNorm with scale 1+w, and the linear maps)
@@ -23,9 +23,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/calibrate.h"
-#include "engine/model.h"
-#include "kernels/base.h"
+#include "engine/calibrate/calibrate.h"
+#include "engine/model/model.h"
+#include "base/base.h"
 #include "tests/testutil.h"
 
 /* ---- (a) gradient check ---------------------------------------------------------- */

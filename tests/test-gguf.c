@@ -20,8 +20,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/gguf.h"
-#include "kernels/base.h"
+#include "engine/model/gguf.h"
+#include "base/base.h"
 #include "tests/testutil.h"
 
 /* Reads a whole file into memory. */

@@ -21,9 +21,9 @@
 #include <stdarg.h>
 #include <sys/stat.h>
 
-#include "engine/model.h"
-#include "engine/safetensors.h"
-#include "kernels/base.h"
+#include "engine/model/model.h"
+#include "engine/model/safetensors.h"
+#include "base/base.h"
 #include "tests/testutil.h"
 
 /* ---- building images --------------------------------------------------------- */

@@ -29,7 +29,7 @@
  * visible. MSA_TEST_SEED replays a run.
  */
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 #include "tests/testutil.h"
 
 #ifndef MSA_HAVE_CUDA

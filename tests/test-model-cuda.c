@@ -1,6 +1,6 @@
 /*
- * test-model-cuda.c: the forward pass on the GPU (engine/forward_cuda.cu)
- * against the CPU forward pass (engine/forward.c), logits position by
+ * test-model-cuda.c: the forward pass on the GPU (engine/forward/forward_cuda.cu)
+ * against the CPU forward pass (engine/forward/forward.c), logits position by
  * position.
  *
  *   1. stories260K (the real model, converted to a temporary GGUF; head dim
@@ -24,11 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/model.h"
-#include "kernels/base.h"
+#include "engine/model/model.h"
+#include "base/base.h"
 #include "tests/testutil.h"
 #ifdef MSA_HAVE_CUDA
-#include "engine/model_cuda.h"
+#include "engine/forward/model_cuda.h"
 #endif
 
 #ifndef MSA_HAVE_CUDA

@@ -24,9 +24,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/gguf.h"
-#include "engine/model.h"
-#include "kernels/base.h"
+#include "engine/model/gguf.h"
+#include "engine/model/model.h"
+#include "base/base.h"
 #include "tests/testutil.h"
 
 static char tmpdir[256];

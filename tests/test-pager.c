@@ -29,7 +29,7 @@
 #include <string.h>
 
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 #include "memory/pager.h"
 #include "memory/slotmap.h"
 #include "tests/testutil.h"

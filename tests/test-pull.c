@@ -1,5 +1,5 @@
 /*
- * test-pull.c: the parts of engine/pull.c that need no network: sources
+ * test-pull.c: the parts of engine/pull/pull.c that need no network: sources
  * resolved to URLs and file names (Hugging Face shorthand, revisions,
  * escaping, endpoints), the default models folder, and msa_pull()'s
  * refusals of bad input before any transfer. The transfers themselves are
@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/pull.h"
-#include "kernels/base.h"
+#include "engine/pull/pull.h"
+#include "base/base.h"
 #include "tests/testutil.h"
 
 static void check_resolve(const char *src, const char *endpoint, const char *want_url,

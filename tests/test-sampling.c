@@ -6,9 +6,9 @@
  * return a token outside their set; the repetition penalty demotes recent
  * tokens; the same seed and position give the same token.
  */
-#include "engine/sampling.h"
+#include "engine/session/sampling.h"
 
-#include "kernels/base.h"
+#include "base/base.h"
 #include "tests/testutil.h"
 
 enum { V = 64 };

@@ -28,14 +28,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "engine/engine.h"
+#include "engine/session/engine.h"
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 #include "memory/pager.h"
 #include "tests/testutil.h"
 #include "tests/session_util.h"
 #ifdef MSA_HAVE_CUDA
-#include "engine/model_cuda.h"
+#include "engine/forward/model_cuda.h"
 #endif
 
 static msa_engine *open_engine(int cuda, int block_size, int top_k, int chunk) {

@@ -24,7 +24,7 @@
 #include <unistd.h>
 
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 #include "persist/internal.h"
 #include "tests/testutil.h"
 #include "tests/session_util.h"

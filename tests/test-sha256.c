@@ -1,5 +1,5 @@
 /*
- * test-sha256.c: engine/sha256.c against the FIPS 180-2 example vectors
+ * test-sha256.c: engine/pull/sha256.c against the FIPS 180-2 example vectors
  * ("abc", the 448-bit two-block message, a million 'a'), against python3's
  * hashlib on random messages (lengths around every block boundary, fed in
  * random pieces so that every buffering path runs), and the file and hex
@@ -11,8 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "engine/sha256.h"
-#include "kernels/base.h"
+#include "engine/pull/sha256.h"
+#include "base/base.h"
 #include "tests/testutil.h"
 
 static void hex_of(const void *data, size_t n, char hex[MSA_SHA256_HEX_SIZE]) {

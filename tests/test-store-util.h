@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 #include "persist/store_int.h"
 
 static msa_store_shape ts_shape(void) {

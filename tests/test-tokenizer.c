@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 #include "tests/testutil.h"
 
 #define SEP "\n__ggml_vocab_test__\n"
@@ -264,7 +264,7 @@ static void check_spm(msa_tokenizer *tok) {
 
 static void bench(msa_tokenizer *tok, const char *assets) {
     /* a few MB of prose and code: the repository's own text files */
-    const char *src[] = {"../shared/DESIGN.md", "../shared/STYLE.md", "engine/tokenizer.c",
+    const char *src[] = {"../shared/DESIGN.md", "../shared/STYLE.md", "engine/tokenizer/tokenizer.c",
                          "engine/msa.h", "vocab/ggml-vocab-llama-bpe.gguf.inp",
                          "README.md"};
     char path[1024];

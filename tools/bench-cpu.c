@@ -24,7 +24,7 @@
 #include <string.h>
 
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 static float frand(void) {

@@ -2,7 +2,7 @@
  * bench-model.c: the model benchmark on CUDA. A Llama-3.2-1B-shaped model
  * (16 layers, hidden 2048, 32 query heads, 8 KV heads, head dim 64, FFN
  * 8192, vocab 128256, tied classifier) with random bf16 weights drawn on the
- * GPU (engine/forward_cuda.cu, msa_cuda_model_random), timed end to end
+ * GPU (engine/forward/forward_cuda.cu, msa_cuda_model_random), timed end to end
  * through msa_cuda_model_forward():
  *
  *   - prefill: one chunk of P tokens (default 4096) into an empty memory,
@@ -38,8 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/model_cuda.h"
-#include "kernels/base.h"
+#include "engine/forward/model_cuda.h"
+#include "base/base.h"
 
 #define MAX_LEN 16
 #define BK 128

@@ -31,7 +31,7 @@
 #include <string.h>
 
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 #include "memory/pager.h"
 
 #ifdef MSA_HAVE_CUDA

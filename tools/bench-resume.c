@@ -3,7 +3,7 @@
  *
  * A resumed session must be ready to decode after reading what it needs,
  * never after a re-prefill. What it needs is what the session layer reads
- * at open (engine/session.c, memory/pager.c load_stored): the session
+ * at open (engine/session/session.c, memory/pager.c load_stored): the session
  * record, all its tokens, the index keys of every block of every layer,
  * and K/V of each layer's partial last block. The KV of full blocks is
  * paged in on demand later and is not read here.
@@ -46,7 +46,7 @@
 #include <unistd.h>
 
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 
 enum { POOL = 16 };
 

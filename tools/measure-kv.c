@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "engine/msa.h"
-#include "kernels/base.h"
+#include "base/base.h"
 
 static char *slurp(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");

@@ -1,0 +1,84 @@
+/*
+ * base.h: what every layer of msa-mem shares: the error channel, a small
+ * thread pool for the CPU backend, half-precision conversions and a clock.
+ *
+ * It is the bottom of the dependency graph (docs/design.md, "Layers"):
+ * kernels/, persist/, memory/ and engine/ all include it; it includes only
+ * the public header, for the status codes and dtypes.
+ */
+#ifndef MSA_BASE_H
+#define MSA_BASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "engine/msa.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Records a detailed message for msa_last_error() on this thread and
+ * returns `status`, so that failures read `return msa_error(MSA_EIO, ...)`. */
+int msa_error(int status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Prefixes the current thread's message with context ("session 'a': ") and
+ * returns `status`; used when a lower layer already described the failure. */
+int msa_error_context(int status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Clears this thread's message. */
+void msa_error_clear(void);
+
+/* ---- CPU parallelism ----------------------------------------------------- */
+
+/* Runs fn(ctx, i) for every i in [0, n) on up to n_threads workers of a
+ * process-wide pool (0: one per core), the calling thread included, and
+ * returns when all are done. Tasks are handed out dynamically, so uneven
+ * tasks balance. Nested calls run serially on the calling thread. */
+typedef void (*msa_task_fn)(void *ctx, int64_t i);
+void msa_parallel_for(int64_t n, int n_threads, msa_task_fn fn, void *ctx);
+
+/* Number of online cores (at least 1). */
+int msa_cpu_count(void);
+
+/* ---- half precision -------------------------------------------------------- */
+
+static inline float msa_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Round to nearest even; NaN stays NaN. */
+static inline uint16_t msa_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float msa_f16_to_f32(uint16_t h);
+uint16_t msa_f32_to_f16(float f);
+
+/* Size in bytes of one element of `dtype`. */
+static inline size_t msa_dtype_size(msa_dtype dtype) {
+    return dtype == MSA_DTYPE_F32 ? 4 : 2;
+}
+
+const char *msa_dtype_name(msa_dtype dtype);
+
+/* ---- time ------------------------------------------------------------------ */
+
+/* Monotonic seconds. */
+double msa_now(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MSA_BASE_H */

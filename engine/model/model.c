@@ -1,0 +1,405 @@
+/*
+ * model.c: opening a model. GGUF files of architecture "llama" or "qwen2"
+ * are read here; Hugging Face directories are handed to the loader in
+ * engine/model/model_hf.c (msa_model_load_hf, linked weakly so that this file
+ * builds on its own).
+ *
+ * Tensor names are llama.cpp's (token_embd, blk.N.attn_q, ..., output); the
+ * shapes are checked against the hyperparameters before any is used. F32
+ * tensors are used in place from the mapping (the GGUF data section is
+ * 32-byte aligned and the mapping page aligned); F16, BF16 and Q8_0 tensors
+ * are converted to fp32 buffers the model owns, which costs 4 bytes per
+ * parameter (a 7B F16 model: 28 GB). That is a deliberate simplification of
+ * the CPU path.
+ *
+ * The fingerprint is SHA-256 over, per tensor in file order, its name, type,
+ * dims and bytes. Hashing a large model takes seconds, so it is cached in a
+ * sidecar PATH.msa-fp ("msa-fp 1 <size> <mtime_s> <mtime_ns> <hex>") and
+ * reused while the model file's size and mtime are unchanged.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine/model/model.h"
+#include "engine/pull/sha256.h"
+#include "base/base.h"
+
+/* The Hugging Face loader (engine/model/model_hf.c): fills `m` from a directory.
+ * Weak, so that a build without it still links; then directories are
+ * refused with MSA_EUNSUPPORTED. */
+int msa_model_load_hf(const char *dir, const msa_model_params *p, msa_model *m)
+    __attribute__((weak));
+int msa_hf_is_model_dir(const char *path) __attribute__((weak));
+
+msa_model_params msa_model_default_params(void) {
+    msa_model_params p;
+    memset(&p, 0, sizeof p);
+    p.device = MSA_DEVICE_CPU;
+    return p;
+}
+
+int msa_model_alloc(msa_model *m, size_t n, float **out) {
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **o = realloc(m->owned, (size_t)cap * sizeof *o);
+        if (!o) return msa_error(MSA_ENOMEM, "model: buffer list");
+        m->owned = o;
+        m->cap_owned = cap;
+    }
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    if (!p) return msa_error(MSA_ENOMEM, "model: %zu floats", n);
+    m->owned[m->n_owned++] = p;
+    *out = p;
+    return MSA_OK;
+}
+
+const msa_gguf *msa_model_gguf(const msa_model *m) { return m ? m->gguf : NULL; }
+
+void msa_model_free(msa_model *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->layers);
+    free(m->scratch);
+    msa_gguf_close(m->gguf);
+    free(m);
+}
+
+int msa_model_get_info(const msa_model *m, msa_model_info *info) {
+    if (!m || !info) return msa_error(MSA_EINVAL, "msa_model_get_info: NULL argument");
+    *info = m->info;
+    return MSA_OK;
+}
+
+int msa_model_validate(msa_model *m) {
+    msa_model_info *I = &m->info;
+    if (I->n_layers <= 0 || I->dim <= 0 || I->n_heads <= 0 || I->n_kv_heads <= 0 ||
+        I->ff_dim <= 0 || I->vocab_size <= 0)
+        return msa_error(MSA_EFORMAT, "model: non-positive size (layers %d, dim %d, heads %d, "
+                         "kv heads %d, ff %d, vocab %d)", I->n_layers, I->dim, I->n_heads,
+                         I->n_kv_heads, I->ff_dim, I->vocab_size);
+    if (I->n_heads % I->n_kv_heads)
+        return msa_error(MSA_EFORMAT, "model: %d heads not divisible by %d KV heads",
+                         I->n_heads, I->n_kv_heads);
+    if (!I->head_dim) {
+        if (I->dim % I->n_heads)
+            return msa_error(MSA_EFORMAT, "model: dim %d not divisible by %d heads", I->dim,
+                             I->n_heads);
+        I->head_dim = I->dim / I->n_heads;
+    }
+    if (I->head_dim % 2) return msa_error(MSA_EFORMAT, "model: odd head dim %d", I->head_dim);
+    if (I->rope_theta <= 0) I->rope_theta = 10000.0f;
+    if (m->rms_eps <= 0) m->rms_eps = 1e-5f;
+    if (!m->tok_embd || !m->output_norm || !m->output || !m->layers)
+        return msa_error(MSA_EFORMAT, "model: embedding, final norm or classifier missing");
+    int trained = 0;
+    for (int l = 0; l < I->n_layers; l++) {
+        const msa_model_layer *L = &m->layers[l];
+        if (!L->attn_norm || !L->wq || !L->wk || !L->wv || !L->wo || !L->ffn_norm || !L->w1 ||
+            !L->w2 || !L->w3)
+            return msa_error(MSA_EFORMAT, "model: layer %d lacks a weight", l);
+        int has = L->idx_q && L->idx_k && L->idx_q_norm && L->idx_k_norm;
+        if (l == 0) trained = has;
+        else if (has != trained)
+            return msa_error(MSA_EFORMAT, "model: MSA index weights in some layers only");
+    }
+    I->has_trained_index = trained;
+    if (trained) {
+        if (I->idx_dim <= 0) return msa_error(MSA_EFORMAT, "model: trained index dim unset");
+        I->idx_key_heads = 1;
+    } else {
+        I->idx_dim = I->head_dim;
+        I->idx_key_heads = I->n_kv_heads;
+    }
+    return MSA_OK;
+}
+
+/* ---- GGUF ------------------------------------------------------------------ */
+
+typedef struct loader {
+    msa_model *m;
+    const msa_gguf *g;
+    const char *arch;
+} loader;
+
+static int meta_int(loader *L, const char *suffix, int required, int def, int *out) {
+    char key[128];
+    int64_t v;
+    snprintf(key, sizeof key, "%s.%s", L->arch, suffix);
+    int rc = msa_gguf_get_int(L->g, key, &v);
+    if (rc == MSA_ENOTFOUND) {
+        if (required) return msa_error(MSA_EFORMAT, "GGUF key '%s' is missing", key);
+        *out = def;
+        return MSA_OK;
+    }
+    if (rc) return rc;
+    if (v < 0 || v > (1 << 30)) return msa_error(MSA_EFORMAT, "GGUF key '%s' = %lld", key,
+                                                 (long long)v);
+    *out = (int)v;
+    return MSA_OK;
+}
+
+static int meta_float(loader *L, const char *suffix, double def, float *out) {
+    char key[128];
+    double v;
+    snprintf(key, sizeof key, "%s.%s", L->arch, suffix);
+    int rc = msa_gguf_get_float(L->g, key, &v);
+    if (rc == MSA_ENOTFOUND) v = def;
+    else if (rc) return rc;
+    if (!isfinite(v)) return msa_error(MSA_EFORMAT, "GGUF key '%s' is not finite", key);
+    *out = (float)v;
+    return MSA_OK;
+}
+
+/* Finds tensor `name` of shape ne0 x ne1 (ne1 = 0: a vector) and returns fp32
+ * data: mapped for F32, converted otherwise. Optional tensors give *out NULL
+ * when absent. */
+static int get_tensor(loader *L, const char *name, int64_t ne0, int64_t ne1, int optional,
+                      const float **out) {
+    const msa_gguf_tensor *t;
+    *out = NULL;
+    int rc = msa_gguf_find_tensor(L->g, name, &t);
+    if (rc == MSA_ENOTFOUND) {
+        if (optional) return MSA_OK;
+        return msa_error(MSA_EFORMAT, "tensor '%s' is missing", name);
+    }
+    if (rc) return rc;
+    int64_t want1 = ne1 ? ne1 : 1;
+    if (t->ne[0] != ne0 || t->ne[1] != want1 || t->ne[2] != 1 || t->ne[3] != 1)
+        return msa_error(MSA_EFORMAT,
+                         "tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
+                         name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                         (long long)t->ne[3], (long long)ne0, (long long)want1);
+    size_t n = (size_t)ne0 * (size_t)want1;
+    if (t->type == MSA_GGML_F32 && ((uintptr_t)t->data % 4) == 0) {
+        *out = t->data;
+        return MSA_OK;
+    }
+    float *buf;
+    if ((rc = msa_model_alloc(L->m, n, &buf))) return rc;
+    size_t row = msa_ggml_row_bytes(t->type, ne0);
+    for (int64_t r = 0; r < want1; r++)
+        msa_ggml_to_f32(t->type, (const uint8_t *)t->data + (size_t)r * row, buf + r * ne0, ne0);
+    *out = buf;
+    return MSA_OK;
+}
+
+static int load_gguf(msa_model *m, const char *path) {
+    int rc = msa_gguf_open(path, &m->gguf);
+    if (rc) return rc;
+    loader L = {m, m->gguf, NULL};
+    const char *s;
+    size_t n;
+    if ((rc = msa_gguf_get_str(L.g, "general.architecture", &s, &n)))
+        return rc == MSA_ENOTFOUND
+                   ? msa_error(MSA_EFORMAT, "%s: no general.architecture (a vocab-only GGUF?)",
+                               path)
+                   : rc;
+    if (n >= sizeof m->info.arch) n = sizeof m->info.arch - 1;
+    memcpy(m->info.arch, s, n);
+    m->info.arch[n] = 0;
+    L.arch = m->info.arch;
+    int qwen2 = strcmp(L.arch, "qwen2") == 0;
+    if (strcmp(L.arch, "llama") != 0 && !qwen2)
+        return msa_error(MSA_EUNSUPPORTED, "%s: architecture '%s' (llama and qwen2 are read)",
+                         path, L.arch);
+    m->rope_neox = qwen2; /* llama.cpp runs qwen2 in NEOX (rotate-half) mode */
+
+    msa_model_info *I = &m->info;
+    int rope_dims = 0;
+    if ((rc = meta_int(&L, "block_count", 1, 0, &I->n_layers)) ||
+        (rc = meta_int(&L, "embedding_length", 1, 0, &I->dim)) ||
+        (rc = meta_int(&L, "feed_forward_length", 1, 0, &I->ff_dim)) ||
+        (rc = meta_int(&L, "attention.head_count", 1, 0, &I->n_heads)) ||
+        (rc = meta_int(&L, "attention.head_count_kv", 0, 0, &I->n_kv_heads)) ||
+        (rc = meta_int(&L, "context_length", 0, 2048, &I->context_length)) ||
+        (rc = meta_int(&L, "attention.key_length", 0, 0, &I->head_dim)) ||
+        (rc = meta_int(&L, "rope.dimension_count", 0, 0, &rope_dims)) ||
+        (rc = meta_int(&L, "msa.index_dim", 0, 0, &I->idx_dim)) ||
+        (rc = meta_float(&L, "rope.freq_base", 10000.0, &I->rope_theta)) ||
+        (rc = meta_float(&L, "attention.layer_norm_rms_epsilon", 1e-5, &m->rms_eps)))
+        return rc;
+    if (!I->n_kv_heads) I->n_kv_heads = I->n_heads;
+    if (I->n_heads <= 0 || I->n_layers <= 0 || I->dim <= 0)
+        return msa_error(MSA_EFORMAT, "%s: non-positive layer count, dim or heads", path);
+    if (!I->head_dim) I->head_dim = I->dim / I->n_heads;
+    if (rope_dims && rope_dims != I->head_dim)
+        return msa_error(MSA_EUNSUPPORTED, "%s: partial RoPE (%d of %d dims)", path, rope_dims,
+                         I->head_dim);
+
+    /* Vocabulary size: the embedding's rows. */
+    const msa_gguf_tensor *te;
+    if ((rc = msa_gguf_find_tensor(L.g, "token_embd.weight", &te)))
+        return rc == MSA_ENOTFOUND ? msa_error(MSA_EFORMAT, "tensor 'token_embd.weight' is missing")
+                                   : rc;
+    if (te->ne[1] <= 0 || te->ne[1] > (1 << 30))
+        return msa_error(MSA_EFORMAT, "token_embd.weight has %lld rows", (long long)te->ne[1]);
+    I->vocab_size = (int)te->ne[1];
+    if (I->n_heads % (I->n_kv_heads ? I->n_kv_heads : 1) || I->ff_dim <= 0)
+        return msa_error(MSA_EFORMAT, "%s: inconsistent heads or feed-forward size", path);
+
+    const int64_t D = I->dim, Hq = I->n_heads, Hkv = I->n_kv_heads, d = I->head_dim,
+                  F = I->ff_dim, V = I->vocab_size;
+    if ((rc = get_tensor(&L, "token_embd.weight", D, V, 0, &m->tok_embd)) ||
+        (rc = get_tensor(&L, "output_norm.weight", D, 0, 0, &m->output_norm)) ||
+        (rc = get_tensor(&L, "output.weight", D, V, 1, &m->output)))
+        return rc;
+    if (!m->output) m->output = m->tok_embd; /* tied classifier */
+
+    m->layers = calloc((size_t)I->n_layers, sizeof *m->layers);
+    if (!m->layers) return msa_error(MSA_ENOMEM, "model: layers");
+    int di = I->idx_dim;
+    for (int l = 0; l < I->n_layers; l++) {
+        msa_model_layer *Y = &m->layers[l];
+        char nm[96];
+#define T(field, suffix, a, b, opt)                                          \
+    do {                                                                     \
+        snprintf(nm, sizeof nm, "blk.%d.%s", l, suffix);                     \
+        if ((rc = get_tensor(&L, nm, a, b, opt, &Y->field))) return rc;      \
+    } while (0)
+        T(attn_norm, "attn_norm.weight", D, 0, 0);
+        T(wq, "attn_q.weight", D, Hq * d, 0);
+        T(wk, "attn_k.weight", D, Hkv * d, 0);
+        T(wv, "attn_v.weight", D, Hkv * d, 0);
+        T(wo, "attn_output.weight", Hq * d, D, 0);
+        T(bq, "attn_q.bias", Hq * d, 0, !qwen2);
+        T(bk, "attn_k.bias", Hkv * d, 0, !qwen2);
+        T(bv, "attn_v.bias", Hkv * d, 0, !qwen2);
+        T(bo, "attn_output.bias", D, 0, 1);
+        T(ffn_norm, "ffn_norm.weight", D, 0, 0);
+        T(w1, "ffn_gate.weight", D, F, 0);
+        T(w2, "ffn_down.weight", F, D, 0);
+        T(w3, "ffn_up.weight", D, F, 0);
+        /* Trained MSA index: its dim comes from msa_idx_k's rows when the
+         * metadata does not state it. */
+        if (!di) {
+            const msa_gguf_tensor *ik;
+            snprintf(nm, sizeof nm, "blk.%d.msa_idx_k.weight", l);
+            if (msa_gguf_find_tensor(L.g, nm, &ik) == MSA_OK && ik->ne[1] > 0 &&
+                ik->ne[1] <= 4096)
+                di = (int)ik->ne[1];
+        }
+        if (di) {
+            T(idx_q, "msa_idx_q.weight", D, Hkv * di, 1);
+            T(idx_k, "msa_idx_k.weight", D, di, 1);
+            T(idx_q_norm, "msa_idx_q_norm.weight", di, 0, 1);
+            T(idx_k_norm, "msa_idx_k_norm.weight", di, 0, 1);
+        }
+#undef T
+    }
+    I->idx_dim = di;
+    return msa_model_validate(m);
+}
+
+/* ---- fingerprint ------------------------------------------------------------- */
+
+static void fingerprint_compute(const msa_gguf *g, char hex[MSA_SHA256_HEX_SIZE]) {
+    msa_sha256_ctx s;
+    msa_sha256_init(&s);
+    for (int64_t i = 0; i < msa_gguf_n_tensors(g); i++) {
+        const msa_gguf_tensor *t = msa_gguf_tensor_at(g, i);
+        int32_t hdr[2] = {t->type, t->n_dims};
+        msa_sha256_update(&s, t->name, strlen(t->name) + 1);
+        msa_sha256_update(&s, hdr, sizeof hdr);
+        msa_sha256_update(&s, t->ne, sizeof t->ne);
+        if (t->data) msa_sha256_update(&s, t->data, t->size);
+    }
+    uint8_t dig[MSA_SHA256_DIGEST_SIZE];
+    msa_sha256_final(&s, dig);
+    msa_sha256_hex(dig, hex);
+}
+
+static void fingerprint(msa_model *m, const char *path, int use_cache) {
+    char hex[MSA_SHA256_HEX_SIZE];
+    struct stat st;
+    char *side = NULL;
+    int have_st = stat(path, &st) == 0;
+    if (use_cache && have_st) {
+        size_t n = strlen(path);
+        side = malloc(n + 8);
+        if (side) {
+            memcpy(side, path, n);
+            memcpy(side + n, ".msa-fp", 8);
+            FILE *f = fopen(side, "r");
+            if (f) {
+                long long sz, ms, mns;
+                char got[MSA_SHA256_HEX_SIZE + 1];
+                int ok = fscanf(f, "msa-fp 1 %lld %lld %lld %65s", &sz, &ms, &mns, got) == 4;
+                fclose(f);
+                uint8_t dig[MSA_SHA256_DIGEST_SIZE];
+                if (ok && sz == (long long)st.st_size && ms == (long long)st.st_mtim.tv_sec &&
+                    mns == (long long)st.st_mtim.tv_nsec && strlen(got) == 64 &&
+                    msa_sha256_parse_hex(got, dig) == MSA_OK) {
+                    memcpy(m->info.fingerprint, got, 65);
+                    free(side);
+                    return;
+                }
+            }
+        }
+    }
+    fingerprint_compute(m->gguf, hex);
+    memcpy(m->info.fingerprint, hex, sizeof hex);
+    if (side) {
+        /* Best effort: a read-only folder only costs a recomputation. */
+        size_t n = strlen(side);
+        char *tmp = malloc(n + 16);
+        if (tmp) {
+            snprintf(tmp, n + 16, "%s.%d", side, (int)getpid());
+            FILE *f = fopen(tmp, "w");
+            if (f) {
+                int ok = fprintf(f, "msa-fp 1 %lld %lld %lld %s\n", (long long)st.st_size,
+                                 (long long)st.st_mtim.tv_sec, (long long)st.st_mtim.tv_nsec,
+                                 hex) > 0;
+                ok = (fclose(f) == 0) && ok;
+                if (!ok || rename(tmp, side) != 0) unlink(tmp);
+            }
+            free(tmp);
+        }
+    }
+    free(side);
+}
+
+int msa_model_open(const char *path, const msa_model_params *params, msa_model **out) {
+    if (!out || !path) return msa_error(MSA_EINVAL, "msa_model_open: NULL argument");
+    *out = NULL;
+    msa_model_params p = params ? *params : msa_model_default_params();
+    if (p.n_threads < 0) return msa_error(MSA_EINVAL, "msa_model_open: n_threads %d", p.n_threads);
+    msa_model *m = calloc(1, sizeof *m);
+    if (!m) return msa_error(MSA_ENOMEM, "model");
+    m->n_threads = p.n_threads;
+    int rc;
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        if (!msa_model_load_hf || !msa_hf_is_model_dir || !msa_hf_is_model_dir(path))
+            rc = msa_error(MSA_EUNSUPPORTED, "%s: a directory, and no Hugging Face loader "
+                           "(config.json + safetensors) is available for it", path);
+        else
+            rc = msa_model_load_hf(path, &p, m);
+    } else {
+        rc = load_gguf(m, path);
+        if (!rc) fingerprint(m, path, !p.no_fingerprint_cache);
+    }
+    if (rc) {
+        msa_model_free(m);
+        return msa_error_context(rc, "model %s", path);
+    }
+    *out = m;
+    return MSA_OK;
+}
+
+msa_kvcache_params msa_kvcache_params_for(const msa_model *m, int block_size) {
+    msa_kvcache_params p;
+    memset(&p, 0, sizeof p);
+    p.n_layers = m->info.n_layers;
+    p.n_kv_heads = m->info.n_kv_heads;
+    p.head_dim = m->info.head_dim;
+    p.idx_key_heads = m->info.idx_key_heads;
+    p.idx_dim = m->info.idx_dim;
+    p.block_size = block_size;
+    return p;
+}

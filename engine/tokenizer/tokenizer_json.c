@@ -1,0 +1,226 @@
+/*
+ * tokenizer_json.c: a tokenizer from Hugging Face's tokenizer.json (read
+ * with jansson), for byte-level BPE models (Llama-3, Qwen2, GPT-2 style).
+ *
+ * What is read:
+ *   model.type "BPE", model.vocab {piece: id}, model.merges as "left right"
+ *   strings or [left, right] pairs (rank = position; lines that start with
+ *   '#' are real merges, never comments), model.ignore_merges;
+ *   added_tokens [{id, content, special}]: special ones are control tokens
+ *   (matched in text only with MSA_TOK_PARSE_SPECIAL), others user-defined;
+ *   pre_tokenizer: the Regex of a Split (alone or in a Sequence) is the
+ *   pre-tokenizer, used as written; a ByteLevel with use_regex and no Split
+ *   means GPT-2's regex.
+ *   tokenizer_config.json beside the file, when present: bos_token,
+ *   eos_token (strings or {content}), add_bos_token, add_eos_token.
+ * Without add_bos_token, BOS is added when the post_processor's template
+ * starts with it, or (no template) when BOS and EOS are distinct tokens:
+ * Llama-3 yes, GPT-2 (whose BOS and EOS are both <|endoftext|>) no.
+ *
+ * Not supported (MSA_EUNSUPPORTED): tokenizer.json files that are not
+ * byte-level (SentencePiece conversions with a Metaspace pre-tokenizer or
+ * normalizer, WordPiece, Unigram). Normalizers are not applied.
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/tokenizer/tokenizer.h"
+#include "base/base.h"
+
+static int type_is(json_t *o, const char *type) {
+    const char *s = json_string_value(json_object_get(o, "type"));
+    return s && !strcmp(s, type);
+}
+
+/* Finds the pre-tokenizer's regex and whether a ByteLevel step is present. */
+static void scan_pre(json_t *pre, const char **regex, int *byte_level, int *bl_regex,
+                     int *prefix_space) {
+    if (!json_is_object(pre)) return;
+    if (type_is(pre, "Sequence")) {
+        json_t *a = json_object_get(pre, "pretokenizers");
+        size_t i;
+        json_t *v;
+        json_array_foreach(a, i, v) scan_pre(v, regex, byte_level, bl_regex, prefix_space);
+        return;
+    }
+    if (type_is(pre, "Split") && !*regex) {
+        json_t *p = json_object_get(pre, "pattern");
+        *regex = json_string_value(json_object_get(p, "Regex"));
+    }
+    if (type_is(pre, "ByteLevel")) {
+        *byte_level = 1;
+        json_t *u = json_object_get(pre, "use_regex");
+        *bl_regex = !u || json_is_true(u);
+        *prefix_space = json_is_true(json_object_get(pre, "add_prefix_space"));
+    }
+}
+
+/* A token given as a string or as {"content": string}. */
+static const char *token_text(json_t *v) {
+    if (json_is_string(v)) return json_string_value(v);
+    return json_string_value(json_object_get(v, "content"));
+}
+
+static json_t *load_config(const char *path) {
+    const char *slash = strrchr(path, '/');
+    size_t dir = slash ? (size_t)(slash - path + 1) : 0;
+    char *p = malloc(dir + 32);
+    if (!p) return NULL;
+    memcpy(p, path, dir);
+    strcpy(p + dir, "tokenizer_config.json");
+    json_t *c = json_load_file(p, JSON_DECODE_INT_AS_REAL, NULL); /* model_max_length overflows int64 */
+    free(p);
+    return c;
+}
+
+static int template_starts_with(json_t *post, const char *bos) {
+    if (!bos || !json_is_object(post)) return -1;
+    if (type_is(post, "Sequence")) {
+        json_t *a = json_object_get(post, "processors");
+        size_t i;
+        json_t *v;
+        json_array_foreach(a, i, v) {
+            int r = template_starts_with(v, bos);
+            if (r >= 0) return r;
+        }
+        return -1;
+    }
+    if (!type_is(post, "TemplateProcessing")) return -1;
+    json_t *first = json_array_get(json_object_get(post, "single"), 0);
+    json_t *sp = json_object_get(first, "SpecialToken");
+    const char *id = json_string_value(json_object_get(sp, "id"));
+    return id && !strcmp(id, bos);
+}
+
+static int build(json_t *root, json_t *cfg, msa_tokenizer **out) {
+    json_t *model = json_object_get(root, "model");
+    if (!json_is_object(model))
+        return msa_error(MSA_EFORMAT, "no \"model\" object");
+    json_t *mt = json_object_get(model, "type");
+    if (mt && !type_is(model, "BPE"))
+        return msa_error(MSA_EUNSUPPORTED, "model type '%s' is not supported (BPE is)",
+                         json_string_value(mt) ? json_string_value(mt) : "?");
+    json_t *vocab = json_object_get(model, "vocab");
+    json_t *merges = json_object_get(model, "merges");
+    json_t *added = json_object_get(root, "added_tokens");
+    if (!json_is_object(vocab)) return msa_error(MSA_EFORMAT, "model.vocab is not an object");
+
+    const char *regex = NULL;
+    int byte_level = 0, bl_regex = 0, prefix_space = 0;
+    scan_pre(json_object_get(root, "pre_tokenizer"), &regex, &byte_level, &bl_regex,
+             &prefix_space);
+    if (!byte_level && type_is(json_object_get(root, "decoder"), "ByteLevel")) byte_level = 1;
+    if (!byte_level)
+        return msa_error(MSA_EUNSUPPORTED, "only byte-level BPE tokenizer.json files are "
+                         "supported (no ByteLevel pre-tokenizer or decoder found)");
+
+    int64_t max_id = -1;
+    const char *key;
+    json_t *v;
+    json_object_foreach(vocab, key, v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0)
+            return msa_error(MSA_EFORMAT, "vocab entry '%s' has no valid id", key);
+        if (json_integer_value(v) > max_id) max_id = json_integer_value(v);
+    }
+    size_t i;
+    json_array_foreach(added, i, v) {
+        json_t *id = json_object_get(v, "id");
+        if (!json_is_integer(id) || json_integer_value(id) < 0 || !token_text(v))
+            return msa_error(MSA_EFORMAT, "added_tokens[%zu] has no id or content", i);
+        if (json_integer_value(id) > max_id) max_id = json_integer_value(id);
+    }
+    if (max_id < 0 || max_id >= INT32_MAX) return msa_error(MSA_EFORMAT, "empty vocabulary");
+
+    msa_tokenizer *t;
+    int rc = msa_tok_new(MSA_TOK_BPE, (int32_t)(max_id + 1), &t);
+    if (rc) return rc;
+    json_object_foreach(vocab, key, v) {
+        rc = msa_tok_set_token(t, (int32_t)json_integer_value(v), key,
+                               strlen(key), 0.0f,
+                               MSA_TT_NORMAL);
+        if (rc) goto fail;
+    }
+    json_array_foreach(added, i, v) {
+        const char *s = token_text(v);
+        int special = json_is_true(json_object_get(v, "special"));
+        rc = msa_tok_set_token(t, (int32_t)json_integer_value(json_object_get(v, "id")), s,
+                               strlen(s), 0.0f, special ? MSA_TT_CONTROL : MSA_TT_USER);
+        if (rc) goto fail;
+    }
+    if ((rc = msa_tok_index(t))) goto fail;
+
+    json_array_foreach(merges, i, v) {
+        const char *l = NULL, *r = NULL;
+        size_t ll = 0, rl = 0;
+        if (json_is_string(v)) {
+            const char *s = json_string_value(v);
+            size_t n = json_string_length(v);
+            const char *sp = n > 1 ? memchr(s + 1, ' ', n - 1) : NULL;
+            if (!sp) continue;
+            l = s;
+            ll = (size_t)(sp - s);
+            r = sp + 1;
+            rl = n - ll - 1;
+        } else if (json_is_array(v) && json_array_size(v) == 2) {
+            json_t *a = json_array_get(v, 0), *b = json_array_get(v, 1);
+            if (!json_is_string(a) || !json_is_string(b)) continue;
+            l = json_string_value(a);
+            ll = json_string_length(a);
+            r = json_string_value(b);
+            rl = json_string_length(b);
+        } else {
+            continue;
+        }
+        if ((rc = msa_tok_add_merge(t, l, ll, r, rl, (int32_t)i))) goto fail;
+    }
+    t->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
+    t->add_prefix_space = prefix_space;
+    if (regex) {
+        snprintf(t->pre, sizeof t->pre, "json");
+        t->regex = strdup(regex);
+        if (!t->regex) { rc = msa_error(MSA_ENOMEM, "out of memory"); goto fail; }
+    } else {
+        snprintf(t->pre, sizeof t->pre, "gpt-2");
+    }
+
+    /* BOS / EOS */
+    const char *bos = cfg ? token_text(json_object_get(cfg, "bos_token")) : NULL;
+    const char *eos = cfg ? token_text(json_object_get(cfg, "eos_token")) : NULL;
+    if (bos) t->bos = msa_token_lookup(t, bos, strlen(bos));
+    if (eos) t->eos = msa_token_lookup(t, eos, strlen(eos));
+    json_t *ab = cfg ? json_object_get(cfg, "add_bos_token") : NULL;
+    json_t *ae = cfg ? json_object_get(cfg, "add_eos_token") : NULL;
+    if (json_is_boolean(ab)) {
+        t->add_bos = json_is_true(ab);
+    } else {
+        int r = template_starts_with(json_object_get(root, "post_processor"), bos);
+        t->add_bos = r >= 0 ? r : (t->bos >= 0 && t->bos != t->eos);
+    }
+    t->add_eos = json_is_true(ae);
+    if ((rc = msa_tok_finish(t))) goto fail;
+    *out = t;
+    return MSA_OK;
+fail:
+    msa_tokenizer_free(t);
+    return rc;
+}
+
+int msa_tokenizer_from_json(const char *path, msa_tokenizer **out) {
+    *out = NULL;
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    if (!root) {
+        FILE *f = fopen(path, "rb");
+        if (!f) return msa_error(MSA_ENOTFOUND, "tokenizer: cannot open %s", path);
+        fclose(f);
+        return msa_error(MSA_EFORMAT, "tokenizer: %s:%d: %s", path, err.line, err.text);
+    }
+    json_t *cfg = load_config(path);
+    int rc = build(root, cfg, out);
+    json_decref(cfg);
+    json_decref(root);
+    if (rc) return msa_error_context(rc, "tokenizer %s", path);
+    return MSA_OK;
+}
