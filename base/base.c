@@ -42,6 +42,7 @@ const char *msa_strerror(int status) {
     case MSA_ENODEV: return "no GPU available";
     case MSA_ERANGE: return "value out of range";
     case MSA_EAUTH: return "authentication refused";
+    case MSA_EFAILED: return "session failed earlier: close and reopen it";
     default: return "unknown error";
     }
 }
@@ -249,6 +250,33 @@ const char *msa_dtype_name(msa_dtype dtype) {
     case MSA_DTYPE_BF16: return "bf16";
     }
     return "?";
+}
+
+size_t msa_dtype_size(msa_dtype dtype) {
+    return dtype == MSA_DTYPE_F32 ? 4 : 2;
+}
+
+int msa_dtype_convert(void *dst, msa_dtype dst_type, const void *src, msa_dtype src_type,
+                      size_t n) {
+    if (n == 0) return MSA_OK;
+    if (!dst || !src) return msa_error(MSA_EINVAL, "dtype convert: NULL buffer");
+    if ((unsigned)dst_type > MSA_DTYPE_BF16 || (unsigned)src_type > MSA_DTYPE_BF16)
+        return msa_error(MSA_EINVAL, "dtype convert: unknown dtype %d -> %d", (int)src_type,
+                         (int)dst_type);
+    if (dst_type == src_type) {
+        memcpy(dst, src, n * msa_dtype_size(src_type));
+        return MSA_OK;
+    }
+    for (size_t i = 0; i < n; i++) {
+        float x;
+        if (src_type == MSA_DTYPE_F32) x = ((const float *)src)[i];
+        else if (src_type == MSA_DTYPE_F16) x = msa_f16_to_f32(((const uint16_t *)src)[i]);
+        else x = msa_bf16_to_f32(((const uint16_t *)src)[i]);
+        if (dst_type == MSA_DTYPE_F32) ((float *)dst)[i] = x;
+        else if (dst_type == MSA_DTYPE_F16) ((uint16_t *)dst)[i] = msa_f32_to_f16(x);
+        else ((uint16_t *)dst)[i] = msa_f32_to_bf16(x);
+    }
+    return MSA_OK;
 }
 
 /* ---- time -------------------------------------------------------------------- */

@@ -65,12 +65,8 @@ static inline uint16_t msa_f32_to_bf16(float f) {
 float msa_f16_to_f32(uint16_t h);
 uint16_t msa_f32_to_f16(float f);
 
-/* Size in bytes of one element of `dtype`. */
-static inline size_t msa_dtype_size(msa_dtype dtype) {
-    return dtype == MSA_DTYPE_F32 ? 4 : 2;
-}
-
-const char *msa_dtype_name(msa_dtype dtype);
+/* msa_dtype_size(), msa_dtype_name() and msa_dtype_convert() are public:
+ * engine/msa.h. */
 
 /* ---- time ------------------------------------------------------------------ */
 

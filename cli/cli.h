@@ -12,7 +12,7 @@
 
 #include <stdio.h>
 
-#include "engine/msa.h"
+#include <msa/msa.h>
 
 typedef struct msa_cli {
     const char *store_dir;  /* --store or MSA_STORE; NULL: the default */
@@ -58,6 +58,9 @@ long long msa_cli_parse_count(const char *s, int binary);
 /* Human-readable bytes ("1.4 GiB") into buf; returns buf. */
 const char *msa_cli_bytes(double bytes, char *buf, size_t n);
 
+/* Monotonic wall-clock seconds (CLOCK_MONOTONIC), for progress and timings. */
+double msa_cli_now(void);
+
 /* ---- progress ------------------------------------------------------------ */
 
 /* A one-line progress bar on stderr, redrawn at most 10 times a second, only
@@ -78,7 +81,7 @@ void msa_progress_end(msa_progress *p);
 
 #define MSA_CLI_COMMAND(name, summary) \
     int msa_cmd_##name(msa_cli *cli, int argc, char **argv);
-#include "cli/commands.def"
+#include "commands.def"
 #undef MSA_CLI_COMMAND
 
 #endif /* MSA_CLI_H */

@@ -24,8 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/cli.h"
-#include "base/base.h"
+#include "cli.h"
 
 enum { POOL = 16 };
 
@@ -48,8 +47,7 @@ static float nrand(void) {
 }
 
 static void store_val(void *buf, size_t i, msa_dtype dt, float x) {
-    if (dt == MSA_DTYPE_F32) ((float *)buf)[i] = x;
-    else ((uint16_t *)buf)[i] = dt == MSA_DTYPE_BF16 ? msa_f32_to_bf16(x) : msa_f32_to_f16(x);
+    msa_dtype_convert((char *)buf + i * msa_dtype_size(dt), dt, &x, MSA_DTYPE_F32, 1);
 }
 
 /* one section [heads][bs][dim] */
@@ -169,7 +167,7 @@ int msa_cmd_bench(msa_cli *cli, int argc, char **argv) {
     for (long long c = 0; c < n_chunks && !rc; c++) {
         long long n = tokens - done < chunk ? tokens - done : chunk;
         msa_store_txn *x;
-        double c0 = cpu_now(), t0 = msa_now();
+        double c0 = cpu_now(), t0 = msa_cli_now();
         rc = msa_store_txn_begin(s, &x);
         if (!rc) rc = msa_store_txn_put_tokens(x, tok, (size_t)n);
         for (int l = 0; l < layers && !rc; l++)
@@ -180,10 +178,10 @@ int msa_cmd_bench(msa_cli *cli, int argc, char **argv) {
             }
         msa_store_txn_stats ts;
         if (!rc) msa_store_txn_stats_get(x, &ts);
-        double t1 = msa_now(), c1 = cpu_now();
+        double t1 = msa_cli_now(), c1 = cpu_now();
         if (!rc) rc = msa_store_txn_commit(x);
         else msa_store_txn_abort(x);
-        double t2 = msa_now(), c2 = cpu_now();
+        double t2 = msa_cli_now(), c2 = cpu_now();
         if (rc) break;
         raw += (double)ts.raw_bytes;
         stored += (double)ts.stored_bytes;
@@ -204,7 +202,7 @@ int msa_cmd_bench(msa_cli *cli, int argc, char **argv) {
     /* read back every block of every layer */
     uint64_t nb = ((uint64_t)tokens + bs - 1) / bs;
     msa_progress_begin(&pr, cli, "read ", (double)nb * layers, "blocks");
-    double t0 = msa_now(), rraw = 0;
+    double t0 = msa_cli_now(), rraw = 0;
     for (int l = 0; l < layers && !rc; l++) {
         for (uint64_t b = 0; b < nb && !rc; b++) {
             msa_store_block_info bi;
@@ -213,7 +211,7 @@ int msa_cmd_bench(msa_cli *cli, int argc, char **argv) {
         }
         msa_progress_update(&pr, (double)(l + 1) * nb);
     }
-    double t_read = msa_now() - t0;
+    double t_read = msa_cli_now() - t0;
     msa_progress_end(&pr);
     if (rc) {
         msa_store_session_close(s);

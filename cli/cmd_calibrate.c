@@ -16,8 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/cli.h"
-#include "engine/calibrate/calibrate.h"
+#include "cli.h"
 
 static void help(FILE *f) {
     fprintf(f,

@@ -8,8 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/cli.h"
-#include "base/base.h"
+#include "cli.h"
 
 static void pull_help(void) {
     printf(

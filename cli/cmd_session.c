@@ -41,7 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/cli.h"
+#include "cli.h"
 
 /* ---- small helpers --------------------------------------------------------- */
 

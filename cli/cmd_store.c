@@ -11,8 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/cli.h"
-#include "base/base.h"
+#include "cli.h"
 
 static int open_store(msa_cli *cli, int create, msa_store **st) {
     msa_store_params p = msa_store_default_params();

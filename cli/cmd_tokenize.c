@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/cli.h"
+#include "cli.h"
 
 static void help(void) {
     printf("usage: msa-mem tokenize --model PATH [--no-bos] [--special] [--json] [TEXT|-]\n"

@@ -5,16 +5,15 @@
  * Global options may stand before or after the command name:
  *   msa-mem --store DIR ls --json   ==   msa-mem ls --store DIR --json
  */
-#include "cli/cli.h"
+#include "cli.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
-
-#include "base/base.h"
 
 typedef struct command {
     const char *name, *summary;
@@ -23,7 +22,7 @@ typedef struct command {
 
 static const command commands[] = {
 #define MSA_CLI_COMMAND(name, summary) {#name, summary, msa_cmd_##name},
-#include "cli/commands.def"
+#include "commands.def"
 #undef MSA_CLI_COMMAND
 };
 enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
@@ -124,6 +123,12 @@ const char *msa_cli_bytes(double b, char *buf, size_t n) {
     return buf;
 }
 
+double msa_cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* ---- progress ------------------------------------------------------------ */
 
 void msa_progress_begin(msa_progress *p, const msa_cli *cli, const char *label,
@@ -132,7 +137,7 @@ void msa_progress_begin(msa_progress *p, const msa_cli *cli, const char *label,
     p->label = label;
     p->unit = unit;
     p->total = total;
-    p->t0 = msa_now();
+    p->t0 = msa_cli_now();
     p->enabled = !(cli && cli->quiet) && isatty(2);
 }
 
@@ -147,7 +152,7 @@ static void fmt_count(double v, const char *unit, char *buf, size_t n) {
 }
 
 static void progress_draw(msa_progress *p, int final) {
-    double el = msa_now() - p->t0;
+    double el = msa_cli_now() - p->t0;
     double rate = el > 0 ? p->done / el : 0;
     char done[32], rate_s[32], eta[32] = "";
     fmt_count(p->done, p->unit, done, sizeof done);
@@ -175,7 +180,7 @@ static void progress_draw(msa_progress *p, int final) {
 void msa_progress_update(msa_progress *p, double done) {
     p->done = done;
     if (!p->enabled) return;
-    double now = msa_now();
+    double now = msa_cli_now();
     if (now - p->last_draw < 0.1) return;
     p->last_draw = now;
     progress_draw(p, 0);

@@ -130,6 +130,22 @@ typedef enum msa_dtype {
     MSA_DTYPE_BF16 = 2
 } msa_dtype;
 
+/* "f32", "f16", "bf16"; "?" for a value outside the enum. Static string. */
+MSA_API const char *msa_dtype_name(msa_dtype dtype);
+
+/* Bytes of one element: 4 for MSA_DTYPE_F32, 2 for the half types. */
+MSA_API size_t msa_dtype_size(msa_dtype dtype);
+
+/* Converts n elements from src (of src_type) to dst (of dst_type), e.g.
+ * a framework's fp32 keys to the bf16 a CUDA session stores. Rounding to a
+ * half type is to nearest even; NaN stays NaN, values beyond f16's range
+ * become infinities. Converting a type to itself copies. dst and src must
+ * not overlap.
+ * Returns MSA_OK or MSA_EINVAL (NULL pointers with n > 0, an unknown
+ * dtype); dst is untouched after a failure. */
+MSA_API int msa_dtype_convert(void *dst, msa_dtype dst_type, const void *src,
+                              msa_dtype src_type, size_t n);
+
 typedef enum msa_device_kind {
     MSA_DEVICE_CPU = 0,
     MSA_DEVICE_CUDA = 1
@@ -635,6 +651,104 @@ MSA_API int msa_model_get_info(const msa_model *m, msa_model_info *info);
  * (writing), MSA_ENOMEM. */
 MSA_API int msa_convert_llama2c(const char *model_bin, const char *tokenizer_bin,
                                 const char *out_path);
+
+/* Calibration: training a model's MSA index (engine/calibrate/) */
+/*
+ * A model without trained index weights can be given some: for every
+ * layer, W_q_idx (one index query head per KV group, Hkv*d_idx x dim),
+ * W_k_idx (one index key head shared by all groups, d_idx x dim) and the
+ * two index RMSNorm weights (scale 1+w) are fitted with Adam, full batch,
+ * to the KL alignment loss of DESIGN.md section 1: the teacher is the
+ * model's dense attention over the visible tokens, averaged over the G
+ * query heads of each group; the student is the softmax of the index
+ * scores. The model's own forward pass gives the inputs, detached, so only
+ * the index weights learn. The result is a new GGUF: the input model (every
+ * metadata key and tensor) plus blk.N.msa_idx_{q,k,q_norm,k_norm}.weight
+ * (F32) and <arch>.msa.index_dim; msa_model_open() of it reports
+ * has_trained_index = 1. `msa-mem calibrate` is this on text files.
+ *
+ * Cost: every layer's teacher is kept in RAM, n_seq * Hkv * T(T+1)/2 floats
+ * per layer (T = seq_len), so long sequences cost quadratically. Work runs
+ * on the CPU only, on n_threads workers.
+ */
+
+/* Called every log_every Adam steps of each layer and after its last step,
+ * with the mean KL per (row, group) at that step. */
+typedef void (*msa_calib_step_fn)(void *user, int layer, int step, double loss);
+
+typedef struct msa_calib_params {
+    int idx_dim;              /* d_idx, even, 2..4096 (default 32) */
+    int steps;                /* Adam steps per layer (default 200; 0: the
+                                 initial weights are written) */
+    float lr;                 /* Adam learning rate (default 0.02) */
+    int seq_len;              /* tokens per calibration sequence, BOS first
+                                 (default 256) */
+    int32_t bos;              /* prepended to every sequence; -1 (default):
+                                 none. Usually msa_tokenizer_bos(). */
+    int n_threads;            /* CPU workers; 0: one per core */
+    uint64_t seed;            /* weight initialisation (default 1) */
+    msa_calib_step_fn on_step;/* optional progress; NULL: none */
+    void *user;               /* passed to on_step */
+    int log_every;            /* steps between on_step calls (default 50) */
+} msa_calib_params;
+
+/* idx_dim 32, steps 200, lr 0.02, seq_len 256, bos -1, n_threads 0,
+ * seed 1, no callback, log_every 50. */
+MSA_API msa_calib_params msa_calib_default_params(void);
+
+enum { MSA_CALIB_MAX_LAYERS = 256 };
+
+typedef struct msa_calib_result {
+    int n_layers;             /* layers trained */
+    int n_seq, seq_len;       /* the token stream was cut into n_seq
+                                 sequences of seq_len (BOS included) */
+    /* mean KL per (row, group) before the first and after the last step,
+     * per layer (entries n_layers.. are 0) */
+    double loss_first[MSA_CALIB_MAX_LAYERS], loss_last[MSA_CALIB_MAX_LAYERS];
+    double seconds_inputs;    /* forward passes that gather the teacher */
+    double seconds_train;     /* the Adam steps */
+} msa_calib_result;
+
+/* Trains the index of every layer of `m`, a GGUF model without a trained
+ * index, on `tokens` (n_tokens text ids of the model's vocabulary, without
+ * BOS; cut into sequences of seq_len with params->bos first), and writes
+ * the result to out_path (to a temporary name first, then renamed, so
+ * out_path is never left half-written). params NULL: defaults. `res` may
+ * be NULL; when given it is filled on success. The model is read only
+ * (its weights are not changed) but must not be used by another thread
+ * during the call; the caller keeps ownership of everything passed in.
+ * on_step runs on the calling thread.
+ * Returns MSA_OK;
+ *   MSA_EINVAL        NULL m, tokens or out_path, fewer than 2 tokens, a
+ *                     token outside the vocabulary, or a parameter out of
+ *                     its range (the message names it);
+ *   MSA_EUNSUPPORTED  the model has a trained index already, was not opened
+ *                     from a GGUF file, has more than MSA_CALIB_MAX_LAYERS
+ *                     layers, uses scaled RoPE with idx_dim > head_dim, or
+ *                     holds tensor types the writer cannot copy;
+ *   MSA_ENOMEM        the teacher or the weights do not fit in RAM;
+ *   MSA_EIO, MSA_ENOSPC  writing out_path;
+ *   and the forward pass's errors.
+ * After a failure out_path is untouched and *res unspecified; the model
+ * is unchanged and usable. */
+MSA_API int msa_calibrate(msa_model *m, const int32_t *tokens, size_t n_tokens,
+                          const msa_calib_params *params, const char *out_path,
+                          msa_calib_result *res);
+
+/* How much of the model's dense attention MSA's block selection keeps, as
+ * an evaluation of an index (trained, or the training-free one): runs
+ * `tokens` through `m` in sequences of seq_len (bos first when bos >= 0)
+ * with blocks of block_size and top_k selected blocks, and for every
+ * layer, row and query head takes the share of the head's dense softmax
+ * mass that falls in the blocks its group selected. *mean receives the
+ * average share and *min the smallest; either may be NULL. 1.0 means the
+ * selection lost nothing. Same threading rule as msa_calibrate().
+ * Returns MSA_OK; MSA_EINVAL (NULL m or tokens, n_tokens 0, seq_len < 2,
+ * block_size or top_k < 1), MSA_ENOMEM, and the forward pass's errors.
+ * After a failure *mean and *min are untouched. */
+MSA_API int msa_calib_selected_mass(msa_model *m, const int32_t *tokens, size_t n_tokens,
+                                    int seq_len, int32_t bos, int block_size, int top_k,
+                                    double *mean, double *min);
 
 /* 4b. Tokenizers (engine/tokenizer*) */
 /*

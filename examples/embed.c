@@ -7,13 +7,16 @@
  *
  *   embed MODEL.gguf STORE_DIR [SESSION] [TEXT]
  *
- * Built by examples/CMakeLists.txt against msa_static, and run by
+ * Built by examples/CMakeLists.txt against libmsa.so, and run by
  * tests/test_cli.py with the real stories260K model so that it cannot rot.
+ * Outside the tree, after `cmake --install`:
+ *
+ *   cc embed.c -o embed $(pkg-config --cflags --libs msa)
  */
 #include <stdio.h>
 #include <string.h>
 
-#include "engine/msa.h"
+#include <msa/msa.h>
 
 static int print_token(void *user, int32_t token, const char *text, size_t len) {
     (void)user;
