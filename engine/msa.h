@@ -77,7 +77,9 @@ typedef enum msa_status {
     MSA_EINTR = -15,       /* interrupted by the caller (callback or signal) */
     MSA_ENODEV = -16,      /* no usable GPU, or a build without CUDA */
     MSA_ERANGE = -17,      /* a value outside its limits (context, pool size) */
-    MSA_EAUTH = -18        /* a server refused the credentials */
+    MSA_EAUTH = -18,       /* a server refused the credentials */
+    MSA_EFAILED = -19      /* a session failed earlier and must be closed and
+                              reopened (msa_session_open, "Failed sessions") */
 } msa_status;
 
 /* A short, static description of a status code ("checksum mismatch or
@@ -996,6 +998,25 @@ MSA_API int msa_pull(const char *source, const char *dest,
  * token by running that one token's query over the stored memory without
  * appending (one token of work, whatever the session's length; the same
  * arithmetic as the original step, so the same logits).
+ *
+ * Failures. Every change to a session is a store transaction (3a): an
+ * append or a generation that fails is rolled back, in the store and in
+ * this process, to the session's last commit, and the handle stays usable
+ * (the call can be retried once the cause, e.g. a full disk, is gone).
+ * Rolling back in memory means reloading the session's index keys from the
+ * store into a fresh pager.
+ *
+ * Failed sessions. When that reload fails as well (the store cannot be
+ * read, memory is exhausted), or the pager cannot be re-made when a long
+ * session outgrows it, the memory in this process matches no commit. The
+ * call that hit it returns MSA_EFAILED, and the handle stays failed
+ * (sticky): from then on every call on it returns MSA_EFAILED (pointer
+ * results are NULL, msa_session_explain_reset does nothing), and
+ * msa_last_error() gives the original failure, the failed reload and the
+ * number of tokens the store keeps. Only msa_session_close (and
+ * msa_session_name) work as usual: close the handle and open the session
+ * again, which then holds exactly its last commit. A failed session changes
+ * nothing in the store; its lock is held until it is closed.
  */
 
 typedef struct msa_engine msa_engine;
@@ -1046,13 +1067,38 @@ enum {
 };
 
 /* Opens (or creates, per `flags`) the session `name` of the engine's store.
- * A session written by another model is refused with MSA_EMODEL; a missing
- * one without MSA_SESSION_CREATE is MSA_ENOTFOUND. Opening reads the
- * session's tokens and index keys, never its KV blocks (those are paged in
- * on demand). One writer per session at a time: a second open for writing,
- * from any process, returns MSA_EBUSY. */
+ * Opening reads the session's tokens and index keys, never its KV blocks
+ * (those are paged in on demand). One writer per session at a time: every
+ * handle is a writer, held by a lock file beside the store. On success
+ * *out owns the handle; close it with msa_session_close().
+ * Returns MSA_OK;
+ *   MSA_EINVAL      NULL engine or out, an empty name, one longer than
+ *                   MSA_STORE_NAME_MAX bytes or with a control character;
+ *   MSA_ENOTFOUND   no such session and no MSA_SESSION_CREATE;
+ *   MSA_EEXIST      MSA_SESSION_CREATE | MSA_SESSION_EXCLUSIVE and it exists;
+ *   MSA_EMODEL      written by another model (the message names both
+ *                   fingerprints), or with other shapes than this model's;
+ *   MSA_EUNSUPPORTED  stored with the other device's key dtype (bf16 from
+ *                   CUDA, f32 from the CPU; the message says which
+ *                   --device reads it);
+ *   MSA_EBUSY       open in another handle or process, or the store's
+ *                   reader table is full;
+ *   MSA_ECORRUPT    a bad session record, token chunk or index-key block
+ *                   (named);
+ *   MSA_ENOSPC      creating it on a full disk (or map_max reached);
+ *   MSA_EIO         the lock file or the store could not be read or written;
+ *   MSA_ENOMEM      the tokens or the pager's tables do not fit;
+ *   MSA_ECUDA, MSA_ENODEV  the GPU pager (CUDA engines).
+ * On failure *out is NULL and nothing is held (no lock, no memory). The
+ * store is unchanged, except that a session MSA_SESSION_CREATE made stays
+ * in it, empty, when a later step failed. */
 MSA_API int msa_session_open(msa_engine *engine, const char *name, int flags,
                              msa_session **out);
+
+/* Closes the handle: drops what is in memory, aborts a transaction left
+ * open (there is none between calls: every append and generation commits
+ * before it returns) and releases the session's lock. Works on a failed
+ * session too; accepts NULL. Nothing committed is lost. */
 MSA_API void msa_session_close(msa_session *session);
 
 /* Progress of long appends: called after every committed chunk with the
@@ -1063,8 +1109,28 @@ typedef int (*msa_progress_fn)(void *user, int64_t done, int64_t total);
 /* Appends text (tokenized without BOS unless the session is empty) or
  * tokens to the session and runs the model over them, committing each
  * chunk's blocks and tokens in one store transaction. `source` tags the
- * blocks ("src/main.c:1-80", "turn 3"; NULL: none). On failure the session
- * holds exactly what was committed before it (whole chunks). */
+ * blocks ("src/main.c:1-80", "turn 3"; NULL: none).
+ * Returns MSA_OK;
+ *   MSA_EINVAL      NULL session, NULL text/tokens with a non-zero length,
+ *                   or a token outside the vocabulary (nothing appended);
+ *   MSA_EINTR       `progress` asked to stop (the chunks done are committed);
+ *   MSA_ENOSPC      the disk is full or the store's map_max is reached;
+ *   MSA_EIO         the store could not be read or written;
+ *   MSA_ECORRUPT    a stored block the model attended over failed its
+ *                   checksum (named; never attended over);
+ *   MSA_EBUSY       another handle of the store appended to this session
+ *                   meanwhile (through msa_store_*), or its reader table is
+ *                   full;
+ *   MSA_ENOTFOUND   the session was removed from the store meanwhile;
+ *   MSA_ENOMEM      host (or GPU) memory exhausted;
+ *   MSA_ERANGE      positions past 2^31 tokens;
+ *   MSA_ECUDA       a CUDA call failed (CUDA engines);
+ *   MSA_EFAILED     the session failed, now or earlier (see "Failed
+ *                   sessions" above): close and reopen it.
+ * After any failure but MSA_EFAILED the session, in the store and in this
+ * handle, holds exactly what was committed before it (whole chunks) and
+ * stays usable; the logits of its last token are recomputed when it next
+ * generates. */
 MSA_API int msa_session_append_text(msa_session *session, const char *text,
                                     size_t len, const char *source,
                                     msa_progress_fn progress, void *user);
@@ -1102,7 +1168,21 @@ MSA_API msa_generate_params msa_generate_default_params(void);
 /* Generates up to max_tokens tokens, appending each to the session (and
  * committing at the end, or every block) and calling `on_token`. Returns
  * MSA_OK when max_tokens, EOS or the callback stopped it. *n_generated
- * (may be NULL) receives the count. */
+ * (may be NULL) receives the count of tokens passed to on_token.
+ * Other returns:
+ *   MSA_EINVAL      NULL session, an empty session (append a prompt first),
+ *                   or sampling parameters out of range (nothing generated);
+ *   MSA_EUNSUPPORTED  recomputing the last logits of a reopened session of
+ *                   more than 1024 layers;
+ *   MSA_EFAILED     the session failed, now or earlier (see "Failed
+ *                   sessions" above): close and reopen it;
+ *   and the store and forward-pass errors of msa_session_append_tokens()
+ *   (MSA_ENOSPC, MSA_EIO, MSA_ECORRUPT, MSA_EBUSY, MSA_ENOTFOUND,
+ *   MSA_ENOMEM, MSA_ERANGE, MSA_ECUDA).
+ * After a failure other than MSA_EFAILED the session holds the tokens
+ * generated up to its last commit (every block_size tokens): those after it,
+ * at most one block's worth, already passed to on_token, are rolled back,
+ * and the handle stays usable. */
 MSA_API int msa_session_generate(msa_session *session,
                                  const msa_generate_params *params,
                                  msa_token_fn on_token, void *user,
@@ -1119,12 +1199,20 @@ typedef struct msa_session_info {
     double last_step_ms;     /* the last decode step's model time */
 } msa_session_info;
 
+/* Fills *info (zeroed first). Returns MSA_OK; MSA_EINVAL (NULL argument);
+ * MSA_ENOTFOUND (removed from the store meanwhile), MSA_ECORRUPT (its
+ * record), MSA_EIO, MSA_EBUSY (reader table full) from the store;
+ * MSA_EFAILED for a failed session. *info stays zeroed on failure; the
+ * session is unchanged. */
 MSA_API int msa_session_get_info(msa_session *session, msa_session_info *info);
 
 /* Selections recorded since the session was opened (or last reset): how
  * often each block was read, summed over layers, groups and steps, with
- * its source tag; most-read first. Fills up to `cap` entries, *n gets the
- * number filled. */
+ * its source tag (empty when its block cannot be read); most-read first.
+ * Fills up to `cap` entries, *n gets the number filled. Returns MSA_OK;
+ * MSA_EINVAL (NULL session, or NULL out with cap > 0); MSA_ENOMEM;
+ * MSA_EFAILED for a failed session. On failure *n is 0. The reset clears
+ * the counts; it does nothing for NULL or a failed session. */
 typedef struct msa_block_reads {
     int64_t block;           /* logical block id */
     int64_t first_token;     /* token range the block covers */
@@ -1137,8 +1225,10 @@ MSA_API int msa_session_explain(msa_session *session, msa_block_reads *out,
                                 size_t cap, size_t *n);
 MSA_API void msa_session_explain_reset(msa_session *session);
 
-/* The session's tokens (a view valid until the next change of the session)
- * and its name. */
+/* The session's tokens (a view valid until the next change of the session;
+ * after a failed append, its committed tokens), and its name ("" for NULL).
+ * For NULL or a failed session the tokens are NULL with *n = 0 (and
+ * msa_last_error() says why). */
 MSA_API const int32_t *msa_session_tokens(const msa_session *session,
                                           int64_t *n);
 MSA_API const char *msa_session_name(const msa_session *session);
@@ -1173,8 +1263,8 @@ MSA_API size_t msa_chat_render(int tmpl, const char *role, const char *content,
 
 /* Appends one chat message to the session, rendered with `tmpl` (< 0: the
  * engine's) and tokenized with special tokens recognised, tagged "turn N"
- * (N counts messages) unless `source` is given. Errors as
- * msa_session_append_text(). */
+ * (N counts messages) unless `source` is given. Errors (and the state they
+ * leave) as msa_session_append_text(); MSA_EINVAL also for NULL content. */
 MSA_API int msa_session_append_message(msa_session *session, int tmpl,
                                        const char *role, const char *content,
                                        int add_generation_prompt,

@@ -2,7 +2,7 @@
  * internal.h: what the files of persist/ share and nothing outside sees:
  * CRC32C, the block codec, the on-disk record layouts, the one place LMDB
  * codes become MSA_* statuses, and the fault-injection hook used by the
- * store's tests.
+ * store's tests (compiled into test builds only).
  *
  * All multi-byte integers on disk are little-endian; LMDB keys are
  * big-endian so that LMDB's byte order sorts them numerically.
@@ -121,7 +121,13 @@ int msa_block_verify(const void *val, size_t len);
  * everything else -> MSA_EIO. */
 int msa_mdb_status(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* ---- fault injection (tests only; inert unless armed) ----------------------
+/* ---- fault injection (test builds only) -----------------------------------
+ *
+ * Compiled in only where MSA_FAULT_INJECTION is defined: the
+ * msa_persist_faults objects (persist/CMakeLists.txt) that the tests' msa_test
+ * library is made of. In libmsa.so and libmsa_static.a the fault points
+ * below are the constant 0, the arming functions do not exist and
+ * MSA_STORE_FAULT is not read.
  *
  * Every write, commit and allocation on the store's write paths passes a
  * fault point. When armed with (err, nth), the nth point from now fails
@@ -129,10 +135,24 @@ int msa_mdb_status(int rc, const char *fmt, ...) __attribute__((format(printf, 2
  * The environment variable MSA_STORE_FAULT="enospc:N" (or eio:N, enomem:N)
  * arms it at the first point. msa_fault_points() counts points passed
  * since the last arm, so that a test can learn how many steps an append
- * has and fail each one in turn. */
+ * has and fail each one in turn.
+ *
+ * Every read transaction of a session handle (stat, tokens, blocks, index
+ * keys, the start of an append) passes a read point. msa_fault_arm_reads
+ * (err, nth) lets the nth read point from now and every one after it fail
+ * with `err`, until it is called again with (0, 0): a disk gone bad, for
+ * the paths that must give up cleanly when the store cannot be read. */
+#ifdef MSA_FAULT_INJECTION
 void msa_fault_arm(int err, long nth);
 long msa_fault_points(void);
 /* 0 or the errno to fail with at this point. */
 int msa_fault_point(void);
+void msa_fault_arm_reads(int err, long nth);
+/* 0 or the errno to fail this read with. */
+int msa_fault_read_point(void);
+#else
+#define msa_fault_point() 0
+#define msa_fault_read_point() 0
+#endif
 
 #endif /* MSA_PERSIST_INTERNAL_H */

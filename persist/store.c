@@ -674,6 +674,8 @@ done:
 void msa_store_list_free(msa_store_session_info *list) { free(list); }
 
 static int sess_read(msa_store_session *s, MDB_txn **t) {
+    int f = msa_fault_read_point();
+    if (f) return msa_mdb_status(f, "session '%s': starting a read transaction (injected fault)", s->name);
     pthread_rwlock_rdlock(&s->st->grow);
     int rc = msa_read_begin(s->st, t);
     if (rc) pthread_rwlock_unlock(&s->st->grow);

@@ -15,6 +15,12 @@
  *     injected at successive points) leaves the session exactly at its last
  *     commit, in memory and on disk: it then generates what a session built
  *     from the committed tokens alone generates.
+ *   - A failure that cannot be rolled back in memory (the append fails and
+ *     so does reloading the pager, because every store read fails from then
+ *     on) leaves the session failed: every call but close returns
+ *     MSA_EFAILED, even once the store reads again; close works, and a
+ *     reopen holds exactly the last commit and continues as a session built
+ *     from the committed tokens alone.
  *   - Explain reports blocks with their source tags; a session of another
  *     model is refused; a second writer is refused.
  */
@@ -209,7 +215,72 @@ int main(void) {
     CHECKF(failures > 3, "only %d injected failures hit an append", failures);
     msa_engine_free(e);
 
-    /* 5. a session written by another model is refused */
+    /* 5. the sticky failed state. The append's first write or allocation
+     * point fails (ENOMEM, which every kind of fault point honours), and
+     * every store read after the append's first (which begins its
+     * transaction) fails with EIO, so the reload of the pager that the
+     * rollback needs fails too. */
+    e = open_engine(16, 4, 0);
+    if (e) {
+        CHECK_OK(msa_session_open(e, "sticky", MSA_SESSION_CREATE, &s));
+        CHECK_OK(msa_session_append_text(s, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
+        collect first = {0};
+        CHECK_OK(generate(s, 20, &first));
+        int64_t n_commit;
+        const int32_t *ct = msa_session_tokens(s, &n_commit);
+        int32_t committed[1024];
+        CHECK(ct != NULL && n_commit > 20 && n_commit < 1024);
+        if (ct) memcpy(committed, ct, sizeof(int32_t) * (size_t)n_commit);
+        msa_fault_arm(ENOMEM, 1);
+        msa_fault_arm_reads(EIO, 2);
+        int rc = msa_session_append_text(s, more, strlen(more), "more.txt", NULL, NULL);
+        msa_fault_arm_reads(0, 0);
+        msa_fault_arm(0, 0);
+        CHECKF(rc == MSA_EFAILED, "append under a failing store: %d (%s): %s", rc,
+               msa_strerror(rc), msa_last_error());
+        CHECKF(strstr(msa_last_error(), "closed and reopened") &&
+               strstr(msa_last_error(), "reloading its memory failed"),
+               "message: %s", msa_last_error());
+        /* the store reads again, but the handle stays failed */
+        CHECK(msa_session_append_text(s, "The", 3, NULL, NULL, NULL) == MSA_EFAILED);
+        CHECK(strstr(msa_last_error(), "failed earlier") != NULL);
+        CHECK(msa_session_append_tokens(s, committed, 1, NULL, NULL, NULL) == MSA_EFAILED);
+        CHECK(msa_session_append_message(s, -1, "user", "hello", 1, NULL) == MSA_EFAILED);
+        int n_gen = -1;
+        CHECK(msa_session_generate(s, NULL, NULL, NULL, &n_gen) == MSA_EFAILED && n_gen == 0);
+        CHECK(msa_session_get_info(s, &info) == MSA_EFAILED && info.n_tokens == 0);
+        msa_block_reads fr[4];
+        size_t n_fr = 7;
+        CHECK(msa_session_explain(s, fr, 4, &n_fr) == MSA_EFAILED && n_fr == 0);
+        msa_session_explain_reset(s);
+        int64_t n_failed = -1;
+        CHECK(msa_session_tokens(s, &n_failed) == NULL && n_failed == 0);
+        CHECK(!strcmp(msa_session_name(s), "sticky"));
+        CHECK(strcmp(msa_strerror(MSA_EFAILED), "unknown error") != 0);
+        /* the failed handle still holds the session's lock */
+        s2 = NULL;
+        CHECK(msa_session_open(e, "sticky", 0, &s2) == MSA_EBUSY && s2 == NULL);
+        msa_session_close(s);
+        /* reopened: exactly the last commit, and it continues as a clean
+         * session of the committed tokens does */
+        s = NULL;
+        CHECK_OK(msa_session_open(e, "sticky", 0, &s));
+        int64_t n_re = 0;
+        const int32_t *rt = s ? msa_session_tokens(s, &n_re) : NULL;
+        CHECKF(rt && n_re == n_commit && !memcmp(rt, committed, sizeof(int32_t) * (size_t)n_re),
+               "reopened: %lld tokens, %lld committed", (long long)n_re, (long long)n_commit);
+        collect after = {0}, clean = {0};
+        if (s) CHECK_OK(generate(s, 24, &after));
+        msa_session_close(s);
+        CHECK_OK(msa_session_open(e, "sticky-clean", MSA_SESSION_CREATE, &s));
+        CHECK_OK(msa_session_append_tokens(s, committed, (size_t)n_commit, "x", NULL, NULL));
+        CHECK_OK(generate(s, 24, &clean));
+        CHECK(after.n == 24 && !memcmp(after.ids, clean.ids, sizeof after.ids));
+        msa_session_close(s);
+        msa_engine_free(e);
+    }
+
+    /* 6. a session written by another model is refused */
     snprintf(model_path, sizeof model_path, "%s/gguf/llama-2-tiny-random.gguf", assets);
     e = open_engine(16, 4, 0);
     if (e) {

@@ -14,6 +14,11 @@
  * by the pager as they fill) and the rewritten partial last block of every
  * layer. A failure anywhere in a chunk aborts its transaction and reloads
  * the pager from the store, so the session is exactly its last commit.
+ * When that reload fails too (the store cannot be read, memory is short),
+ * the memory in this process no longer matches any commit: the session
+ * enters a sticky failed state (`failed` below) in which every call but
+ * close returns MSA_EFAILED, and the caller closes and reopens it. The store
+ * is not touched by that state; it still holds the last commit.
  *
  * Every block carries a source tag ("src/util.c:12-40", "turn 3"), built
  * here from the source names given to the append calls and the line numbers
@@ -87,6 +92,10 @@ struct msa_session {
     int n_messages;
     double last_step_ms;
     int64_t pager_capacity;    /* max_tokens the pager was sized for */
+
+    /* sticky: the memory could not be brought back to the last commit */
+    int failed;
+    char failed_why[768];      /* what happened, for every later MSA_EFAILED */
 };
 
 /* ---- tags ----------------------------------------------------------------- */
@@ -262,6 +271,32 @@ static int open_pager(msa_session *s) {
     if (rc) return msa_error_context(rc, "session '%s': opening its memory", s->name);
     s->pager_capacity = cap;
     return MSA_OK;
+}
+
+/* ---- the failed state -------------------------------------------------------- */
+
+/* Enters the sticky failed state: `why` (the cause and the failed reload)
+ * is kept for the message of every later call. The pager is dropped (it
+ * may be gone already); the store keeps the last commit. */
+static int session_fail(msa_session *s, const char *why) {
+    s->failed = 1;
+    s->logits_valid = 0;
+    msa_store_txn_abort(s->txn);
+    s->txn = NULL;
+    msa_kvmem_paged_free(s->mem);
+    s->mem = NULL;
+    snprintf(s->failed_why, sizeof s->failed_why, "%s", why);
+    return msa_error(MSA_EFAILED, "session '%s' has failed and must be closed and reopened "
+                     "(the store keeps its last commit, %lld tokens): %s", s->name,
+                     (long long)s->n_committed, s->failed_why);
+}
+
+/* MSA_OK, or MSA_EFAILED for a session in the failed state. */
+static int usable(const msa_session *s) {
+    if (!s->failed) return MSA_OK;
+    return msa_error(MSA_EFAILED, "session '%s' failed earlier and must be closed and "
+                     "reopened (the store keeps its last commit, %lld tokens): %s", s->name,
+                     (long long)s->n_committed, s->failed_why);
 }
 
 /* ---- the forward pass, on the engine's device ---------------------------------- */
@@ -452,8 +487,8 @@ int msa_session_open(msa_engine *e, const char *name, int flags, msa_session **o
     if (s->n_tokens % s->shape.block_size) { /* continue the stored tag */
         msa_store_block_info bi;
         if (msa_store_read_block(s->ss, 0, (uint64_t)s->tail_block, NULL, NULL, NULL, &bi) ==
-                MSA_OK && bi.tag[0])
-            tags_add(&s->tail, bi.tag, 0);
+                MSA_OK && bi.tag[0] && (rc = tags_add(&s->tail, bi.tag, 0)))
+            goto fail;
     }
     int V = e->info.vocab_size;
     s->logits = malloc((size_t)V * sizeof(float));
@@ -493,8 +528,11 @@ void msa_session_close(msa_session *s) {
 const char *msa_session_name(const msa_session *s) { return s ? s->name : ""; }
 
 const int32_t *msa_session_tokens(const msa_session *s, int64_t *n) {
-    if (n) *n = s ? s->n_tokens : 0;
-    return s ? s->tokens : NULL;
+    if (n) *n = 0;
+    if (!s) return NULL;
+    if (usable(s)) return NULL;
+    if (n) *n = s->n_tokens;
+    return s->tokens;
 }
 
 /* ---- appending ----------------------------------------------------------------- */
@@ -518,6 +556,9 @@ static int txn_open(msa_session *s) {
     return msa_store_txn_begin(s->ss, &s->txn);
 }
 
+/* Aborts the transaction and returns the session to its last commit;
+ * returns rc (with the message of the failure), or MSA_EFAILED when the
+ * pager cannot be reloaded and the session enters the failed state. */
 static int txn_fail(msa_session *s, int rc) {
     msa_store_txn_abort(s->txn);
     s->txn = NULL;
@@ -526,13 +567,19 @@ static int txn_fail(msa_session *s, int rc) {
     snprintf(msg, sizeof msg, "%s", msa_last_error());
     /* the pager may hold rows of the aborted transaction: reload it */
     s->n_tokens = s->n_committed;
-    open_pager(s);
+    int reload = open_pager(s);
     tags_clear(&s->tail);
     tag_builder t = s->tail;
     s->tail = s->saved_tail;
     s->saved_tail = t;
     s->tail_block = s->saved_tail_block;
     chunk_tags_free(s);
+    if (reload) {
+        char why[768];
+        snprintf(why, sizeof why, "%.400s (%s); then reloading its memory failed: %.300s",
+                 msg, msa_strerror(rc), msa_last_error());
+        return session_fail(s, why);
+    }
     return msa_error(rc, "%s", msg);
 }
 
@@ -569,7 +616,13 @@ static int run_rows(msa_session *s, const int32_t *toks, int n, const char *src,
     int64_t pos0 = s->n_tokens;
     int rc;
     if (pos0 + n > s->pager_capacity) { /* the pager's tables are full: resize */
-        if ((rc = txn_commit(s)) || (rc = open_pager(s))) return rc;
+        if ((rc = txn_commit(s))) return rc;
+        if ((rc = open_pager(s))) { /* committed, but the memory is gone */
+            char why[768];
+            snprintf(why, sizeof why, "resizing its memory for %lld tokens: %.600s",
+                     (long long)(pos0 + n), msa_last_error());
+            return session_fail(s, why);
+        }
     }
     if ((rc = grow_tokens(s, pos0 + n + 1))) return rc;
     if ((rc = txn_open(s))) return rc;
@@ -614,6 +667,8 @@ static int64_t *token_lines(msa_session *s, const int32_t *toks, size_t n, const
 int msa_session_append_tokens(msa_session *s, const int32_t *toks, size_t n,
                               const char *source, msa_progress_fn progress, void *user) {
     if (!s || (!toks && n)) return msa_error(MSA_EINVAL, "msa_session_append_tokens: NULL argument");
+    int rc = usable(s);
+    if (rc) return rc;
     int V = s->e->info.vocab_size;
     for (size_t i = 0; i < n; i++)
         if (toks[i] < 0 || toks[i] >= V)
@@ -623,7 +678,6 @@ int msa_session_append_tokens(msa_session *s, const int32_t *toks, size_t n,
     int64_t *lines = token_lines(s, toks, n, src);
     if (!lines) return msa_error(MSA_ENOMEM, "session '%s': out of memory", s->name);
     int chunk = s->e->p.prefill_chunk;
-    int rc = MSA_OK;
     for (size_t done = 0; done < n && !rc;) {
         int m = (int)(n - done < (size_t)chunk ? n - done : (size_t)chunk);
         rc = run_rows(s, toks + done, m, src, lines + done);
@@ -660,6 +714,7 @@ static int tokenize_alloc(msa_session *s, const char *text, size_t len, int flag
 int msa_session_append_text(msa_session *s, const char *text, size_t len, const char *source,
                             msa_progress_fn progress, void *user) {
     if (!s || (!text && len)) return msa_error(MSA_EINVAL, "msa_session_append_text: NULL argument");
+    if (usable(s)) return MSA_EFAILED;
     int flags = 0;
     if (s->n_tokens == 0 && msa_tokenizer_add_bos(s->e->tok)) flags |= MSA_TOK_ADD_BOS;
     int32_t *ids = NULL;
@@ -675,6 +730,7 @@ int msa_session_append_message(msa_session *s, int tmpl, const char *role,
                                const char *content, int add_generation_prompt,
                                const char *source) {
     if (!s || !content) return msa_error(MSA_EINVAL, "msa_session_append_message: NULL argument");
+    if (usable(s)) return MSA_EFAILED;
     if (tmpl < 0) tmpl = s->e->chat_template;
     size_t need = msa_chat_render(tmpl, role, content, add_generation_prompt, NULL, 0);
     char *text = malloc(need + 1);
@@ -727,7 +783,7 @@ static int ensure_logits(msa_session *s) {
 }
 
 const float *msa_session_last_logits(msa_session *s) {
-    if (!s) return NULL;
+    if (!s || usable(s)) return NULL;
     return ensure_logits(s) == MSA_OK ? s->logits : NULL;
 }
 
@@ -735,8 +791,10 @@ int msa_session_generate(msa_session *s, const msa_generate_params *params,
                          msa_token_fn on_token, void *user, int *n_generated) {
     if (n_generated) *n_generated = 0;
     if (!s) return msa_error(MSA_EINVAL, "msa_session_generate: session is NULL");
+    int rc = usable(s);
+    if (rc) return rc;
     msa_generate_params p = params ? *params : msa_generate_default_params();
-    int rc = ensure_logits(s);
+    rc = ensure_logits(s);
     if (rc) return rc;
     const char *src = p.source && *p.source ? p.source : "generated";
     msa_detok_stream ds;
@@ -777,8 +835,10 @@ int msa_session_generate(msa_session *s, const msa_generate_params *params,
 int msa_session_get_info(msa_session *s, msa_session_info *out) {
     if (!s || !out) return msa_error(MSA_EINVAL, "msa_session_get_info: NULL argument");
     memset(out, 0, sizeof *out);
+    int rc = usable(s);
+    if (rc) return rc;
     msa_store_session_info si;
-    int rc = msa_store_session_stat(s->ss, &si);
+    rc = msa_store_session_stat(s->ss, &si);
     if (rc) return rc;
     out->n_tokens = s->n_tokens;
     out->n_blocks = (int64_t)si.n_blocks;
@@ -807,6 +867,8 @@ static int rank_desc(const void *a, const void *b) {
 int msa_session_explain(msa_session *s, msa_block_reads *out, size_t cap, size_t *n) {
     if (n) *n = 0;
     if (!s || (!out && cap)) return msa_error(MSA_EINVAL, "msa_session_explain: NULL argument");
+    int rc = usable(s);
+    if (rc) return rc;
     size_t m = 0;
     for (int64_t b = 0; b < s->n_reads; b++) m += s->reads[b] > 0;
     read_rank *r = malloc((m ? m : 1) * sizeof *r);
@@ -835,5 +897,5 @@ int msa_session_explain(msa_session *s, msa_block_reads *out, size_t cap, size_t
 }
 
 void msa_session_explain_reset(msa_session *s) {
-    if (s && s->reads) memset(s->reads, 0, (size_t)s->n_reads * sizeof *s->reads);
+    if (s && !s->failed && s->reads) memset(s->reads, 0, (size_t)s->n_reads * sizeof *s->reads);
 }
