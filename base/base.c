@@ -42,6 +42,7 @@ const char *msa_strerror(int status) {
     case MSA_ENODEV: return "no GPU available";
     case MSA_ERANGE: return "value out of range";
     case MSA_EAUTH: return "authentication refused";
+    case MSA_EFAILED: return "session failed earlier: close and reopen it";
     default: return "unknown error";
     }
 }
