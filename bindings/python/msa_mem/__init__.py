@@ -31,28 +31,87 @@ __all__ = ["Engine", "Session", "Error", "BlockReads", "load_library", "version"
 # ---- loading the library ----------------------------------------------------
 
 
+def _checkout_of(here: Path) -> Optional[Path]:
+    """The msa-mem checkout holding this package (bindings/python/msa_mem),
+    or None when the package was installed elsewhere."""
+    root = here.parent.parent.parent
+    return root if (root / "engine" / "msa.h").exists() else None
+
+
+def _recorded_build_dirs() -> List[str]:
+    """Build trees recorded when the package was pip-installed (the build
+    backend writes msa_mem/_locations.py: $MSA_BUILD_DIR, else the build/
+    folders of the checkout it was installed from)."""
+    try:
+        from . import _locations  # type: ignore
+    except ImportError:
+        return []
+    return list(getattr(_locations, "BUILD_DIRS", []))
+
+
+def _pkg_config_libdir() -> Optional[str]:
+    """libdir of the installed msa.pc (honours PKG_CONFIG_PATH), if any."""
+    import shutil
+    import subprocess
+    exe = shutil.which("pkg-config")
+    if not exe:
+        return None
+    try:
+        p = subprocess.run([exe, "--variable=libdir", "msa"], capture_output=True,
+                           text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    d = p.stdout.strip()
+    return d if p.returncode == 0 and d else None
+
+
 def _candidates() -> List[str]:
+    """Where libmsa may be, in the order tried. Paths with a separator must
+    exist; bare names go to the dynamic loader (LD_LIBRARY_PATH, the
+    ldconfig cache, /lib and /usr/lib)."""
     env = os.environ.get("MSA_LIBRARY")
     if env:
         return [env]
     here = Path(__file__).resolve().parent
-    out = []
-    # Used from a checkout: bindings/python/msa_mem -> <root>/build/libmsa.so
-    for root in (here.parent.parent.parent, Path.cwd()):
+    out = [str(Path(d) / "libmsa.so") for d in _recorded_build_dirs()]
+    # Used from a checkout without installing: <root>/build/libmsa.so.
+    roots = [r for r in (_checkout_of(here), Path.cwd()) if r is not None]
+    for root in roots:
         for b in ("build", "build-cpu"):
             out.append(str(root / b / "libmsa.so"))
     out.append(str(here / "libmsa.so"))
+    # Installed with `cmake --install`: through its pkg-config file, then the
+    # loader's own search, then prefixes the loader skips until ldconfig
+    # has run (/usr/local) and the environment's own prefix.
+    libdir = _pkg_config_libdir()
+    if libdir:
+        out.append(str(Path(libdir) / "libmsa.so.0"))
     out.append("libmsa.so.0")
     out.append("libmsa.so")
-    return out
+    import ctypes.util
+    import sys
+    found = ctypes.util.find_library("msa")
+    if found:
+        out.append(found)
+    import sysconfig
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    for prefix in ("/usr/local", sys.prefix):
+        for sub in ("lib", "lib64", f"lib/{multiarch}" if multiarch else None):
+            if sub:
+                out.append(str(Path(prefix) / sub / "libmsa.so.0"))
+    return list(dict.fromkeys(out))
 
 
 _lib = None
 
 
 def load_library() -> C.CDLL:
-    """Loads libmsa once ($MSA_LIBRARY, the checkout's build tree, or the
-    system path) and declares the functions these bindings use."""
+    """Loads libmsa once and declares the functions these bindings use.
+    Tried in order: $MSA_LIBRARY (only that file, when set); the build
+    trees recorded at pip-install time; the build/ folder of the checkout
+    this package sits in; an installed libmsa (pkg-config's libdir, the
+    dynamic loader's path, /usr/local/lib, the environment's prefix). The
+    path loaded is load_library()._name."""
     global _lib
     if _lib is not None:
         return _lib
@@ -66,8 +125,10 @@ def load_library() -> C.CDLL:
         except OSError as e:
             errors.append(f"{path}: {e}")
     else:
-        raise OSError("libmsa not found; build it (tools/quickstart.sh build) or set "
-                      "MSA_LIBRARY to its path. Tried: " + "; ".join(errors or _candidates()))
+        raise OSError("libmsa not found; build it (tools/quickstart.sh build) and install "
+                      "it (cmake --install build), or pip-install these bindings with "
+                      "MSA_BUILD_DIR=<build tree> set, or set MSA_LIBRARY to its path. "
+                      "Tried: " + "; ".join(errors or _candidates()))
     _declare(lib)
     _lib = lib
     return lib
