@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -722,20 +723,42 @@ void msa_store_session_close(msa_store_session *s) {
     free(s);
 }
 
-static int refresh(msa_store_session *s, MDB_txn *t) {
-    msa_srec r;
-    int rc = msa_get_srec(t, s->st, s->name, &r);
-    if (rc) return rc;
-    if (r.sid != s->rec.sid) return msa_error(MSA_ENOTFOUND, "session '%s' was removed", s->name);
-    s->rec = r;
-    return MSA_OK;
+/* Loads the session's record as of read transaction *t. A handle never
+ * goes back in time: LMDB gives every read transaction a committed
+ * snapshot, but not always one at least as new as the previous transaction
+ * of the same process. A reader that is preempted between taking the last
+ * transaction id and copying that id's meta page can get the meta of a
+ * commit two steps later (the writer reuses the page), and the reader's
+ * next transaction, at the id in between, is then older than what it has
+ * seen (tests/test-store-concurrency.c found this on 2 cores: a stat saw
+ * 952 tokens, the next read 945). Such a snapshot is consistent but stale;
+ * it is dropped and a new transaction taken, which sees at least the state
+ * already seen, since that state is committed. */
+static int refresh(msa_store_session *s, MDB_txn **t) {
+    for (int attempt = 0;; attempt++) {
+        msa_srec r;
+        int rc = msa_get_srec(*t, s->st, s->name, &r);
+        if (rc) return rc;
+        if (r.sid != s->rec.sid) return msa_error(MSA_ENOTFOUND, "session '%s' was removed", s->name);
+        if (r.gen >= s->rec.gen) {
+            s->rec = r;
+            return MSA_OK;
+        }
+        if (attempt == 1000)
+            return msa_error(MSA_EBUSY, "session '%s': the store keeps showing generation %llu "
+                             "after %llu was read", s->name, (unsigned long long)r.gen,
+                             (unsigned long long)s->rec.gen);
+        msa_read_end(s->st, *t);
+        sched_yield();
+        if ((rc = msa_read_begin(s->st, t))) return rc;
+    }
 }
 
 int msa_store_session_stat(msa_store_session *s, msa_store_session_info *out) {
     MDB_txn *t;
     int rc = sess_read(s, &t);
     if (rc) return rc;
-    rc = refresh(s, t);
+    rc = refresh(s, &t);
     sess_read_end(s, t);
     if (!rc) info_of(s->name, strlen(s->name), &s->rec, out);
     return rc;
@@ -745,7 +768,7 @@ int msa_store_read_tokens(msa_store_session *s, uint64_t start, uint64_t n, int3
     MDB_txn *t;
     int rc = sess_read(s, &t);
     if (rc) return rc;
-    if ((rc = refresh(s, t))) goto done;
+    if ((rc = refresh(s, &t))) goto done;
     if (start > s->rec.n_tokens || n > s->rec.n_tokens - start) {
         rc = msa_error(MSA_ERANGE, "session '%s': tokens %llu..%llu past its %llu tokens", s->name,
                        (unsigned long long)start, (unsigned long long)(start + n),
@@ -827,7 +850,7 @@ int msa_store_read_block(msa_store_session *s, int layer, uint64_t block, void *
     MDB_txn *t;
     int rc = sess_read(s, &t);
     if (rc) return rc;
-    rc = read_one(s, t, layer, block, k, v, kidx, info);
+    if (!(rc = refresh(s, &t))) rc = read_one(s, t, layer, block, k, v, kidx, info);
     sess_read_end(s, t);
     return rc;
 }
@@ -836,7 +859,7 @@ int msa_store_read_index(msa_store_session *s, int layer, uint64_t first, uint64
     MDB_txn *t;
     int rc = sess_read(s, &t);
     if (rc) return rc;
-    if ((rc = refresh(s, t))) goto done;
+    if ((rc = refresh(s, &t))) goto done;
     uint64_t nb = msa_blocks_for(s->rec.n_tokens, s->rec.shape.block_size);
     if (first > nb || n > nb - first) {
         rc = msa_error(MSA_ERANGE, "session '%s': blocks %llu..%llu past its %llu blocks", s->name,
@@ -995,7 +1018,7 @@ int msa_store_txn_begin(msa_store_session *s, msa_store_txn **out) {
     MDB_txn *t;
     int rc = sess_read(s, &t);
     if (rc) return rc;
-    rc = refresh(s, t);
+    rc = refresh(s, &t);
     sess_read_end(s, t);
     if (rc) return rc;
     int L = s->rec.shape.n_layers;

@@ -27,7 +27,11 @@ static int reader(const char *dir, uint64_t sd) {
     double t0 = msa_now();
     while (msa_now() - t0 < 20 && !bad) {
         msa_store_session_info info;
-        if (msa_store_session_stat(ss, &info)) { bad = 1; break; }
+        if (msa_store_session_stat(ss, &info)) {
+            fprintf(stderr, "reader: stat: %s\n", msa_last_error());
+            bad = 1;
+            break;
+        }
         if (info.n_tokens < last_n) { fprintf(stderr, "tokens went back\n"); bad = 1; }
         last_n = info.n_tokens;
         if (info.n_tokens == 0) continue;
@@ -48,8 +52,19 @@ static int reader(const char *dir, uint64_t sd) {
         }
         int32_t tok[16];
         uint64_t m = info.n_tokens < 16 ? info.n_tokens : 16;
-        if (msa_store_read_tokens(ss, info.n_tokens - m, m, tok)) bad = 1;
-        for (uint64_t i = 0; i < m; i++) bad |= tok[i] != ts_token(sd, info.n_tokens - m + i);
+        if (msa_store_read_tokens(ss, info.n_tokens - m, m, tok)) {
+            fprintf(stderr, "reader: tokens: %s\n", msa_last_error());
+            bad = 1;
+            break;
+        }
+        for (uint64_t i = 0; i < m; i++)
+            if (tok[i] != ts_token(sd, info.n_tokens - m + i)) {
+                fprintf(stderr, "reader: token %llu is %d, committed %d\n",
+                        (unsigned long long)(info.n_tokens - m + i), tok[i],
+                        ts_token(sd, info.n_tokens - m + i));
+                bad = 1;
+                break;
+            }
         reads++;
         if (info.n_tokens >= 300 * 7) break;
     }
