@@ -15,7 +15,14 @@
  *       share of dense attention mass inside the selected blocks, trained
  *       index vs training-free, and the index key bytes per token; the
  *       numbers quoted in docs/index.md.
- * Skips (b)-(d) when ../shared/assets is absent.
+ *
+ * Two ctest entries run this program. `test-calibrate` (unit, seconds): (a)
+ * and a short calibration of stories260K (few steps on the assets' texts:
+ * every layer's loss falls, the GGUF written loads with a trained index of
+ * the dimension asked, wrong uses are refused). `test-calibrate-stories`
+ * (slow, minutes: `test-calibrate --stories`): (b)-(d) in full. Both skip
+ * the stories260K parts when ../shared/assets is absent. Sampling and the
+ * calibration's weight initialisation take their seeds from t_seed().
  */
 #include <math.h>
 #include <stdio.h>
@@ -100,13 +107,8 @@ static void add_text(msa_tokenizer *tok, const char *path, int32_t *ids, size_t 
     free(s);
 }
 
-static uint64_t rs = 0x9E3779B97F4A7C15ULL;
-static double urand(void) {
-    rs ^= rs >> 12;
-    rs ^= rs << 25;
-    rs ^= rs >> 27;
-    return ((rs * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0);
-}
+/* Uniform in [0, 1) with 53 bits, from the seeded test generator. */
+static double urand(void) { return (t_rand_u64() >> 11) * (1.0 / 9007199254740992.0); }
 
 /* Appends n_stories stories of 255 tokens sampled at temperature 1 from
  * BOS (the BOS itself not included). */
@@ -148,26 +150,102 @@ static void log_step(void *user, int layer, int step, double loss) {
     if (step == 0 || step % 100 == 0) printf("  layer %d step %4d loss %.4f\n", layer, step, loss);
 }
 
-/* ---- (b)-(d) on stories260K ----------------------------------------------------------- */
-
-static void test_stories(const char *assets, const char *tmpdir) {
-    char bin[512], tk[512], gguf[600], out[600], path[600];
+/* Converts stories260K into tmpdir/stories260K.gguf and opens it with its
+ * tokenizer; 0 when any step failed (the checks say which). */
+static int open_stories(const char *assets, const char *tmpdir, char *gguf, size_t cap,
+                        msa_model **m, msa_tokenizer **tok) {
+    char bin[512], tk[512];
     snprintf(bin, sizeof bin, "%s/stories260K/stories260K.bin", assets);
     snprintf(tk, sizeof tk, "%s/stories260K/tok512.bin", assets);
-    snprintf(gguf, sizeof gguf, "%s/stories260K.gguf", tmpdir);
-    snprintf(out, sizeof out, "%s/stories260K-idx.gguf", tmpdir);
+    snprintf(gguf, cap, "%s/stories260K.gguf", tmpdir);
+    *m = NULL;
+    *tok = NULL;
     CHECK_OK(msa_convert_llama2c(bin, tk, gguf));
     msa_model_params mp = msa_model_default_params();
     mp.n_threads = 2;
+    CHECK_OK(msa_model_open(gguf, &mp, m));
+    CHECK_OK(msa_tokenizer_open(gguf, tok));
+    if (*m && *tok) return 1;
+    msa_model_free(*m);
+    msa_tokenizer_free(*tok);
+    *m = NULL;
+    *tok = NULL;
+    return 0;
+}
+
+/* ---- the short calibration (unit) ------------------------------------------------------ */
+
+/* 40 Adam steps per layer on the assets' two texts in sequences of 64: a
+ * few seconds on 2 cores. Every layer's loss must fall to half or less
+ * (as in the full run; measured: to a sixth or less), and the result must
+ * load as a model with a trained index of the asked dimension. */
+static void test_short(const char *assets, const char *tmpdir) {
+    char gguf[600], out[600], path[600];
     msa_model *m = NULL;
-    CHECK_OK(msa_model_open(gguf, &mp, &m));
     msa_tokenizer *tok = NULL;
-    CHECK_OK(msa_tokenizer_open(gguf, &tok));
-    if (!m || !tok) {
-        msa_model_free(m);
-        msa_tokenizer_free(tok);
-        return;
+    if (!open_stories(assets, tmpdir, gguf, sizeof gguf, &m, &tok)) return;
+    snprintf(out, sizeof out, "%s/stories260K-short-idx.gguf", tmpdir);
+    const size_t cap = 4096;
+    int32_t *cal = malloc(cap * sizeof *cal);
+    size_t n_cal = 0;
+    CHECK(cal != NULL);
+    if (cal) {
+        snprintf(path, sizeof path, "%s/stories260K/expected.greedy256.txt", assets);
+        add_text(tok, path, cal, cap, &n_cal);
+        snprintf(path, sizeof path, "%s/stories260K/tok512.tests.inp", assets);
+        add_text(tok, path, cal, cap, &n_cal);
     }
+    CHECK(n_cal > 256);
+    msa_calib_params cp = msa_calib_default_params();
+    cp.idx_dim = 16;
+    cp.steps = 40;
+    cp.seq_len = 64;
+    cp.bos = 1;
+    cp.n_threads = 2;
+    cp.seed = t_rand_u64() | 1;
+    msa_calib_result res;
+    memset(&res, 0, sizeof res);
+    double t0 = msa_now();
+    if (cal && n_cal > 256) CHECK_OK(msa_calibrate(m, cal, n_cal, &cp, out, &res));
+    printf("short calibration: %d sequences of %d, %d steps, %.2f s\n", res.n_seq, res.seq_len,
+           cp.steps, msa_now() - t0);
+    CHECK(res.n_layers == m->info.n_layers);
+    for (int l = 0; l < res.n_layers; l++) {
+        printf("layer %d: KL per (row, group) %.4f -> %.4f\n", l, res.loss_first[l],
+               res.loss_last[l]);
+        CHECKF(res.loss_last[l] < 0.5 * res.loss_first[l], "layer %d: loss %g -> %g", l,
+               res.loss_first[l], res.loss_last[l]);
+    }
+    msa_calib_params bad = cp;
+    bad.idx_dim = 7;
+    if (cal) CHECK(msa_calibrate(m, cal, n_cal, &bad, out, NULL) == MSA_EINVAL);
+    if (cal) CHECK(msa_calibrate(m, cal, 1, &cp, out, NULL) == MSA_EINVAL);
+    msa_model_params mp = msa_model_default_params();
+    mp.n_threads = 2;
+    msa_model *mt = NULL;
+    CHECK_OK(msa_model_open(out, &mp, &mt));
+    if (mt) {
+        msa_model_info info;
+        CHECK_OK(msa_model_get_info(mt, &info));
+        CHECK(info.has_trained_index == 1 && info.idx_key_heads == 1 && info.idx_dim == 16);
+        if (cal) CHECK(msa_calibrate(mt, cal, n_cal, &cp, out, NULL) == MSA_EUNSUPPORTED);
+    }
+    msa_model_free(mt);
+    free(cal);
+    msa_tokenizer_free(tok);
+    msa_model_free(m);
+}
+
+/* ---- (b)-(d) on stories260K (slow) ------------------------------------------------------ */
+
+static void test_stories(const char *assets, const char *tmpdir) {
+    char gguf[600], out[600], path[600];
+    msa_model *m = NULL;
+    msa_tokenizer *tok = NULL;
+    if (!open_stories(assets, tmpdir, gguf, sizeof gguf, &m, &tok)) return;
+    snprintf(out, sizeof out, "%s/stories260K-idx.gguf", tmpdir);
+    msa_model_params mp = msa_model_default_params();
+    mp.n_threads = 2;
     /* Calibration text: the assets' texts and 8 sampled stories; held out:
      * 4 more sampled stories. */
     const size_t cap = 8192;
@@ -185,6 +263,7 @@ static void test_stories(const char *assets, const char *tmpdir) {
     cp.idx_dim = 32;
     cp.bos = 1;
     cp.n_threads = 2;
+    cp.seed = t_rand_u64() | 1;
     cp.on_step = log_step;
     cp.log_every = 100;
     msa_calib_result res;
@@ -285,14 +364,24 @@ static void test_stories(const char *assets, const char *tmpdir) {
     msa_model_free(m);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    int stories = argc == 2 && !strcmp(argv[1], "--stories");
+    if (argc > 2 || (argc == 2 && !stories)) {
+        fprintf(stderr, "usage: test-calibrate [--stories]\n"
+                        "  (none)     gradient check and a short calibration (unit)\n"
+                        "  --stories  the full stories260K calibration (slow)\n");
+        return 2;
+    }
     t_seed();
-    test_gradient(0);
-    test_gradient(1);
+    if (!stories) {
+        test_gradient(0);
+        test_gradient(1);
+    }
     const char *assets = t_assets();
     char probe[512];
     if (assets) snprintf(probe, sizeof probe, "%s/stories260K/stories260K.bin", assets);
     if (!assets || access(probe, R_OK) != 0) {
+        if (stories) T_SKIP("no stories260K in the assets (set MSA_ASSETS)");
         printf("assets absent: stories260K part skipped\n");
         return t_done("test-calibrate");
     }
@@ -302,7 +391,10 @@ int main(void) {
         perror("mkdtemp");
         return 1;
     }
-    test_stories(assets, tmpdir);
+    if (stories)
+        test_stories(assets, tmpdir);
+    else
+        test_short(assets, tmpdir);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
