@@ -243,12 +243,23 @@ def test_gen_and_resume_equals_one_process(env):
             assert s1.tokens() == s2.tokens()
 
 
+def fresh_seed():
+    """The seed of a test that draws: $MSA_TEST_SEED when set (to replay a
+    failure), else a fresh one, printed either way (pytest shows it with a
+    failing test), as tests/testutil.h's t_seed() does for the C tests."""
+    s = os.environ.get("MSA_TEST_SEED")
+    seed = int(s, 0) if s else int.from_bytes(os.urandom(6), "little") or 1
+    print(f"seed {seed} (MSA_TEST_SEED to replay)")
+    return seed
+
+
 def test_gen_sampling_is_seeded(env):
+    seed = str(fresh_seed())
     gen_json(env, "s", "--prompt", "The dog ran", "-n", "1")
     run("fork", "s", "s2", env=env)
-    x = gen_json(env, "s", "-n", "16", "--temp", "0.9", "--top-p", "0.95", "--seed", "7")
-    y = gen_json(env, "s2", "-n", "16", "--temp", "0.9", "--top-p", "0.95", "--seed", "7")
-    assert x["text"] == y["text"]
+    x = gen_json(env, "s", "-n", "16", "--temp", "0.9", "--top-p", "0.95", "--seed", seed)
+    y = gen_json(env, "s2", "-n", "16", "--temp", "0.9", "--top-p", "0.95", "--seed", seed)
+    assert x["text"] == y["text"], f"seed {seed}"
 
 
 def test_export_import_fork_rm_ls(env, tmp_path):

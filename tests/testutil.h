@@ -6,6 +6,7 @@
 #ifndef MSA_TESTUTIL_H
 #define MSA_TESTUTIL_H
 
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -73,13 +74,34 @@ static inline int t_done(const char *name) {
 /* xorshift64*: fast, seeded, good enough for test data. */
 static uint64_t t_rng_state;
 
+/* The one seed policy of the tests: every test program that draws anything
+ * calls t_seed() once at the start and takes all its randomness from
+ * t_rand_u64() and the helpers below (or passes values drawn from them on,
+ * e.g. as a sampler's or a child process's seed); none seeds from the clock,
+ * the pid or rand() itself. The seed is fresh on every run (clock and pid)
+ * unless MSA_TEST_SEED is set (decimal or 0x hex), and it is always printed,
+ * so that a failing run can be replayed. A malformed MSA_TEST_SEED stops
+ * the program with exit status 2. */
 static inline uint64_t t_seed(void) {
     const char *s = getenv("MSA_TEST_SEED");
-    uint64_t seed = s ? strtoull(s, NULL, 0)
-                      : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
+    uint64_t seed;
+    if (s && *s) {
+        char *end;
+        errno = 0;
+        seed = strtoull(s, &end, 0);
+        if (errno || end == s || *end) {
+            fprintf(stderr, "MSA_TEST_SEED='%s' is not an unsigned integer\n", s);
+            exit(2);
+        }
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        seed = ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 40);
+    }
     if (!seed) seed = 1;
     t_rng_state = seed;
     printf("seed %llu (MSA_TEST_SEED to replay)\n", (unsigned long long)seed);
+    fflush(stdout);
     return seed;
 }
 
