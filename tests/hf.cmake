@@ -6,7 +6,7 @@ msa_test(test-hf SOURCES test-hf.c LABELS unit TIMEOUT 300)
 # libFuzzer target over msa_safetensors_open_memory (clang only):
 #   cmake -B build-fuzz -G Ninja -DMSA_CUDA=OFF -DMSA_FUZZ=ON -DCMAKE_C_COMPILER=clang
 #   ./build-fuzz/tests/fuzz-safetensors -max_total_time=60
-option(MSA_FUZZ "Build libFuzzer targets (needs clang)" OFF)
+# (MSA_FUZZ is declared once, in tests/CMakeLists.txt.)
 if(MSA_FUZZ)
   if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
     message(FATAL_ERROR "MSA_FUZZ needs clang (-DCMAKE_C_COMPILER=clang)")

@@ -7,7 +7,7 @@ msa_test(test-model SOURCES test-model.c LABELS unit)
 # libFuzzer target over msa_gguf_open_memory(): needs clang.
 #   CC=clang cmake -B build-fuzz -DMSA_FUZZ=ON && ninja -C build-fuzz fuzz-gguf
 #   ./build-fuzz/tests/fuzz-gguf -max_total_time=60
-option(MSA_FUZZ "Build libFuzzer targets (requires clang)" OFF)
+# (MSA_FUZZ is declared once, in tests/CMakeLists.txt.)
 if(MSA_FUZZ)
   if(CMAKE_C_COMPILER_ID MATCHES "Clang")
     add_executable(fuzz-gguf fuzz-gguf.c ${PROJECT_SOURCE_DIR}/engine/model/gguf.c
