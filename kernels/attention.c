@@ -355,10 +355,10 @@ static int run_cuda(const char *fn, int call, const msa_attn_config *cfg,
                          exec->workspace ? "is too small" : "is NULL", exec->workspace_size, ws);
     if (batch->n_q == 0) return MSA_OK;
     switch (call) {
-    case CALL_ATTN: return msa_cuda_attention(cfg, kv, batch, exec);
-    case CALL_SELECT: return msa_cuda_index_select(cfg, kv, batch, exec);
-    case CALL_SPARSE: return msa_cuda_sparse_attention(cfg, kv, batch, exec);
-    default: return msa_cuda_dense_attention(cfg, kv, batch, exec);
+    case CALL_ATTN: return msa_cuda_attention(cfg, kv, batch, exec, NULL);
+    case CALL_SELECT: return msa_cuda_index_select(cfg, kv, batch, exec, NULL);
+    case CALL_SPARSE: return msa_cuda_sparse_attention(cfg, kv, batch, exec, NULL);
+    default: return msa_cuda_dense_attention(cfg, kv, batch, exec, NULL);
     }
 #else
     (void)call, (void)cfg, (void)kv, (void)batch, (void)exec, (void)need;

@@ -28,6 +28,7 @@
 
 #include "engine/msa.h"
 #include "base/base.h"
+#include "kernels/cuda.h"
 
 /* ---- error mapping ------------------------------------------------------- */
 
@@ -123,10 +124,11 @@ struct msa_cuda_shape {
 int msa_cuda_launch_index_scores(const msa_cuda_shape &sh, const msa_paged_kv *kv,
                                  const msa_attn_batch *b, float *scores, cudaStream_t st);
 
-/* topk.cu: selected [n_q][Hkv][top_k] from scores [n_q][Hkv][max_blocks]. */
+/* topk.cu: selected [n_q][Hkv][top_k] from scores [n_q][Hkv][max_blocks];
+ * tune: topk_version, topk_warps (NULL: automatic). */
 int msa_cuda_launch_topk(const msa_cuda_shape &sh, const msa_paged_kv *kv,
                          const msa_attn_batch *b, const float *scores, int32_t *selected,
-                         cudaStream_t st);
+                         cudaStream_t st, const msa_cuda_tuning *tune);
 
 /* block_attn.cu: attention over the selected blocks (sparse) or over every
  * visible block (dense, selected == NULL). `partials` is workspace for the
@@ -145,3 +147,19 @@ static inline size_t msa_cuda_partials_bytes(const msa_cuda_shape &sh, int n_q, 
     if (n_split <= 1) return 0;
     return (size_t)n_q * sh.Hq * n_split * (sh.d + 2) * sizeof(float);
 }
+
+/* ---- the launchers of cuda.h, over a choice of kernels (cuda_dispatch.cu) ---
+ * The four C launchers of cuda.h are msa_cuda_run() over the library's own
+ * index scan and attention; kernels/lab/ runs the same checks, workspace
+ * plan and pipeline over its older versions by passing its own. */
+struct msa_cuda_impl {
+    int (*index_scores)(const msa_cuda_shape &sh, const msa_paged_kv *kv, const msa_attn_batch *b,
+                        float *scores, cudaStream_t st, const msa_cuda_tuning *tune);
+    int (*block_attn)(const msa_cuda_shape &sh, const msa_paged_kv *kv, const msa_attn_batch *b,
+                      const int32_t *selected, int n_split, float *partials, cudaStream_t st,
+                      const msa_cuda_tuning *tune);
+};
+enum { MSA_CUDA_CALL_ATTN, MSA_CUDA_CALL_SELECT, MSA_CUDA_CALL_SPARSE, MSA_CUDA_CALL_DENSE };
+int msa_cuda_run(int call, const msa_cuda_impl *impl, const msa_attn_config *cfg,
+                 const msa_paged_kv *kv, const msa_attn_batch *b, const msa_exec *ex,
+                 const msa_cuda_tuning *tune);

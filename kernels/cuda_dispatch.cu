@@ -12,7 +12,9 @@
  *
  * kernels/attention.c has validated the shapes on the host; the checks left
  * here are the ones only the device path has (dtype, head dims, workspace,
- * 16-byte alignment of the arrays the kernels read as vectors).
+ * 16-byte alignment of the arrays the kernels read as vectors). The
+ * pipeline itself is msa_cuda_run(), over a table of kernels (the
+ * library's here; kernels/lab/ passes its older versions).
  */
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda.h"
@@ -80,63 +82,93 @@ static int prepare(const char *who, const msa_attn_config *cfg, const msa_paged_
     return MSA_OK;
 }
 
-static int select_into(const msa_cuda_shape &sh, const msa_paged_kv *kv, const msa_attn_batch *b,
-                       const ws_layout &w, void *ws, int32_t *selected, cudaStream_t st) {
+static int select_into(const msa_cuda_impl *impl, const msa_cuda_shape &sh, const msa_paged_kv *kv,
+                       const msa_attn_batch *b, const ws_layout &w, void *ws, int32_t *selected,
+                       cudaStream_t st, const msa_cuda_tuning *tune) {
     if (sh.idx_heads != 1 && sh.idx_heads != sh.Hkv)
         return msa_error(MSA_EINVAL, "CUDA index: idx_key_heads %d (1 or %d)", sh.idx_heads, sh.Hkv);
     float *scores = (float *)((char *)ws + w.scores);
-    int rc = msa_cuda_launch_index_scores(sh, kv, b, scores, st);
+    int rc = impl->index_scores(sh, kv, b, scores, st, tune);
     if (rc) return rc;
-    return msa_cuda_launch_topk(sh, kv, b, scores, selected, st);
+    return msa_cuda_launch_topk(sh, kv, b, scores, selected, st, tune);
 }
 
-extern "C" int msa_cuda_index_select(const msa_attn_config *cfg, const msa_paged_kv *kv,
-                                     const msa_attn_batch *b, const msa_exec *ex) {
+int msa_cuda_run(int call, const msa_cuda_impl *impl, const msa_attn_config *cfg,
+                 const msa_paged_kv *kv, const msa_attn_batch *b, const msa_exec *ex,
+                 const msa_cuda_tuning *tune) {
+    static const char *const who[] = {"msa_attention (CUDA)", "msa_index_select (CUDA)",
+                                      "msa_sparse_attention (CUDA)", "msa_dense_attention (CUDA)"};
     msa_cuda_shape sh;
     ws_layout w;
-    int rc = prepare("msa_index_select (CUDA)", cfg, kv, b, ex, &sh, &w, true);
+    int rc = prepare(who[call], cfg, kv, b, ex, &sh, &w, call != MSA_CUDA_CALL_DENSE);
     if (rc || b->n_q <= 0) return rc;
-    if (!b->selected) return msa_error(MSA_EINVAL, "msa_index_select: batch->selected is required");
-    return select_into(sh, kv, b, w, ex->workspace, b->selected, (cudaStream_t)ex->stream);
+    cudaStream_t st = (cudaStream_t)ex->stream;
+    switch (call) {
+    case MSA_CUDA_CALL_SELECT:
+        if (!b->selected) return msa_error(MSA_EINVAL, "msa_index_select: batch->selected is required");
+        return select_into(impl, sh, kv, b, w, ex->workspace, b->selected, st, tune);
+    case MSA_CUDA_CALL_SPARSE:
+        if (!b->selected) return msa_error(MSA_EINVAL, "msa_sparse_attention: batch->selected is required");
+        return impl->block_attn(sh, kv, b, b->selected, w.split_sparse,
+                                (float *)((char *)ex->workspace + w.partials), st, tune);
+    case MSA_CUDA_CALL_ATTN: {
+        int32_t *sel = b->selected ? b->selected : (int32_t *)((char *)ex->workspace + w.selected);
+        rc = select_into(impl, sh, kv, b, w, ex->workspace, sel, st, tune);
+        if (rc) return rc;
+        return impl->block_attn(sh, kv, b, sel, w.split_sparse,
+                                (float *)((char *)ex->workspace + w.partials), st, tune);
+    }
+    default: {
+        int split = w.split_dense;
+        if (!ex->workspace || ex->workspace_size < w.total) split = 1; /* no room: one CTA per tile */
+        return impl->block_attn(sh, kv, b, NULL, split,
+                                split > 1 ? (float *)((char *)ex->workspace + w.partials) : NULL, st,
+                                tune);
+    }
+    }
+}
+
+/* The library's kernels: the automatic versions only (the older ones are
+ * in kernels/lab/). */
+static int lib_index_scores(const msa_cuda_shape &sh, const msa_paged_kv *kv, const msa_attn_batch *b,
+                            float *scores, cudaStream_t st, const msa_cuda_tuning *tune) {
+    if (tune && tune->index_version != 0 && tune->index_version != 5)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA index scores: version %d is not in the library "
+                         "(0 or 5; older ones: the kernel lab, kernels/lab/lab.h)", tune->index_version);
+    return msa_cuda_launch_index_scores(sh, kv, b, scores, st);
+}
+static int lib_block_attn(const msa_cuda_shape &sh, const msa_paged_kv *kv, const msa_attn_batch *b,
+                          const int32_t *selected, int n_split, float *partials, cudaStream_t st,
+                          const msa_cuda_tuning *tune) {
+    if (tune && tune->attn_version != 0 && tune->attn_version != 6)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA attention: version %d is not in the library "
+                         "(0 or 6; older ones: the kernel lab, kernels/lab/lab.h)", tune->attn_version);
+    return msa_cuda_launch_block_attn(sh, kv, b, selected, n_split, partials, st);
+}
+static const msa_cuda_impl lib_impl = {lib_index_scores, lib_block_attn};
+
+extern "C" int msa_cuda_index_select(const msa_attn_config *cfg, const msa_paged_kv *kv,
+                                     const msa_attn_batch *b, const msa_exec *ex,
+                                     const msa_cuda_tuning *tune) {
+    return msa_cuda_run(MSA_CUDA_CALL_SELECT, &lib_impl, cfg, kv, b, ex, tune);
 }
 
 extern "C" int msa_cuda_sparse_attention(const msa_attn_config *cfg, const msa_paged_kv *kv,
-                                         const msa_attn_batch *b, const msa_exec *ex) {
-    msa_cuda_shape sh;
-    ws_layout w;
-    int rc = prepare("msa_sparse_attention (CUDA)", cfg, kv, b, ex, &sh, &w, true);
-    if (rc || b->n_q <= 0) return rc;
-    if (!b->selected) return msa_error(MSA_EINVAL, "msa_sparse_attention: batch->selected is required");
-    return msa_cuda_launch_block_attn(sh, kv, b, b->selected, w.split_sparse,
-                                      (float *)((char *)ex->workspace + w.partials),
-                                      (cudaStream_t)ex->stream);
+                                         const msa_attn_batch *b, const msa_exec *ex,
+                                         const msa_cuda_tuning *tune) {
+    return msa_cuda_run(MSA_CUDA_CALL_SPARSE, &lib_impl, cfg, kv, b, ex, tune);
 }
 
 extern "C" int msa_cuda_attention(const msa_attn_config *cfg, const msa_paged_kv *kv,
-                                  const msa_attn_batch *b, const msa_exec *ex) {
-    msa_cuda_shape sh;
-    ws_layout w;
-    int rc = prepare("msa_attention (CUDA)", cfg, kv, b, ex, &sh, &w, true);
-    if (rc || b->n_q <= 0) return rc;
-    cudaStream_t st = (cudaStream_t)ex->stream;
-    int32_t *sel = b->selected ? b->selected : (int32_t *)((char *)ex->workspace + w.selected);
-    rc = select_into(sh, kv, b, w, ex->workspace, sel, st);
-    if (rc) return rc;
-    return msa_cuda_launch_block_attn(sh, kv, b, sel, w.split_sparse,
-                                      (float *)((char *)ex->workspace + w.partials), st);
+                                  const msa_attn_batch *b, const msa_exec *ex,
+                                  const msa_cuda_tuning *tune) {
+    return msa_cuda_run(MSA_CUDA_CALL_ATTN, &lib_impl, cfg, kv, b, ex, tune);
 }
 
 extern "C" int msa_cuda_dense_attention(const msa_attn_config *cfg, const msa_paged_kv *kv,
-                                        const msa_attn_batch *b, const msa_exec *ex) {
-    msa_cuda_shape sh;
-    ws_layout w;
-    int rc = prepare("msa_dense_attention (CUDA)", cfg, kv, b, ex, &sh, &w, false);
-    if (rc || b->n_q <= 0) return rc;
-    int split = w.split_dense;
-    if (!ex->workspace || ex->workspace_size < w.total) split = 1; /* no room: one CTA per tile */
-    return msa_cuda_launch_block_attn(sh, kv, b, NULL, split,
-                                      split > 1 ? (float *)((char *)ex->workspace + w.partials) : NULL,
-                                      (cudaStream_t)ex->stream);
+                                        const msa_attn_batch *b, const msa_exec *ex,
+                                        const msa_cuda_tuning *tune) {
+    return msa_cuda_run(MSA_CUDA_CALL_DENSE, &lib_impl, cfg, kv, b, ex, tune);
 }
 
 extern "C" int msa_cuda_device_count(void) {

@@ -57,7 +57,7 @@
  *      more than TOPK_WARP_CAP keys pass L (heavy ties), an in-register
  *      bit-by-bit threshold search finds the kk-th largest key T and the
  *      keys == T are taken in id order. The v4 CTA kernel stays for
- *      top_k > 32 or more than 2048 blocks, and msa_cuda_topk_version = 4
+ *      top_k > 32 or more than 2048 blocks, and tuning topk_version = 4
  *      selects it everywhere (for comparison). Measured on H100 (graph
  *      timing, tools/gpu-run.sh topk): 8K-32K decode 3.0-3.7 us (v4
  *      5.5-7.1), 128K decode 4.9-5.6 us (v4 6.3-7.8; torch.topk 16.6-18.6,
@@ -356,12 +356,6 @@ topk_kernel(const float *__restrict__ scores, /* [n_q][Hkv][max_blocks] */
 #define TOPK_WARP_MAX_K 32 /* top_k limit of the warp kernel */
 #define TOPK_WARP_MAX_BLOCKS 2048 /* more: v4 (measured faster from 4K blocks) */
 
-/* 0: automatic; 4: the v4 CTA kernel everywhere; 5: the warp kernel, 6:
- * the multi-warp CTA kernel, wherever they apply (top_k <= 32, at most 2048
- * blocks; v4 otherwise). For tests and benchmarks. */
-extern "C" int msa_cuda_topk_version;
-int msa_cuda_topk_version = 0;
-
 template <int PER>
 __global__ void __launch_bounds__(TOPK_WARPS * 32)
 topk_warp_kernel(const float *__restrict__ scores, /* [n_rg][max_blocks] */
@@ -509,10 +503,6 @@ static void launch_warp(const msa_paged_kv *kv, const msa_attn_batch *b, int Hkv
 
 #define TOPK6_CAP 512 /* candidates ranked from shared memory; more: word search */
 #define TOPK6_MAX_RG 1024 /* automatic: v6 up to this many row-groups, v5 above */
-
-/* 0: automatic; 4, 8 or 16: the warps per CTA of v6 wherever v6 runs. */
-extern "C" int msa_cuda_topk_warps;
-int msa_cuda_topk_warps = 0;
 
 template <int NW, int PER>
 __global__ void __launch_bounds__(NW * 32)
@@ -666,9 +656,15 @@ static void launch_cta_nw(const msa_paged_kv *kv, const msa_attn_batch *b, int H
     else launch_cta<NW, 16>(kv, b, Hkv, Bk, top_k, scores, selected, st);
 }
 
+/* The version (tune->topk_version): 0 automatic (v6 up to TOPK6_MAX_RG
+ * row-groups, v5 above, v4 past the warp kernels' limits); 4 the v4 CTA
+ * kernel everywhere; 5 the warp kernel, 6 the multi-warp CTA kernel,
+ * wherever they apply (top_k <= 32, at most 2048 blocks; v4 otherwise).
+ * tune->topk_warps: 4, 8 or 16 warps per CTA wherever v6 runs, 0 automatic.
+ * Every version is exact (the same selection); they differ in speed only. */
 int msa_cuda_launch_topk(const msa_cuda_shape &sh, const msa_paged_kv *kv,
                          const msa_attn_batch *b, const float *scores, int32_t *selected,
-                         cudaStream_t st) {
+                         cudaStream_t st, const msa_cuda_tuning *tune) {
     if (b->n_q <= 0) return MSA_OK;
     if (sh.top_k < 1 || sh.top_k > 512)
         return msa_error(MSA_EUNSUPPORTED, "CUDA top-k: top_k %d (1..512)", sh.top_k);
@@ -677,10 +673,12 @@ int msa_cuda_launch_topk(const msa_cuda_shape &sh, const msa_paged_kv *kv,
                          kv->max_blocks, TOPK_MAX_BLOCKS);
     const int n_rg = b->n_q * sh.Hkv, mbk = kv->max_blocks;
     const bool small = sh.top_k <= TOPK_WARP_MAX_K && mbk <= TOPK_WARP_MAX_BLOCKS;
-    int ver = msa_cuda_topk_version;
+    int ver = tune ? tune->topk_version : 0;
+    if (ver != 0 && ver != 4 && ver != 5 && ver != 6)
+        return msa_error(MSA_EUNSUPPORTED, "CUDA top-k: version %d (0 automatic, 4, 5 or 6)", ver);
     if (ver == 0) ver = n_rg <= TOPK6_MAX_RG ? 6 : 5;
     if (ver == 6 && small) {
-        int nw = msa_cuda_topk_warps;
+        int nw = tune ? tune->topk_warps : 0;
         if (nw != 4 && nw != 8 && nw != 16) nw = mbk <= 512 ? 4 : 8;
         if (nw == 4) launch_cta_nw<4>(kv, b, sh.Hkv, sh.Bk, sh.top_k, scores, selected, st);
         else if (nw == 8) launch_cta_nw<8>(kv, b, sh.Hkv, sh.Bk, sh.top_k, scores, selected, st);
@@ -709,8 +707,9 @@ int msa_cuda_launch_topk(const msa_cuda_shape &sh, const msa_paged_kv *kv,
 /* The top-k launcher alone, from C (tests/test-kernels-cuda.c): scores
  * [n_q][Hkv][kv->max_blocks] on the device, selected [n_q][Hkv][top_k]. */
 extern "C" int msa_cuda_topk_scores(const msa_paged_kv *kv, const msa_attn_batch *b, int Hkv, int Bk,
-                                    int top_k, const float *scores, int32_t *selected, void *stream) {
+                                    int top_k, const float *scores, int32_t *selected, void *stream,
+                                    const msa_cuda_tuning *tune) {
     msa_cuda_shape sh = {};
     sh.Hkv = Hkv; sh.Bk = Bk; sh.top_k = top_k;
-    return msa_cuda_launch_topk(sh, kv, b, scores, selected, (cudaStream_t)stream);
+    return msa_cuda_launch_topk(sh, kv, b, scores, selected, (cudaStream_t)stream, tune);
 }

@@ -1,6 +1,4 @@
 # kernels/: the CPU MSA attention core against a naive reference in the test
-# (tests/test-kernels.c), and a CPU benchmark that is built, not run.
+# (tests/test-kernels.c). Its benchmark, bench-cpu, is defined in
+# tools/CMakeLists.txt.
 msa_test(test-kernels SOURCES ${CMAKE_CURRENT_LIST_DIR}/test-kernels.c LABELS unit TIMEOUT 300)
-
-add_executable(bench-cpu ${PROJECT_SOURCE_DIR}/tools/bench-cpu.c)
-target_link_libraries(bench-cpu PRIVATE msa_static)

@@ -2,7 +2,5 @@
 msa_test(test-store SOURCES test-store.c LABELS unit TIMEOUT 300 FAULTS)
 msa_test(test-store-crash SOURCES test-store-crash.c LABELS slow TIMEOUT 900)
 msa_test(test-store-concurrency SOURCES test-store-concurrency.c LABELS unit TIMEOUT 300)
-# tools/bench-resume: what opening a stored session costs against its size
-# (docs/store.md); a benchmark, not a test.
-add_executable(bench-resume ${PROJECT_SOURCE_DIR}/tools/bench-resume.c)
-target_link_libraries(bench-resume PRIVATE msa_static)
+# tools/bench-resume (what opening a stored session costs) is defined in
+# tools/CMakeLists.txt.

@@ -22,8 +22,9 @@
  *   bad input  a row whose q_pos is past its sequence gives selected = -1,
  *              out = 0, lse = -inf and reads nothing out of bounds.
  *
- * When the public API's CUDA path is present (kernels/attention.c), the
- * same checks also run through msa_attention() etc. with exec.device = CUDA.
+ * The same checks also run through the public API (msa_attention() etc.
+ * with exec.device = CUDA), and on the prefill cases through the kernel
+ * lab's launchers for each older attention and index version.
  *
  * Label gpu: exits 77 (skipped) when the build has no CUDA or no GPU is
  * visible. MSA_TEST_SEED replays a run.
@@ -39,16 +40,12 @@ int main(void) { T_SKIP("built without CUDA"); }
 #include <cuda_runtime_api.h>
 
 #include "kernels/cuda.h"
+#include "kernels/lab/lab.h"
 #include "kernels/ref.h"
 
-/* kernels/topk.cu: the top-k launcher alone, and its version switch
- * (0 automatic, 4 the CTA kernel everywhere, 5 the warp kernel where it applies). */
-int msa_cuda_topk_scores(const msa_paged_kv *kv, const msa_attn_batch *b, int Hkv, int Bk, int top_k,
-                         const float *scores, int32_t *selected, void *stream);
-extern int msa_cuda_topk_version;
-extern int msa_cuda_topk_warps;
-extern int msa_cuda_attn_version;  /* kernels/block_attn.cu: 0 newest, 7, 5, 4 older sparse prefill */
-extern int msa_cuda_index_version; /* kernels/index_score.cu: 0 newest, 4 the previous prefill scan */
+/* Kernel versions are chosen per call with a msa_cuda_tuning (kernels/cuda.h):
+ * the top-k versions through msa_cuda_topk_scores, the older attention and
+ * index versions through the kernel lab's launchers (kernels/lab/lab.h). */
 
 #define GUARD 256
 #define GUARD_BYTE 0xA5
@@ -357,7 +354,7 @@ static void check_against_cpu(const hostdata *h, const msa_attn_config *cfg, int
 
 /* ---- one case -------------------------------------------------------------- */
 
-static void run_case(const tcase *c, int use_public) {
+static void run_case(const tcase *c, int use_public, const msa_cuda_tuning *tune) {
     hostdata h = {0};
     h.c = c;
     const int G = c->Hq / c->Hkv;
@@ -455,21 +452,29 @@ static void run_case(const tcase *c, int use_public) {
     float *lse = malloc((size_t)n_q * c->Hq * 4);
     int *sel = malloc((size_t)n_q * c->Hkv * c->top_k * 4);
     int *sel2 = malloc((size_t)n_q * c->Hkv * c->top_k * 4);
-    const char *tag = use_public ? "public" : "launcher";
+    char tag[64];
+    if (use_public) snprintf(tag, sizeof tag, "public");
+    else if (tune) snprintf(tag, sizeof tag, "lab: attention v%d, index v%d", tune->attn_version,
+                            tune->index_version);
+    else snprintf(tag, sizeof tag, "launcher");
     printf(" case %s (%s)\n", c->name, tag);
 
-#define RUN(fn_pub, fn_cuda) (use_public ? fn_pub(&cfg, &kv, &bt, &ex) : fn_cuda(&cfg, &kv, &bt, &ex))
+    /* public API, the library's launcher (automatic), or the lab's with `tune` */
+#define RUN(op)                                                                           \
+    (use_public ? msa_##op(&cfg, &kv, &bt, &ex)                                           \
+     : tune     ? msa_cuda_lab_##op(&cfg, &kv, &bt, &ex, tune)                            \
+                : msa_cuda_##op(&cfg, &kv, &bt, &ex, NULL))
 
     /* 1. selection */
     guarded_reset(g_sel, 0x7f);
-    CHECK_OK(RUN(msa_index_select, msa_cuda_index_select));
+    CHECK_OK(RUN(index_select));
     CU(cudaDeviceSynchronize());
     CHECKF(guarded_fetch(g_sel, sel), "%s: selected guard bytes overwritten", c->name);
     check_selection(&h, sel);
 
     /* 2. the whole step (writes its own selection) */
     guarded_reset(g_out, 0xff); guarded_reset(g_lse, 0xff); guarded_reset(g_sel, 0x7f);
-    CHECK_OK(RUN(msa_attention, msa_cuda_attention));
+    CHECK_OK(RUN(attention));
     CU(cudaDeviceSynchronize());
     CHECKF(guarded_fetch(g_out, out), "%s: out guard bytes overwritten", c->name);
     CHECKF(guarded_fetch(g_lse, lse), "%s: lse guard bytes overwritten", c->name);
@@ -487,7 +492,7 @@ static void run_case(const tcase *c, int use_public) {
 
     /* 3. sparse attention alone over the same selection */
     guarded_reset(g_out, 0xff); guarded_reset(g_lse, 0xff);
-    CHECK_OK(RUN(msa_sparse_attention, msa_cuda_sparse_attention));
+    CHECK_OK(RUN(sparse_attention));
     CU(cudaDeviceSynchronize());
     CHECKF(guarded_fetch(g_out, out), "%s: out guard bytes overwritten", c->name);
     CHECKF(guarded_fetch(g_lse, lse), "%s: lse guard bytes overwritten", c->name);
@@ -495,7 +500,7 @@ static void run_case(const tcase *c, int use_public) {
 
     /* 4. dense baseline */
     guarded_reset(g_out, 0xff); guarded_reset(g_lse, 0xff);
-    CHECK_OK(RUN(msa_dense_attention, msa_cuda_dense_attention));
+    CHECK_OK(RUN(dense_attention));
     CU(cudaDeviceSynchronize());
     CHECKF(guarded_fetch(g_out, out), "%s: out guard bytes overwritten", c->name);
     CHECKF(guarded_fetch(g_lse, lse), "%s: lse guard bytes overwritten", c->name);
@@ -533,16 +538,82 @@ static void check_unsupported(void) {
     int32_t zero2[2] = {0, 1}, pos = 0, len = 1, slot = 0;
     kv.kv_indptr = dev_copy(zero2, 8); kv.kv_table = dev_copy(&slot, 4); kv.seq_len = dev_copy(&len, 4);
     bt.q_indptr = dev_copy(zero2, 8); bt.q_pos = dev_copy(&pos, 4);
-    CHECK(msa_cuda_dense_attention(&cfg, &kv, &bt, &ex) == MSA_EUNSUPPORTED);
+    CHECK(msa_cuda_dense_attention(&cfg, &kv, &bt, &ex, NULL) == MSA_EUNSUPPORTED);
     kv.dtype = MSA_DTYPE_F32;
     cfg.head_dim = 128;
-    CHECK(msa_cuda_attention(&cfg, &kv, &bt, &ex) == MSA_EUNSUPPORTED);
+    CHECK(msa_cuda_attention(&cfg, &kv, &bt, &ex, NULL) == MSA_EUNSUPPORTED);
     CU(cudaFree(ex.workspace));
     CU(cudaFree((void *)kv.kv_indptr)); CU(cudaFree((void *)kv.kv_table)); CU(cudaFree((void *)kv.seq_len));
     CU(cudaFree((void *)bt.q_indptr)); CU(cudaFree((void *)bt.q_pos));
 }
 
 /* ---- top-k alone on given scores ------------------------------------------ */
+
+
+/* The library's launchers refuse the lab's versions and unknown ones with
+ * MSA_EUNSUPPORTED, and the lab refuses unknown ones too, while zero (and
+ * the lab's own versions in the lab) run. The arguments are otherwise
+ * valid, so any other status is a bug. */
+static void check_tuning_refused(void) {
+    msa_attn_config cfg = msa_attn_default_config();
+    cfg.n_q_heads = 8; cfg.n_kv_heads = 2; cfg.head_dim = 128; cfg.idx_dim = 128;
+    cfg.idx_key_heads = 1; cfg.block_size = 64; cfg.top_k = 4;
+    const int n_q = 40, nb = 8;
+    int32_t q_indptr[2] = {0, n_q}, q_pos[40], seq_len[1] = {nb * 64}, indptr[2] = {0, nb}, table[8];
+    for (int i = 0; i < n_q; i++) q_pos[i] = nb * 64 - n_q + i;
+    for (int b = 0; b < nb; b++) table[b] = b;
+    uint16_t *kvh = malloc((size_t)nb * 2 * 64 * 128 * 2), *qh = malloc((size_t)n_q * 8 * 128 * 2);
+    fill_rand(MSA_DTYPE_BF16, kvh, (size_t)nb * 2 * 64 * 128, 1.0f);
+    fill_rand(MSA_DTYPE_BF16, qh, (size_t)n_q * 8 * 128, 1.0f);
+    msa_paged_kv kv;
+    memset(&kv, 0, sizeof kv);
+    kv.dtype = MSA_DTYPE_BF16;
+    kv.k = dev_copy(kvh, (size_t)nb * 2 * 64 * 128 * 2);
+    kv.v = dev_copy(kvh, (size_t)nb * 2 * 64 * 128 * 2);
+    kv.kidx = dev_copy(kvh, (size_t)nb * 64 * 128 * 2);
+    kv.kv_indptr = dev_copy(indptr, sizeof indptr);
+    kv.kv_table = dev_copy(table, sizeof table);
+    kv.seq_len = dev_copy(seq_len, sizeof seq_len);
+    kv.n_seqs = 1; kv.max_blocks = nb;
+    msa_attn_batch bt;
+    memset(&bt, 0, sizeof bt);
+    bt.n_q = n_q;
+    bt.q_indptr = dev_copy(q_indptr, sizeof q_indptr);
+    bt.q_pos = dev_copy(q_pos, sizeof q_pos);
+    bt.q = dev_copy(qh, (size_t)n_q * 8 * 128 * 2);
+    bt.q_idx = dev_copy(qh, (size_t)n_q * 2 * 128 * 2);
+    CU(cudaMalloc(&bt.out, (size_t)n_q * 8 * 128 * 2));
+    CU(cudaMalloc((void **)&bt.selected, (size_t)n_q * 2 * 4 * 4));
+    msa_exec ex;
+    memset(&ex, 0, sizeof ex);
+    ex.device = MSA_DEVICE_CUDA;
+    ex.workspace_size = msa_cuda_workspace_size(&cfg, n_q, nb);
+    CU(cudaMalloc(&ex.workspace, ex.workspace_size));
+    msa_cuda_tuning t = {0};
+    CHECK_OK(msa_cuda_attention(&cfg, &kv, &bt, &ex, &t)); /* zero: automatic */
+    CHECK_OK(msa_cuda_lab_attention(&cfg, &kv, &bt, &ex, &t));
+    t.attn_version = 5;
+    CHECK(msa_cuda_sparse_attention(&cfg, &kv, &bt, &ex, &t) == MSA_EUNSUPPORTED);
+    CHECK(msa_cuda_attention(&cfg, &kv, &bt, &ex, &t) == MSA_EUNSUPPORTED);
+    CHECK_OK(msa_cuda_lab_attention(&cfg, &kv, &bt, &ex, &t));
+    t.attn_version = 3;
+    CHECK(msa_cuda_lab_sparse_attention(&cfg, &kv, &bt, &ex, &t) == MSA_EUNSUPPORTED);
+    t.attn_version = 0;
+    t.index_version = 4;
+    CHECK(msa_cuda_index_select(&cfg, &kv, &bt, &ex, &t) == MSA_EUNSUPPORTED);
+    CHECK_OK(msa_cuda_lab_index_select(&cfg, &kv, &bt, &ex, &t));
+    t.index_version = 0;
+    t.topk_version = 9;
+    CHECK(msa_cuda_index_select(&cfg, &kv, &bt, &ex, &t) == MSA_EUNSUPPORTED);
+    CU(cudaDeviceSynchronize());
+    CU(cudaFree(ex.workspace)); CU(cudaFree(bt.out)); CU(cudaFree(bt.selected));
+    CU(cudaFree((void *)kv.k)); CU(cudaFree((void *)kv.v)); CU(cudaFree((void *)kv.kidx));
+    CU(cudaFree((void *)kv.kv_indptr)); CU(cudaFree((void *)kv.kv_table));
+    CU(cudaFree((void *)kv.seq_len)); CU(cudaFree((void *)bt.q_indptr));
+    CU(cudaFree((void *)bt.q_pos)); CU(cudaFree((void *)bt.q)); CU(cudaFree((void *)bt.q_idx));
+    free(kvh); free(qh);
+    printf("tuning: lab versions refused by the library, run by the lab\n");
+}
 
 /* The top-k kernels on fresh random block scores against msa_ref_topk, exact
  * (same ids in the same order): every row is its own sequence (Bk 1), so
@@ -612,10 +683,11 @@ static void test_topk_direct(void) {
                 bt.q_pos = dev_copy(q_pos, sizeof q_pos);
                 guarded g = guarded_alloc((size_t)n_rg * k * 4);
                 for (int vi = 0; vi < n_ver; vi++) {
-                    msa_cuda_topk_version = versions[vi];
-                    msa_cuda_topk_warps = warps[vi];
+                    msa_cuda_tuning tune = {0};
+                    tune.topk_version = versions[vi];
+                    tune.topk_warps = warps[vi];
                     guarded_reset(g, 0x7f);
-                    int rc = msa_cuda_topk_scores(&kv, &bt, Hkv, 1, k, d_sc, guarded_ptr(g), NULL);
+                    int rc = msa_cuda_topk_scores(&kv, &bt, Hkv, 1, k, d_sc, guarded_ptr(g), NULL, &tune);
                     CU(cudaDeviceSynchronize());
                     int ok = rc == MSA_OK && guarded_fetch(g, got);
                     int bad = 0, first = -1;
@@ -631,8 +703,6 @@ static void test_topk_direct(void) {
                     }
                     runs++;
                 }
-                msa_cuda_topk_version = 0;
-                msa_cuda_topk_warps = 0;
                 CU(cudaFree(g.base)); CU(cudaFree(d_sc));
                 CU(cudaFree((void *)kv.seq_len)); CU(cudaFree((void *)kv.kv_indptr));
                 CU(cudaFree((void *)bt.q_indptr)); CU(cudaFree((void *)bt.q_pos));
@@ -670,25 +740,25 @@ int main(void) {
         {"ties: constant index 1K blocks", 4, 2, 64, 64, 1, 16, 16, BF, 1, {17000}, {1}, 0, 0, 0, 2},
     };
     const int n_cases = (int)(sizeof cases / sizeof cases[0]);
-    for (int i = 0; i < n_cases; i++) run_case(&cases[i], 0);
-    /* The previous kernels, still selectable, on the prefill cases:
+    for (int i = 0; i < n_cases; i++) run_case(&cases[i], 0, NULL);
+    /* The previous kernels, in the kernel lab, on the prefill cases:
      * attention v6 with 32-token stages (7), v5 (5), v4 (4); index v4. */
     {
         const int av[] = {7, 5, 4};
         for (int vi = 0; vi < 3; vi++) {
-            msa_cuda_attn_version = av[vi];
-            msa_cuda_index_version = vi == 0 ? 4 : 0;
+            msa_cuda_tuning tune = {0};
+            tune.attn_version = av[vi];
+            tune.index_version = vi == 0 ? 4 : 0;
             for (int i = 0; i < n_cases; i++)
-                if (cases[i].rows[0] > 1) run_case(&cases[i], 0);
+                if (cases[i].rows[0] > 1) run_case(&cases[i], 0, &tune);
         }
-        msa_cuda_attn_version = 0;
-        msa_cuda_index_version = 0;
     }
     check_unsupported();
-    /* The public API's CUDA path, once kernels/attention.c provides it. */
+    check_tuning_refused();
+    /* The public API's CUDA path (kernels/attention.c). */
     {
         for (int i = 0; i < n_cases; i++)
-            if (!cases[i].bad_row) run_case(&cases[i], 1);
+            if (!cases[i].bad_row) run_case(&cases[i], 1, NULL);
     }
     return t_done("test-kernels-cuda");
 }

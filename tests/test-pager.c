@@ -630,7 +630,7 @@ static void test_equiv_gpu(int stream_index) {
                     if (kv.kidx != NULL) rc = MSA_EINVAL;
                     if (rc == MSA_OK) rc = msa_kvmem_paged_index_scan(m, l, score_chunk, &c);
                     if (rc == MSA_OK)
-                        rc = msa_cuda_topk_scores(&kv, &b1, Hkv, Bk, kk, dscores, ds1, stream);
+                        rc = msa_cuda_topk_scores(&kv, &b1, Hkv, Bk, kk, dscores, ds1, stream, NULL);
                     scans++;
                     chunk_calls += c.calls;
                 } else {

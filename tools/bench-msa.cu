@@ -28,7 +28,9 @@
  *
  * --topk-only times the top-k alone (on the block scores of the step): the
  * v4, v5 and v6 at 4, 8 and 16 warps forced, then the automatic choice
- * (msa_cuda_topk_version / msa_cuda_topk_warps), and skips the rest.
+ * (msa_cuda_tuning's topk_version / topk_warps), and skips the rest. The
+ * prefill rows also time the older sparse attention and index versions of
+ * the kernel lab (kernels/lab/lab.h, linked from msa_kernels_lab).
  */
 #include <algorithm>
 #include <stdio.h>
@@ -39,11 +41,7 @@
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda.h"
-
-extern "C" int msa_cuda_attn_version;  /* kernels/block_attn.cu: 0 v6, 7 v6 32-token stages, 5, 4 older sparse prefill */
-extern "C" int msa_cuda_index_version; /* kernels/index_score.cu: 0 v5, 4 the previous prefill scan */
-extern "C" int msa_cuda_topk_version; /* kernels/topk.cu: 4, 5, 6 force a version, 0 automatic */
-extern "C" int msa_cuda_topk_warps;   /* v6 warps per CTA: 4, 8, 16; 0 automatic */
+#include "kernels/lab/lab.h"
 
 #define CK(x)                                                                             \
     do {                                                                                  \
@@ -282,19 +280,19 @@ static int validate(const pools &P, problem &p) {
     msa_exec ex = exec_of(p);
     const int Hq = P.sh.Hq, Hkv = P.sh.Hkv, d = P.sh.d, di = P.d_idx, Bk = P.Bk, nb = p.nb, K = 16;
     const int G = Hq / Hkv, n_q = p.B * p.rows;
-    OK(msa_cuda_attention(&cfg, &kv, &bt, &ex));
+    OK(msa_cuda_attention(&cfg, &kv, &bt, &ex, NULL));
     CK(cudaDeviceSynchronize());
     auto sel = down<int32_t>(p.selected, (size_t)n_q * Hkv * K);
     auto out = down<uint16_t>(p.out, (size_t)n_q * Hq * d);
     auto lse = down<float>(p.lse, (size_t)n_q * Hq);
-    OK(msa_cuda_index_select(&cfg, &kv, &bt, &ex));
-    OK(msa_cuda_sparse_attention(&cfg, &kv, &bt, &ex));
+    OK(msa_cuda_index_select(&cfg, &kv, &bt, &ex, NULL));
+    OK(msa_cuda_sparse_attention(&cfg, &kv, &bt, &ex, NULL));
     CK(cudaDeviceSynchronize());
     auto sel2 = down<int32_t>(p.selected, (size_t)n_q * Hkv * K);
     auto out2 = down<uint16_t>(p.out, (size_t)n_q * Hq * d);
     int bad = 0;
     if (sel != sel2 || out != out2) { printf("  step != index_select + sparse\n"); bad++; }
-    OK(msa_cuda_dense_attention(&cfg, &kv, &bt, &ex));
+    OK(msa_cuda_dense_attention(&cfg, &kv, &bt, &ex, NULL));
     CK(cudaDeviceSynchronize());
     auto dout = down<uint16_t>(p.out, (size_t)n_q * Hq * d);
     auto dlse = down<float>(p.lse, (size_t)n_q * Hq);
@@ -450,7 +448,7 @@ int main(int argc, char **argv) {
             cs.idx_heads = 1; cs.Bk = P.Bk; cs.top_k = 16; cs.scale = 1.0f / sqrtf((float)sh.d);
             float *scores = (float *)p.ws;
             msa_paged_kv kv0 = kv_of(P, p, 0);
-            OK(msa_cuda_attention(&cfg, &kv0, &bt, &ex)); /* a selection for the sparse timing */
+            OK(msa_cuda_attention(&cfg, &kv0, &bt, &ex, NULL)); /* a selection for the sparse timing */
             result R;
             R.sh = sh; R.B = r.B; R.rows = r.rows; R.N = r.N;
             const int rp = r.rows > 1 ? 3 : reps;
@@ -459,12 +457,10 @@ int main(int argc, char **argv) {
             R.t_topk_v6[0] = R.t_topk_v6[1] = R.t_topk_v6[2] = 0;
             if (topk_only) { /* top-k alone: automatic, then each version (topk.cu) */
                 auto tk = [&](int ver, int warps) {
-                    msa_cuda_topk_version = ver;
-                    msa_cuda_topk_warps = warps;
-                    double t = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_topk(cs, &kv, &bt, scores, p.selected, st)); }, rp);
-                    msa_cuda_topk_version = 0;
-                    msa_cuda_topk_warps = 0;
-                    return t;
+                    msa_cuda_tuning tune = {};
+                    tune.topk_version = ver;
+                    tune.topk_warps = warps;
+                    return time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_topk(cs, &kv, &bt, scores, p.selected, st, &tune)); }, rp);
                 };
                 R.idx_gbs = 0;
                 R.t_topk_v4 = tk(4, 0);
@@ -482,28 +478,27 @@ int main(int argc, char **argv) {
                 continue;
             }
             R.t_index = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_index_scores(cs, &kv, &bt, scores, st)); }, rp);
-            R.t_topk = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_topk(cs, &kv, &bt, scores, p.selected, st)); }, rp);
+            R.t_topk = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_topk(cs, &kv, &bt, scores, p.selected, st, NULL)); }, rp);
             /* the selection of rotation 0 is used by every rotation: the tables
              * all have the same shape, so the work is the same */
-            R.t_sparse = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_sparse_attention(&cfg, &kv, &bt, &e)); }, rp);
+            R.t_sparse = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_sparse_attention(&cfg, &kv, &bt, &e, NULL)); }, rp);
             if (r.rows > 1) { /* the previous sparse prefill kernels (block_attn.cu) and index scan (index_score.cu) */
                 auto tv = [&](int ver) {
-                    msa_cuda_attn_version = ver;
-                    double t = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_sparse_attention(&cfg, &kv, &bt, &e)); }, rp);
-                    msa_cuda_attn_version = 0;
-                    return t;
+                    msa_cuda_tuning tune = {};
+                    tune.attn_version = ver;
+                    return time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_lab_sparse_attention(&cfg, &kv, &bt, &e, &tune)); }, rp);
                 };
                 const double t7 = tv(7), t5 = tv(5), t4 = tv(4);
                 R.t_sparse = tv(0); /* last: the first timing of a shape reads slow at prefill */
-                msa_cuda_index_version = 4;
-                const double ti4 = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_index_scores(cs, &kv, &bt, scores, st)); }, rp);
-                msa_cuda_index_version = 0;
+                msa_cuda_tuning tune4 = {};
+                tune4.index_version = 4;
+                const double ti4 = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_lab_launch_index_scores(cs, &kv, &bt, scores, st, &tune4)); }, rp);
                 R.t_index = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); OK(msa_cuda_launch_index_scores(cs, &kv, &bt, scores, st)); }, rp);
                 printf("  sparse prefill: v6 %.1f us (v6 32-token stages %.1f, v5 gather %.1f, v4 union tiles %.1f us); index: v5 %.1f us (v4 %.1f us)\n",
                        R.t_sparse, t7, t5, t4, R.t_index, ti4);
             }
-            R.t_step = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_attention(&cfg, &kv, &bt, &e)); }, rp);
-            R.t_dense = prefill_only ? 0 : time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_dense_attention(&cfg, &kv, &bt, &e)); },
+            R.t_step = time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_attention(&cfg, &kv, &bt, &e, NULL)); }, rp);
+            R.t_dense = prefill_only ? 0 : time_graph_us([&](int i, cudaStream_t st) { msa_paged_kv kv = kv_of(P, p, i); msa_exec e = ex_on(st); OK(msa_cuda_dense_attention(&cfg, &kv, &bt, &e, NULL)); },
                                       r.N >= 524288 || r.rows > 1 ? 2 : rp, 3);
             const double idx_bytes = (double)r.B * p.nb * P.Bk * P.d_idx * 2;
             R.idx_gbs = idx_bytes / (R.t_index * 1e-6) / 1e9;

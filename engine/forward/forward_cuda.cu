@@ -1,29 +1,33 @@
 /*
  * forward_cuda.cu: the transformer forward pass on a CUDA GPU, the twin of
  * engine/forward/forward.c (engine/forward/model_cuda.h describes the objects).
+ * This file holds the orchestration only: the weights and scratch, the order
+ * of the launches, the decode graph and the per-kernel timing. The kernels
+ * are in kernels/ (forward_ops.h: forward.cu, gemv.cu, each with its C
+ * reference in forward_ref.c) and the attention is the MSA core's.
  *
  * Per layer, for a chunk of n tokens (the order of forward.c):
  *
- * (one-token steps: the rmsnorms, the GEMMs and SwiGLU are gemv_kernel
- * launches instead, with qkv_kernel's work and the argmax as epilogues of
- * the qkv and classifier GEMVs, see "decode GEMV" below)
+ * (one-token steps: the rmsnorms, the GEMMs and SwiGLU are msa_fwd_gemv
+ * launches instead, with the qkv post-processing and the argmax as
+ * epilogues of the qkv and classifier GEMVs; kernels/gemv.cu)
  *
- *   xb  = rmsnorm(x) * attn_norm                        rmsnorm_kernel, bf16 out
+ *   xb  = rmsnorm(x) * attn_norm                        msa_fwd_rmsnorm, bf16 out
  *   y   = xb [Wq; Wk; Wv; (Wqi; Wki)]^T  (+ biases)       one cuBLAS GEMM, fp32 out
- *   q, k, v, q_idx, k_idx  with RoPE                     qkv_kernel (+ idx_kernel when
- *       k, v, k_idx written straight into the layer        the index is trained)
- *       memory at their positions (bf16)
+ *   q, k, v, q_idx, k_idx  with RoPE                     msa_fwd_qkv_post (+
+ *       k, v, k_idx written straight into the layer        msa_fwd_index_rope when
+ *       memory at their positions (bf16)                   the index is trained)
  *   MSA: msa_index_select -> msa_sparse_attention        kernels/ CUDA backend (d, d_idx
  *        (dense: msa_dense_attention)                      in {64, 128}), else the generic
- *                                                          kernels below
+ *                                                          path below
  *   x  += att Wo^T                                        GEMM with beta = 1 (fp32 x)
  *   xb  = rmsnorm(x) * ffn_norm
  *   y   = xb [W1; W3]^T                                   one GEMM, (n, 2F) fp32
- *   h   = silu(y[:, :F]) * y[:, F:]                       swiglu_kernel, bf16 out
+ *   h   = silu(y[:, :F]) * y[:, F:]                       msa_fwd_swiglu, bf16 out
  *   x  += h W2^T                                          GEMM with beta = 1
  *
  * then logits = (rmsnorm(x) * output_norm) Wout^T for the last row (or all)
- * and, on request, the argmax of each row.
+ * and, on request, the argmax of each row (msa_fwd_argmax).
  *
  * Precision: weights and GEMM inputs are bf16, every GEMM accumulates in fp32
  * (CUBLAS_COMPUTE_32F), the residual stream x and the GEMM outputs are fp32,
@@ -44,9 +48,9 @@
  * deliberately plain: kernels/index_paged.cu's plain scan and selection
  * (msa_cuda_index_scores_generic, msa_cuda_topk_generic: one thread per (row,
  * group) scores every visible block and picks the Top-k as DESIGN.md section
- * 1 says), then one thread per (row, query head) runs an online softmax over
- * the listed blocks. It exists so that
- * every model runs on the GPU, and as a second opinion on the fast path.
+ * 1 says), then msa_fwd_generic_attention (one thread per (row, query head),
+ * an online softmax over the listed blocks). It exists so that every model
+ * runs on the GPU, and as a second opinion on the fast path.
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -58,6 +62,7 @@
 #include "engine/forward/model_cuda.h"
 #include "base/base.h"
 #include "kernels/cuda.h"
+#include "kernels/forward_ops.h"
 #include "memory/pager.h"
 
 typedef __nv_bfloat16 bf16;
@@ -72,7 +77,6 @@ static int ck(cudaError_t e, const char *what) {
     }
     return msa_error(MSA_ECUDA, "forward (CUDA): %s: %s", what, cudaGetErrorString(e));
 }
-#define LAUNCHED(what) ck(cudaGetLastError(), what)
 
 static int ckb(cublasStatus_t s, const char *what) {
     if (s == CUBLAS_STATUS_SUCCESS) return MSA_OK;
@@ -103,7 +107,6 @@ typedef struct graph_key {
 } graph_key;
 
 #define PROF_MAX 1024
-#define GEMV_MAX_CTAS 4096
 
 struct msa_cuda_model {
     msa_model_info info;
@@ -155,11 +158,10 @@ struct msa_cuda_model {
     int cap_all;
     double append_s;   /* seconds spent moving rows to the memory */
 
-    /* decode GEMV v4's last-CTA epilogues: arrival counters (zero between
-     * launches: the last CTA resets its own), per-CTA argmax partials */
-    int *gemv_count;   /* [2]: qkv, classifier */
-    float *amax_val;   /* (GEMV_MAX_CTAS) */
-    int *amax_idx;     /* (GEMV_MAX_CTAS) */
+    /* decode GEMV v4's last-CTA epilogues (msa_fwd_gemv's workspace):
+     * arrival counters (zero between launches: the last CTA resets its
+     * own), per-CTA argmax partials */
+    void *gemv_ws;
 
     /* per-kernel timing (msa_cuda_model_profile) */
     int prof_on, prof_active, prof_open, prof_n;
@@ -202,586 +204,33 @@ static int dalloc(msa_cuda_model *cm, size_t bytes, void **out) {
     return MSA_OK;
 }
 
-/* ---- kernels ----------------------------------------------------------------- */
-
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-/* p[i] = uniform in [-scale, scale), from (seed, i). */
-__global__ void fill_uniform_kernel(bf16 *p, size_t n, uint64_t seed, float scale) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        uint64_t r = mix64(seed * 0x2545F4914F6CDD1DULL + i);
-        float u = (float)(r >> 40) * (1.0f / 16777216.0f); /* [0, 1) */
-        p[i] = __float2bfloat16((2.0f * u - 1.0f) * scale);
-    }
-}
-
-__global__ void fill_f32_kernel(float *p, size_t n, float v) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        p[i] = v;
-}
-
-/* x (n, D) fp32 = tok_embd[tokens[i]] */
-__global__ void embed_kernel(const bf16 *__restrict__ emb, const int32_t *__restrict__ tokens,
-                             float *__restrict__ x, int D) {
-    const int i = blockIdx.x;
-    const bf16 *e = emb + (size_t)tokens[i] * D;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) x[(size_t)i * D + j] = __bfloat162float(e[j]);
-}
-
-__device__ float block_sum(float v, float *red) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[w] = v;
-    __syncthreads();
-    float s = 0.0f;
-    for (int i = 0; i < nw; i++) s += red[i];
-    return s;
-}
-
-/* out (rows, D) bf16 = x / rms(x) * w, row r reading x + r*D (llama2.c's rmsnorm). */
-__global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restrict__ w,
-                               bf16 *__restrict__ out, int D, float eps) {
-    __shared__ float red[32];
-    const float *xr = x + (size_t)blockIdx.x * D;
-    float ss = 0.0f;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) ss += xr[j] * xr[j];
-    ss = block_sum(ss, red);
-    const float r = 1.0f / sqrtf(ss / D + eps);
-    for (int j = threadIdx.x; j < D; j += blockDim.x)
-        out[(size_t)blockIdx.x * D + j] = __float2bfloat16(w[j] * (r * xr[j]));
-}
-
-struct qkv_args {
-    const float *y;         /* (n, Nqkv) */
-    const float *bias;      /* (Nqkv) or NULL */
-    const int32_t *pos;     /* (n) */
-    const float *inv_freq;  /* (d/2) */
-    bf16 *q;                /* (n, Hq, d) */
-    bf16 *qi;               /* (n, Hkv, d) training-free q_idx, or NULL (trained) */
-    bf16 *kc, *vc;          /* layer memory (cap_blocks, Hkv, Bk, d) */
-    bf16 *kidx;             /* (cap_blocks, Hkv, Bk, d) training-free, or NULL */
-    int Nqkv, Hq, Hkv, d, G, Bk, neox;
-    int rows;               /* 1: kc, vc, kidx are row-major staging (n, Hkv, d),
-                               row i at i (the paged path) */
-};
-
-/* One CTA per row: bias, RoPE on q and k, the training-free index, and the
- * row's k, v (and k_idx) stored at its position. Thread t handles the pair p
- * of group g for every query head of the group (so that q_idx is their mean,
- * summed in head order as forward.c does) and for the group's key. */
-/* Row i of the qkv post-processing, by the calling CTA's threads: the body of
- * qkv_kernel, and decode GEMV v4's qkv epilogue (run by the GEMV's last CTA,
- * which is why y is read through L2: other CTAs wrote it). */
-__device__ void qkv_row(const qkv_args &a, int i) {
-    const int half = a.d / 2;
-    const int pos = a.pos[i], blk = pos / a.Bk, off = pos % a.Bk;
-    const float *yr = a.y + (size_t)i * a.Nqkv;
-    const int qd = a.Hq * a.d, kvd = a.Hkv * a.d;
-    for (int t = threadIdx.x; t < a.Hkv * half; t += blockDim.x) {
-        const int g = t / half, p = t % half;
-        const int ia = a.neox ? p : 2 * p, ib = a.neox ? p + half : 2 * p + 1;
-        const float val = pos * a.inv_freq[p];
-        const float c = cosf(val), s = sinf(val);
-        float sa = 0.0f, sb = 0.0f;
-        for (int hh = 0; hh < a.G; hh++) {
-            const int o = (g * a.G + hh) * a.d;
-            float v0 = __ldcg(yr + o + ia), v1 = __ldcg(yr + o + ib);
-            if (a.bias) v0 += a.bias[o + ia], v1 += a.bias[o + ib];
-            const float r0 = v0 * c - v1 * s, r1 = v0 * s + v1 * c;
-            a.q[(size_t)i * qd + o + ia] = __float2bfloat16(r0);
-            a.q[(size_t)i * qd + o + ib] = __float2bfloat16(r1);
-            sa += r0;
-            sb += r1;
-        }
-        const int ok = qd + g * a.d;
-        float k0 = __ldcg(yr + ok + ia), k1 = __ldcg(yr + ok + ib);
-        if (a.bias) k0 += a.bias[ok + ia], k1 += a.bias[ok + ib];
-        const float r0 = k0 * c - k1 * s, r1 = k0 * s + k1 * c;
-        const size_t at = a.rows ? ((size_t)i * a.Hkv + g) * a.d
-                                 : (((size_t)blk * a.Hkv + g) * a.Bk + off) * a.d;
-        a.kc[at + ia] = __float2bfloat16(r0);
-        a.kc[at + ib] = __float2bfloat16(r1);
-        if (a.qi) {
-            a.qi[((size_t)i * a.Hkv + g) * a.d + ia] = __float2bfloat16(sa / (float)a.G);
-            a.qi[((size_t)i * a.Hkv + g) * a.d + ib] = __float2bfloat16(sb / (float)a.G);
-            a.kidx[at + ia] = __float2bfloat16(r0);
-            a.kidx[at + ib] = __float2bfloat16(r1);
-        }
-    }
-    for (int t = threadIdx.x; t < kvd; t += blockDim.x) {
-        const int g = t / a.d, j = t % a.d, o = qd + kvd + t;
-        float v = __ldcg(yr + o);
-        if (a.bias) v += a.bias[o];
-        const size_t at = a.rows ? ((size_t)i * a.Hkv + g) * a.d
-                                 : (((size_t)blk * a.Hkv + g) * a.Bk + off) * a.d;
-        a.vc[at + j] = __float2bfloat16(v);
-    }
-}
-
-__global__ void qkv_kernel(qkv_args a) { qkv_row(a, blockIdx.x); }
-
-/* Holds the stream for `ns` nanoseconds (per-kernel timing: the host queues
- * the whole step behind it, so the events time the GPU, not the host). */
-__global__ void spin_kernel(long long ns) {
-    unsigned long long t0, t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-    do {
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    } while ((long long)(t - t0) < ns);
-}
-
-/* Trained index, grid (n, Hkv + 1): head u < Hkv is q_idx head u, head Hkv the
- * shared key. rmsnorm with scale (1 + w), then RoPE over di, as forward.c. */
-__global__ void idx_kernel(const float *__restrict__ y, const int32_t *__restrict__ posv,
-                           const float *__restrict__ inv_freq, const float *__restrict__ qn,
-                           const float *__restrict__ kn, bf16 *__restrict__ qi,
-                           bf16 *__restrict__ kidx, int Nqkv, int off0, int Hkv, int di, int Bk,
-                           float eps, int neox, int rows) {
-    extern __shared__ float r[]; /* (di) */
-    __shared__ float red[32];
-    const int i = blockIdx.x, u = blockIdx.y, pos = posv[i];
-    const float *src = y + (size_t)i * Nqkv + off0 + (size_t)u * di;
-    const float *w = u < Hkv ? qn : kn;
-    float ss = 0.0f;
-    for (int j = threadIdx.x; j < di; j += blockDim.x) ss += src[j] * src[j];
-    ss = block_sum(ss, red);
-    const float sc = 1.0f / sqrtf(ss / di + eps);
-    for (int j = threadIdx.x; j < di; j += blockDim.x) r[j] = (1.0f + w[j]) * (sc * src[j]);
-    __syncthreads();
-    bf16 *dst = u < Hkv ? qi + ((size_t)i * Hkv + u) * di
-                        : kidx + (rows ? (size_t)i : (size_t)(pos / Bk) * Bk + pos % Bk) * di;
-    const int half = di / 2;
-    for (int p = threadIdx.x; p < half; p += blockDim.x) {
-        const int ia = neox ? p : 2 * p, ib = neox ? p + half : 2 * p + 1;
-        const float val = pos * inv_freq[p];
-        const float c = cosf(val), s = sinf(val);
-        const float v0 = r[ia], v1 = r[ib];
-        dst[ia] = __float2bfloat16(v0 * c - v1 * s);
-        dst[ib] = __float2bfloat16(v0 * s + v1 * c);
-    }
-}
-
-/* h (n, F) bf16 = silu(y[:, :F]) * y[:, F:] */
-__global__ void swiglu_kernel(const float *__restrict__ y, bf16 *__restrict__ h, int n, int F) {
-    const size_t total = (size_t)n * F;
-    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
-         t += (size_t)gridDim.x * blockDim.x) {
-        const size_t i = t / F, j = t % F;
-        float g = y[i * 2 * F + j];
-        g *= 1.0f / (1.0f + expf(-g));
-        h[t] = __float2bfloat16(g * y[i * 2 * F + F + j]);
-    }
-}
-
-/* x (n, D) += b (D) */
-__global__ void add_bias_kernel(float *x, const float *b, int n, int D) {
-    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < (size_t)n * D;
-         t += (size_t)gridDim.x * blockDim.x)
-        x[t] += b[t % D];
-}
-
-/* out[r] = argmax of logits row r (lowest index on ties; NaN never wins). */
-__global__ void argmax_kernel(const float *__restrict__ logits, int V, int32_t *__restrict__ out) {
-    __shared__ float bv[1024];
-    __shared__ int bi[1024];
-    const float *row = logits + (size_t)blockIdx.x * V;
-    float best = -INFINITY;
-    int idx = V;
-    for (int j = threadIdx.x; j < V; j += blockDim.x)
-        if (row[j] > best) best = row[j], idx = j;
-    bv[threadIdx.x] = best;
-    bi[threadIdx.x] = idx;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            float ov = bv[threadIdx.x + s];
-            int oi = bi[threadIdx.x + s];
-            if (ov > bv[threadIdx.x] || (ov == bv[threadIdx.x] && oi < bi[threadIdx.x]))
-                bv[threadIdx.x] = ov, bi[threadIdx.x] = oi;
-        }
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[blockIdx.x] = bi[0] < V ? bi[0] : 0;
-}
-
-/* ---- decode GEMV (one row) ---------------------------------------------------------- */
-
-/* y (outd) = W (outd, in) . u for a single input row u, W bf16 row-major,
- * fp32 accumulation; the default for single-token steps (use_graph bit 2
- * switches back to rmsnorm + cuBLAS). u is staged once per CTA in shared
- * memory as bf16, rounded exactly as the unfused path rounds its GEMM input:
- *   GEMV_PLAIN  u = xb (bf16, the attention output or the SwiGLU product)
- *   GEMV_NORM   u = bf16(rmsnorm(xf) * nw), with the sum of squares taken in
- *               rmsnorm_kernel's order (256 threads, block_sum): the same u
- * Outputs: y[r] = acc, or y[r] += acc (accumulate: the residual adds), or,
- * with h set, the gate/up pair fused with SwiGLU: W holds 2*outd rows (gate
- * then up) and h[r] = bf16(silu(W_r . u) * W_{outd+r} . u), so the (1, 2F)
- * fp32 intermediate and the swiglu launch disappear.
- *
- * Work: warp w of the grid owns `rpw` consecutive rows, read as chunks of
- * 32 lanes x GEMV_CH 16-byte loads (1024 bf16) that bypass L1, two chunks
- * in flight per warp (double buffer). rpw is chosen so that about 4 CTAs of
- * 256 threads sit on each SM. Launched with programmatic dependent launch:
- * a CTA issues its first two weight chunks, lets the next kernel launch,
- * and only then waits for the previous kernel's outputs (griddepcontrol),
- * so the weight stream of one GEMV starts while the previous one drains.
- * Needs in % 8 == 0 and in <= GEMV_MAX_IN.
- *
- * History. v1 (8 warps x 4 rows per CTA, rmsnorm / swiglu recomputed per
- * CTA, no prefetch): 2.79 ms per 4K step against cuBLAS's 1.86; qkv, wo and
- * w2 had 64 to 96 CTAs for 132 SMs and the stage was fully exposed. v2 (one
- * row per warp, 8 loads prefetched before the stage): 2.15 ms; each of up
- * to 2048 CTAs did its own rmsnorm (w13) or swiglu over 8192 inputs (w2)
- * for 32 KB of weights, and every warp had a single 4 KB round trip with
- * nothing behind it. v3 (this): rows grouped per warp with two chunks in
- * flight, ~4 CTAs per SM so the stage is amortised, SwiGLU moved into the
- * gate/up epilogue (w2 stages plain bf16), PDL between consecutive GEMVs:
- * 1.703 ms per 4K step, 1.290 without attention. v4 (this; use_graph bit 8
- * selects v3 for comparisons), from bench-model --profile's per-kernel
- * timing of v3 (eager, events around each launch): the qkv GEMV took 14.6 us
- * for 12.6 MB and its separate post-processing launch 8.1 us more, the
- * one-CTA argmax 32 us, gate/up 34 us for 67 MB (2.0 TB/s), while the
- * classifier streamed at 2.75 TB/s. So: (1) the qkv post-processing (bias,
- * RoPE, q_idx mean, K/V/k_idx append) is the qkv GEMV's epilogue, run by
- * its last CTA to arrive (threadfence + arrival counter, reset by that
- * CTA); (2) the argmax is the classifier's epilogue: per-warp and per-CTA
- * best (value, row), the last CTA reduces the per-CTA partials with the
- * same tie rule (lowest row; NaN never wins), so the 513 KB one-CTA pass
- * and its launch are gone (the logits are still written); (3) the rmsnorm
- * stage reads x and the norm weights in one round trip into shared memory
- * (v3: x twice and the weights after the block sum, three dependent
- * round trips queued behind the weight stream; same arithmetic, same u);
- * (4) row-poor PLAIN GEMVs (down: 2048 rows of 16 KB, o) give each row to 2
- * warps of a CTA whose parts are summed in order through shared memory, so
- * every warp slot streams (measured: no change for down, 19.5 us either
- * way). The epilogue and split variants are template instances so that
- * none spills at 64 registers. H100: 1.501 ms per 4K step (v3 1.710 in the
- * same run), 1.090 without attention (v3 1.280); docs/bench-model.md. */
-#define GEMV_PLAIN 0
-#define GEMV_NORM 1
-#define EPI_NONE 0
-#define EPI_QKV 1    /* last CTA: qkv_row(qa, 0) */
-#define EPI_ARGMAX 2 /* per-CTA argmax partials, last CTA: amax[0] */
-#define GEMV_THREADS 256
-#define GEMV_CH 4
-#define GEMV_CHUNK (32 * GEMV_CH) /* 16-byte words per chunk */
-#define GEMV_MAX_IN 16384
-#define GEMV_NORM_SMEM_IN 4096 /* v4 norm stage in shared memory up to this input */
-
-struct gemv_args {
-    const bf16 *W;
-    const bf16 *xb;   /* GEMV_PLAIN input */
-    const float *xf;  /* GEMV_NORM input */
-    const float *nw;  /* GEMV_NORM weights */
-    float *y;         /* output (or NULL with h) */
-    bf16 *h;          /* SwiGLU output, or NULL */
-    float eps;
-    int mode, in, outd, rpw, accumulate;
-    int v3;           /* GEMV v3's input stage (comparisons) */
-    int split;        /* warps per row (rpw 1): warp s of a row reads chunks s, s+split, .. */
-    int epi;          /* EPI_* */
-    int *count;       /* arrival counter of the last-CTA epilogue (0 on entry and exit) */
-    float *pval;      /* EPI_ARGMAX: per-CTA best value and row */
-    int *pidx;
-    int32_t *amax;    /* EPI_ARGMAX: the argmax (lowest row on ties, 0 if none) */
-    qkv_args qa;      /* EPI_QKV */
-};
-
-__device__ __forceinline__ float dot8(uint4 w, uint4 x) {
-    const __nv_bfloat162 *wp = (const __nv_bfloat162 *)&w, *xp = (const __nv_bfloat162 *)&x;
-    float acc = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-        const float2 a = __bfloat1622float2(wp[e]), b = __bfloat1622float2(xp[e]);
-        acc += a.x * b.x + a.y * b.y;
-    }
-    return acc;
-}
-
-/* a weight word read once: not kept in L1 */
-__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-    return r;
-}
-
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-/* chunk k of a warp's work: logical row row0 + k / cpl, part (gate/up) and
- * chunk within the row from k % cpl */
-template <int SPLIT>
-__device__ __forceinline__ void gemv_load(const gemv_args &a, int row0, int k, int cps, int sub,
-                                          int cpr, int nc, int lane, uint4 (&buf)[GEMV_CH]) {
-    const int row = row0 + k / cps, c = sub + (k % cps) * SPLIT, part = c / cpr, cc = c % cpr;
-    const uint4 *w4 = (const uint4 *)(a.W + (size_t)(row + part * a.outd) * a.in) + cc * GEMV_CHUNK;
-#pragma unroll
-    for (int t = 0; t < GEMV_CH; t++) {
-        const int idx = cc * GEMV_CHUNK + lane + 32 * t;
-        buf[t] = idx < nc ? ld_stream(w4 + lane + 32 * t) : make_uint4(0, 0, 0, 0);
-    }
-}
-
-template <int EPI, int SPLIT>
-__global__ void __launch_bounds__(GEMV_THREADS, 4) gemv_kernel(gemv_args a) {
-    extern __shared__ __align__(16) bf16 u[]; /* (in) */
-    __shared__ float red[32];
-    const int lane = threadIdx.x & 31;
-    const int gw = blockIdx.x * (GEMV_THREADS / 32) + (threadIdx.x >> 5);
-    const int nc = a.in / 8, cpr = (nc + GEMV_CHUNK - 1) / GEMV_CHUNK;
-    const int cpl = a.h ? 2 * cpr : cpr;
-    const int cps = cpl / SPLIT, sub = gw % SPLIT; /* chunks per row of this warp */
-    const int row0 = gw / SPLIT * a.rpw;
-    int nrows = a.outd - row0;
-    nrows = nrows < 0 ? 0 : (nrows > a.rpw ? a.rpw : nrows);
-    const int nk = nrows * cps;
-    uint4 cur[GEMV_CH], nxt[GEMV_CH];
-    if (nk > 0) gemv_load<SPLIT>(a, row0, 0, cps, sub, cpr, nc, lane, cur);
-    if (nk > 1) gemv_load<SPLIT>(a, row0, 1, cps, sub, cpr, nc, lane, nxt);
-    pdl_launch_dependents();
-    pdl_wait(); /* the previous kernel's outputs (x, att, h) are visible from here */
-    if (a.mode == GEMV_NORM && a.in <= GEMV_NORM_SMEM_IN && !a.v3) {
-        /* v4: x and the norm weights read in one round trip and kept in
-         * shared memory for the second pass (v3 read x twice and the
-         * weights after the sum: three dependent global round trips behind
-         * the weight stream); the same arithmetic, so the same u */
-        float *xs = (float *)(u + a.in), *ws = xs + a.in;
-        float ss = 0.0f;
-#pragma unroll 4
-        for (int j = threadIdx.x; j < a.in; j += GEMV_THREADS) {
-            const float xv = a.xf[j], wv = a.nw[j];
-            xs[j] = xv;
-            ws[j] = wv;
-            ss += xv * xv;
-        }
-        ss = block_sum(ss, red);
-        const float r = 1.0f / sqrtf(ss / a.in + a.eps);
-        for (int j = threadIdx.x; j < a.in; j += GEMV_THREADS)
-            u[j] = __float2bfloat16(ws[j] * (r * xs[j]));
-    } else if (a.mode == GEMV_NORM) {
-        float ss = 0.0f;
-        for (int j = threadIdx.x; j < a.in; j += blockDim.x) ss += a.xf[j] * a.xf[j];
-        ss = block_sum(ss, red);
-        const float r = 1.0f / sqrtf(ss / a.in + a.eps);
-        for (int j = threadIdx.x; j < a.in; j += blockDim.x)
-            u[j] = __float2bfloat16(a.nw[j] * (r * a.xf[j]));
-    } else {
-        const uint4 *x4 = (const uint4 *)a.xb;
-        uint4 *u4w = (uint4 *)u;
-        for (int j = threadIdx.x; j < nc; j += blockDim.x) u4w[j] = x4[j];
-    }
-    __syncthreads();
-    const uint4 *u4 = (const uint4 *)u;
-    float acc0 = 0.0f, acc1 = 0.0f;
-    float bestv = -INFINITY; /* EPI_ARGMAX: this warp's best row so far */
-    int besti = a.outd;
-    for (int k = 0; k < nk; k++) {
-        const int c = sub + (k % cps) * SPLIT, cc = c % cpr;
-        float s = 0.0f;
-#pragma unroll
-        for (int t = 0; t < GEMV_CH; t++) {
-            const int idx = cc * GEMV_CHUNK + lane + 32 * t;
-            if (idx < nc) s += dot8(cur[t], u4[idx]);
-        }
-        if (c >= cpr) acc1 += s;
-        else acc0 += s;
-#pragma unroll
-        for (int t = 0; t < GEMV_CH; t++) cur[t] = nxt[t];
-        if (k + 2 < nk) gemv_load<SPLIT>(a, row0, k + 2, cps, sub, cpr, nc, lane, nxt);
-        if (k % cps == cps - 1) {
-            for (int o = 16; o > 0; o >>= 1) {
-                acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
-                acc1 += __shfl_xor_sync(0xffffffffu, acc1, o);
-            }
-            const int row = row0 + k / cps;
-            if (lane == 0) {
-                if (a.h) {
-                    const float g = acc0 * (1.0f / (1.0f + expf(-acc0)));
-                    a.h[row] = __float2bfloat16(g * acc1);
-                } else if (SPLIT == 1) {
-                    a.y[row] = a.accumulate ? a.y[row] + acc0 : acc0;
-                    if (EPI == EPI_ARGMAX && acc0 > bestv) bestv = acc0, besti = row; /* rows ascend */
-                }
-            }
-            if (SPLIT == 1) acc0 = acc1 = 0.0f;
-        }
-    }
-    __shared__ float bv[GEMV_THREADS];
-    __shared__ int bi[GEMV_THREADS];
-    __shared__ int last;
-    const int w = threadIdx.x >> 5;
-    if (SPLIT > 1) { /* one row per group of SPLIT warps: sum their parts in order */
-        if (lane == 0) bv[w] = acc0;
-        __syncthreads();
-        if (lane == 0 && sub == 0 && nrows > 0) {
-            float t = 0.0f;
-            for (int j = 0; j < SPLIT; j++) t += bv[w + j];
-            a.y[row0] = a.accumulate ? a.y[row0] + t : t;
-        }
-    }
-    if (EPI == EPI_NONE) return;
-    if (EPI == EPI_ARGMAX) {
-        if (lane == 0) bv[w] = bestv, bi[w] = besti;
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            float v = bv[0];
-            int ix = bi[0];
-            for (int j = 1; j < GEMV_THREADS / 32; j++)
-                if (bv[j] > v || (bv[j] == v && bi[j] < ix)) v = bv[j], ix = bi[j];
-            a.pval[blockIdx.x] = v;
-            a.pidx[blockIdx.x] = ix;
-        }
-    }
-    /* last CTA to arrive runs the epilogue (threadfence reduction) */
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(a.count, 1) == (int)gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    if (EPI == EPI_QKV) {
-        qkv_row(a.qa, 0);
-    } else {
-        float v = -INFINITY;
-        int ix = a.outd;
-        for (int j = threadIdx.x; j < (int)gridDim.x; j += blockDim.x) {
-            const float ov = __ldcg(a.pval + j);
-            const int oi = __ldcg(a.pidx + j);
-            if (ov > v || (ov == v && oi < ix)) v = ov, ix = oi;
-        }
-        bv[threadIdx.x] = v;
-        bi[threadIdx.x] = ix;
-        __syncthreads();
-        for (int st = blockDim.x / 2; st > 0; st >>= 1) {
-            if (threadIdx.x < st) {
-                const float ov = bv[threadIdx.x + st];
-                const int oi = bi[threadIdx.x + st];
-                if (ov > bv[threadIdx.x] || (ov == bv[threadIdx.x] && oi < bi[threadIdx.x]))
-                    bv[threadIdx.x] = ov, bi[threadIdx.x] = oi;
-            }
-            __syncthreads();
-        }
-        if (threadIdx.x == 0) a.amax[0] = bi[0] < a.outd ? bi[0] : 0;
-    }
-    if (threadIdx.x == 0) *a.count = 0;
-}
-
-static bool gemv_ok(int in) { return in % 8 == 0 && in <= GEMV_MAX_IN; }
-
-/* Queues one GEMV on `st` (programmatic dependent launch): outd logical rows
- * (with h: outd gate/up pairs), about 4 CTAs per SM. */
-static int gemv(msa_cuda_model *cm, const bf16 *W, const bf16 *xb, const float *xf,
-                const float *nw, float eps, int mode, float *y, bf16 *h, int in, int outd,
-                int accumulate, int epi = EPI_NONE, const qkv_args *qa = NULL) {
-    cudaStream_t st = cm->st;
-    gemv_args a;
-    memset(&a, 0, sizeof a);
-    a.W = W; a.xb = xb; a.xf = xf; a.nw = nw; a.y = y; a.h = h; a.eps = eps;
-    a.mode = mode; a.in = in; a.outd = outd; a.accumulate = accumulate;
-    a.epi = cm->gemv_v3 ? EPI_NONE : epi;
-    if (qa) a.qa = *qa;
-    a.count = cm->gemv_count + (epi == EPI_ARGMAX);
-    a.pval = cm->amax_val;
-    a.pidx = cm->amax_idx;
-    a.amax = cm->amax;
-    const int warps_per_cta = GEMV_THREADS / 32, slots = 4 * cm->sms * warps_per_cta;
-    const int cpr = (in / 8 + GEMV_CHUNK - 1) / GEMV_CHUNK;
-    /* v4: rows too few to give every warp slot one (down: 2048 rows of 8
-     * chunks; o) are split over 2 warps of a CTA */
-    a.split = 1;
-    if (!cm->gemv_v3 && !h && a.epi == EPI_NONE)
-        if (2 * outd <= slots && cpr % 2 == 0) a.split = 2;
-    a.rpw = a.split > 1 ? 1 : (outd + slots - 1) / slots;
-    const int warps = (outd + a.rpw - 1) / a.rpw * a.split;
-    if (a.epi != EPI_NONE && (warps + warps_per_cta - 1) / warps_per_cta > GEMV_MAX_CTAS)
-        return msa_error(MSA_EINVAL, "forward (CUDA): gemv epilogue over %d CTAs", warps / 8);
-    cudaLaunchConfig_t c;
-    memset(&c, 0, sizeof c);
-    c.gridDim = dim3((warps + warps_per_cta - 1) / warps_per_cta);
-    c.blockDim = dim3(GEMV_THREADS);
-    a.v3 = cm->gemv_v3;
-    c.dynamicSmemBytes = (size_t)in * sizeof(bf16) +
-                         (mode == GEMV_NORM && in <= GEMV_NORM_SMEM_IN && !a.v3 ? (size_t)in * 8 : 0);
-    c.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    c.attrs = at;
-    c.numAttrs = 1;
-    return ck(cudaLaunchKernelEx(&c, a.epi == EPI_QKV      ? gemv_kernel<EPI_QKV, 1>
-                                     : a.epi == EPI_ARGMAX ? gemv_kernel<EPI_ARGMAX, 1>
-                                     : a.split == 2        ? gemv_kernel<EPI_NONE, 2>
-                                                           : gemv_kernel<EPI_NONE, 1>,
-                                 a),
-              "gemv");
-}
-
-/* ---- generic attention (any head dim up to GEN_MAX_D) --------------------------- */
-
-#define GEN_MAX_D 256
-
-/* One thread per (row, query head): online softmax over the visible tokens
- * of the listed blocks (sel, or every block 0..local when sel is NULL). */
-__global__ void generic_attn_kernel(const bf16 *__restrict__ q, const bf16 *__restrict__ kc,
-                                    const bf16 *__restrict__ vc, const int32_t *__restrict__ posv,
-                                    const int32_t *__restrict__ sel, bf16 *__restrict__ out, int n,
-                                    int Hq, int Hkv, int d, int Bk, int top_k, float scale,
-                                    const int32_t *__restrict__ table) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= n * Hq) return;
-    const int i = t / Hq, h = t % Hq, G = Hq / Hkv, g = h / G, pos = posv[i], local = pos / Bk;
-    const bf16 *qr = q + (size_t)t * d;
-    float acc[GEN_MAX_D];
-    for (int e = 0; e < d; e++) acc[e] = 0.0f;
-    float m = -INFINITY, l = 0.0f;
-    const int nl = sel ? top_k : local + 1;
-    for (int u = 0; u < nl; u++) {
-        const int b = sel ? sel[((size_t)i * Hkv + g) * top_k + u] : u;
-        if (b < 0 || b > local) continue;
-        const int slot = table ? table[b] : b; /* table: the pager's block -> slot */
-        if (slot < 0) continue;
-        for (int j = b * Bk; j < b * Bk + Bk && j <= pos; j++) {
-            const size_t at = (((size_t)slot * Hkv + g) * Bk + (j % Bk)) * d;
-            float s = 0.0f;
-            for (int e = 0; e < d; e++) s += __bfloat162float(qr[e]) * __bfloat162float(kc[at + e]);
-            s *= scale;
-            if (s > m) {
-                const float corr = expf(m - s);
-                l *= corr;
-                for (int e = 0; e < d; e++) acc[e] *= corr;
-                m = s;
-            }
-            const float p = expf(s - m);
-            l += p;
-            for (int e = 0; e < d; e++) acc[e] += p * __bfloat162float(vc[at + e]);
-        }
-    }
-    for (int e = 0; e < d; e++) out[(size_t)t * d + e] = __float2bfloat16(l > 0.0f ? acc[e] / l : 0.0f);
-}
-
 /* ---- model ----------------------------------------------------------------------- */
 
-static int grid_for(size_t n, int threads) {
-    size_t g = (n + threads - 1) / threads;
-    return (int)(g > 65535 ? 65535 : (g ? g : 1));
+/* Queues one decode GEMV (kernels/gemv.cu) on cm->st with the model's
+ * epilogue workspace and v3 switch. */
+static int gemv(msa_cuda_model *cm, const bf16 *W, const bf16 *xb, const float *xf,
+                const float *nw, float eps, int mode, float *y, bf16 *h, int in, int outd,
+                int accumulate, int epi = MSA_FWD_EPI_NONE, const msa_fwd_qkv *qa = NULL) {
+    msa_fwd_gemv_args g;
+    memset(&g, 0, sizeof g);
+    g.W = (const uint16_t *)W;
+    g.xb = (const uint16_t *)xb;
+    g.xf = xf;
+    g.nw = nw;
+    g.eps = eps;
+    g.mode = mode;
+    g.in = in;
+    g.outd = outd;
+    g.y = y;
+    g.accumulate = accumulate;
+    g.h = (uint16_t *)h;
+    g.epi = epi;
+    g.qkv = qa;
+    g.amax = cm->amax;
+    g.workspace = cm->gemv_ws;
+    g.v3 = cm->gemv_v3;
+    g.sms = cm->sms;
+    return msa_fwd_gemv(&g, cm->st);
 }
 
 static int model_new(const msa_model_info *info, float eps, int neox, int cuda_device,
@@ -814,14 +263,8 @@ static int model_new(const msa_model_info *info, float eps, int neox, int cuda_d
     if (!rc) rc = dalloc(cm, BLAS_WS_BYTES, &cm->blas_ws);
     /* after cublasSetStream, which resets the workspace */
     if (!rc) rc = ckb(cublasSetWorkspace(cm->blas, cm->blas_ws, BLAS_WS_BYTES), "set workspace");
-    void *ep = NULL;
-    if (!rc) rc = dalloc(cm, 16 + (size_t)GEMV_MAX_CTAS * 8, &ep);
-    if (!rc) rc = ck(cudaMemset(ep, 0, 16 + (size_t)GEMV_MAX_CTAS * 8), "memset");
-    if (!rc) {
-        cm->gemv_count = (int *)ep;
-        cm->amax_val = (float *)((char *)ep + 16);
-        cm->amax_idx = (int *)(cm->amax_val + GEMV_MAX_CTAS);
-    }
+    if (!rc) rc = dalloc(cm, msa_fwd_gemv_workspace_size(), &cm->gemv_ws);
+    if (!rc) rc = ck(cudaMemset(cm->gemv_ws, 0, msa_fwd_gemv_workspace_size()), "memset");
     if (!rc) {
         cm->L = (cuda_layer *)calloc((size_t)I->n_layers, sizeof *cm->L);
         if (!cm->L) rc = msa_error(MSA_ENOMEM, "forward (CUDA): layers");
@@ -938,15 +381,13 @@ extern "C" int msa_cuda_model_upload(const msa_model *m, int cuda_device, msa_cu
 }
 
 static int fill_bf16(cudaStream_t st, bf16 *p, size_t n, uint64_t seed, float scale) {
-    fill_uniform_kernel<<<grid_for(n, 256) < 4096 ? grid_for(n, 256) : 4096, 256, 0, st>>>(p, n, seed, scale);
-    return LAUNCHED("random fill");
+    return msa_fwd_fill_uniform_bf16((uint16_t *)p, n, seed, scale, st);
 }
 
 static int ones_f32(msa_cuda_model *cm, size_t n, float **out) {
     int rc = dalloc(cm, n * 4, (void **)out);
     if (rc) return rc;
-    fill_f32_kernel<<<grid_for(n, 256), 256, 0, cm->st>>>(*out, n, 1.0f);
-    return LAUNCHED("fill norms");
+    return msa_fwd_fill_f32(*out, n, 1.0f, cm->st);
 }
 
 extern "C" int msa_cuda_model_random(const msa_model_info *info, uint64_t seed, int cuda_device,
@@ -1312,14 +753,15 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
     /* one row: the GEMV kernel (rmsnorm staged in it, SwiGLU in the gate/up
      * epilogue) instead of rmsnorm + cuBLAS + swiglu, unless switched off;
      * docs/bench-model.md compares the two */
-    const bool one = n == 1 && cm->use_gemv && gemv_ok(D) && gemv_ok(qd) && gemv_ok(F);
+    const bool one = n == 1 && cm->use_gemv && msa_fwd_gemv_fits(D) && msa_fwd_gemv_fits(qd) &&
+                     msa_fwd_gemv_fits(F);
     const bool v4 = one && !cm->gemv_v3;
     const double kvd = (double)Hkv * d;
 
     prof_b(cm, MSA_CUDA_PROF_EMBED, (double)n * D * 6);
-    embed_kernel<<<n, 256, 0, st>>>(cm->tok_embd, m_tok, cm->x, D);
+    rc = msa_fwd_embed((const uint16_t *)cm->tok_embd, m_tok, cm->x, n, D, st);
     prof_e(cm);
-    if ((rc = LAUNCHED("embedding"))) return rc;
+    if (rc) return rc;
 
     msa_attn_config cfg = msa_attn_default_config();
     cfg.n_q_heads = Hq;
@@ -1348,10 +790,11 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
             vc = kc + (size_t)n * Hkv * d;
             ki = vc + (size_t)n * Hkv * d;
         }
-        qkv_args a;
+        msa_fwd_qkv a;
         a.y = cm->y; a.bias = Y->bqkv; a.pos = m_pos; a.inv_freq = cm->inv_freq;
-        a.q = cm->q; a.qi = I->has_trained_index ? NULL : cm->qi;
-        a.kc = kc; a.vc = vc; a.kidx = I->has_trained_index ? NULL : ki;
+        a.q = (uint16_t *)cm->q; a.qi = I->has_trained_index ? NULL : (uint16_t *)cm->qi;
+        a.kc = (uint16_t *)kc; a.vc = (uint16_t *)vc;
+        a.kidx = I->has_trained_index ? NULL : (uint16_t *)ki;
         a.Nqkv = cm->Nqkv; a.Hq = Hq; a.Hkv = Hkv; a.d = d; a.G = G; a.Bk = Bk;
         a.neox = cm->rope_neox;
         a.rows = kv == NULL;
@@ -1362,26 +805,28 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
                                           (v4 ? post : 0));
         if (one) {
             /* v4: the post-processing is the GEMV's last-CTA epilogue */
-            rc = gemv(cm, Y->wqkv, NULL, cm->x, Y->attn_norm, cm->rms_eps, GEMV_NORM, cm->y,
-                      NULL, D, cm->Nqkv, 0, EPI_QKV, &a);
+            rc = gemv(cm, Y->wqkv, NULL, cm->x, Y->attn_norm, cm->rms_eps, MSA_FWD_GEMV_NORM,
+                      cm->y, NULL, D, cm->Nqkv, 0, MSA_FWD_EPI_QKV, &a);
         } else {
-            rmsnorm_kernel<<<n, 256, 0, st>>>(cm->x, Y->attn_norm, cm->xb, D, cm->rms_eps);
-            if (!(rc = LAUNCHED("rmsnorm")))
-                rc = gemm(cm, Y->wqkv, cm->xb, cm->y, CUDA_R_32F, n, D, cm->Nqkv, 0.0f, "qkv");
+            rc = msa_fwd_rmsnorm(cm->x, Y->attn_norm, (uint16_t *)cm->xb, n, D, cm->rms_eps, st);
+            if (!rc) rc = gemm(cm, Y->wqkv, cm->xb, cm->y, CUDA_R_32F, n, D, cm->Nqkv, 0.0f, "qkv");
         }
         prof_e(cm);
         if (rc) return rc;
         if (!v4) {
             prof_b(cm, MSA_CUDA_PROF_QKV_POST, post);
-            qkv_kernel<<<n, 128, 0, st>>>(a);
+            rc = msa_fwd_qkv_post(&a, n, st);
             prof_e(cm);
-            if ((rc = LAUNCHED("qkv / RoPE"))) return rc;
+            if (rc) return rc;
         }
         if (I->has_trained_index) {
-            idx_kernel<<<dim3(n, Hkv + 1), 128, di * 4, st>>>(
-                cm->y, m_pos, cm->inv_freq_idx, Y->idx_q_norm, Y->idx_k_norm, cm->qi, ki,
-                cm->Nqkv, qd + 2 * Hkv * d, Hkv, di, Bk, cm->rms_eps, cm->rope_neox, kv == NULL);
-            if ((rc = LAUNCHED("index RoPE"))) return rc;
+            msa_fwd_index ia;
+            ia.y = cm->y; ia.pos = m_pos; ia.inv_freq = cm->inv_freq_idx;
+            ia.qn = Y->idx_q_norm; ia.kn = Y->idx_k_norm;
+            ia.qi = (uint16_t *)cm->qi; ia.kidx = (uint16_t *)ki;
+            ia.Nqkv = cm->Nqkv; ia.off0 = qd + 2 * Hkv * d; ia.Hkv = Hkv; ia.di = di; ia.Bk = Bk;
+            ia.neox = cm->rope_neox; ia.rows = kv == NULL; ia.eps = cm->rms_eps;
+            if ((rc = msa_fwd_index_rope(&ia, n, st))) return rc;
         }
 
         if (mem) {
@@ -1434,39 +879,40 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
                 if (!rc) rc = msa_cuda_topk_generic(&cfg, &b, view_blocks, scores, cm->sel, st);
                 if (rc) return msa_error_context(rc, "forward (CUDA): layer %d: selection", l);
             }
-            generic_attn_kernel<<<(n * Hq + 63) / 64, 64, 0, st>>>(
-                cm->q, kc, vc, m_pos, o->dense ? NULL : cm->sel, cm->att, n, Hq, Hkv, d, Bk,
-                o->top_k, 1.0f / sqrtf((float)d), NULL);
-            if ((rc = LAUNCHED("generic attention"))) return rc;
+            rc = msa_fwd_generic_attention((const uint16_t *)cm->q, (const uint16_t *)kc,
+                                           (const uint16_t *)vc, m_pos, o->dense ? NULL : cm->sel,
+                                           (uint16_t *)cm->att, n, Hq, Hkv, d, Bk, o->top_k,
+                                           1.0f / sqrtf((float)d), NULL, st);
+            if (rc) return rc;
         }
 
         prof_b(cm, MSA_CUDA_PROF_O, (double)D * qd * 2 + (double)n * D * 8);
-        rc = one ? gemv(cm, Y->wo, cm->att, NULL, NULL, 0.0f, GEMV_PLAIN, cm->x, NULL, qd, D, 1)
+        rc = one ? gemv(cm, Y->wo, cm->att, NULL, NULL, 0.0f, MSA_FWD_GEMV_PLAIN, cm->x, NULL, qd,
+                        D, 1)
                  : gemm(cm, Y->wo, cm->att, cm->x, CUDA_R_32F, n, qd, D, 1.0f, "wo");
         prof_e(cm);
         if (rc) return rc;
         if (Y->bo) {
-            add_bias_kernel<<<grid_for((size_t)n * D, 256), 256, 0, st>>>(cm->x, Y->bo, n, D);
-            if ((rc = LAUNCHED("bias"))) return rc;
+            if ((rc = msa_fwd_add_bias(cm->x, Y->bo, n, D, st))) return rc;
         }
         if (one) {
             prof_b(cm, MSA_CUDA_PROF_GATE_UP, 2.0 * F * D * 2 + (double)F * 2);
-            rc = gemv(cm, Y->w13, NULL, cm->x, Y->ffn_norm, cm->rms_eps, GEMV_NORM, NULL,
+            rc = gemv(cm, Y->w13, NULL, cm->x, Y->ffn_norm, cm->rms_eps, MSA_FWD_GEMV_NORM, NULL,
                       cm->h, D, F, 0);
             prof_e(cm);
             prof_b(cm, MSA_CUDA_PROF_DOWN, (double)F * D * 2 + (double)D * 8);
             if (!rc)
-                rc = gemv(cm, Y->w2, cm->h, NULL, NULL, 0.0f, GEMV_PLAIN, cm->x, NULL, F, D, 1);
+                rc = gemv(cm, Y->w2, cm->h, NULL, NULL, 0.0f, MSA_FWD_GEMV_PLAIN, cm->x, NULL, F,
+                          D, 1);
             prof_e(cm);
             if (rc) return rc;
             continue;
         }
-        rmsnorm_kernel<<<n, 256, 0, st>>>(cm->x, Y->ffn_norm, cm->xb, D, cm->rms_eps);
-        if ((rc = LAUNCHED("rmsnorm"))) return rc;
+        if ((rc = msa_fwd_rmsnorm(cm->x, Y->ffn_norm, (uint16_t *)cm->xb, n, D, cm->rms_eps, st)))
+            return rc;
         if ((rc = gemm(cm, Y->w13, cm->xb, cm->y, CUDA_R_32F, n, D, 2 * F, 0.0f, "w1/w3")))
             return rc;
-        swiglu_kernel<<<grid_for((size_t)n * F, 256), 256, 0, st>>>(cm->y, cm->h, n, F);
-        if ((rc = LAUNCHED("swiglu"))) return rc;
+        if ((rc = msa_fwd_swiglu(cm->y, (uint16_t *)cm->h, n, F, st))) return rc;
         if ((rc = gemm(cm, Y->w2, cm->h, cm->x, CUDA_R_32F, n, F, D, 1.0f, "w2"))) return rc;
     }
     const int r0 = n - logit_rows;
@@ -1474,23 +920,22 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
         /* v4: the argmax is the classifier GEMV's epilogue (per-CTA partials,
          * the last CTA reduces them) */
         prof_b(cm, MSA_CUDA_PROF_CLASSIFIER, (double)V * D * 2 + (double)V * 4);
-        rc = gemv(cm, cm->output, NULL, cm->x, cm->output_norm, cm->rms_eps, GEMV_NORM,
-                  cm->logits, NULL, D, V, 0, EPI_ARGMAX);
+        rc = gemv(cm, cm->output, NULL, cm->x, cm->output_norm, cm->rms_eps, MSA_FWD_GEMV_NORM,
+                  cm->logits, NULL, D, V, 0, MSA_FWD_EPI_ARGMAX);
         prof_e(cm);
         if (rc || v4) return rc;
         prof_b(cm, MSA_CUDA_PROF_ARGMAX, (double)V * 4);
-        argmax_kernel<<<1, 1024, 0, st>>>(cm->logits, V, cm->amax);
+        rc = msa_fwd_argmax(cm->logits, 1, V, cm->amax, st);
         prof_e(cm);
-        return LAUNCHED("argmax");
+        return rc;
     }
-    rmsnorm_kernel<<<logit_rows, 256, 0, st>>>(cm->x + (size_t)r0 * D, cm->output_norm, cm->xb, D,
-                                               cm->rms_eps);
-    if ((rc = LAUNCHED("final rmsnorm"))) return rc;
+    if ((rc = msa_fwd_rmsnorm(cm->x + (size_t)r0 * D, cm->output_norm, (uint16_t *)cm->xb,
+                              logit_rows, D, cm->rms_eps, st)))
+        return rc;
     if ((rc = gemm(cm, cm->output, cm->xb, cm->logits, CUDA_R_32F, logit_rows, D, V, 0.0f,
                    "classifier")))
         return rc;
-    argmax_kernel<<<logit_rows, 1024, 0, st>>>(cm->logits, V, cm->amax);
-    return LAUNCHED("argmax");
+    return msa_fwd_argmax(cm->logits, logit_rows, V, cm->amax, st);
 }
 
 /* The attention config of model I with blocks of Bk and top_k. */
@@ -1535,7 +980,7 @@ extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const
         if (tokens[i] < 0 || tokens[i] >= I->vocab_size)
             return msa_error(MSA_EINVAL, "msa_cuda_model_forward: token %d at row %d (vocab %d)",
                              tokens[i], i, I->vocab_size);
-    if (I->head_dim > GEN_MAX_D || I->idx_dim > GEN_MAX_D)
+    if (I->head_dim > MSA_FWD_GENERIC_MAX_D || I->idx_dim > MSA_FWD_GENERIC_MAX_D)
         return msa_error(MSA_EUNSUPPORTED, "msa_cuda_model_forward: head dim %d", I->head_dim);
     int rc = ck(cudaSetDevice(cm->device), "cudaSetDevice");
     if (rc) return rc;
@@ -1557,8 +1002,8 @@ extern "C" int msa_cuda_model_forward(msa_cuda_model *cm, msa_cuda_kv *kv, const
     /* per-kernel timing: single-token steps of this path only, eager */
     cm->prof_active = cm->prof_on && n == 1;
     if (cm->prof_active) {
-        spin_kernel<<<1, 1, 0, cm->st>>>(4000000); /* 4 ms: the host queues the step */
-        if ((rc = LAUNCHED("spin"))) return rc;
+        /* 4 ms: the host queues the step */
+        if ((rc = msa_fwd_spin(4000000, cm->st))) return rc;
     }
     int32_t *mh = cm->meta_h;
     mh[0] = 0;
@@ -1745,7 +1190,8 @@ static int paged_attention(msa_cuda_model *cm, msa_kvmem *mem, int l, int n, int
             rc = streamed ? msa_kvmem_paged_index_scan(mem, l, score_chunk, &c)
                           : score_chunk(&c, &pk, 0, pk.max_blocks);
             if (!rc)
-                rc = fast ? msa_cuda_topk_scores(&pk, &b, Hkv, Bk, top_k, c.scores, cm->sel, st)
+                rc = fast ? msa_cuda_topk_scores(&pk, &b, Hkv, Bk, top_k, c.scores, cm->sel, st,
+                                                 NULL)
                           : msa_cuda_topk_generic(cfg, &b, c.stride, c.scores, cm->sel, st);
         }
         n_sel = n * Hkv * top_k;
@@ -1780,10 +1226,11 @@ static int paged_attention(msa_cuda_model *cm, msa_kvmem *mem, int l, int n, int
     if (fast)
         return o->dense ? msa_dense_attention(cfg, &pk, &b, ex)
                         : msa_sparse_attention(cfg, &pk, &b, ex);
-    generic_attn_kernel<<<(n * Hq + 63) / 64, 64, 0, st>>>(
-        cm->q, (const bf16 *)pk.k, (const bf16 *)pk.v, m_pos, o->dense ? NULL : cm->sel, cm->att,
-        n, Hq, Hkv, d, Bk, top_k, 1.0f / sqrtf((float)d), pk.kv_table);
-    return LAUNCHED("generic attention (paged)");
+    rc = msa_fwd_generic_attention((const uint16_t *)cm->q, (const uint16_t *)pk.k,
+                                   (const uint16_t *)pk.v, m_pos, o->dense ? NULL : cm->sel,
+                                   (uint16_t *)cm->att, n, Hq, Hkv, d, Bk, top_k,
+                                   1.0f / sqrtf((float)d), pk.kv_table, st);
+    return rc ? msa_error_context(rc, "generic attention (paged)") : MSA_OK;
 }
 
 extern "C" int msa_cuda_model_forward_mem(msa_cuda_model *cm, msa_kvmem *mem,
@@ -1806,7 +1253,7 @@ extern "C" int msa_cuda_model_forward_mem(msa_cuda_model *cm, msa_kvmem *mem,
         if (tokens[i] < 0 || tokens[i] >= I->vocab_size)
             return msa_error(MSA_EINVAL, "msa_cuda_model_forward_mem: token %d at row %d "
                              "(vocab %d)", tokens[i], i, I->vocab_size);
-    if (I->head_dim > GEN_MAX_D || I->idx_dim > GEN_MAX_D)
+    if (I->head_dim > MSA_FWD_GENERIC_MAX_D || I->idx_dim > MSA_FWD_GENERIC_MAX_D)
         return msa_error(MSA_EUNSUPPORTED, "msa_cuda_model_forward_mem: head dim %d",
                          I->head_dim);
     int rc = ck(cudaSetDevice(cm->device), "cudaSetDevice");

@@ -12,7 +12,8 @@
  * weights and activations and fp32 accumulation, and runs MSA through the
  * public msa_index_select / msa_sparse_attention (or msa_dense_attention) on
  * the CUDA backend when the head dims are 64 or 128; other head dims use a
- * simple generic CUDA attention in forward_cuda.cu.
+ * simple generic CUDA attention (msa_fwd_generic_attention, kernels/forward.cu).
+ * The forward pass's own kernels are in kernels/ (kernels/forward_ops.h).
  *
  * Only compiled with CUDA (MSA_HAVE_CUDA); the CPU build never sees these
  * symbols. Handles are used by one thread at a time.
