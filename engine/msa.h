@@ -1043,10 +1043,21 @@ typedef struct msa_engine_params {
 MSA_API msa_engine_params msa_engine_default_params(void);
 
 /* Opens the model and the store. On success *out owns both; free it with
- * msa_engine_free(). Returns MSA_OK, MSA_EINVAL (no model path),
- * MSA_ENOTFOUND (model file missing), MSA_EFORMAT / MSA_EUNSUPPORTED (a model
- * file we cannot read, with the reason), MSA_EVERSION (store of another
- * format), MSA_EIO, MSA_ENOMEM. Nothing is left open after a failure. */
+ * msa_engine_free().
+ * Returns MSA_OK;
+ *   MSA_EINVAL      NULL params or out, no model path, an unknown device, a
+ *                   negative block_size, top_k or prefill_chunk;
+ *   MSA_ENOTFOUND   the model file is missing;
+ *   MSA_EFORMAT     a model file we cannot read (the reason given), a
+ *                   tokenizer larger than the model's vocabulary, or a store
+ *                   directory that holds other files;
+ *   MSA_EUNSUPPORTED  a model we cannot run, or MSA_DEVICE_CUDA in a build
+ *                   without CUDA;
+ *   MSA_EVERSION    a store of a newer format;
+ *   MSA_EBUSY       the store's reader table is full;
+ *   MSA_ENODEV, MSA_ECUDA  no such GPU, or uploading the model failed;
+ *   MSA_EIO, MSA_ENOMEM.
+ * Nothing is left open after a failure. */
 MSA_API int msa_engine_open(const msa_engine_params *params, msa_engine **out);
 MSA_API void msa_engine_free(msa_engine *engine);
 

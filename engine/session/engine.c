@@ -79,7 +79,7 @@ int msa_engine_open(const msa_engine_params *params, msa_engine **out) {
     int rc = msa_model_open(e->model_path, &mp, &e->model);
     if (rc) goto fail;
     e->model->n_threads = params->n_threads;
-    msa_model_get_info(e->model, &e->info);
+    if ((rc = msa_model_get_info(e->model, &e->info))) goto fail;
 #ifdef MSA_HAVE_CUDA
     if (params->device == MSA_DEVICE_CUDA) {
         /* bf16 weights uploaded once; sessions page bf16 blocks through a
