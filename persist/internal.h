@@ -125,9 +125,9 @@ int msa_mdb_status(int rc, const char *fmt, ...) __attribute__((format(printf, 2
  *
  * Compiled in only where MSA_FAULT_INJECTION is defined: the
  * msa_persist_faults objects (persist/CMakeLists.txt) that the tests' msa_test
- * library is made of. In libmsa.so and libmsa_static.a the fault points
- * below are the constant 0, the arming functions do not exist and
- * MSA_STORE_FAULT is not read.
+ * library is made of. In libmsa.so and libmsa.a (targets msa, msa_static)
+ * the fault points below are the constant 0, the arming functions do not
+ * exist and MSA_STORE_FAULT is not read.
  *
  * Every write, commit and allocation on the store's write paths passes a
  * fault point. When armed with (err, nth), the nth point from now fails
