@@ -240,7 +240,6 @@ __global__ void argmax_kernel(const float *__restrict__ logits, int V, int32_t *
 extern "C" int msa_fwd_argmax(const float *logits, int rows, int V, int32_t *out, cudaStream_t st) {
     if (rows <= 0) return MSA_OK;
     if (!logits || !out || V <= 0) return msa_error(MSA_EINVAL, "msa_fwd_argmax: bad argument");
-    if (rows > 65535) return msa_error(MSA_EUNSUPPORTED, "msa_fwd_argmax: %d rows", rows);
     argmax_kernel<<<rows, 1024, 0, st>>>(logits, V, out);
     return MSA_CUDA_LAUNCHED("argmax");
 }

@@ -164,7 +164,7 @@ int msa_fwd_qkv_post(const msa_fwd_qkv *a, int n, cudaStream_t st);
 int msa_fwd_index_rope(const msa_fwd_index *a, int n, cudaStream_t st);
 int msa_fwd_swiglu(const float *y, uint16_t *h, int n, int F, cudaStream_t st);
 int msa_fwd_add_bias(float *x, const float *b, int n, int D, cudaStream_t st);
-/* rows <= 65535, one CTA of 1024 threads per row */
+/* one CTA of 1024 threads per row */
 int msa_fwd_argmax(const float *logits, int rows, int V, int32_t *out, cudaStream_t st);
 
 /* Whether the GEMV takes an input of `in` (a multiple of 8, at most
