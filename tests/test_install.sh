@@ -47,9 +47,14 @@ fi
     fail "include/ holds more than msa/msa.h: $(find "$prefix/include" -type f)"
 say "layout: $(cd "$prefix" && find . -type f -o -type l | sort | tr '\n' ' ')"
 
-# The installed command finds its library through its RPATH, not the build.
-env -u LD_LIBRARY_PATH "$prefix/bin/msa-mem" version > "$tmp/version.txt" ||
-    fail "installed msa-mem does not start"
+# The installed command finds the installed library (through its RPATH
+# $ORIGIN/../lib), not the build tree's.
+if command -v ldd > /dev/null; then
+    got=$(ldd "$prefix/bin/msa-mem" | sed -n 's/.*libmsa\.so\.0 => \([^ ]*\).*/\1/p')
+    [ "$(cd "$(dirname "$got")" 2>/dev/null && pwd)" = "$libdir" ] ||
+        fail "installed msa-mem loads libmsa.so.0 from '$got', not $libdir"
+fi
+"$prefix/bin/msa-mem" version > "$tmp/version.txt" || fail "installed msa-mem does not start"
 say "installed: $(cat "$tmp/version.txt")"
 
 # ---- the model ---------------------------------------------------------------

@@ -66,9 +66,12 @@ def assets_dir(src: Path):
 
 
 def clean_env(**extra) -> dict:
+    """The caller's environment without what would point the package at a
+    library (LD_LIBRARY_PATH stays: libmsa's own dependencies may need it;
+    which libmsa got loaded is checked anyway)."""
     e = {k: v for k, v in os.environ.items()
          if k not in ("MSA_LIBRARY", "PYTHONPATH", "PYTHONHOME", "MSA_BUILD_DIR",
-                      "PKG_CONFIG_PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV")}
+                      "PKG_CONFIG_PATH", "VIRTUAL_ENV")}
     e.update(extra)
     return e
 
