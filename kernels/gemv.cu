@@ -4,8 +4,9 @@
  * forward_ref.c is its reference. Moved here from
  * engine/forward/forward_cuda.cu unchanged (same kernels, same launch
  * shapes; built without --use_fast_math like forward.cu). The history below
- * is the kernel's own; "use_graph bit 8" is msa_cuda_model_set_options().
- *
+ * is the kernel's own; "use_graph bit 2 / bit 8" are the bits of
+ * msa_cuda_model_set_options() that select cuBLAS or GEMV v3 (the v3 field of
+ * msa_fwd_gemv_args).
  */
 #include <math.h>
 #include <stdint.h>

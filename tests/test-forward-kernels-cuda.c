@@ -13,8 +13,9 @@
  *   nmse = sum (gpu - ref)^2 / sum ref^2,
  * as llama.cpp's test-backend-ops does: under 1e-5 for bf16 outputs (one
  * bf16 rounding is about 1e-6), under 1e-9 for fp32 outputs of sums (the
- * summation order differs); exact where there is no rounding to differ
- * (embedding rows, bias adds, argmax, the hash fill).
+ * summation order differs; 1e-7 behind the GEMV's rmsnorm stage, see
+ * TOL_F32_NORM); exact where there is no rounding to differ (embedding rows,
+ * bias adds, argmax, the hash fill).
  *
  * Label gpu: exits 77 (skipped) when the build has no CUDA or no GPU is
  * visible.
@@ -44,6 +45,15 @@ int main(void) { T_SKIP("built without CUDA"); }
 
 #define TOL_BF16 1e-5
 #define TOL_F32 1e-9
+/* fp32 GEMV outputs behind the rmsnorm stage: the kernel rounds its input
+ * u = bf16(rmsnorm(x) * w) from a float computation (tree-ordered sum of
+ * squares), the reference from a double one, so for a handful of the in
+ * elements the two land one bf16 step (2^-8 relative) apart. Each such
+ * element moves y by about 2^-8 / sqrt(in) of its size, an nmse of about
+ * 1e-9 per element (measured on the H200: 1.4e-9 and 3.8e-9 at in = 8192).
+ * 1e-7 allows a few dozen such flips; a wrong element, row or chunk of the
+ * kernel costs far more than that. */
+#define TOL_F32_NORM 1e-7
 #define POISON_BF16 0x7fc1u /* a NaN no kernel produces */
 
 static int g_sms;
@@ -442,9 +452,11 @@ static void gemv_case(void *dws, int in, int outd, int mode, int out_kind, int e
     } else {
         from_dev(gy, dg.y, outd * 4);
         e = nmse_f32(gy, wy, outd);
-        what = out_kind == 1 ? "gemv y +=" : "gemv y";
-        CHECKF(e < TOL_F32, "gemv in %d outd %d mode %d acc %d epi %d v3 %d: nmse %.3g", in, outd,
-               mode, out_kind, epi, v3, e);
+        what = mode == MSA_FWD_GEMV_NORM ? (out_kind == 1 ? "gemv norm -> y +=" : "gemv norm -> y")
+                                         : (out_kind == 1 ? "gemv y +=" : "gemv y");
+        CHECKF(e < (mode == MSA_FWD_GEMV_NORM ? TOL_F32_NORM : TOL_F32),
+               "gemv in %d outd %d mode %d acc %d epi %d v3 %d: nmse %.3g", in, outd, mode,
+               out_kind, epi, v3, e);
     }
     note(what, e);
     if (epi == MSA_FWD_EPI_ARGMAX) {

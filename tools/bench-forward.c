@@ -7,7 +7,8 @@
  *
  * Every row is first validated against its C reference (kernels/
  * forward_ref.c) on the same inputs, by normalised error (nmse = sum (gpu -
- * ref)^2 / sum ref^2, under 1e-5 for bf16 outputs and 1e-9 for fp32 sums),
+ * ref)^2 / sum ref^2, under 1e-5 for bf16 outputs and 1e-9 for fp32 sums,
+ * 1e-7 for the GEMVs behind the rmsnorm stage),
  * and only timed when it passes. Timing: after a warm-up, 5 runs of R
  * back-to-back launches between CUDA events, the median run divided by R.
  * Launch overhead is included, which is what a decode step without a graph
@@ -425,7 +426,8 @@ static void bench_gemv(const char *name, int in, int outd, int mode, int out_kin
     c.g.xf = d_copy(xf, in * 4);
     c.g.nw = d_copy(nw, in * 4);
     c.g.y = out_kind == 2 ? NULL : d_copy(y0, outd * 4);
-    CU(cudaMalloc((void **)&c.g.h, outd * 2));
+    c.g.h = NULL; /* set: the kernel reads W as gate/up pairs */
+    if (out_kind == 2) CU(cudaMalloc((void **)&c.g.h, outd * 2));
     CU(cudaMalloc((void **)&c.g.amax, 4));
     c.g.workspace = ws;
     c.g.sms = g_sms;
@@ -470,9 +472,14 @@ static void bench_gemv(const char *name, int in, int outd, int mode, int out_kin
     snprintf(nm, sizeof nm, "gemv %s%s", name, v3 ? " (v3)" : "");
     snprintf(shape, sizeof shape, "%d -> %d%s", in, out_kind == 2 ? 2 * outd : outd,
              out_kind == 2 ? " (pairs)" : "");
-    row(nm, shape, err, out_kind == 2 ? 1e-5 : 1e-9, bytes, run_gemv, &c);
+    /* fp32 outputs: 1e-9, or 1e-7 behind the norm stage, whose bf16 rounding
+     * of u can land one step apart from the reference's for a few of the in
+     * elements (tests/test-forward-kernels-cuda.c says more) */
+    row(nm, shape, err, out_kind == 2 ? 1e-5 : mode == MSA_FWD_GEMV_NORM ? 1e-7 : 1e-9, bytes,
+        run_gemv, &c);
     CU(cudaFree((void *)c.g.W)); CU(cudaFree((void *)c.g.xb)); CU(cudaFree((void *)c.g.xf));
-    CU(cudaFree((void *)c.g.nw)); CU(cudaFree(c.g.h)); CU(cudaFree(c.g.amax));
+    CU(cudaFree((void *)c.g.nw)); CU(cudaFree(c.g.amax));
+    if (c.g.h) CU(cudaFree(c.g.h));
     if (c.g.y) CU(cudaFree(c.g.y));
     CU(cudaFree((void *)dqa.pos)); CU(cudaFree((void *)dqa.inv_freq));
     for (int i = 0; i < 5; i++) {
