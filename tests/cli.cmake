@@ -24,3 +24,12 @@ add_test(NAME test_gguf_quant
 set_tests_properties(test_gguf_quant PROPERTIES LABELS unit TIMEOUT 300
   SKIP_REGULAR_EXPRESSION "(^|\n)[0-9]+ skipped in"
   ENVIRONMENT "MSA_DEFAULT_ASSETS=${MSA_DEFAULT_ASSETS};MSA_BUILD_DIR=${PROJECT_BINARY_DIR}")
+
+# Every tensor format the engine reads (F16, BF16, Q4_0 .. Q8_0, Q2_K .. Q6_K)
+# against gguf-py on random blocks, and on the model files in the user cache
+# (tools/fetch-models.sh) where present. Needs no assets.
+add_test(NAME test_ggml_quants
+         COMMAND python3 -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/test_ggml_quants.py)
+set_tests_properties(test_ggml_quants PROPERTIES LABELS unit TIMEOUT 600
+  SKIP_REGULAR_EXPRESSION "(^|\n)[0-9]+ skipped in"
+  ENVIRONMENT "MSA_BUILD_DIR=${PROJECT_BINARY_DIR}")

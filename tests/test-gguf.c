@@ -259,16 +259,22 @@ static void test_malformed(void) {
     tensor_file(&b, 3, 1, MSA_GGML_F32, 0, 4, 0);
     b.p[0] = 'X';
     CHECK(open_hb(&b) == MSA_EFORMAT);
-    /* Q4_K (12): opens, but the tensor is refused by name. */
-    tensor_file(&b, 3, 1, 12, 0, 256, 0);
+    /* IQ2_XXS (16), a type not read: opens, but the tensor is refused by name. */
+    tensor_file(&b, 3, 1, 16, 0, 256, 0);
     msa_gguf *g = NULL;
     CHECK_OK(msa_gguf_open_memory(b.p, b.n, &g));
     const msa_gguf_tensor *t = NULL;
     if (g) {
         CHECK(msa_gguf_find_tensor(g, "t", &t) == MSA_EUNSUPPORTED);
-        CHECK(t && t->data == NULL && strstr(msa_last_error(), "Q4_K"));
+        CHECK(t && t->data == NULL && strstr(msa_last_error(), "IQ2_XXS"));
     }
     msa_gguf_close(g);
+    /* Q4_K (12) is read: 256 elements need one 144-byte block, more than the file holds. */
+    tensor_file(&b, 3, 1, MSA_GGML_Q4_K, 0, 256, 0);
+    CHECK(open_hb(&b) == MSA_EFORMAT && strstr(msa_last_error(), "runs past the end"));
+    /* ... and a row of 100 elements is not a whole number of its 256-element blocks. */
+    tensor_file(&b, 3, 1, MSA_GGML_Q4_K, 0, 100, 0);
+    CHECK(open_hb(&b) == MSA_EFORMAT && strstr(msa_last_error(), "blocks of 256"));
     /* Absurd counts. */
     memset(&b, 0, sizeof b);
     h32(&b, 0x46554747u);

@@ -20,7 +20,8 @@ say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 
 install_packages() {
   local pkgs=(cmake ninja-build gcc g++ pkg-config git liblmdb-dev libzstd-dev
-              libcurl4-openssl-dev libpcre2-dev libjansson-dev python3 ca-certificates)
+              libcurl4-openssl-dev libpcre2-dev libjansson-dev python3 python3-venv
+              ca-certificates)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -145,45 +145,6 @@ const char *msa_ggml_type_name(int type) {
     return buf;
 }
 
-size_t msa_ggml_row_bytes(int type, int64_t ne0) {
-    if (ne0 < 0) return 0;
-    switch (type) {
-    case MSA_GGML_F32: return (size_t)ne0 * 4;
-    case MSA_GGML_F16: case MSA_GGML_BF16: return (size_t)ne0 * 2;
-    case MSA_GGML_Q8_0: return ne0 % 32 ? 0 : (size_t)(ne0 / 32) * 34;
-    default: return 0;
-    }
-}
-
-void msa_ggml_to_f32(int type, const void *src, float *dst, int64_t n) {
-    const uint8_t *s = src;
-    uint16_t h;
-    switch (type) {
-    case MSA_GGML_F32: memcpy(dst, src, (size_t)n * 4); break;
-    case MSA_GGML_F16:
-        for (int64_t i = 0; i < n; i++) {
-            memcpy(&h, s + 2 * i, 2);
-            dst[i] = msa_f16_to_f32(h);
-        }
-        break;
-    case MSA_GGML_BF16:
-        for (int64_t i = 0; i < n; i++) {
-            memcpy(&h, s + 2 * i, 2);
-            dst[i] = msa_bf16_to_f32(h);
-        }
-        break;
-    case MSA_GGML_Q8_0:
-        for (int64_t b = 0; b < n / 32; b++) {
-            const uint8_t *blk = s + b * 34;
-            memcpy(&h, blk, 2);
-            float d = msa_f16_to_f32(h);
-            for (int j = 0; j < 32; j++) dst[b * 32 + j] = d * (float)(int8_t)blk[2 + j];
-        }
-        break;
-    default: break;
-    }
-}
-
 /* ---- parsing ------------------------------------------------------------------ */
 
 /* Skips (validating) a value of type t at the cursor; arrays recurse. For
@@ -431,9 +392,10 @@ static int parse(msa_gguf *g) {
         msa_gguf_tensor *t = &g->tensors[i];
         size_t row = msa_ggml_row_bytes(t->type, t->ne[0]);
         if (!row && t->ne[0] != 0) {
-            if (t->type == MSA_GGML_Q8_0) {
-                rc = msa_error(MSA_EFORMAT, "GGUF tensor '%s': Q8_0 row of %lld elements",
-                               t->name, (long long)t->ne[0]);
+            if (msa_ggml_type_read(t->type)) {
+                rc = msa_error(MSA_EFORMAT, "GGUF tensor '%s': %s row of %lld elements (blocks of %d)",
+                               t->name, msa_ggml_type_name(t->type), (long long)t->ne[0],
+                               msa_ggml_block_size(t->type));
                 goto fail;
             }
             continue; /* a type we do not read: listed, no data */
@@ -661,10 +623,10 @@ int msa_gguf_find_tensor(const msa_gguf *g, const char *name, const msa_gguf_ten
     if (i < 0) return MSA_ENOTFOUND;
     *t = &g->tensors[i];
     int ty = g->tensors[i].type;
-    if (ty != MSA_GGML_F32 && ty != MSA_GGML_F16 && ty != MSA_GGML_BF16 && ty != MSA_GGML_Q8_0)
+    if (!msa_ggml_type_read(ty))
         return msa_error(MSA_EUNSUPPORTED, "tensor '%s' has ggml type %s, which is not read "
-                         "(F32, F16, BF16 and Q8_0 are)", name,
-                         msa_ggml_type_name(ty));
+                         "(F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, "
+                         "Q5_K and Q6_K are)", name, msa_ggml_type_name(ty));
     return MSA_OK;
 }
 

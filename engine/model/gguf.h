@@ -18,7 +18,7 @@
  * stays valid until msa_gguf_close(). Strings from the file are NOT NUL
  * terminated (use the returned length); tensor names are (they are copied).
  *
- * Tensors of ggml types other than F32, F16, BF16 and Q8_0 are listed (so
+ * Tensors of ggml types that are not read (msa_ggml_type_read) are listed (so
  * that a quantised model can still be opened for its tokenizer) but have
  * data NULL and size 0; msa_gguf_find_tensor() returns MSA_EUNSUPPORTED,
  * naming the type, for them.
@@ -51,11 +51,21 @@ typedef enum msa_gguf_type {
     MSA_GGUF_FLOAT64 = 12
 } msa_gguf_type;
 
-/* ggml tensor type ids that this project reads (and writes). */
+/* ggml tensor type ids that this project reads (engine/model/ggml_quant.c
+ * gives each block layout). The writer writes F32, F16, BF16 and Q8_0. */
 enum {
     MSA_GGML_F32 = 0,
     MSA_GGML_F16 = 1,
-    MSA_GGML_Q8_0 = 8,   /* blocks of 32: fp16 scale + 32 int8 (34 bytes) */
+    MSA_GGML_Q4_0 = 2,   /* blocks of 32 (18 bytes) */
+    MSA_GGML_Q4_1 = 3,   /* 32 (20) */
+    MSA_GGML_Q5_0 = 6,   /* 32 (22) */
+    MSA_GGML_Q5_1 = 7,   /* 32 (24) */
+    MSA_GGML_Q8_0 = 8,   /* 32: fp16 scale + 32 int8 (34 bytes) */
+    MSA_GGML_Q2_K = 10,  /* super-blocks of 256 (84) */
+    MSA_GGML_Q3_K = 11,  /* 256 (110) */
+    MSA_GGML_Q4_K = 12,  /* 256 (144) */
+    MSA_GGML_Q5_K = 13,  /* 256 (176) */
+    MSA_GGML_Q6_K = 14,  /* 256 (210) */
     MSA_GGML_BF16 = 30
 };
 
@@ -143,12 +153,22 @@ const msa_gguf_tensor *msa_gguf_tensor_at(const msa_gguf *g, int64_t i);
  * static buffer per thread). */
 const char *msa_ggml_type_name(int type);
 
-/* Bytes of a tensor of `type` with `n` elements in its rows of ne0, or 0
- * when the type is not one we read or ne0 is not a multiple of its block. */
+/* ---- tensor formats (engine/model/ggml_quant.c) --------------------------- */
+
+/* 1 when tensors of ggml `type` are read (the float types, Q4_0, Q4_1,
+ * Q5_0, Q5_1, Q8_0 and Q2_K..Q6_K), else 0. */
+int msa_ggml_type_read(int type);
+
+/* Elements per block of `type` (1 for float types, 32 or 256 for the
+ * quantized ones), 0 for a type that is not read. */
+int msa_ggml_block_size(int type);
+
+/* Bytes of one row of ne0 elements of `type`, or 0 when the type is not one
+ * we read or ne0 is not a multiple of its block. */
 size_t msa_ggml_row_bytes(int type, int64_t ne0);
 
-/* Converts `n` elements of a row of `type` (F32, F16, BF16, Q8_0; n a
- * multiple of the block) at `src` to fp32. */
+/* Converts `n` elements (a multiple of the block) of `type` at `src` to
+ * fp32, equal bit for bit to gguf-py's dequantization. */
 void msa_ggml_to_f32(int type, const void *src, float *dst, int64_t n);
 
 /* ---- writing (engine/model/gguf_write.c) ----------------------------------------
@@ -186,7 +206,7 @@ int msa_gguf_writer_set_str_array(msa_gguf_writer *w, const char *key,
  * arrays), MSA_ERANGE (a UINT64 above INT64_MAX), MSA_ENOMEM. */
 int msa_gguf_writer_copy_kv(msa_gguf_writer *w, const msa_gguf *g, int64_t i);
 
-/* Adds a tensor of ggml `type` (F32, F16, BF16, Q8_0) and shape
+/* Adds a tensor of ggml `type` (any type msa_ggml_type_read() accepts) and shape
  * ne[0..n_dims-1] (ggml order); `data` holds exactly
  * msa_ggml_row_bytes(type, ne[0]) * rows bytes and is not copied.
  * MSA_EINVAL for a bad shape or type, MSA_EEXIST for a duplicate name. */

@@ -7,10 +7,12 @@
  * Tensor names are llama.cpp's (token_embd, blk.N.attn_q, ..., output); the
  * shapes are checked against the hyperparameters before any is used. F32
  * tensors are used in place from the mapping (the GGUF data section is
- * 32-byte aligned and the mapping page aligned); F16, BF16 and Q8_0 tensors
- * are converted to fp32 buffers the model owns, which costs 4 bytes per
- * parameter (a 7B F16 model: 28 GB). That is a deliberate simplification of
- * the CPU path.
+ * 32-byte aligned and the mapping page aligned); F16, BF16 and the quantized
+ * types (Q4_0 .. Q8_0, Q2_K .. Q6_K, engine/model/ggml_quant.c) are
+ * converted to fp32 buffers the model owns, which costs 4 bytes per
+ * parameter (a 7B F16 model: 28 GB; a 0.5B Q4_K_M file of 0.49 GB becomes
+ * 2 GB). That is a deliberate simplification of the CPU path: compute on the
+ * quantized blocks is not there yet.
  *
  * The fingerprint is SHA-256 over, per tensor in file order, its name, type,
  * dims and bytes. Hashing a large model takes seconds, so it is cached in a
