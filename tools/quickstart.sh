@@ -36,13 +36,14 @@ install_packages() {
 }
 
 # numpy and pytest run the Python tests; gguf (llama.cpp's GGUF library) is
-# the independent reference for quantized tensors. Without pip, Debian's
-# numpy and pytest are used and the gguf test skips.
+# the independent reference for quantized tensors, tokenizers (Hugging Face's)
+# for the pre-tokenizers. Without pip, Debian's numpy and pytest are used and
+# the gguf and tokenizers tests skip.
 python_packages() {
-  if ! python3 -c 'import numpy, pytest, gguf' 2>/dev/null; then
+  if ! python3 -c 'import numpy, pytest, gguf, tokenizers' 2>/dev/null; then
     if python3 -m pip --version >/dev/null 2>&1; then
-      say "installing python packages: numpy pytest gguf"
-      python3 -m pip install -q numpy pytest gguf 2>&1 | grep -v "WARNING: Running pip as" || true
+      say "installing python packages: numpy pytest gguf tokenizers"
+      python3 -m pip install -q numpy pytest gguf tokenizers 2>&1 | grep -v "WARNING: Running pip as" || true
     elif ! python3 -c 'import numpy, pytest' 2>/dev/null; then
       say "installing python packages: python3-numpy python3-pytest"
       local sudo=()

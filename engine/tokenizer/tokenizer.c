@@ -258,7 +258,6 @@ void msa_tokenizer_free(msa_tokenizer *t) {
     free(t->arena);
     free(t->slots);
     free(t->pairs);
-    free(t->regex);
     free(t->special);
     free(t);
 }

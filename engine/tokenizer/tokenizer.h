@@ -41,6 +41,8 @@ typedef struct msa_bpe_pair {  /* one slot of the merge map */
     int32_t rank, result;
 } msa_bpe_pair;
 
+enum { MSA_TOK_MAX_STAGES = 4 }; /* pre-tokenizer stages at most */
+
 struct msa_tokenizer {
     msa_tok_family family;
     char kind[48];             /* "spm", "bpe:gpt-2", ... */
@@ -67,8 +69,12 @@ struct msa_tokenizer {
     int ignore_merges;         /* a word found whole in the vocab is one token */
     int add_prefix_space;      /* ByteLevel add_prefix_space */
     char pre[32];              /* pre-tokenizer variant */
-    char *regex;               /* its pattern (owned) */
-    void *re;                  /* pcre2_code_8 */
+    /* its stages, applied in order: stage s splits every piece of stage
+     * s - 1 into matches and the text between them (Hugging Face's
+     * "Isolated" split; llama.cpp's regex list) */
+    int n_stages;
+    char *regex[MSA_TOK_MAX_STAGES]; /* patterns (owned) */
+    void *re[MSA_TOK_MAX_STAGES];    /* pcre2_code_8 */
     int32_t byte_char_tok[256];/* id of each byte's mapped character */
 
     /* tokens matched in text before the model's own splitting */
@@ -96,14 +102,26 @@ int msa_tok_add_merge(msa_tokenizer *t, const char *l, size_t ll,
 int msa_tok_index(msa_tokenizer *t);
 
 /* Finishes loading: byte tables, special-token list and, for BPE, compiles
- * the pre-tokenizer for t->pre (or t->regex when already set). Returns
+ * the pre-tokenizer for t->pre (or t->regex[] when already set). Returns
  * MSA_EUNSUPPORTED for an unknown pre-tokenizer name, MSA_EFORMAT for a
  * regex PCRE2 rejects, MSA_ENOMEM. */
 int msa_tok_finish(msa_tokenizer *t);
 
-/* The regex of a named pre-tokenizer variant ("gpt-2", "llama-bpe", "qwen2",
- * ...), or NULL when unknown. */
-const char *msa_tok_pre_regex(const char *name);
+/* The stages of a named pre-tokenizer variant ("gpt-2", "llama-bpe",
+ * "qwen2", "smollm", ...): *n patterns, or NULL when the name is unknown.
+ * Variants that share stages return the same pointer. */
+const char *const *msa_tok_pre_stages(const char *name, int *n);
+
+/* Adds a stage with `pattern` (copied) to a tokenizer being loaded.
+ * MSA_EINVAL past MSA_TOK_MAX_STAGES, MSA_ENOMEM. */
+int msa_tok_add_stage(msa_tokenizer *t, const char *pattern);
+
+/* The pre-tokenizer alone: splits text[0..len) with the stages of variant
+ * `pre` and calls piece(ctx, start, length) for every piece in order (for
+ * tests against other implementations). MSA_EUNSUPPORTED for an unknown
+ * variant, MSA_ENOMEM. */
+int msa_tok_pre_split(const char *pre, const char *text, size_t len,
+                      void (*piece)(void *ctx, size_t start, size_t n), void *ctx);
 
 /* Loaders. Each returns the statuses of msa_tokenizer_open(). */
 typedef struct msa_gguf msa_gguf;

@@ -73,32 +73,55 @@ static const char RE_QWEN2[] =
     "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+"
     "|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+/* Digits one by one, as a first stage: Hugging Face's Digits pre-tokenizer
+ * with individual_digits (StarCoder's and SmolLM's vocabularies). */
+static const char RE_DIGIT[] = "\\p{N}";
+
+static const char *const ST_GPT2[] = {RE_GPT2};
+static const char *const ST_LLAMA3[] = {RE_LLAMA3};
+static const char *const ST_QWEN2[] = {RE_QWEN2};
+static const char *const ST_DIGITS_GPT2[] = {RE_DIGIT, RE_GPT2};
+
+/* Names as llama.cpp writes them in tokenizer.ggml.pre. */
 static const struct {
-    const char *name, *re;
+    const char *name;
+    const char *const *stages;
+    int n;
 } pre_table[] = {
-    {"gpt-2", RE_GPT2},     {"default", RE_GPT2},    {"gpt2", RE_GPT2},
-    {"llama-bpe", RE_LLAMA3}, {"llama3", RE_LLAMA3}, {"llama-v3", RE_LLAMA3},
-    {"dbrx", RE_LLAMA3},    {"smaug-bpe", RE_LLAMA3}, {"qwen2", RE_QWEN2},
+    {"gpt-2", ST_GPT2, 1},          {"default", ST_GPT2, 1},       {"gpt2", ST_GPT2, 1},
+    {"llama-bpe", ST_LLAMA3, 1},    {"llama3", ST_LLAMA3, 1},      {"llama-v3", ST_LLAMA3, 1},
+    {"dbrx", ST_LLAMA3, 1},         {"smaug-bpe", ST_LLAMA3, 1},   {"qwen2", ST_QWEN2, 1},
+    {"smollm", ST_DIGITS_GPT2, 2},  {"starcoder", ST_DIGITS_GPT2, 2},
+    {"refact", ST_DIGITS_GPT2, 2},  {"command-r", ST_DIGITS_GPT2, 2},
+    {"codeshell", ST_DIGITS_GPT2, 2},
 };
 
-const char *msa_tok_pre_regex(const char *name) {
+const char *const *msa_tok_pre_stages(const char *name, int *n) {
     for (size_t i = 0; i < sizeof pre_table / sizeof pre_table[0]; i++)
-        if (!strcmp(name, pre_table[i].name)) return pre_table[i].re;
+        if (!strcmp(name, pre_table[i].name)) {
+            if (n) *n = pre_table[i].n;
+            return pre_table[i].stages;
+        }
     return NULL;
 }
 
-int msa_tok_bpe_compile(msa_tokenizer *t) {
-    if (!t->regex) {
-        const char *re = msa_tok_pre_regex(t->pre);
-        if (!re)
-            return msa_error(MSA_EUNSUPPORTED, "tokenizer: unknown pre-tokenizer '%s' "
-                             "(known: gpt-2, llama-bpe, qwen2)", t->pre);
-        t->regex = strdup(re);
-        if (!t->regex) return msa_error(MSA_ENOMEM, "tokenizer: out of memory");
-    }
+static const char KNOWN_PRE[] = "gpt-2, llama-bpe, qwen2, smollm, starcoder, refact, "
+                                "command-r, codeshell";
+
+int msa_tok_add_stage(msa_tokenizer *t, const char *pattern) {
+    if (t->n_stages >= MSA_TOK_MAX_STAGES)
+        return msa_error(MSA_EINVAL, "tokenizer: more than %d pre-tokenizer stages",
+                         MSA_TOK_MAX_STAGES);
+    if (!(t->regex[t->n_stages] = strdup(pattern)))
+        return msa_error(MSA_ENOMEM, "tokenizer: out of memory");
+    t->n_stages++;
+    return MSA_OK;
+}
+
+static int compile_stage(const char *pattern, void **out) {
     int err;
     PCRE2_SIZE at;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)t->regex, PCRE2_ZERO_TERMINATED,
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
                                    PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err,
                                    &at, NULL);
     if (!re) {
@@ -108,13 +131,34 @@ int msa_tok_bpe_compile(msa_tokenizer *t) {
                          (size_t)at, (const char *)msg);
     }
     pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* optional: the interpreter is the fallback */
-    t->re = re;
+    *out = re;
+    return MSA_OK;
+}
+
+int msa_tok_bpe_compile(msa_tokenizer *t) {
+    int rc;
+    if (!t->n_stages) {
+        int n;
+        const char *const *st = msa_tok_pre_stages(t->pre, &n);
+        if (!st)
+            return msa_error(MSA_EUNSUPPORTED, "tokenizer: unknown pre-tokenizer '%s' (known: %s)",
+                             t->pre, KNOWN_PRE);
+        for (int i = 0; i < n; i++)
+            if ((rc = msa_tok_add_stage(t, st[i]))) return rc;
+    }
+    for (int i = 0; i < t->n_stages; i++)
+        if ((rc = compile_stage(t->regex[i], &t->re[i]))) return rc;
     return MSA_OK;
 }
 
 void msa_tok_bpe_release(msa_tokenizer *t) {
-    if (t->re) pcre2_code_free((pcre2_code *)t->re);
-    t->re = NULL;
+    for (int i = 0; i < MSA_TOK_MAX_STAGES; i++) {
+        if (t->re[i]) pcre2_code_free((pcre2_code *)t->re[i]);
+        t->re[i] = NULL;
+        free(t->regex[i]);
+        t->regex[i] = NULL;
+    }
+    t->n_stages = 0;
 }
 
 /* ---- encoding ---------------------------------------------------------------------- */
@@ -158,23 +202,27 @@ static int encode_word(const msa_tokenizer *t, msa_tok_work *w, const char *word
     return MSA_OK;
 }
 
-int msa_tok_encode_bpe(const msa_tokenizer *t, const char *text, size_t len,
-                       msa_tok_sink *sink) {
-    if (!len) return MSA_OK;
-    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
-    if (!md) return msa_error(MSA_ENOMEM, "tokenizer: out of memory");
-    msa_tok_work w = {0};
+/* Splits text[0..len) with stage `st` of `re` (n stages) into matches and
+ * the text between them, handing every piece to the next stage, and the
+ * pieces of the last stage to word(). Each stage sees one piece of the
+ * previous as its whole subject, so look-arounds stop at piece ends, as in
+ * Hugging Face's sequence of pre-tokenizers. */
+typedef int (*piece_fn)(void *ctx, const char *base, size_t start, size_t n);
+
+static int split_stage(void *const *re, int st, int n, pcre2_match_data *md, const char *base,
+                       size_t off, size_t len, piece_fn word, void *ctx) {
+    if (st == n) return word(ctx, base, off, len);
+    const char *text = base + off;
+    size_t done = 0, at = 0; /* bytes already handed on; where to search next */
     int rc = MSA_OK;
-    size_t done = 0, at = 0; /* bytes already encoded; where to search next */
     while (at < len && !rc) {
-        int m = pcre2_match((const pcre2_code *)t->re, (PCRE2_SPTR)text, len, at, 0, md, NULL);
+        int m = pcre2_match((const pcre2_code *)re[st], (PCRE2_SPTR)text, len, at, 0, md, NULL);
         if (m == PCRE2_ERROR_NOMATCH) break;
         if (m < 0) {
             PCRE2_UCHAR msg[160];
             pcre2_get_error_message(m, msg, sizeof msg);
-            rc = msa_error(MSA_EINVAL, "tokenizer: pre-tokenizer failed at byte %zu: %s", at,
-                           (const char *)msg);
-            break;
+            return msa_error(MSA_EINVAL, "tokenizer: pre-tokenizer failed at byte %zu: %s",
+                             off + at, (const char *)msg);
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         size_t b = ov[0], e = ov[1];
@@ -182,12 +230,64 @@ int msa_tok_encode_bpe(const msa_tokenizer *t, const char *text, size_t len,
             at = b + (size_t)msa_utf8_len((uint8_t)text[b]);
             continue;
         }
-        if (b > done) rc = encode_word(t, &w, text + done, b - done, sink);
-        if (!rc) rc = encode_word(t, &w, text + b, e - b, sink);
+        if (b > done) rc = split_stage(re, st + 1, n, md, base, off + done, b - done, word, ctx);
+        if (!rc) rc = split_stage(re, st + 1, n, md, base, off + b, e - b, word, ctx);
         done = at = e;
     }
-    if (!rc && done < len) rc = encode_word(t, &w, text + done, len - done, sink);
-    msa_tok_work_free(&w);
+    if (!rc && done < len) rc = split_stage(re, st + 1, n, md, base, off + done, len - done, word, ctx);
+    return rc;
+}
+
+typedef struct encode_ctx {
+    const msa_tokenizer *t;
+    msa_tok_work w;
+    msa_tok_sink *sink;
+} encode_ctx;
+
+static int encode_piece(void *vp, const char *base, size_t start, size_t n) {
+    encode_ctx *c = vp;
+    return encode_word(c->t, &c->w, base + start, n, c->sink);
+}
+
+int msa_tok_encode_bpe(const msa_tokenizer *t, const char *text, size_t len,
+                       msa_tok_sink *sink) {
+    if (!len) return MSA_OK;
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    if (!md) return msa_error(MSA_ENOMEM, "tokenizer: out of memory");
+    encode_ctx c = {t, {0}, sink};
+    int rc = split_stage(t->re, 0, t->n_stages, md, text, 0, len, encode_piece, &c);
+    msa_tok_work_free(&c.w);
     pcre2_match_data_free(md);
+    return rc;
+}
+
+typedef struct report_ctx {
+    void (*piece)(void *ctx, size_t start, size_t n);
+    void *ctx;
+} report_ctx;
+
+static int report_piece(void *vp, const char *base, size_t start, size_t n) {
+    report_ctx *r = vp;
+    r->piece(r->ctx, start, n);
+    return MSA_OK;
+}
+
+int msa_tok_pre_split(const char *pre, const char *text, size_t len,
+                      void (*piece)(void *ctx, size_t start, size_t n), void *ctx) {
+    int n;
+    const char *const *st = msa_tok_pre_stages(pre, &n);
+    if (!st)
+        return msa_error(MSA_EUNSUPPORTED, "tokenizer: unknown pre-tokenizer '%s' (known: %s)",
+                         pre, KNOWN_PRE);
+    void *re[MSA_TOK_MAX_STAGES] = {0};
+    int rc = MSA_OK;
+    for (int i = 0; i < n && !rc; i++) rc = compile_stage(st[i], &re[i]);
+    pcre2_match_data *md = rc ? NULL : pcre2_match_data_create(1, NULL);
+    if (!rc && !md) rc = msa_error(MSA_ENOMEM, "tokenizer: out of memory");
+    report_ctx r = {piece, ctx};
+    if (!rc && len) rc = split_stage(re, 0, n, md, text, 0, len, report_piece, &r);
+    pcre2_match_data_free(md);
+    for (int i = 0; i < n; i++)
+        if (re[i]) pcre2_code_free((pcre2_code *)re[i]);
     return rc;
 }

@@ -130,7 +130,7 @@ int msa_tokenizer_from_gguf(const msa_gguf *g, msa_tokenizer **out) {
             pre_len = 5;
         }
         snprintf(t->pre, sizeof t->pre, "%.*s", (int)pre_len, pre);
-        int llama3 = msa_tok_pre_regex(t->pre) == msa_tok_pre_regex("llama-bpe");
+        int llama3 = msa_tok_pre_stages(t->pre, NULL) == msa_tok_pre_stages("llama-bpe", NULL);
         t->ignore_merges = llama3;
         t->add_bos = get_bool(g, "tokenizer.ggml.add_bos_token", llama3);
         uint64_t nm = 0;

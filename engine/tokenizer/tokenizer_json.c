@@ -8,9 +8,9 @@
  *   '#' are real merges, never comments), model.ignore_merges;
  *   added_tokens [{id, content, special}]: special ones are control tokens
  *   (matched in text only with MSA_TOK_PARSE_SPECIAL), others user-defined;
- *   pre_tokenizer: the Regex of a Split (alone or in a Sequence) is the
- *   pre-tokenizer, used as written; a ByteLevel with use_regex and no Split
- *   means GPT-2's regex.
+ *   pre_tokenizer: its Split (Regex), Digits and ByteLevel (use_regex: GPT-2's
+ *   regex) steps become the pre-tokenizer's stages, in order; any other step
+ *   is refused rather than guessed.
  *   tokenizer_config.json beside the file, when present: bos_token,
  *   eos_token (strings or {content}), add_bos_token, add_eos_token.
  * Without add_bos_token, BOS is added when the post_processor's template
@@ -34,26 +34,44 @@ static int type_is(json_t *o, const char *type) {
     return s && !strcmp(s, type);
 }
 
-/* Finds the pre-tokenizer's regex and whether a ByteLevel step is present. */
-static void scan_pre(json_t *pre, const char **regex, int *byte_level, int *bl_regex,
-                     int *prefix_space) {
+/* The pre-tokenizer's stages, in order, and its ByteLevel step: a Split's
+ * Regex is a stage as written, Digits is \p{N} (one by one) or \p{N}+, and a
+ * ByteLevel with use_regex adds GPT-2's regex as a stage. Up to
+ * MSA_TOK_MAX_STAGES; *unknown counts the steps that are none of these. */
+typedef struct pre_scan {
+    const char *stage[MSA_TOK_MAX_STAGES + 1];
+    int n, unknown, byte_level, prefix_space;
+} pre_scan;
+
+static void add_stage(pre_scan *p, const char *re) {
+    if (p->n <= MSA_TOK_MAX_STAGES) p->stage[p->n++] = re;
+}
+
+static void scan_pre(json_t *pre, pre_scan *p) {
     if (!json_is_object(pre)) return;
     if (type_is(pre, "Sequence")) {
         json_t *a = json_object_get(pre, "pretokenizers");
         size_t i;
         json_t *v;
-        json_array_foreach(a, i, v) scan_pre(v, regex, byte_level, bl_regex, prefix_space);
-        return;
-    }
-    if (type_is(pre, "Split") && !*regex) {
-        json_t *p = json_object_get(pre, "pattern");
-        *regex = json_string_value(json_object_get(p, "Regex"));
-    }
-    if (type_is(pre, "ByteLevel")) {
-        *byte_level = 1;
+        json_array_foreach(a, i, v) scan_pre(v, p);
+    } else if (type_is(pre, "Split")) {
+        /* only the kind every byte-level model uses: a Regex, matches and
+         * the text between them both kept ("Isolated"), not inverted */
+        const char *re = json_string_value(json_object_get(json_object_get(pre, "pattern"), "Regex"));
+        const char *beh = json_string_value(json_object_get(pre, "behavior"));
+        if (re && (!beh || !strcmp(beh, "Isolated")) && !json_is_true(json_object_get(pre, "invert")))
+            add_stage(p, re);
+        else
+            p->unknown++;
+    } else if (type_is(pre, "Digits")) {
+        add_stage(p, json_is_true(json_object_get(pre, "individual_digits")) ? "\\p{N}" : "\\p{N}+");
+    } else if (type_is(pre, "ByteLevel")) {
+        p->byte_level = 1;
         json_t *u = json_object_get(pre, "use_regex");
-        *bl_regex = !u || json_is_true(u);
-        *prefix_space = json_is_true(json_object_get(pre, "add_prefix_space"));
+        if (!u || json_is_true(u)) add_stage(p, msa_tok_pre_stages("gpt-2", NULL)[0]);
+        p->prefix_space = json_is_true(json_object_get(pre, "add_prefix_space"));
+    } else {
+        p->unknown++;
     }
 }
 
@@ -107,11 +125,16 @@ static int build(json_t *root, json_t *cfg, msa_tokenizer **out) {
     json_t *added = json_object_get(root, "added_tokens");
     if (!json_is_object(vocab)) return msa_error(MSA_EFORMAT, "model.vocab is not an object");
 
-    const char *regex = NULL;
-    int byte_level = 0, bl_regex = 0, prefix_space = 0;
-    scan_pre(json_object_get(root, "pre_tokenizer"), &regex, &byte_level, &bl_regex,
-             &prefix_space);
+    pre_scan ps = {{0}, 0, 0, 0, 0};
+    scan_pre(json_object_get(root, "pre_tokenizer"), &ps);
+    int byte_level = ps.byte_level;
     if (!byte_level && type_is(json_object_get(root, "decoder"), "ByteLevel")) byte_level = 1;
+    if (ps.n > MSA_TOK_MAX_STAGES)
+        return msa_error(MSA_EUNSUPPORTED, "pre-tokenizer of more than %d splitting steps",
+                         MSA_TOK_MAX_STAGES);
+    if (ps.unknown)
+        return msa_error(MSA_EUNSUPPORTED, "pre-tokenizer has %d step(s) that are not an "
+                         "isolating regex Split, Digits or ByteLevel", ps.unknown);
     if (!byte_level)
         return msa_error(MSA_EUNSUPPORTED, "only byte-level BPE tokenizer.json files are "
                          "supported (no ByteLevel pre-tokenizer or decoder found)");
@@ -176,11 +199,11 @@ static int build(json_t *root, json_t *cfg, msa_tokenizer **out) {
         if ((rc = msa_tok_add_merge(t, l, ll, r, rl, (int32_t)i))) goto fail;
     }
     t->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
-    t->add_prefix_space = prefix_space;
-    if (regex) {
+    t->add_prefix_space = ps.prefix_space;
+    if (ps.n) {
         snprintf(t->pre, sizeof t->pre, "json");
-        t->regex = strdup(regex);
-        if (!t->regex) { rc = msa_error(MSA_ENOMEM, "out of memory"); goto fail; }
+        for (int s = 0; s < ps.n && !rc; s++) rc = msa_tok_add_stage(t, ps.stage[s]);
+        if (rc) goto fail;
     } else {
         snprintf(t->pre, sizeof t->pre, "gpt-2");
     }
