@@ -1177,12 +1177,15 @@ typedef struct msa_generate_params {
 MSA_API msa_generate_params msa_generate_default_params(void);
 
 /* Generates up to max_tokens tokens, appending each to the session (and
- * committing at the end, or every block) and calling `on_token`. Returns
- * MSA_OK when max_tokens, EOS or the callback stopped it. *n_generated
- * (may be NULL) receives the count of tokens passed to on_token.
+ * committing at the end, or every block) and calling `on_token`. An empty
+ * session first gets the vocabulary's BOS token (stored, source "bos", not
+ * passed to on_token) and generates from it. Returns MSA_OK when max_tokens,
+ * EOS or the callback stopped it. *n_generated (may be NULL) receives the
+ * count of tokens passed to on_token.
  * Other returns:
- *   MSA_EINVAL      NULL session, an empty session (append a prompt first),
- *                   or sampling parameters out of range (nothing generated);
+ *   MSA_EINVAL      NULL session, an empty session whose vocabulary has no
+ *                   BOS token (append a prompt first), or sampling
+ *                   parameters out of range (nothing generated);
  *   MSA_EUNSUPPORTED  recomputing the last logits of a reopened session of
  *                   more than 1024 layers;
  *   MSA_EFAILED     the session failed, now or earlier (see "Failed

@@ -86,6 +86,18 @@ int main(void) {
     CHECK(info.n_tokens == 201);
     CHECK(info.n_blocks == 2);
     CHECK(info.bytes_on_disk > 0 && info.bytes_raw > info.bytes_on_disk / 4);
+    /* an empty session generates from BOS alone: the same 200 tokens */
+    msa_session *sb = NULL;
+    CHECK_OK(msa_session_open(e, "from-bos", MSA_SESSION_CREATE, &sb));
+    collect cb = {0};
+    CHECK_OK(generate(sb, 200, &cb));
+    same = 0;
+    while (same < cb.n && same + 1 < n_exp && cb.ids[same] == expected[same + 1]) same++;
+    CHECKF(same == 200 && cb.n == 200, "from BOS alone: %d of %d tokens match", same, cb.n);
+    int64_t n_held = 0;
+    const int32_t *held = msa_session_tokens(sb, &n_held);
+    CHECK(held && n_held == 201 && held[0] == expected[0]);
+    msa_session_close(sb);
     /* a second writer on the same session is refused */
     msa_session *s2 = NULL;
     CHECK(msa_session_open(e, "greedy", 0, &s2) == MSA_EBUSY);

@@ -766,9 +766,13 @@ msa_generate_params msa_generate_default_params(void) {
  * session was just opened). */
 static int ensure_logits(msa_session *s) {
     if (s->logits_valid) return MSA_OK;
-    if (s->n_tokens == 0)
-        return msa_error(MSA_EINVAL, "session '%s' is empty: append a prompt before generating",
-                         s->name);
+    if (s->n_tokens == 0) { /* start from BOS alone, as the llama2.c reference program does */
+        int32_t bos = msa_tokenizer_bos(s->e->tok);
+        if (bos < 0)
+            return msa_error(MSA_EINVAL, "session '%s' is empty and the model's vocabulary has no "
+                             "BOS token to start from: append a prompt before generating", s->name);
+        return msa_session_append_tokens(s, &bos, 1, "bos", NULL, NULL);
+    }
     if (s->shape.n_layers > 1024)
         return msa_error(MSA_EUNSUPPORTED, "session '%s': more than 1024 layers", s->name);
     replay_mem r;
