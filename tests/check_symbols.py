@@ -18,6 +18,10 @@ header of the project but the public one (<msa/msa.h>) and, in cli/, cli's
 own files. The build enforces this too (their include path holds only
 msa/msa.h); this names the offending line instead of a compiler error.
 
+`layers` mode: inside the library, a layer includes only the layers below
+it (docs/design.md, "Layers"): base/ nothing but engine/msa.h; kernels/ and
+persist/ base/ (and not each other); memory/ those three; engine/ any.
+
 Run by ctest (tests/symbols.cmake), label unit.
 """
 
@@ -115,6 +119,44 @@ def check_includes(args) -> int:
     return 0
 
 
+# what each library folder may include, besides itself and engine/msa.h
+LAYERS = {
+    "base": set(),
+    "kernels": {"base"},
+    "persist": {"base"},
+    "memory": {"base", "kernels", "persist"},
+    "engine": {"base", "kernels", "persist", "memory"},
+}
+
+
+def check_layers(args) -> int:
+    root = Path(args.source)
+    bad, n_files = [], 0
+    for layer, allowed in LAYERS.items():
+        for f in sorted((root / layer).rglob("*")):
+            if f.suffix not in (".c", ".h", ".cu", ".cuh"):
+                continue
+            n_files += 1
+            for i, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+                m = re.match(r'\s*#\s*include\s*"([^"]+)"', line)
+                if not m or "/" not in m.group(1):
+                    continue
+                top = m.group(1).split("/")[0]
+                if m.group(1) == "engine/msa.h" or top == layer or top in allowed:
+                    continue
+                if top in LAYERS or top in ("cli", "tests", "tools", "bindings", "examples"):
+                    bad.append(f"{f.relative_to(root)}:{i}: {layer}/ includes {m.group(1)}")
+    if n_files == 0:
+        sys.exit(f"no library sources found under {root}")
+    for b in bad:
+        print(f"  points up: {b}")
+    if bad:
+        print(f"FAIL: {len(bad)} includes against the layer order")
+        return 1
+    print(f"ok: {n_files} library files include only their own layer and those below")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -126,8 +168,12 @@ def main() -> int:
     s.add_argument("--cuda", action="store_true")
     i = sub.add_parser("includes")
     i.add_argument("--source", required=True)
+    la = sub.add_parser("layers")
+    la.add_argument("--source", required=True)
     args = ap.parse_args()
-    return check_symbols(args) if args.mode == "symbols" else check_includes(args)
+    if args.mode == "symbols":
+        return check_symbols(args)
+    return check_includes(args) if args.mode == "includes" else check_layers(args)
 
 
 if __name__ == "__main__":
