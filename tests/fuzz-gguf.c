@@ -6,6 +6,7 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/model/gguf.h"
@@ -44,6 +45,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         msa_gguf_find_tensor(g, t->name, &t2);
         const uint8_t *b = t->data;
         for (size_t j = 0; b && j < t->size; j++) acc += b[j];
+        /* dequantize what was accepted (bounded), so that every block format
+         * reads hostile bytes under the sanitizers */
+        int64_t ne = 1;
+        for (int d = 0; d < t->n_dims && ne <= (1 << 20); d++) ne *= t->ne[d];
+        if (b && ne > 0 && ne <= (1 << 20)) {
+            float *f = malloc((size_t)ne * sizeof *f);
+            if (f) {
+                msa_ggml_to_f32(t->type, b, f, ne);
+                acc += f[ne - 1] > 0;
+                free(f);
+            }
+        }
     }
     msa_gguf_close(g);
     return 0;

@@ -11,6 +11,7 @@ msa_test(test-model SOURCES test-model.c LABELS unit)
 if(MSA_FUZZ)
   if(CMAKE_C_COMPILER_ID MATCHES "Clang")
     add_executable(fuzz-gguf fuzz-gguf.c ${PROJECT_SOURCE_DIR}/engine/model/gguf.c
+                   ${PROJECT_SOURCE_DIR}/engine/model/ggml_quant.c
                    ${PROJECT_SOURCE_DIR}/base/base.c)
     target_include_directories(fuzz-gguf PRIVATE ${PROJECT_SOURCE_DIR})
     target_compile_definitions(fuzz-gguf PRIVATE _GNU_SOURCE)
