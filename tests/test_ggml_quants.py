@@ -5,8 +5,8 @@ gguf.quants.dequantize), must agree bit for bit.
 - Random blocks: each type gets rows of random bytes, so that every bit of
   every scale, min and packed integer takes both values (fp16 scales that come
   out as inf or NaN make NaN elements, which must be NaN on both sides).
-- Real files: every tensor of the model files that tools/fetch-models.sh puts
-  in the user cache (SmolLM2-135M-Instruct Q4_1, Qwen2.5-Coder Q4_K_M: Q4_K,
+- Real files: every tensor of the model files named by $MSA_TEST_MODELS
+  (default smollm2) that tools/fetch-models.sh has put in the user cache (SmolLM2-135M-Instruct Q4_1, Qwen2.5-Coder Q4_K_M: Q4_K,
   Q5_0, Q6_K, Q8_0, F32), where they are present.
 
 Seeds come from $MSA_TEST_SEED or are fresh, and are printed.
@@ -80,10 +80,24 @@ def test_random_blocks_match_gguf_py(tmp_path):
     assert not bad, "; ".join(bad)
 
 
+# Which cached models the tests use: $MSA_TEST_MODELS as tools/quickstart.sh
+# and tools/fetch-models.sh name them (default smollm2; "all" for every one).
+MODEL_FILES = {"smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
+               "qwen-0.5b": "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+               "qwen-1.5b": "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"}
+
+
+def selected_models():
+    want = os.environ.get("MSA_TEST_MODELS", "smollm2").split()
+    if "all" in want:
+        want = list(MODEL_FILES)
+    return [MODEL_FILES[w] for w in want if w in MODEL_FILES]
+
+
 def cached_models():
     base = Path(os.environ.get("MSA_MODELS") or
                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "msa-mem" / "models")
-    return sorted(base.glob("*.gguf")) if base.is_dir() else []
+    return [base / f for f in selected_models() if (base / f).exists()]
 
 
 @pytest.mark.parametrize("path", cached_models() or [None], ids=lambda p: p.name if p else "none")

@@ -2,8 +2,8 @@
 in numpy over gguf-py's dequantized weights (an implementation that shares
 nothing with the engine but the file).
 
-For each model that tools/fetch-models.sh has put in the user cache
-(SmolLM2-135M-Instruct Q4_1: llama architecture, interleaved RoPE, tied
+For each model named by $MSA_TEST_MODELS (default smollm2) that
+tools/fetch-models.sh has put in the user cache (SmolLM2-135M-Instruct Q4_1: llama architecture, interleaved RoPE, tied
 embeddings; Qwen2.5-Coder-0.5B-Instruct Q4_K_M: qwen2, rotate-half RoPE,
 q/k/v biases), and a few prompts:
 
@@ -30,7 +30,18 @@ from gguf.quants import dequantize  # noqa: E402
 BUILD = Path(os.environ.get("MSA_BUILD_DIR", "build"))
 CACHE = Path(os.environ.get("MSA_MODELS") or
              Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "msa-mem" / "models")
-MODELS = ["SmolLM2-135M-Instruct.Q4_1.gguf", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"]
+# Which cached models the tests use: $MSA_TEST_MODELS as tools/quickstart.sh
+# and tools/fetch-models.sh name them (default smollm2; "all" for every one).
+MODEL_FILES = {"smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
+               "qwen-0.5b": "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+               "qwen-1.5b": "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"}
+
+
+def selected_models():
+    want = os.environ.get("MSA_TEST_MODELS", "smollm2").split()
+    if "all" in want:
+        want = list(MODEL_FILES)
+    return [MODEL_FILES[w] for w in want if w in MODEL_FILES]
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ",
            "Once upon a time, in a small village by the sea,"]
 N_GEN = 12
@@ -139,8 +150,10 @@ def engine_greedy(path, ids, n, store):
             return s.tokens()[len(ids):]
 
 
-@pytest.fixture(scope="module", params=MODELS)
+@pytest.fixture(scope="module", params=selected_models() or [None])
 def model(request):
+    if request.param is None:
+        pytest.skip("MSA_TEST_MODELS names no model")
     path = CACHE / request.param
     if not path.exists():
         pytest.skip(f"{request.param} is not cached: tools/fetch-models.sh fetches it")
