@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from pyutil import fresh_seed
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("MSA_BUILD_DIR", ROOT / "build"))
 MSA = BUILD / "msa-mem"
@@ -241,16 +243,6 @@ def test_gen_and_resume_equals_one_process(env):
     with msa_mem.Engine(env["MSA_MODEL"], store=env["MSA_STORE"]) as e:
         with e.session("one") as s1, e.session("two") as s2:
             assert s1.tokens() == s2.tokens()
-
-
-def fresh_seed():
-    """The seed of a test that draws: $MSA_TEST_SEED when set (to replay a
-    failure), else a fresh one, printed either way (pytest shows it with a
-    failing test), as tests/testutil.h's t_seed() does for the C tests."""
-    s = os.environ.get("MSA_TEST_SEED")
-    seed = int(s, 0) if s else int.from_bytes(os.urandom(6), "little") or 1
-    print(f"seed {seed} (MSA_TEST_SEED to replay)")
-    return seed
 
 
 def test_gen_sampling_is_seeded(env):

@@ -23,19 +23,13 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T  # noqa: E402
 from gguf.constants import GGML_QUANT_SIZES  # noqa: E402
 from gguf.quants import dequantize  # noqa: E402
+from pyutil import fresh_seed, model_cache, selected_models  # noqa: E402
 
 BUILD = Path(os.environ.get("MSA_BUILD_DIR", "build"))
 # random scales include inf and NaN on purpose: numpy warns about them
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 TYPES = [T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K,
          T.Q5_K, T.Q6_K]
-
-
-def fresh_seed():
-    s = os.environ.get("MSA_TEST_SEED")
-    seed = int(s, 0) if s else int.from_bytes(os.urandom(6), "little") or 1
-    print(f"seed {seed} (MSA_TEST_SEED to replay)")
-    return seed
 
 
 def dump(path, name):
@@ -80,23 +74,10 @@ def test_random_blocks_match_gguf_py(tmp_path):
     assert not bad, "; ".join(bad)
 
 
-# Which cached models the tests use: $MSA_TEST_MODELS as tools/quickstart.sh
-# and tools/fetch-models.sh name them (default smollm2; "all" for every one).
-MODEL_FILES = {"smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
-               "qwen-0.5b": "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
-               "qwen-1.5b": "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"}
-
-
-def selected_models():
-    want = os.environ.get("MSA_TEST_MODELS", "smollm2").split()
-    if "all" in want:
-        want = list(MODEL_FILES)
-    return [MODEL_FILES[w] for w in want if w in MODEL_FILES]
 
 
 def cached_models():
-    base = Path(os.environ.get("MSA_MODELS") or
-                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "msa-mem" / "models")
+    base = model_cache()
     return [base / f for f in selected_models() if (base / f).exists()]
 
 

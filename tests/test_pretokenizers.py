@@ -27,6 +27,7 @@ import pytest
 tk = pytest.importorskip("tokenizers")
 from tokenizers import Regex  # noqa: E402
 from tokenizers import pre_tokenizers as P  # noqa: E402
+from pyutil import MODEL_FILES, fresh_seed, model_cache  # noqa: E402
 
 BUILD = Path(os.environ.get("MSA_BUILD_DIR", "build"))
 
@@ -52,13 +53,6 @@ HF = {
     "smollm": lambda: P.Sequence([P.Digits(individual_digits=True), byte_level(True)]),
     "starcoder": lambda: P.Sequence([P.Digits(individual_digits=True), byte_level(True)]),
 }
-
-
-def fresh_seed():
-    s = os.environ.get("MSA_TEST_SEED")
-    seed = int(s, 0) if s else int.from_bytes(os.urandom(6), "little") or 1
-    print(f"seed {seed} (MSA_TEST_SEED to replay)")
-    return seed
 
 
 def byte_decoder():
@@ -133,9 +127,7 @@ def test_unknown_variant_is_a_clear_error():
 
 
 def smollm_path():
-    base = Path(os.environ.get("MSA_MODELS") or
-                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "msa-mem" / "models")
-    p = base / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    p = model_cache() / MODEL_FILES["smollm2"]
     return p if p.exists() else None
 
 

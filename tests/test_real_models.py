@@ -26,22 +26,10 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 from gguf.quants import dequantize  # noqa: E402
+from pyutil import model_cache, selected_models  # noqa: E402
 
 BUILD = Path(os.environ.get("MSA_BUILD_DIR", "build"))
-CACHE = Path(os.environ.get("MSA_MODELS") or
-             Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "msa-mem" / "models")
-# Which cached models the tests use: $MSA_TEST_MODELS as tools/quickstart.sh
-# and tools/fetch-models.sh name them (default smollm2; "all" for every one).
-MODEL_FILES = {"smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
-               "qwen-0.5b": "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
-               "qwen-1.5b": "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"}
-
-
-def selected_models():
-    want = os.environ.get("MSA_TEST_MODELS", "smollm2").split()
-    if "all" in want:
-        want = list(MODEL_FILES)
-    return [MODEL_FILES[w] for w in want if w in MODEL_FILES]
+CACHE = model_cache()
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ",
            "Once upon a time, in a small village by the sea,"]
 N_GEN = 12
