@@ -8,7 +8,7 @@ set_target_properties(abi-sizes PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BI
 
 foreach(t test_cli test_python)
   add_test(NAME ${t}
-           COMMAND python3 -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/${t}.py)
+           COMMAND python3 -m pytest -q -rs -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/${t}.py)
   set_tests_properties(${t} PROPERTIES LABELS unit TIMEOUT 600
     SKIP_REGULAR_EXPRESSION "(^|\n)[0-9]+ skipped in"
     ENVIRONMENT "MSA_DEFAULT_ASSETS=${MSA_DEFAULT_ASSETS};MSA_BUILD_DIR=${PROJECT_BINARY_DIR};MSA_SOURCE_DIR=${PROJECT_SOURCE_DIR};MSA_LIBRARY=${PROJECT_BINARY_DIR}/libmsa.so")
@@ -20,7 +20,7 @@ add_executable(gguf-dump gguf_dump.c)
 target_link_libraries(gguf-dump PRIVATE msa_static)
 set_target_properties(gguf-dump PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
 add_test(NAME test_gguf_quant
-         COMMAND python3 -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/test_gguf_quant.py)
+         COMMAND python3 -m pytest -q -rs -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/test_gguf_quant.py)
 set_tests_properties(test_gguf_quant PROPERTIES LABELS unit TIMEOUT 300
   SKIP_REGULAR_EXPRESSION "(^|\n)[0-9]+ skipped in"
   ENVIRONMENT "MSA_DEFAULT_ASSETS=${MSA_DEFAULT_ASSETS};MSA_BUILD_DIR=${PROJECT_BINARY_DIR}")
@@ -29,7 +29,7 @@ set_tests_properties(test_gguf_quant PROPERTIES LABELS unit TIMEOUT 300
 # against gguf-py on random blocks, and on the model files in the user cache
 # (tools/fetch-models.sh) where present. Needs no assets.
 add_test(NAME test_ggml_quants
-         COMMAND python3 -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/test_ggml_quants.py)
+         COMMAND python3 -m pytest -q -rs -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/test_ggml_quants.py)
 set_tests_properties(test_ggml_quants PROPERTIES LABELS unit TIMEOUT 600
   SKIP_REGULAR_EXPRESSION "(^|\n)[0-9]+ skipped in"
   ENVIRONMENT "MSA_BUILD_DIR=${PROJECT_BINARY_DIR}")

@@ -53,10 +53,19 @@ if [ -z "$model" ]; then
       # Hugging Face shorthand: HF_ENDPOINT may point at a mirror
       repo=karpathy/tinyllamas:stories260K
       # the files' published SHA-256 (small files carry none in their headers)
-      [ -s "$src/stories260K.bin" ] || "$msa" pull "$repo/stories260K.bin" "$src/stories260K.bin" \
-        --sha256 b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696
-      [ -s "$src/tok512.bin" ] || "$msa" pull "$repo/tok512.bin" "$src/tok512.bin" \
-        --sha256 037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312
+      if ! { [ -s "$src/stories260K.bin" ] || "$msa" pull "$repo/stories260K.bin" "$src/stories260K.bin" \
+               --sha256 b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696; } ||
+         ! { [ -s "$src/tok512.bin" ] || "$msa" pull "$repo/tok512.bin" "$src/tok512.bin" \
+               --sha256 037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312; }; then
+        cat >&2 <<EOT
+demo: could not download stories260K (the error is above). Any of these instead:
+  - a GGUF you have:        tools/quickstart.sh demo path/to/model.gguf
+  - a Hugging Face mirror:  HF_ENDPOINT=https://your-mirror tools/quickstart.sh demo
+  - the files themselves:   MSA_ASSETS=DIR tools/quickstart.sh demo
+                            (DIR/stories260K/stories260K.bin and tok512.bin)
+EOT
+        exit 6
+      fi
     fi
     bold "converting stories260K to GGUF (once)"
     "$msa" convert llama2c "$src/stories260K.bin" "$src/tok512.bin" "$model"

@@ -53,10 +53,40 @@ python_packages() {
   fi
 }
 
+# The CUDA backend is built where it can run: nvcc on the PATH and a GPU that
+# nvidia-smi lists. MSA_CUDA=ON builds it anyway (CI does, so that the CUDA
+# code keeps compiling), MSA_CUDA=OFF never.
+cuda_args() {
+  if [ -n "${MSA_CUDA:-}" ]; then
+    echo "-DMSA_CUDA=$MSA_CUDA"
+  elif command -v nvcc >/dev/null && ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    say "nvcc is here but no GPU is: building the CPU backend only (MSA_CUDA=ON builds CUDA too)"
+    echo "-DMSA_CUDA=OFF"
+  fi
+}
+
 configure_and_build() {
   say "building in $build"
-  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release ${MSA_CMAKE_ARGS:-} >/dev/null
+  # shellcheck disable=SC2046
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release $(cuda_args) ${MSA_CMAKE_ARGS:-} >/dev/null
   cmake --build "$build" -j "$jobs"
+}
+
+# After ctest: every skipped test with the reason it gave (a C test's
+# "SKIPPED: ..." line, pytest's -rs lines), from ctest's own log.
+skip_reasons() {
+  python3 - "$1" "$build/Testing/Temporary/LastTest.log" <<'PY' || true
+import re, sys
+console, log = (open(p, errors="replace").read() for p in sys.argv[1:3])
+skipped = re.findall(r"Test +#\d+: (\S+) \.+\*+Skipped", console)
+if not skipped:
+    sys.exit(0)
+outputs = dict(re.findall(r'\n"([^"]+)" start time:.*?\nOutput:\n-+\n(.*?)<end of output>', log, re.S))
+print(f"\n{len(skipped)} tests skipped:")
+for name in skipped:
+    why = [l.strip() for l in outputs.get(name, "").splitlines() if "SKIPPED" in l]
+    print(f"  {name}: {'; '.join(why) or 'no reason printed'}")
+PY
 }
 
 cmd=${1:-demo}
@@ -76,7 +106,13 @@ case "$cmd" in
     fi
     # Everything but the seed sweep (ctest -L sweep runs it: about 10 minutes).
     say "running the tests (GPU tests skip where no GPU is present)"
-    ctest --test-dir "$build" --output-on-failure -j "$jobs" ${MSA_CTEST_ARGS:--LE sweep} ;;
+    set +e
+    ctest --test-dir "$build" --output-on-failure -j "$jobs" ${MSA_CTEST_ARGS:--LE sweep} 2>&1 |
+      tee "$build/ctest-output.txt"
+    rc=${PIPESTATUS[0]}
+    set -e
+    skip_reasons "$build/ctest-output.txt"
+    exit "$rc" ;;
   demo)
     install_packages; configure_and_build
     shift || true
