@@ -58,8 +58,19 @@ int msa_cmd_ls(msa_cli *cli, int argc, char **argv) {
     }
     if (argc > 1) return msa_cli_usage_error("ls", "unexpected argument '%s'", argv[1]);
     msa_store *st;
-    int rc = open_store(cli, 0, &st);
-    if (rc) return rc;
+    msa_store_params p = msa_store_default_params();
+    p.dir = cli->store_dir;
+    p.create = 0;
+    int rc = msa_store_open(&p, &st);
+    if (rc == MSA_ENOTFOUND) { /* no store yet (a fresh machine): no sessions, not an error */
+        char d[4096];
+        const char *dir = cli->store_dir;
+        if (!dir) dir = msa_store_default_dir(d, sizeof d) == MSA_OK ? d : "";
+        if (cli->json) print_json(json_pack("{s:s, s:[]}", "store", dir, "sessions"));
+        else printf("(no sessions: there is no store at %s yet; `msa-mem new` makes one)\n", dir);
+        return 0;
+    }
+    if (rc) return msa_cli_fail(rc, "opening the store");
     msa_store_session_info *list;
     size_t n;
     if ((rc = msa_store_list(st, &list, &n))) {

@@ -49,6 +49,7 @@ static void print_help(FILE *f) {
             "  -q, --quiet     no progress bars or chatter\n"
             "  -v, --verbose   more detail on stderr\n"
             "  -h, --help      help; `msa-mem COMMAND --help` for a command\n"
+            "  -V, --version   the version and build features (`msa-mem version --json`)\n"
             "\n"
             "Exit status: 0 success, 1 error, 2 usage, 3 not found, 4 corrupt data,\n"
             "5 wrong model for a session, 6 I/O or network error, 130 interrupted.\n");
@@ -253,7 +254,8 @@ int main(int argc, char **argv) {
         print_help(stdout);
         return argc < 2 ? MSA_EXIT_USAGE : 0;
     }
-    if (!strcmp(argv[1], "--version")) return msa_cmd_version(&cli, 1, argv + 1);
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))
+        return msa_cmd_version(&cli, 1, argv + 1);
     for (int i = 0; i < N_COMMANDS; i++)
         if (!strcmp(argv[1], commands[i].name))
             return commands[i].run(&cli, argc - 1, argv + 1);

@@ -113,6 +113,15 @@ def test_help_teaches():
         assert "Examples:" in p.stdout
 
 
+def test_ls_without_a_store_and_version(tmp_path):
+    store = tmp_path / "none"
+    p = run("--store", store, "ls")
+    assert "no store at" in p.stdout and not store.exists()  # listing creates nothing
+    j = json.loads(run("--store", store, "--json", "ls").stdout)
+    assert j["sessions"] == [] and j["store"] == str(store)
+    assert run("-V").stdout == run("--version").stdout and "msa-mem" in run("-V").stdout
+
+
 def test_usage_errors(env):
     assert run("ask", env=env, check=False).returncode == 2
     assert run("gen", "x", "--temp", "hot", env=env, check=False).returncode == 2
