@@ -118,6 +118,7 @@ typedef struct run_opts {
     int dense;
     int block_size;    /* new sessions */
     int top_k;         /* MSA blocks read per step; 0: the session's */
+    int create;        /* --create: make the session when it is missing */
 } run_opts;
 
 static run_opts run_opts_default(void) {
@@ -171,7 +172,13 @@ static int parse_float(const char *cmd, const char *name, const char *s, double 
     return 0;
 }
 
-enum { OPT_SAMPLING = 1, OPT_GEN = 2, OPT_TEMPLATE = 4, OPT_CREATE = 8 };
+enum { OPT_SAMPLING = 1, OPT_GEN = 2, OPT_TEMPLATE = 4, OPT_CREATE = 8, OPT_MAY_CREATE = 16 };
+
+/* Sessions are created by `new`, or by a command given --create: a typo in a
+ * name is an error (exit 3), not a new empty session. */
+static unsigned open_flags(const run_opts *o) {
+    return o->create ? MSA_SESSION_CREATE : MSA_SESSION_OPEN;
+}
 
 /* Parses one shared option at argv[*i]. Returns 1 when taken, 0 when not a
  * shared option, or MSA_EXIT_USAGE + 100 on a bad value (message printed). */
@@ -183,6 +190,10 @@ static int parse_shared(const char *cmd, int which, int argc, char **argv, int *
 #define BAD (MSA_EXIT_USAGE + 100)
     if (OPT("--threads")) {
         if (r < 0 || parse_int(cmd, "--threads", v, 0, 4096, &o->threads)) return BAD;
+        return 1;
+    }
+    if ((which & OPT_MAY_CREATE) && !strcmp(argv[*i], "--create")) {
+        o->create = 1;
         return 1;
     }
     if (which & OPT_CREATE) {
@@ -425,7 +436,8 @@ static int open_session(msa_cli *cli, const char *cmd, const char *name, int fla
     if (rc) {
         opened_close(o);
         if (rc == MSA_ENOTFOUND)
-            return msa_cli_fail(rc, "session '%s' (create it with `msa-mem new %s`)", name, name);
+            return msa_cli_fail(rc, "session '%s' (create it with `msa-mem new %s`, or pass "
+                                "--create)", name, name);
         return msa_cli_fail(rc, "cannot open session '%s'", name);
     }
     char parent[MSA_STORE_NAME_MAX + 1];
@@ -738,7 +750,8 @@ static void ingest_help(void) {
     printf("usage: msa-mem ingest NAME [PATH|-]... [--text TEXT] [options]\n"
            "\n"
            "Appends text to a session's memory: files, folders, a whole repository,\n"
-           "standard input ('-') or --text. The session is created when missing.\n"
+           "standard input ('-') or --text. The session must exist (`msa-mem new`),\n"
+           "or be created here with --create.\n"
            "\n"
            "A folder inside a git work tree contributes the files git tracks under it\n"
            "(git ls-files); any other folder is walked, honouring .gitignore files (a\n"
@@ -758,12 +771,13 @@ static void ingest_help(void) {
            "  --text TEXT        append TEXT (source tag \"text\")\n"
            "  --source TAG       source tag for stdin and --text\n"
            "  --force            ingest unchanged files again\n"
+           "  --create           create the session when it is missing\n"
            "  --block-size N, --top-k K   for a session created here (see `new`)\n"
            "  --threads N        CPU workers (0: one per core)\n"
            "  --json             print a summary as JSON\n"
            "\n"
            "Examples:\n"
-           "  msa-mem ingest repo ~/src/project\n"
+           "  msa-mem ingest repo ~/src/project --create\n"
            "  git log -p | msa-mem ingest history - --source git-log\n"
            "  msa-mem ingest notes notes/ --max-file-size 256K --json\n");
 }
@@ -802,7 +816,7 @@ int msa_cmd_ingest(msa_cli *cli, int argc, char **argv) {
     if (!paths || !texts) { free(paths); free(texts); return msa_cli_fail(MSA_ENOMEM, "ingest"); }
     for (int i = 1; i < argc; i++) {
         const char *v;
-        int r = parse_shared("ingest", OPT_CREATE, argc, argv, &i, &ro);
+        int r = parse_shared("ingest", OPT_CREATE | OPT_MAY_CREATE, argc, argv, &i, &ro);
         if (r > 1) { rc = MSA_EXIT_USAGE; goto done; }
         if (r == 1) continue;
         if ((r = opt_value("ingest", argc, argv, &i, "--max-file-size", &v))) {
@@ -845,7 +859,7 @@ int msa_cmd_ingest(msa_cli *cli, int argc, char **argv) {
     }
 
     opened o;
-    rc = open_session(cli, "ingest", name, MSA_SESSION_CREATE, &ro, &o);
+    rc = open_session(cli, "ingest", name, open_flags(&ro), &ro, &o);
     if (rc) goto done;
     if (ro.top_k && !json_object_get(o.sc.root, "top_k"))
         json_object_set_new(o.sc.root, "top_k", json_integer(ro.top_k));
@@ -1113,9 +1127,12 @@ static void gen_help(void) {
            "Continues the session's text: appends --prompt (if given), then generates\n"
            "up to N tokens, streaming them to stdout. Every generated token joins the\n"
            "session's memory. A session reopened by a new process is not prefilled\n"
-           "again: only its last token is recomputed over the stored memory.\n"
+           "again: only its last token is recomputed over the stored memory. An\n"
+           "empty session generates from BOS. The session must exist (`msa-mem new`),\n"
+           "or be created here with --create.\n"
            "\n"
            "  --prompt TEXT     text appended before generating\n"
+           "  --create          create the session when it is missing\n"
            "  -n, --max-tokens N  tokens to generate (default 128)\n"
            "  --dense           attend over every token instead of MSA's selected\n"
            "                    blocks (for comparisons)\n"
@@ -1128,7 +1145,7 @@ static void gen_help(void) {
            "resume), and the mean time per token after the first.\n"
            "\n"
            "Examples:\n"
-           "  msa-mem gen story --prompt \"Once upon a time\" -n 64\n"
+           "  msa-mem gen story --prompt \"Once upon a time\" -n 64 --create\n"
            "  msa-mem gen story -n 32 --temp 0.8 --top-p 0.9 --seed 7\n"
            "  msa-mem gen story -n 16 --json | jq .ms_per_token\n",
            sampling_help);
@@ -1140,7 +1157,7 @@ int msa_cmd_gen(msa_cli *cli, int argc, char **argv) {
     const char *name = NULL, *prompt = NULL;
     for (int i = 1; i < argc; i++) {
         const char *v;
-        int r = parse_shared("gen", OPT_SAMPLING | OPT_GEN, argc, argv, &i, &ro);
+        int r = parse_shared("gen", OPT_SAMPLING | OPT_GEN | OPT_MAY_CREATE, argc, argv, &i, &ro);
         if (r > 1) return MSA_EXIT_USAGE;
         if (r == 1) continue;
         if ((r = opt_value("gen", argc, argv, &i, "--prompt", &v))) {
@@ -1157,7 +1174,7 @@ int msa_cmd_gen(msa_cli *cli, int argc, char **argv) {
     }
     if (!name) return msa_cli_usage_error("gen", "which session? give NAME");
     opened o;
-    int rc = open_session(cli, "gen", name, prompt ? MSA_SESSION_CREATE : MSA_SESSION_OPEN, &ro, &o);
+    int rc = open_session(cli, "gen", name, open_flags(&ro), &ro, &o);
     if (rc) return rc;
     catch_sigint();
     int64_t before = n_tokens_of(o.s);
@@ -1505,19 +1522,21 @@ static void chat_help(void) {
            "Talks with a session: reads one user message per line of standard input\n"
            "(a terminal or a pipe), appends it with the chat template and streams the\n"
            "reply to stdout. Every turn stays in the session, so a later `chat` (or\n"
-           "`ask`) continues with all of it. The session is created when missing.\n"
+           "`ask`) continues with all of it. The session must exist (`msa-mem new`),\n"
+           "or be created here with --create.\n"
            "Empty lines are skipped; /exit or end of input ends the chat; Ctrl-C stops\n"
            "the reply in progress and ends the chat.\n"
            "\n"
            "  --template T      plain, llama3, chatml or llama2 (default: the model's)\n"
            "  --system TEXT     a system message, appended when the session is empty\n"
+           "  --create          create the session when it is missing\n"
            "  -n, --max-tokens N  reply length limit per turn (default 128)\n"
            "  --json            one JSON object per turn: {\"user\", \"reply\", \"tokens\"}\n"
            "\n"
            "%s"
            "\n"
            "Examples:\n"
-           "  msa-mem chat assistant\n"
+           "  msa-mem chat assistant --create\n"
            "  printf 'Hi!\\nWhat did I just say?\\n' | msa-mem chat assistant -n 64\n"
            "  msa-mem chat notes --template chatml --system \"Be brief.\"\n",
            sampling_help);
@@ -1529,7 +1548,8 @@ int msa_cmd_chat(msa_cli *cli, int argc, char **argv) {
     const char *name = NULL, *system = NULL;
     for (int i = 1; i < argc; i++) {
         const char *v;
-        int r = parse_shared("chat", OPT_SAMPLING | OPT_GEN | OPT_TEMPLATE, argc, argv, &i, &ro);
+        int r = parse_shared("chat", OPT_SAMPLING | OPT_GEN | OPT_TEMPLATE | OPT_MAY_CREATE, argc,
+                             argv, &i, &ro);
         if (r > 1) return MSA_EXIT_USAGE;
         if (r == 1) continue;
         if ((r = opt_value("chat", argc, argv, &i, "--system", &v))) {
@@ -1545,7 +1565,7 @@ int msa_cmd_chat(msa_cli *cli, int argc, char **argv) {
     }
     if (!name) return msa_cli_usage_error("chat", "which session? give NAME");
     opened o;
-    int rc = open_session(cli, "chat", name, MSA_SESSION_CREATE, &ro, &o);
+    int rc = open_session(cli, "chat", name, open_flags(&ro), &ro, &o);
     if (rc) return rc;
     int tmpl = ro.tmpl >= 0 ? ro.tmpl : msa_engine_chat_template(o.e);
     if (system && n_tokens_of(o.s) == 0) {

@@ -194,15 +194,26 @@ def test_ingest_walk_honours_gitignore(env, tmp_path):
     (d / "src" / ".gitignore").write_text("!keep.log\n")
     (d / "src" / "keep.log").write_text("kept\n")
     (d / "big.txt").write_text("word " * 400)
-    out = json.loads(run("ingest", "w", d, "--max-file-size", "1K", "--json", env=env).stdout)
+    out = json.loads(run("ingest", "w", d, "--max-file-size", "1K", "--json", "--create",
+                         env=env).stdout)
     assert sorted(f["path"] for f in out["files"]) == [".gitignore", "src/.gitignore",
                                                         "src/a.txt", "src/keep.log"]
     assert out["skipped"]["ignored"] == 2  # build/ and x.log
     assert out["skipped"]["too_large"] == 1
 
 
+def test_sessions_are_created_only_when_asked(env):
+    for cmd in (["ingest", "typo", "--text", "hi"], ["gen", "typo", "--prompt", "hi", "-n", "1"],
+                ["chat", "typo", "-n", "1"]):
+        p = run(*cmd, env=env, check=False, input="hi\n")
+        assert p.returncode == 3 and "msa-mem new typo" in p.stderr and "--create" in p.stderr, cmd
+    assert "typo" not in [s["name"] for s in json.loads(run("ls", "--json", env=env).stdout)["sessions"]]
+    run("gen", "typo", "--prompt", "hi", "-n", "1", "--create", env=env)
+    assert "typo" in [s["name"] for s in json.loads(run("ls", "--json", env=env).stdout)["sessions"]]
+
+
 def test_ingest_stdin_and_text(env):
-    p = run("ingest", "notes", "-", "--source", "piped", "--json", env=env,
+    p = run("ingest", "notes", "-", "--source", "piped", "--json", "--create", env=env,
             input="The bird sang a song.\n")
     d = json.loads(p.stdout)
     assert d["files"][0]["path"] == "piped"
@@ -211,7 +222,7 @@ def test_ingest_stdin_and_text(env):
 
 
 def test_chat_through_pipe(env):
-    p = run("chat", "c", "--json", "-n", "12", env=env,
+    p = run("chat", "c", "--json", "-n", "12", "--create", env=env,
             input="Hello, who are you?\n\nTell me about your day.\n")
     turns = [json.loads(l) for l in p.stdout.splitlines()]
     assert [t["user"] for t in turns] == ["Hello, who are you?", "Tell me about your day."]
@@ -256,7 +267,7 @@ def test_gen_and_resume_equals_one_process(env):
 
 def test_gen_sampling_is_seeded(env):
     seed = str(fresh_seed())
-    gen_json(env, "s", "--prompt", "The dog ran", "-n", "1")
+    gen_json(env, "s", "--prompt", "The dog ran", "-n", "1", "--create")
     run("fork", "s", "s2", env=env)
     x = gen_json(env, "s", "-n", "16", "--temp", "0.9", "--top-p", "0.95", "--seed", seed)
     y = gen_json(env, "s2", "-n", "16", "--temp", "0.9", "--top-p", "0.95", "--seed", seed)
@@ -264,7 +275,7 @@ def test_gen_sampling_is_seeded(env):
 
 
 def test_export_import_fork_rm_ls(env, tmp_path):
-    gen_json(env, "orig", "--prompt", "Sam saw a big tree.", "-n", "20")
+    gen_json(env, "orig", "--prompt", "Sam saw a big tree.", "-n", "20", "--create")
     f = tmp_path / "orig.msax"
     run("export", "orig", f, env=env)
     run("import", f, "copy", env=env)
@@ -330,7 +341,7 @@ def test_ingest_ctrl_c_keeps_last_chunk(env, tmp_path):
     big = tmp_path / "big.txt"
     big.write_text("".join(f"Day {i}: Sue took her kite to the beach and it flew high.\n"
                            for i in range(150)))
-    p = subprocess.Popen([str(MSA), "ingest", "big", str(big)], env=env, text=True,
+    p = subprocess.Popen([str(MSA), "ingest", "big", str(big), "--create"], env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     tokens = 0

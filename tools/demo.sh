@@ -169,4 +169,4 @@ note "scored at every step, a few bytes each) but far slower than dense attentio
 note "which reads every stored key and value at every step."
 bold "done"
 note "the store was $MSA_STORE; run \`tools/demo.sh $1\` again, or try:"
-note "  MSA_MODEL=$model MSA_STORE=/tmp/s $msa chat mine"
+note "  MSA_MODEL=$model MSA_STORE=/tmp/s $msa chat mine --create"
