@@ -168,7 +168,7 @@ def test_dequantization_matches_gguf_py(models):
 
 def gen(model, store, prompt, n=24):
     r = subprocess.run([str(BUILD / "msa-mem"), "-q", "--model", str(model), "--store", str(store),
-                        "gen", "s", "--prompt", prompt, "-n", str(n)],
+                        "gen", "s", "--create", "--prompt", prompt, "-n", str(n)],
                        check=True, capture_output=True, text=True)
     return r.stdout
 
