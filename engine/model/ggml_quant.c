@@ -89,10 +89,14 @@ static void dq_q8_0(const uint8_t *b, float *y) {
 static void dq_q2_k(const uint8_t *b, float *y) {
     const uint8_t *sc = b, *qs = b + 16;
     float d = half_at(b + 80), dmin = half_at(b + 82);
+    float dl[16], ml[16];
+    for (int g = 0; g < 16; g++) {
+        dl[g] = d * (float)(sc[g] & 0x0F);
+        ml[g] = dmin * (float)(sc[g] >> 4);
+    }
     for (int i = 0; i < QK_K; i++) {
-        int c = i / 128, s = (i / 32) % 4, l = i % 32, g = i / 16;
-        float dl = d * (float)(sc[g] & 0x0F), ml = dmin * (float)(sc[g] >> 4);
-        y[i] = dl * (float)((qs[32 * c + l] >> (2 * s)) & 3) - ml;
+        int c = i / 128, s = (i / 32) % 4, l = i % 32;
+        y[i] = dl[i / 16] * (float)((qs[32 * c + l] >> (2 * s)) & 3) - ml[i / 16];
     }
 }
 
@@ -173,11 +177,13 @@ static void dq_q6_k(const uint8_t *b, float *y) {
     const uint8_t *ql = b, *qh = b + 128;
     const int8_t *sc = (const int8_t *)(b + 192);
     float d = half_at(b + 208);
+    float ds[16];
+    for (int g = 0; g < 16; g++) ds[g] = d * (float)sc[g];
     for (int i = 0; i < QK_K; i++) {
         int c = i / 128, r = i % 128;
         int lo = (ql[64 * c + r % 64] >> (4 * (r / 64))) & 0x0F;
         int hi = (qh[32 * c + r % 32] >> (2 * (r / 32))) & 3;
-        y[i] = (d * (float)sc[i / 16]) * (float)((lo | hi << 4) - 32);
+        y[i] = ds[i / 16] * (float)((lo | hi << 4) - 32);
     }
 }
 
