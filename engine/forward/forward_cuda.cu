@@ -56,13 +56,16 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/forward/model_cuda.h"
 #include "base/base.h"
 #include "kernels/cuda.h"
+#include "engine/model/gguf.h" /* C linkage: included by model_cuda.h inside extern "C" */
 #include "kernels/forward_ops.h"
+#include "kernels/qgemv.h"
 #include "memory/pager.h"
 
 typedef __nv_bfloat16 bf16;
@@ -85,8 +88,20 @@ static int ckb(cublasStatus_t s, const char *what) {
 
 /* ---- objects ----------------------------------------------------------------- */
 
+/* A weight matrix kept as the GGUF file's quantized bytes (kernels/qgemv.h):
+ * nseg segments stacked by rows (q, k, v; gate, up), read by the decode
+ * GEMV as they are and dequantized to bf16 for prefill GEMMs. nseg 0: the
+ * matrix is bf16 (the field beside it). */
+typedef struct qweight {
+    int nseg;
+    msa_fwd_qmat seg[MSA_FWD_QGEMV_MAX_SEG];
+    int in;       /* elements per row */
+    size_t bytes; /* all segments */
+} qweight;
+
 /* One layer on the device. Nqkv = Hq*d + 2*Hkv*d (+ Hkv*di + di trained). */
 typedef struct cuda_layer {
+    qweight qqkv, qo, q13, q2; /* quantized forms of wqkv, wo, w13, w2 (those are NULL then) */
     bf16 *wqkv;        /* (Nqkv, D) rows: wq, wk, wv, [idx_q, idx_k] */
     float *bqkv;       /* (Nqkv) or NULL */
     bf16 *wo;          /* (D, Hq*d) */
@@ -117,7 +132,11 @@ struct msa_cuda_model {
     cudaStream_t st;
     cublasHandle_t blas;
     bf16 *tok_embd;      /* (V, D) */
-    bf16 *output;        /* (V, D); == tok_embd when tied */
+    bf16 *output;        /* (V, D); == tok_embd when tied; NULL when quantized and not tied */
+    qweight qout;        /* the classifier's quantized form, or nseg 0 */
+    bf16 *deq;           /* prefill: a quantized matrix dequantized (deq_elems bf16) */
+    size_t deq_elems;
+    void *qgemv_ws;      /* the quantized GEMV's input row */
     float *output_norm;  /* (D) */
     float *inv_freq;     /* (d/2) RoPE frequencies of the main heads */
     float *inv_freq_idx; /* (di/2) of the trained index heads, or NULL */
@@ -233,6 +252,45 @@ static int gemv(msa_cuda_model *cm, const bf16 *W, const bf16 *xb, const float *
     return msa_fwd_gemv(&g, cm->st);
 }
 
+/* Queues the decode GEMV over a quantized matrix (kernels/qgemv.cu); the
+ * same inputs and outputs as gemv() without its epilogues. */
+static int qgemv(msa_cuda_model *cm, const qweight *q, const bf16 *xb, const float *xf,
+                 const float *nw, float eps, int mode, float *y, bf16 *h, int accumulate) {
+    msa_fwd_qgemv_args g;
+    memset(&g, 0, sizeof g);
+    memcpy(g.seg, q->seg, sizeof g.seg);
+    g.nseg = q->nseg;
+    g.xb = (const uint16_t *)xb;
+    g.xf = xf;
+    g.nw = nw;
+    g.eps = eps;
+    g.mode = mode;
+    g.in = q->in;
+    g.y = y;
+    g.accumulate = accumulate;
+    g.h = (uint16_t *)h;
+    g.workspace = cm->qgemv_ws;
+    g.sms = cm->sms;
+    return msa_fwd_qgemv(&g, cm->st);
+}
+
+/* The bf16 rows of a matrix for a prefill GEMM: W itself, or the quantized
+ * form dequantized into cm->deq (segments one after another, as the bf16
+ * matrix would hold them). */
+static int bf16_rows(msa_cuda_model *cm, const qweight *q, const bf16 *W, const bf16 **out) {
+    *out = W;
+    if (!q->nseg) return MSA_OK;
+    size_t off = 0;
+    for (int m = 0; m < q->nseg; m++) {
+        const int64_t n = (int64_t)q->seg[m].rows * q->in;
+        int rc = msa_fwd_dequant_bf16(q->seg[m].w, q->seg[m].type, n, (uint16_t *)cm->deq + off, cm->st);
+        if (rc) return rc;
+        off += (size_t)n;
+    }
+    *out = cm->deq;
+    return MSA_OK;
+}
+
 static int model_new(const msa_model_info *info, float eps, int neox, int cuda_device,
                      msa_cuda_model **out) {
     *out = NULL;
@@ -303,6 +361,41 @@ static int put_f32(msa_cuda_model *cm, const float *src, size_t n, float **out) 
     return rc;
 }
 
+/* The quantized form of one matrix: the GGUF tensors `names` (n of them,
+ * stacked by rows: rows[i] rows of `in` elements each; with layer >= 0 the
+ * names are blk.<layer>.NAME) uploaded as their file bytes, when every one
+ * has a type the quantized kernels take and the expected shape. Otherwise
+ * q->nseg stays 0 and the caller uploads bf16. MSA_CUDA_WEIGHTS=bf16 in the
+ * environment keeps every matrix bf16 (comparisons). */
+static int upload_q(msa_cuda_model *cm, const msa_gguf *g, int layer, const char *const *names,
+                    const int64_t *rows, int n, int64_t in, qweight *q) {
+    memset(q, 0, sizeof *q);
+    const char *env = getenv("MSA_CUDA_WEIGHTS");
+    if (!g || (env && !strcmp(env, "bf16")) || n > MSA_FWD_QGEMV_MAX_SEG || in > MSA_FWD_QGEMV_MAX_IN)
+        return MSA_OK;
+    const msa_gguf_tensor *t[MSA_FWD_QGEMV_MAX_SEG];
+    for (int i = 0; i < n; i++) {
+        char nm[96];
+        if (layer >= 0) snprintf(nm, sizeof nm, "blk.%d.%s", layer, names[i]);
+        else snprintf(nm, sizeof nm, "%s", names[i]);
+        if (msa_gguf_find_tensor(g, nm, &t[i]) != MSA_OK || !t[i]->data ||
+            !msa_fwd_qtype_supported(t[i]->type) || t[i]->ne[0] != in || t[i]->ne[1] != rows[i] ||
+            t[i]->size != msa_fwd_qrow_bytes(t[i]->type, (int)in) * (size_t)rows[i])
+            return MSA_OK;
+    }
+    for (int i = 0; i < n; i++) {
+        void *d;
+        int rc = dalloc(cm, t[i]->size, &d);
+        if (!rc) rc = ck(cudaMemcpy(d, t[i]->data, t[i]->size, cudaMemcpyHostToDevice), "upload quantized weights");
+        if (rc) return rc;
+        q->seg[i] = (msa_fwd_qmat){d, t[i]->type, (int)rows[i]};
+        q->bytes += t[i]->size;
+    }
+    q->nseg = n;
+    q->in = (int)in;
+    return MSA_OK;
+}
+
 extern "C" int msa_cuda_model_upload(const msa_model *m, int cuda_device, msa_cuda_model **out) {
     if (!m || !out) return msa_error(MSA_EINVAL, "msa_cuda_model_upload: NULL argument");
     msa_cuda_model *cm;
@@ -318,15 +411,28 @@ extern "C" int msa_cuda_model_upload(const msa_model *m, int cuda_device, msa_cu
     uint16_t *tmp = (uint16_t *)malloc(big * 2);
     float *bias = (float *)calloc(Nq, sizeof(float));
     if (!tmp || !bias) rc = msa_error(MSA_ENOMEM, "forward (CUDA): upload staging");
-    size_t wb = 0;
+    size_t wb = 0, deq = 0;
+    /* quantized GGUFs keep their matrices' bytes (not with a trained index,
+     * whose rows join the qkv matrix in bf16) */
+    const msa_gguf *gg = I->has_trained_index ? NULL : msa_model_gguf(m);
+    const int tied = m->output == m->tok_embd;
+    /* the embedding stays bf16 for the row lookup; a decode step reads one row */
     if (!rc) rc = dalloc(cm, V * D * 2, (void **)&cm->tok_embd);
     if (!rc) rc = put_bf16(cm->tok_embd, m->tok_embd, V * D, tmp);
     if (!rc) {
-        if (m->output == m->tok_embd) cm->output = cm->tok_embd;
-        else if (!(rc = dalloc(cm, V * D * 2, (void **)&cm->output)))
-            rc = put_bf16(cm->output, m->output, V * D, tmp);
-        wb += V * D * 2;
+        const char *oname = tied ? "token_embd.weight" : "output.weight";
+        const int64_t vr = (int64_t)V;
+        rc = upload_q(cm, gg, -1, &oname, &vr, 1, (int64_t)D, &cm->qout);
     }
+    if (!rc) {
+        if (tied) cm->output = cm->tok_embd; /* prefill's classifier reads it */
+        else if (!cm->qout.nseg && !(rc = dalloc(cm, V * D * 2, (void **)&cm->output)))
+            rc = put_bf16(cm->output, m->output, V * D, tmp);
+        else if (cm->qout.nseg)
+            deq = V * D;
+        wb += cm->qout.nseg ? cm->qout.bytes : V * D * 2;
+    }
+    if (!rc) rc = dalloc(cm, msa_fwd_qgemv_workspace_size(MSA_FWD_QGEMV_MAX_IN), &cm->qgemv_ws);
     if (!rc) rc = put_f32(cm, m->output_norm, D, &cm->output_norm);
     if (!rc) rc = upload_freqs(cm, m->rope_inv_freq, I->head_dim, &cm->inv_freq);
     if (!rc && I->has_trained_index)
@@ -335,14 +441,31 @@ extern "C" int msa_cuda_model_upload(const msa_model *m, int cuda_device, msa_cu
     for (int l = 0; l < I->n_layers && !rc; l++) {
         const msa_model_layer *S = &m->layers[l];
         cuda_layer *Y = &cm->L[l];
-        if ((rc = dalloc(cm, Nq * D * 2, (void **)&Y->wqkv))) break;
+        static const char *const qkv_names[] = {"attn_q.weight", "attn_k.weight", "attn_v.weight"};
+        static const char *const o_names[] = {"attn_output.weight"};
+        static const char *const gu_names[] = {"ffn_gate.weight", "ffn_up.weight"};
+        static const char *const down_names[] = {"ffn_down.weight"};
+        const int64_t qkv_rows[] = {(int64_t)qd, (int64_t)kvd, (int64_t)kvd}, o_rows[] = {(int64_t)D},
+                      gu_rows[] = {(int64_t)F, (int64_t)F}, down_rows[] = {(int64_t)D};
+        if ((rc = upload_q(cm, gg, l, qkv_names, qkv_rows, 3, (int64_t)D, &Y->qqkv)) ||
+            (rc = upload_q(cm, gg, l, o_names, o_rows, 1, (int64_t)qd, &Y->qo)) ||
+            (rc = upload_q(cm, gg, l, gu_names, gu_rows, 2, (int64_t)D, &Y->q13)) ||
+            (rc = upload_q(cm, gg, l, down_names, down_rows, 1, (int64_t)F, &Y->q2)))
+            break;
+        if (Y->qqkv.nseg && Nq * D > deq) deq = Nq * D;
+        if (Y->qo.nseg && D * qd > deq) deq = D * qd;
+        if (Y->q13.nseg && 2 * F * D > deq) deq = 2 * F * D;
+        if (Y->q2.nseg && D * F > deq) deq = D * F;
         size_t r = 0;
-        rc = put_bf16(Y->wqkv, S->wq, qd * D, tmp);
-        r += qd;
-        if (!rc) rc = put_bf16(Y->wqkv + r * D, S->wk, kvd * D, tmp);
-        r += kvd;
-        if (!rc) rc = put_bf16(Y->wqkv + r * D, S->wv, kvd * D, tmp);
-        r += kvd;
+        if (!Y->qqkv.nseg) {
+            if ((rc = dalloc(cm, Nq * D * 2, (void **)&Y->wqkv))) break;
+            rc = put_bf16(Y->wqkv, S->wq, qd * D, tmp);
+            r += qd;
+            if (!rc) rc = put_bf16(Y->wqkv + r * D, S->wk, kvd * D, tmp);
+            r += kvd;
+            if (!rc) rc = put_bf16(Y->wqkv + r * D, S->wv, kvd * D, tmp);
+            r += kvd;
+        }
         if (!rc && I->has_trained_index) {
             rc = put_bf16(Y->wqkv + r * D, S->idx_q, I->n_kv_heads * di * D, tmp);
             r += I->n_kv_heads * di;
@@ -355,20 +478,24 @@ extern "C" int msa_cuda_model_upload(const msa_model *m, int cuda_device, msa_cu
             if (S->bv) memcpy(bias + qd + kvd, S->bv, kvd * 4);
             rc = put_f32(cm, bias, Nq, &Y->bqkv);
         }
-        if (!rc) rc = dalloc(cm, D * qd * 2, (void **)&Y->wo);
-        if (!rc) rc = put_bf16(Y->wo, S->wo, D * qd, tmp);
+        if (!rc && !Y->qo.nseg) rc = dalloc(cm, D * qd * 2, (void **)&Y->wo);
+        if (!rc && !Y->qo.nseg) rc = put_bf16(Y->wo, S->wo, D * qd, tmp);
         if (!rc) rc = put_f32(cm, S->bo, D, &Y->bo);
-        if (!rc) rc = dalloc(cm, 2 * F * D * 2, (void **)&Y->w13);
-        if (!rc) rc = put_bf16(Y->w13, S->w1, F * D, tmp);
-        if (!rc) rc = put_bf16(Y->w13 + F * D, S->w3, F * D, tmp);
-        if (!rc) rc = dalloc(cm, D * F * 2, (void **)&Y->w2);
-        if (!rc) rc = put_bf16(Y->w2, S->w2, D * F, tmp);
+        if (!rc && !Y->q13.nseg) rc = dalloc(cm, 2 * F * D * 2, (void **)&Y->w13);
+        if (!rc && !Y->q13.nseg) rc = put_bf16(Y->w13, S->w1, F * D, tmp);
+        if (!rc && !Y->q13.nseg) rc = put_bf16(Y->w13 + F * D, S->w3, F * D, tmp);
+        if (!rc && !Y->q2.nseg) rc = dalloc(cm, D * F * 2, (void **)&Y->w2);
+        if (!rc && !Y->q2.nseg) rc = put_bf16(Y->w2, S->w2, D * F, tmp);
         if (!rc) rc = put_f32(cm, S->attn_norm, D, &Y->attn_norm);
         if (!rc) rc = put_f32(cm, S->ffn_norm, D, &Y->ffn_norm);
         if (!rc) rc = put_f32(cm, S->idx_q_norm, di, &Y->idx_q_norm);
         if (!rc) rc = put_f32(cm, S->idx_k_norm, di, &Y->idx_k_norm);
-        wb += (Nq * D + D * qd + 3 * F * D) * 2 + 2 * D * 4;
+        wb += (Y->qqkv.nseg ? Y->qqkv.bytes : Nq * D * 2) + (Y->qo.nseg ? Y->qo.bytes : D * qd * 2) +
+              (Y->q13.nseg ? Y->q13.bytes : 2 * F * D * 2) + (Y->q2.nseg ? Y->q2.bytes : D * F * 2) +
+              2 * D * 4;
     }
+    if (!rc && deq) rc = dalloc(cm, deq * 2, (void **)&cm->deq);
+    cm->deq_elems = deq;
     free(tmp);
     free(bias);
     if (rc) {
@@ -803,17 +930,24 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
                                          (I->has_trained_index ? 0 : 2 * kvd * 2));
         prof_b(cm, MSA_CUDA_PROF_QKV, (double)cm->Nqkv * D * 2 + (double)n * cm->Nqkv * 4 +
                                           (v4 ? post : 0));
-        if (one) {
+        /* the quantized GEMV has no epilogue: the post-processing runs after it */
+        const bool post_fused = v4 && !Y->qqkv.nseg;
+        if (one && Y->qqkv.nseg) {
+            rc = qgemv(cm, &Y->qqkv, NULL, cm->x, Y->attn_norm, cm->rms_eps, MSA_FWD_GEMV_NORM, cm->y,
+                       NULL, 0);
+        } else if (one) {
             /* v4: the post-processing is the GEMV's last-CTA epilogue */
             rc = gemv(cm, Y->wqkv, NULL, cm->x, Y->attn_norm, cm->rms_eps, MSA_FWD_GEMV_NORM,
                       cm->y, NULL, D, cm->Nqkv, 0, MSA_FWD_EPI_QKV, &a);
         } else {
+            const bf16 *W;
             rc = msa_fwd_rmsnorm(cm->x, Y->attn_norm, (uint16_t *)cm->xb, n, D, cm->rms_eps, st);
-            if (!rc) rc = gemm(cm, Y->wqkv, cm->xb, cm->y, CUDA_R_32F, n, D, cm->Nqkv, 0.0f, "qkv");
+            if (!rc) rc = bf16_rows(cm, &Y->qqkv, Y->wqkv, &W);
+            if (!rc) rc = gemm(cm, W, cm->xb, cm->y, CUDA_R_32F, n, D, cm->Nqkv, 0.0f, "qkv");
         }
         prof_e(cm);
         if (rc) return rc;
-        if (!v4) {
+        if (!post_fused) {
             prof_b(cm, MSA_CUDA_PROF_QKV_POST, post);
             rc = msa_fwd_qkv_post(&a, n, st);
             prof_e(cm);
@@ -887,43 +1021,63 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
         }
 
         prof_b(cm, MSA_CUDA_PROF_O, (double)D * qd * 2 + (double)n * D * 8);
-        rc = one ? gemv(cm, Y->wo, cm->att, NULL, NULL, 0.0f, MSA_FWD_GEMV_PLAIN, cm->x, NULL, qd,
-                        D, 1)
-                 : gemm(cm, Y->wo, cm->att, cm->x, CUDA_R_32F, n, qd, D, 1.0f, "wo");
+        if (one && Y->qo.nseg) {
+            rc = qgemv(cm, &Y->qo, cm->att, NULL, NULL, 0.0f, MSA_FWD_GEMV_PLAIN, cm->x, NULL, 1);
+        } else if (one) {
+            rc = gemv(cm, Y->wo, cm->att, NULL, NULL, 0.0f, MSA_FWD_GEMV_PLAIN, cm->x, NULL, qd, D, 1);
+        } else {
+            const bf16 *W;
+            rc = bf16_rows(cm, &Y->qo, Y->wo, &W);
+            if (!rc) rc = gemm(cm, W, cm->att, cm->x, CUDA_R_32F, n, qd, D, 1.0f, "wo");
+        }
         prof_e(cm);
         if (rc) return rc;
         if (Y->bo) {
             if ((rc = msa_fwd_add_bias(cm->x, Y->bo, n, D, st))) return rc;
         }
         if (one) {
-            prof_b(cm, MSA_CUDA_PROF_GATE_UP, 2.0 * F * D * 2 + (double)F * 2);
-            rc = gemv(cm, Y->w13, NULL, cm->x, Y->ffn_norm, cm->rms_eps, MSA_FWD_GEMV_NORM, NULL,
-                      cm->h, D, F, 0);
+            prof_b(cm, MSA_CUDA_PROF_GATE_UP,
+                   (Y->q13.nseg ? (double)Y->q13.bytes : 2.0 * F * D * 2) + (double)F * 2);
+            rc = Y->q13.nseg ? qgemv(cm, &Y->q13, NULL, cm->x, Y->ffn_norm, cm->rms_eps,
+                                     MSA_FWD_GEMV_NORM, NULL, cm->h, 0)
+                             : gemv(cm, Y->w13, NULL, cm->x, Y->ffn_norm, cm->rms_eps,
+                                    MSA_FWD_GEMV_NORM, NULL, cm->h, D, F, 0);
             prof_e(cm);
-            prof_b(cm, MSA_CUDA_PROF_DOWN, (double)F * D * 2 + (double)D * 8);
+            prof_b(cm, MSA_CUDA_PROF_DOWN, (Y->q2.nseg ? (double)Y->q2.bytes : (double)F * D * 2) + (double)D * 8);
             if (!rc)
-                rc = gemv(cm, Y->w2, cm->h, NULL, NULL, 0.0f, MSA_FWD_GEMV_PLAIN, cm->x, NULL, F,
-                          D, 1);
+                rc = Y->q2.nseg ? qgemv(cm, &Y->q2, cm->h, NULL, NULL, 0.0f, MSA_FWD_GEMV_PLAIN, cm->x,
+                                        NULL, 1)
+                                : gemv(cm, Y->w2, cm->h, NULL, NULL, 0.0f, MSA_FWD_GEMV_PLAIN, cm->x,
+                                       NULL, F, D, 1);
             prof_e(cm);
             if (rc) return rc;
             continue;
         }
         if ((rc = msa_fwd_rmsnorm(cm->x, Y->ffn_norm, (uint16_t *)cm->xb, n, D, cm->rms_eps, st)))
             return rc;
-        if ((rc = gemm(cm, Y->w13, cm->xb, cm->y, CUDA_R_32F, n, D, 2 * F, 0.0f, "w1/w3")))
+        const bf16 *W;
+        if ((rc = bf16_rows(cm, &Y->q13, Y->w13, &W)) ||
+            (rc = gemm(cm, W, cm->xb, cm->y, CUDA_R_32F, n, D, 2 * F, 0.0f, "w1/w3")))
             return rc;
         if ((rc = msa_fwd_swiglu(cm->y, (uint16_t *)cm->h, n, F, st))) return rc;
-        if ((rc = gemm(cm, Y->w2, cm->h, cm->x, CUDA_R_32F, n, F, D, 1.0f, "w2"))) return rc;
+        if ((rc = bf16_rows(cm, &Y->q2, Y->w2, &W)) ||
+            (rc = gemm(cm, W, cm->h, cm->x, CUDA_R_32F, n, F, D, 1.0f, "w2")))
+            return rc;
     }
     const int r0 = n - logit_rows;
     if (one) {
         /* v4: the argmax is the classifier GEMV's epilogue (per-CTA partials,
          * the last CTA reduces them) */
-        prof_b(cm, MSA_CUDA_PROF_CLASSIFIER, (double)V * D * 2 + (double)V * 4);
-        rc = gemv(cm, cm->output, NULL, cm->x, cm->output_norm, cm->rms_eps, MSA_FWD_GEMV_NORM,
-                  cm->logits, NULL, D, V, 0, MSA_FWD_EPI_ARGMAX);
+        prof_b(cm, MSA_CUDA_PROF_CLASSIFIER,
+               (cm->qout.nseg ? (double)cm->qout.bytes : (double)V * D * 2) + (double)V * 4);
+        if (cm->qout.nseg)
+            rc = qgemv(cm, &cm->qout, NULL, cm->x, cm->output_norm, cm->rms_eps, MSA_FWD_GEMV_NORM,
+                       cm->logits, NULL, 0);
+        else
+            rc = gemv(cm, cm->output, NULL, cm->x, cm->output_norm, cm->rms_eps, MSA_FWD_GEMV_NORM,
+                      cm->logits, NULL, D, V, 0, MSA_FWD_EPI_ARGMAX);
         prof_e(cm);
-        if (rc || v4) return rc;
+        if (rc || (v4 && !cm->qout.nseg)) return rc;
         prof_b(cm, MSA_CUDA_PROF_ARGMAX, (double)V * 4);
         rc = msa_fwd_argmax(cm->logits, 1, V, cm->amax, st);
         prof_e(cm);
@@ -932,8 +1086,9 @@ static int enqueue(msa_cuda_model *cm, msa_cuda_kv *kv, int n, int logit_rows, i
     if ((rc = msa_fwd_rmsnorm(cm->x + (size_t)r0 * D, cm->output_norm, (uint16_t *)cm->xb,
                               logit_rows, D, cm->rms_eps, st)))
         return rc;
-    if ((rc = gemm(cm, cm->output, cm->xb, cm->logits, CUDA_R_32F, logit_rows, D, V, 0.0f,
-                   "classifier")))
+    const bf16 *Wout = cm->output;
+    if (!Wout && (rc = bf16_rows(cm, &cm->qout, NULL, &Wout))) return rc;
+    if ((rc = gemm(cm, Wout, cm->xb, cm->logits, CUDA_R_32F, logit_rows, D, V, 0.0f, "classifier")))
         return rc;
     return msa_fwd_argmax(cm->logits, logit_rows, V, cm->amax, st);
 }

@@ -24,12 +24,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/model/model.h"
-#include "memory/kvmem.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* C headers without extern "C" of their own (model.h brings gguf.h) */
+#include "engine/model/model.h"
+#include "memory/kvmem.h"
 
 typedef struct msa_cuda_model msa_cuda_model;
 typedef struct msa_cuda_kv msa_cuda_kv;
