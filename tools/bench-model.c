@@ -30,8 +30,15 @@
  * the default (GEMV v4), GEMV v3 (set_options bit 8) and the step without
  * attention.
  *
+ * With --model FILE (a GGUF, e.g. a Q4_K_M file people download), the
+ * same decode (MSA, graphs, memory filled with random K/V) and prefill run
+ * on that model's real weights instead, twice in one run: with its matrices
+ * as the file's quantized bytes (kernels/qgemv.cu) and expanded to bf16
+ * (MSA_CUDA_WEIGHTS=bf16), each against its own weight floor.
+ *
  *   bench-model [--lengths 4096,32768,131072,524288] [--steps 32]
  *               [--prefill 4096 (0: none)] [--no-trained] [--profile] [--json FILE]
+ *               [--model FILE.gguf]
  */
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -39,6 +46,7 @@
 #include <string.h>
 
 #include "engine/forward/model_cuda.h"
+#include "engine/model/model.h"
 #include "base/base.h"
 
 #define MAX_LEN 16
@@ -199,8 +207,63 @@ static void profile_decode(msa_cuda_model *cm, msa_cuda_kv *kv, long long L, int
     fflush(stdout);
 }
 
+/* --model: decode and prefill of a real GGUF, quantized then bf16 weights. */
+static void bench_file(const char *path, const long long *lens, int n_lens, int steps, int P,
+                       double bw, int profile) {
+    msa_model *m;
+    OK(msa_model_open(path, NULL, &m), "open model");
+    const msa_model_info *I = &m->info;
+    printf("model %s: %d layers, hidden %d, %d/%d heads of %d, FFN %d, vocab %d\n", path,
+           I->n_layers, I->dim, I->n_heads, I->n_kv_heads, I->head_dim, I->ff_dim, I->vocab_size);
+    int32_t *ptok = malloc((size_t)(P > 0 ? P : 1) * sizeof *ptok);
+    for (int i = 0; i < P; i++) ptok[i] = (int32_t)((i * 7919u + 13) % (unsigned)I->vocab_size);
+    double q4k = 0, qfloor = 0;
+    for (int bf = 0; bf < 2; bf++) {
+        const char *tag = bf ? "bf16 weights" : "quantized weights";
+        if (bf) setenv("MSA_CUDA_WEIGHTS", "bf16", 1);
+        msa_cuda_model *cm;
+        OK(msa_cuda_model_upload(m, 0, &cm), "upload");
+        unsetenv("MSA_CUDA_WEIGHTS");
+        const double wbytes = (double)msa_cuda_model_weight_bytes(cm), floor_ms = wbytes / bw * 1e3;
+        printf("%s: %.3f GB read per decode step; floor %.3f ms/token\n", tag, wbytes / 1e9, floor_ms);
+        msa_cuda_kv *kv;
+        long long cap = (lens[0] > P ? lens[0] : P) + 4 * BK;
+        OK(msa_cuda_kv_init(cm, BK, cap, &kv), "memory");
+        if (P > 0) {
+            const double t = time_prefill(cm, kv, ptok, P, 0);
+            printf("prefill %d tokens, %s: %.1f ms, %.0f tok/s\n", P, tag, t * 1e3, P / t);
+            add_row(bf ? "prefill, bf16 weights" : "prefill, quantized weights", P, t * 1e3 / P, 0);
+        }
+        OK(msa_cuda_kv_fill_random(kv, lens[0], 7), "fill memory");
+        for (int li = 0; li < n_lens; li++) {
+            const double ms = time_decode(cm, kv, lens[li], steps, 0, 1);
+            printf("decode L=%lld %s: %.3f ms/token (%.2fx its floor)\n", lens[li], tag, ms, ms / floor_ms);
+            add_row(bf ? "decode, bf16 weights" : "decode, quantized weights", lens[li], ms, wbytes);
+            if (lens[li] == 4096 && !bf) q4k = ms, qfloor = floor_ms;
+            if (profile && lens[li] == 4096) profile_decode(cm, kv, lens[li], steps, 1, tag, ms);
+        }
+        msa_cuda_kv_free(kv);
+        msa_cuda_model_free(cm);
+    }
+    printf("\n| what | memory tokens | ms/token | tokens/s | weight GB/step | GB/s |\n|---|---:|---:|---:|---:|---:|\n");
+    for (int i = 0; i < n_rows; i++) {
+        const row *r = &rows[i];
+        if (r->bytes > 0)
+            printf("| %s | %lld | %.3f | %.1f | %.3f | %.0f |\n", r->what, r->L, r->ms_per_tok, r->tok_s,
+                   r->bytes / 1e9, r->bytes / 1e9 / (r->ms_per_tok * 1e-3));
+        else
+            printf("| %s | %lld (chunk) | %.4f | %.0f | | |\n", r->what, r->L, r->ms_per_tok, r->tok_s);
+    }
+    if (q4k > 0)
+        printf("target: quantized decode at 4K / its floor = %.2fx (target <= 1.5x): %s\n", q4k / qfloor,
+               q4k / qfloor <= 1.5 ? "met" : "missed");
+    free(ptok);
+    msa_model_free(m);
+}
+
 int main(int argc, char **argv) {
     long long lens[MAX_LEN] = {524288, 131072, 32768, 4096};
+    const char *model_file = NULL;
     int n_lens = 4, steps = 32, P = 4096;
     const char *json = NULL;
     int no_trained = 0, profile = 0;
@@ -210,6 +273,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--profile")) profile = 1;
         else if (!strcmp(argv[i], "--prefill") && i + 1 < argc) P = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc) model_file = argv[++i];
         else if (!strcmp(argv[i], "--lengths") && i + 1 < argc) {
             n_lens = 0;
             for (char *p = argv[++i], *e; *p && n_lens < MAX_LEN; p = *e ? e + 1 : e) {
@@ -218,7 +282,7 @@ int main(int argc, char **argv) {
             }
         } else {
             fprintf(stderr, "usage: bench-model [--lengths a,b,..] [--steps N] [--prefill P] "
-                            "[--no-trained] [--profile] [--json FILE]\n");
+                            "[--no-trained] [--profile] [--json FILE] [--model FILE.gguf]\n");
             return 2;
         }
     }
@@ -240,6 +304,10 @@ int main(int argc, char **argv) {
            prop.totalGlobalMem / 1073741824.0);
     const double bw = measure_bw();
     printf("HBM bandwidth (device-to-device copy, read + write): %.0f GB/s\n", bw / 1e9);
+    if (model_file) {
+        bench_file(model_file, lens, n_lens, steps, P, bw, profile);
+        return 0;
+    }
 
     msa_model_info info;
     memset(&info, 0, sizeof info);
