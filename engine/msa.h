@@ -1285,6 +1285,86 @@ MSA_API int msa_session_append_message(msa_session *session, int tmpl,
                                        const char *source);
 
 
+/* ------------------------------------------------------------------------ */
+/* 5. Session parameters, disk usage and removal of sessions in use         */
+/* ------------------------------------------------------------------------ */
+
+/* A session's own settings, kept in its record in the store, so that fork,
+ * export and import carry them and every process, C or Python, that opens
+ * the session uses them. 0 in a field means "not set": the engine's value
+ * applies. */
+typedef struct msa_session_params {
+    int top_k;          /* MSA blocks each decode step reads per KV group,
+                           the local block included (1..65536; 0: not set) */
+    int reserved[7];    /* 0 */
+} msa_session_params;
+
+/* All fields 0 (nothing set). */
+MSA_API msa_session_params msa_session_default_params(void);
+
+/* The parameters stored in the session's record (re-read from the store).
+ * Returns MSA_OK; MSA_EINVAL (NULL argument); MSA_ENOTFOUND (removed
+ * meanwhile); MSA_ECORRUPT (its record); MSA_EIO. *out is zeroed on
+ * failure. */
+MSA_API int msa_store_session_get_params(msa_store_session *s,
+                                         msa_session_params *out);
+
+/* Replaces the parameters in the session's record, in one write
+ * transaction (appends are not disturbed: a writer's commit keeps them).
+ * Returns MSA_OK; MSA_EINVAL (NULL argument, a field out of range or a
+ * reserved field not 0: the message names it); MSA_ENOTFOUND (removed
+ * meanwhile); MSA_ECORRUPT; MSA_ENOSPC; MSA_EIO. On failure the record is
+ * unchanged. A session record with parameters is stored in record version
+ * 2, which builds before this one do not read (MSA_EVERSION). */
+MSA_API int msa_store_session_set_params(msa_store_session *s,
+                                         const msa_session_params *params);
+
+/* The session's parameters as this handle uses them: the stored ones, and
+ * for a field not stored, the engine's (so top_k is never 0).
+ * Returns MSA_OK, MSA_EINVAL (NULL argument), MSA_EFAILED. */
+MSA_API int msa_session_get_params(msa_session *session,
+                                   msa_session_params *out);
+
+/* Stores the session's parameters (fields 0 keep their current value) and
+ * applies them to this handle at once: the next step reads params->top_k
+ * blocks. Returns MSA_OK; MSA_EINVAL (NULL argument, a field out of range);
+ * MSA_EFAILED; the store's errors of msa_store_session_set_params(). On
+ * failure neither the store nor the handle changed. */
+MSA_API int msa_session_set_params(msa_session *session,
+                                   const msa_session_params *params);
+
+/* Bytes on disk of a session, split into what it alone uses and what it
+ * shares with forks (a block shared by n sessions is in the shared_bytes
+ * of each of them, so summing shared_bytes over sessions counts it n
+ * times). own_bytes + shared_bytes is the session's bytes_on_disk. With
+ * name NULL, the whole store: own_bytes are the blocks used by one session
+ * and every session's tokens, shared_bytes every shared block once, so
+ * own_bytes + shared_bytes is what the store holds (LMDB's own pages
+ * aside). Token bytes count 4 per token. */
+typedef struct msa_store_usage {
+    uint64_t own_bytes;
+    uint64_t shared_bytes;
+    uint64_t own_blocks;    /* blocks (over all layers) */
+    uint64_t shared_blocks;
+} msa_store_usage;
+
+/* Fills *out (zeroed first). Returns MSA_OK; MSA_EINVAL (NULL store or
+ * out); MSA_ENOTFOUND (no such session); MSA_ECORRUPT (a record or block
+ * entry that does not decode, named); MSA_EIO. Reads the session's block
+ * entries: O(blocks). */
+MSA_API int msa_store_usage_get(msa_store *store, const char *name,
+                                msa_store_usage *out);
+
+/* Removes session `name` from `store` unless it is open: a session that an
+ * msa_session handle holds (for writing, in this or any other process) is
+ * busy, as it is for a second writer. msa_store_remove() does not look at
+ * those handles; this does, and holds the session's lock while it removes
+ * it, so that no writer opens it meanwhile. Returns MSA_OK; MSA_EBUSY (in
+ * use: nothing removed, the message says so); MSA_EINVAL (NULL or invalid
+ * name); MSA_ENOTFOUND; MSA_ENOSPC; MSA_EIO (also: the lock file could not
+ * be opened). */
+MSA_API int msa_session_remove(msa_store *store, const char *name);
+
 #ifdef __cplusplus
 }
 #endif

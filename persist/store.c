@@ -107,7 +107,9 @@ enum { SREC_FIXED = 104 };
 
 size_t msa_srec_encode(const msa_srec *r, uint8_t *b) {
     size_t fl = strlen(r->fingerprint), pl = strlen(r->parent);
-    msa_put_le32(b + 4, 1);
+    uint32_t np = MSA_SREC_PARAMS;
+    while (np && !r->params[np - 1]) np--;
+    msa_put_le32(b + 4, np ? 2 : 1);
     msa_put_le64(b + 8, r->sid);
     msa_put_le64(b + 16, r->n_tokens);
     msa_put_le64(b + 24, r->raw_bytes);
@@ -124,6 +126,11 @@ size_t msa_srec_encode(const msa_srec *r, uint8_t *b) {
     memcpy(b + SREC_FIXED, r->fingerprint, fl);
     memcpy(b + SREC_FIXED + fl, r->parent, pl);
     size_t n = SREC_FIXED + fl + pl;
+    if (np) { /* version 2: the session's parameters */
+        msa_put_le32(b + n, np);
+        for (uint32_t i = 0; i < np; i++) msa_put_le32(b + n + 4 + 4 * i, (uint32_t)r->params[i]);
+        n += 4 + 4 * (size_t)np;
+    }
     msa_put_le32(b, msa_crc32c(0, b + 4, n - 4));
     return n;
 }
@@ -134,10 +141,21 @@ int msa_srec_decode(const MDB_val *v, msa_srec *r) {
     if (v->mv_size < SREC_FIXED) return msa_error(MSA_ECORRUPT, "session record too short");
     if (msa_crc32c(0, b + 4, v->mv_size - 4) != msa_get_le32(b))
         return msa_error(MSA_ECORRUPT, "session record checksum mismatch");
-    if (msa_get_le32(b + 4) != 1) return msa_error(MSA_EVERSION, "session record version %u", msa_get_le32(b + 4));
+    uint32_t version = msa_get_le32(b + 4);
+    if (version != 1 && version != 2) return msa_error(MSA_EVERSION, "session record version %u", version);
     uint32_t fl = msa_get_le32(b + 96), pl = msa_get_le32(b + 100);
-    if (fl > MSA_STORE_FINGERPRINT_MAX || pl > MSA_STORE_NAME_MAX || SREC_FIXED + fl + pl != v->mv_size)
+    if (fl > MSA_STORE_FINGERPRINT_MAX || pl > MSA_STORE_NAME_MAX || SREC_FIXED + fl + pl > v->mv_size)
         return msa_error(MSA_ECORRUPT, "session record malformed");
+    size_t end = SREC_FIXED + fl + pl;
+    if (version == 2) { /* the session's parameters; more than we know are skipped */
+        uint32_t np = end + 4 <= v->mv_size ? msa_get_le32(b + end) : 0;
+        if (end + 4 > v->mv_size || np == 0 || np > 1024 || end + 4 + 4 * (size_t)np != v->mv_size)
+            return msa_error(MSA_ECORRUPT, "session record malformed (parameters)");
+        for (uint32_t i = 0; i < np && i < MSA_SREC_PARAMS; i++)
+            r->params[i] = (int32_t)msa_get_le32(b + end + 4 + 4 * i);
+        end += 4 + 4 * (size_t)np;
+    }
+    if (end != v->mv_size) return msa_error(MSA_ECORRUPT, "session record malformed");
     r->sid = msa_get_le64(b + 8);
     r->n_tokens = msa_get_le64(b + 16);
     r->raw_bytes = msa_get_le64(b + 24);
@@ -195,7 +213,7 @@ int msa_get_srec(MDB_txn *t, msa_store *st, const char *name, msa_srec *r) {
 }
 
 int msa_put_srec(MDB_txn *t, msa_store *st, const char *name, const msa_srec *r) {
-    uint8_t buf[512];
+    uint8_t buf[MSA_SREC_MAX];
     MDB_val k = {strlen(name), (void *)name}, v = {msa_srec_encode(r, buf), buf};
     int rc = msa_put(t, st->sessions, &k, &v, 0);
     return rc ? msa_mdb_status(rc, "session '%s': writing its record", name) : MSA_OK;

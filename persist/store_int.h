@@ -39,13 +39,19 @@ struct msa_store {
     struct msa_arena *spare; /* encoded-value memory kept from the last transaction */
 };
 
-/* A session record, decoded. */
+/* A session record, decoded. params are the session's parameters
+ * (msa_session_params, in the order of its fields; 0: unset), kept in the
+ * record so that fork, export and import carry them. A record with all of
+ * them 0 is written in version 1 (no params), else in version 2: version 1
+ * followed by u32 count and count x i32 (up to MSA_SREC_PARAMS are kept). */
+enum { MSA_SREC_PARAMS = 16 };
 typedef struct msa_srec {
     uint64_t sid, n_tokens, raw_bytes, stored_bytes, gen;
     int64_t created, last_use;
     msa_store_shape shape;
     char fingerprint[MSA_STORE_FINGERPRINT_MAX + 1];
     char parent[MSA_STORE_NAME_MAX + 1];
+    int32_t params[MSA_SREC_PARAMS];
 } msa_srec;
 
 /* A block entry, decoded. */
@@ -66,7 +72,8 @@ struct msa_store_session {
 
 /* records */
 int msa_srec_decode(const MDB_val *v, msa_srec *r);
-size_t msa_srec_encode(const msa_srec *r, uint8_t *buf); /* buf >= 512 */
+size_t msa_srec_encode(const msa_srec *r, uint8_t *buf); /* buf >= MSA_SREC_MAX */
+enum { MSA_SREC_MAX = 104 + MSA_STORE_FINGERPRINT_MAX + MSA_STORE_NAME_MAX + 4 + 4 * MSA_SREC_PARAMS };
 int msa_bent_decode(const MDB_val *v, msa_bent *e);
 size_t msa_bent_encode(const msa_bent *e, uint8_t *buf); /* buf >= 1100 */
 void msa_key_tokens(uint8_t k[12], uint64_t sid, uint32_t chunk);

@@ -116,5 +116,35 @@ int main(void) {
     /* invalid parameters */
     g.top_p = 0;
     CHECK(msa_sample(tmp, V, &g, NULL, 0, 0, work) == MSA_EINVAL);
+    /* what the command line refuses, the library refuses: NaN and infinite
+     * values (which pass a plain `< 0` test), a repeat penalty of 0 */
+    const float bad_temp[] = {NAN, INFINITY, -INFINITY, -1.0f, 101.0f};
+    for (int i = 0; i < 5; i++) {
+        g = msa_sampling_default_params();
+        g.temperature = bad_temp[i];
+        CHECKF(msa_sampling_check(&g) == MSA_EINVAL && msa_sample(tmp, V, &g, NULL, 0, 0, work) ==
+               MSA_EINVAL, "temperature %g accepted", bad_temp[i]);
+        CHECK(strstr(msa_last_error(), "temperature") != NULL);
+    }
+    const float bad_pen[] = {0.0f, NAN, INFINITY, -1.0f};
+    for (int i = 0; i < 4; i++) {
+        g = msa_sampling_default_params();
+        g.repeat_penalty = bad_pen[i];
+        CHECKF(msa_sampling_check(&g) == MSA_EINVAL, "repeat_penalty %g accepted", bad_pen[i]);
+        CHECK(strstr(msa_last_error(), "repeat_penalty") != NULL);
+    }
+    g = msa_sampling_default_params();
+    g.top_p = NAN;
+    CHECK(msa_sampling_check(&g) == MSA_EINVAL);
+    g = msa_sampling_default_params();
+    g.min_p = NAN;
+    CHECK(msa_sampling_check(&g) == MSA_EINVAL);
+    g = msa_sampling_default_params();
+    g.repeat_last_n = -1;
+    CHECK(msa_sampling_check(&g) == MSA_EINVAL);
+    g = msa_sampling_default_params();
+    g.temperature = 100.0f;
+    g.repeat_penalty = 100.0f;
+    CHECK_OK(msa_sampling_check(&g)); /* the command line's upper ends are valid */
     return t_done("test-sampling");
 }

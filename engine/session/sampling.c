@@ -45,17 +45,35 @@ static int32_t argmax(const float *x, int n) {
     return best;
 }
 
+/* The ranges the command line enforces (cli/cmd_session.c), so that every
+ * caller gets the same refusals. Comparisons are written so that NaN fails
+ * them. */
+int msa_sampling_check(const msa_sampling_params *p) {
+    if (!p) return msa_error(MSA_EINVAL, "sampling parameters are NULL");
+    if (!(p->temperature >= 0 && p->temperature <= 100))
+        return msa_error(MSA_EINVAL, "sampling: temperature %g is outside 0..100 (0: greedy)",
+                         p->temperature);
+    if (!(p->top_p > 0 && p->top_p <= 1))
+        return msa_error(MSA_EINVAL, "sampling: top_p %g is outside (0, 1] (1: off)", p->top_p);
+    if (!(p->min_p >= 0 && p->min_p <= 1))
+        return msa_error(MSA_EINVAL, "sampling: min_p %g is outside 0..1 (0: off)", p->min_p);
+    if (!(p->repeat_penalty > 0 && p->repeat_penalty <= 100))
+        return msa_error(MSA_EINVAL, "sampling: repeat_penalty %g is outside (0, 100] (1: off)",
+                         p->repeat_penalty);
+    if (p->top_k < 0)
+        return msa_error(MSA_EINVAL, "sampling: top_k %d is negative (0: off)", p->top_k);
+    if (p->repeat_last_n < 0)
+        return msa_error(MSA_EINVAL, "sampling: repeat_last_n %d is negative", p->repeat_last_n);
+    return MSA_OK;
+}
+
 int32_t msa_sample(float *logits, int n_vocab, const msa_sampling_params *p,
                    const int32_t *recent, int n_recent, int64_t position,
                    void *work) {
     if (n_vocab <= 0 || !logits || !p)
         return msa_error(MSA_EINVAL, "sample: empty vocabulary or missing arguments");
-    if (p->temperature < 0 || p->top_p <= 0 || p->top_p > 1 || p->min_p < 0 ||
-        p->min_p > 1 || p->repeat_penalty <= 0 || p->top_k < 0)
-        return msa_error(MSA_EINVAL,
-                         "sample: temperature %g, top_k %d, top_p %g, min_p %g, "
-                         "repeat_penalty %g: out of range",
-                         p->temperature, p->top_k, p->top_p, p->min_p, p->repeat_penalty);
+    int rc = msa_sampling_check(p);
+    if (rc) return rc;
 
     /* Repetition penalty: shrink the logits of recently seen tokens (divide a
      * positive logit, multiply a negative one), each token once. */

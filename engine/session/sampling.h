@@ -24,6 +24,12 @@ int32_t msa_sample(float *logits, int n_vocab, const msa_sampling_params *p,
                    const int32_t *recent, int n_recent, int64_t position,
                    void *work);
 
+/* MSA_OK, or MSA_EINVAL (with a message naming the field) for sampling
+ * parameters out of range: temperature outside 0..100, top_p outside
+ * (0, 1], min_p outside 0..1, repeat_penalty outside (0, 100], a negative
+ * top_k or repeat_last_n, and NaN anywhere. */
+int msa_sampling_check(const msa_sampling_params *p);
+
 /* Bytes of scratch msa_sample() needs for a vocabulary of n_vocab. */
 size_t msa_sampler_work_size(int n_vocab);
 

@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine/session/engine.h"
@@ -67,6 +68,8 @@ struct msa_session {
     msa_store_shape shape;
     msa_kvmem *mem;            /* the pager's memory */
     int lock_fd;
+    int top_k;                 /* MSA blocks per step: the session's stored
+                                  top_k, else the engine's */
 
     int32_t *tokens;           /* [n_tokens] */
     int64_t n_tokens, cap_tokens;
@@ -237,7 +240,7 @@ static int open_pager(msa_session *s) {
     pp.cfg.idx_dim = s->shape.idx_dim;
     pp.cfg.idx_key_heads = s->shape.idx_key_heads;
     pp.cfg.block_size = s->shape.block_size;
-    pp.cfg.top_k = e->p.top_k;
+    pp.cfg.top_k = s->top_k;
     pp.n_layers = s->shape.n_layers;
     int64_t cap = 4 * s->n_tokens;
     if (cap < ((int64_t)1 << 20)) cap = (int64_t)1 << 20;
@@ -378,7 +381,7 @@ static void record_selection(void *user, const msa_forward_trace *t) {
 static msa_forward_opts forward_opts(msa_session *s) {
     msa_forward_opts o = msa_forward_default_opts();
     o.block_size = s->shape.block_size;
-    o.top_k = s->e->p.top_k;
+    o.top_k = s->top_k;
     o.dense = s->e->p.dense;
     o.on_layer = record_selection;
     o.user = s;
@@ -387,22 +390,75 @@ static msa_forward_opts forward_opts(msa_session *s) {
 
 /* ---- open / close ------------------------------------------------------------ */
 
-static int lock_session(msa_session *s) {
-    const char *dir = msa_store_dir(s->e->store);
-    char path[4096], hex[MSA_SHA256_HEX_SIZE];
+/* The session lock: an exclusive flock on STORE/session-<hash>.lock, held
+ * by every msa_session handle and by msa_session_remove() while it
+ * removes. The name may hold any characters, so the file is named by the
+ * name's hash. msa_session_remove() unlinks the file of a removed session
+ * while it holds the lock; a locker that opened the file before the unlink
+ * and locked it after sees that the path no longer names its file and
+ * starts again on a new one, so two holders never hold different files. */
+static void lock_path(const char *dir, const char *name, char *path, size_t n) {
+    char hex[MSA_SHA256_HEX_SIZE];
     uint8_t digest[MSA_SHA256_DIGEST_SIZE];
-    /* the name may hold any characters: lock a file named by its hash */
-    msa_sha256(s->name, strlen(s->name), digest);
+    msa_sha256(name, strlen(name), digest);
     msa_sha256_hex(digest, hex);
-    snprintf(path, sizeof path, "%s/session-%.32s.lock", dir, hex);
-    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (s->lock_fd < 0)
-        return msa_error(MSA_EIO, "session '%s': cannot open lock file %s: %s", s->name, path,
-                         strerror(errno));
-    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0)
-        return msa_error(MSA_EBUSY, "session '%s' is open for writing in another process "
-                         "or handle", s->name);
-    return MSA_OK;
+    snprintf(path, n, "%s/session-%.32s.lock", dir, hex);
+}
+
+/* Takes the lock of `name` into *fd. MSA_EBUSY when another handle (in any
+ * process) holds it; MSA_EIO when the file cannot be opened. */
+static int lock_take(const char *dir, const char *name, int *fd) {
+    char path[4096];
+    lock_path(dir, name, path, sizeof path);
+    *fd = -1;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (f < 0)
+            return msa_error(MSA_EIO, "session '%s': cannot open lock file %s: %s", name, path,
+                             strerror(errno));
+        if (flock(f, LOCK_EX | LOCK_NB) != 0) {
+            close(f);
+            return msa_error(MSA_EBUSY, "session '%s' is in use: open for writing in another "
+                             "process or handle", name);
+        }
+        struct stat a, b;
+        if (fstat(f, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino &&
+            a.st_dev == b.st_dev) {
+            *fd = f;
+            return MSA_OK;
+        }
+        close(f); /* unlinked by a removal meanwhile: lock the new file */
+    }
+    return msa_error(MSA_EBUSY, "session '%s': its lock file keeps being replaced", name);
+}
+
+static int lock_session(msa_session *s) {
+    return lock_take(msa_store_dir(s->e->store), s->name, &s->lock_fd);
+}
+
+int msa_session_remove(msa_store *store, const char *name) {
+    if (!store || !name || !*name)
+        return msa_error(MSA_EINVAL, "msa_session_remove: no store or name");
+    if (strlen(name) > MSA_STORE_NAME_MAX)
+        return msa_error(MSA_EINVAL, "session names are 1 to %d bytes", MSA_STORE_NAME_MAX);
+    for (const char *c = name; *c; c++)
+        if ((unsigned char)*c < 0x20)
+            return msa_error(MSA_EINVAL, "session name with a control character (byte %d at %d)",
+                             (unsigned char)*c, (int)(c - name));
+    int fd;
+    int rc = lock_take(msa_store_dir(store), name, &fd);
+    if (rc == MSA_EBUSY)
+        return msa_error(MSA_EBUSY, "session '%s' is in use (open for writing in another process "
+                         "or handle): not removed; close it first", name);
+    if (rc) return rc;
+    rc = msa_store_remove(store, name);
+    if (rc == MSA_OK || rc == MSA_ENOTFOUND) {
+        char path[4096];
+        lock_path(msa_store_dir(store), name, path, sizeof path);
+        unlink(path); /* still locked: see lock_take */
+    }
+    close(fd);
+    return rc;
 }
 
 static int grow_tokens(msa_session *s, int64_t need) {
@@ -429,6 +485,7 @@ int msa_session_open(msa_engine *e, const char *name, int flags, msa_session **o
     int rc = s->name ? MSA_OK : msa_error(MSA_ENOMEM, "msa_session_open: out of memory");
     if (rc) goto fail;
 
+    int created = 0;
     rc = msa_store_session_open(e->store, name, e->info.fingerprint, &s->ss);
     if (rc == MSA_OK && (flags & MSA_SESSION_CREATE) && (flags & MSA_SESSION_EXCLUSIVE)) {
         rc = msa_error(MSA_EEXIST, "session '%s' already exists", name);
@@ -446,6 +503,7 @@ int msa_session_open(msa_engine *e, const char *name, int flags, msa_session **o
             .idx_dtype = e->kv_dtype,
         };
         rc = msa_store_session_create(e->store, name, e->info.fingerprint, &shape);
+        created = rc == MSA_OK;
         if (rc == MSA_OK || rc == MSA_EEXIST) /* EEXIST: created meanwhile */
             rc = msa_store_session_open(e->store, name, e->info.fingerprint, &s->ss);
     } else if (rc == MSA_ENOTFOUND) {
@@ -475,6 +533,18 @@ int msa_session_open(msa_engine *e, const char *name, int flags, msa_session **o
     }
     rc = lock_session(s);
     if (rc) goto fail;
+
+    /* the session's parameters: a new session stores the engine's; one
+     * that stores none (made before they were stored) runs with the
+     * engine's */
+    msa_session_params sp;
+    rc = msa_store_session_get_params(s->ss, &sp);
+    if (rc) goto fail;
+    if (created && !sp.top_k) {
+        sp.top_k = e->p.top_k;
+        if ((rc = msa_store_session_set_params(s->ss, &sp))) goto fail;
+    }
+    s->top_k = sp.top_k > 0 ? sp.top_k : e->p.top_k;
 
     s->n_tokens = s->n_committed = (int64_t)info.n_tokens;
     rc = grow_tokens(s, s->n_tokens + 1);
@@ -533,6 +603,47 @@ const int32_t *msa_session_tokens(const msa_session *s, int64_t *n) {
     if (usable(s)) return NULL;
     if (n) *n = s->n_tokens;
     return s->tokens;
+}
+
+/* ---- parameters ---------------------------------------------------------------- */
+
+int msa_session_get_params(msa_session *s, msa_session_params *out) {
+    if (out) memset(out, 0, sizeof *out);
+    if (!s || !out) return msa_error(MSA_EINVAL, "msa_session_get_params: NULL argument");
+    int rc = usable(s);
+    if (rc) return rc;
+    out->top_k = s->top_k;
+    return MSA_OK;
+}
+
+int msa_session_set_params(msa_session *s, const msa_session_params *p) {
+    if (!s || !p) return msa_error(MSA_EINVAL, "msa_session_set_params: NULL argument");
+    int rc = usable(s);
+    if (rc) return rc;
+    if (p->top_k < 0 || p->top_k > 65536)
+        return msa_error(MSA_EINVAL, "session '%s': top_k %d is outside 1..65536 (0: keep %d)",
+                         s->name, p->top_k, s->top_k);
+    msa_session_params stored;
+    if ((rc = msa_store_session_get_params(s->ss, &stored))) return rc;
+    msa_session_params want = stored;
+    if (p->top_k) want.top_k = p->top_k;
+    for (int i = 0; i < 7; i++)
+        if (p->reserved[i]) want.reserved[i] = p->reserved[i];
+    if ((rc = msa_store_session_set_params(s->ss, &want))) return rc;
+    if (want.top_k && want.top_k != s->top_k) {
+        /* the pager's attention config holds k: reopen it (the store holds
+         * everything it had, every append commits before it returns) */
+        int old = s->top_k;
+        s->top_k = want.top_k;
+        if ((rc = open_pager(s))) {
+            char why[768];
+            snprintf(why, sizeof why, "reopening its memory for top_k %d (was %d): %.600s",
+                     want.top_k, old, msa_last_error());
+            return session_fail(s, why);
+        }
+        s->logits_valid = 0; /* the last logits were computed with the old k */
+    }
+    return MSA_OK;
 }
 
 /* ---- appending ----------------------------------------------------------------- */
@@ -798,6 +909,12 @@ int msa_session_generate(msa_session *s, const msa_generate_params *params,
     int rc = usable(s);
     if (rc) return rc;
     msa_generate_params p = params ? *params : msa_generate_default_params();
+    /* refused before anything happens (an empty session would get its BOS) */
+    if ((rc = msa_sampling_check(&p.sampling)))
+        return msa_error_context(rc, "session '%s'", s->name);
+    if (p.max_tokens < 0)
+        return msa_error(MSA_EINVAL, "session '%s': max_tokens %d is negative", s->name,
+                         p.max_tokens);
     rc = ensure_logits(s);
     if (rc) return rc;
     const char *src = p.source && *p.source ? p.source : "generated";
@@ -848,7 +965,7 @@ int msa_session_get_info(msa_session *s, msa_session_info *out) {
     out->n_blocks = (int64_t)si.n_blocks;
     out->n_layers = s->shape.n_layers;
     out->block_size = s->shape.block_size;
-    out->top_k = s->e->p.top_k;
+    out->top_k = s->top_k;
     out->bytes_on_disk = si.stored_bytes;
     out->bytes_raw = si.raw_bytes;
     snprintf(out->fingerprint, sizeof out->fingerprint, "%.71s", si.fingerprint);
