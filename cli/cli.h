@@ -10,6 +10,7 @@
 #ifndef MSA_CLI_H
 #define MSA_CLI_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include <msa/msa.h>
@@ -32,6 +33,8 @@ enum {
     MSA_EXIT_CORRUPT = 4,   /* corrupt data found (fsck, checksums) */
     MSA_EXIT_MODEL = 5,     /* wrong model for a session */
     MSA_EXIT_IO = 6,        /* I/O error, disk full, network */
+    MSA_EXIT_BUSY = 7,      /* in use: a session open for writing elsewhere
+                               (a second writer, rm of a session in use) */
     MSA_EXIT_INTERRUPTED = 130
 };
 
@@ -60,6 +63,37 @@ const char *msa_cli_bytes(double bytes, char *buf, size_t n);
 
 /* Monotonic wall-clock seconds (CLOCK_MONOTONIC), for progress and timings. */
 double msa_cli_now(void);
+
+/* ---- JSON output ---------------------------------------------------------- */
+
+/* Every --json output is valid JSON (RFC 8259, UTF-8) that keeps every
+ * record. Names, paths and texts are bytes, not always UTF-8, and jansson
+ * refuses a string that is not valid UTF-8 (json_string() returns NULL,
+ * json_pack() fails as a whole), so every such string goes through these:
+ * each ill-formed UTF-8 sequence becomes U+FFFD, one per maximal subpart
+ * (Unicode 15, section 3.9; what Python's bytes.decode("utf-8",
+ * "replace") does); NUL bytes are kept (\u0000). */
+#include <jansson.h>
+
+/* A jansson string of s[0..n) (s NULL: ""), never NULL but when out of
+ * memory. */
+json_t *msa_cli_jstrn(const char *s, size_t n);
+json_t *msa_cli_jstr(const char *s);
+
+/* s[0..n) made valid UTF-8 as above, malloc'ed and NUL-terminated (*len,
+ * may be NULL, gets its length); NULL when out of memory. */
+char *msa_cli_utf8_clean(const char *s, size_t n, size_t *len);
+
+/* Writes s as a JSON string literal (quotes and escapes included), made
+ * valid UTF-8 as above. */
+void msa_cli_json_write_str(FILE *f, const char *s, size_t n);
+
+/* The MSA top-k that builds before session parameters kept for session
+ * `name` (created at `created`, forked from `parent` or "") in the CLI's
+ * side file (STORE/cli/<hash>.json; a fork's, else its parent's), 0 when
+ * none. */
+int msa_cli_legacy_top_k(const msa_cli *cli, const char *name, int64_t created,
+                         const char *parent);
 
 /* ---- progress ------------------------------------------------------------ */
 

@@ -4,13 +4,15 @@
  * --model or MSA_MODEL, the store by --store or MSA_STORE), opens one
  * session and calls the public API (engine/msa.h, section 4d).
  *
- * Per-session CLI state. Two things a session needs that the store does not
- * keep are kept in a small JSON sidecar, STORE/cli/<hash of name>.json:
- *   - the MSA top-k chosen by `new --top-k` (an engine setting, not part of
- *     the stored session), used by every later command on the session;
- *   - the manifest of ingested files (absolute path -> size, mtime, FNV-1a
- *     64-bit content hash, source tag), so that running `ingest` again skips
- *     unchanged files.
+ * Per-session CLI state. The session's parameters (the MSA top-k of `new
+ * --top-k`) are stored in the session's record (msa_session_set_params), so
+ * fork, export, import and every C or Python caller see them. What the
+ * store does not keep is kept in a small JSON sidecar, STORE/cli/<hash of
+ * name>.json: the manifest of ingested files (absolute path -> size, mtime,
+ * FNV-1a 64-bit content hash, source tag), so that running `ingest` again
+ * skips unchanged files. Builds before session parameters kept the top-k in
+ * the sidecar ("top_k"): a session whose record stores no top-k takes it
+ * from there, once, into its record (open_session).
  * The sidecar records the session's creation time; a sidecar whose time
  * differs from the session's (the session was removed and created again,
  * or is a fork or an import of another) is ignored. It is written after
@@ -117,7 +119,8 @@ typedef struct run_opts {
     int tmpl;          /* chat template; -1: the model's */
     int dense;
     int block_size;    /* new sessions */
-    int top_k;         /* MSA blocks read per step; 0: the session's */
+    int top_k;         /* MSA blocks read per step, for new sessions; an
+                          existing session keeps its own */
     int create;        /* --create: make the session when it is missing */
 } run_opts;
 
@@ -218,6 +221,10 @@ static int parse_shared(const char *cmd, int which, int argc, char **argv, int *
         }
         if (OPT("--top-p")) {
             if (r < 0 || parse_float(cmd, "--top-p", v, 0, 1, &s->top_p)) return BAD;
+            if (s->top_p == 0) {
+                msa_cli_usage_error(cmd, "--top-p takes a number in (0, 1] (1: off), not '%s'", v);
+                return BAD;
+            }
             return 1;
         }
         if (OPT("--min-p")) {
@@ -227,6 +234,11 @@ static int parse_shared(const char *cmd, int which, int argc, char **argv, int *
         if (OPT("--repeat-penalty")) {
             if (r < 0 || parse_float(cmd, "--repeat-penalty", v, 0, 100, &s->repeat_penalty))
                 return BAD;
+            if (s->repeat_penalty == 0) {
+                msa_cli_usage_error(cmd, "--repeat-penalty takes a number in (0, 100] (1: off), "
+                                    "not '%s'", v);
+                return BAD;
+            }
             return 1;
         }
         if (OPT("--repeat-last-n")) {
@@ -272,11 +284,11 @@ static int parse_shared(const char *cmd, int which, int argc, char **argv, int *
 
 static const char *sampling_help =
     "Sampling (greedy by default):\n"
-    "  --temp T            temperature; 0 is greedy (default 0)\n"
+    "  --temp T            temperature, 0..100; 0 is greedy (default 0)\n"
     "  --top-k K           keep the K most likely tokens (0: off)\n"
-    "  --top-p P           nucleus sampling (1: off)\n"
+    "  --top-p P           nucleus sampling, in (0, 1] (1: off)\n"
     "  --min-p P           drop tokens below P x the best one's probability (0: off)\n"
-    "  --repeat-penalty R  penalise recent tokens (1: off)\n"
+    "  --repeat-penalty R  penalise recent tokens, in (0, 100] (1: off)\n"
     "  --repeat-last-n N   how far back the penalty looks (64)\n"
     "  --seed S            same seed, same session state: same tokens (0)\n"
     "  --threads N         CPU workers (0: one per core)\n";
@@ -306,23 +318,51 @@ static void sidecar_load(const msa_cli *cli, const char *name, sidecar *sc) {
         snprintf(sc->path, sizeof sc->path, "%s/cli/%016llx.json", dir, (unsigned long long)h);
         json_error_t err;
         sc->root = json_load_file(sc->path, 0, &err);
+        json_t *want = msa_cli_jstr(name); /* names need not be UTF-8 */
         if (sc->root && (!json_is_object(sc->root) ||
-                         strcmp(json_string_value(json_object_get(sc->root, "session"))
-                                    ? json_string_value(json_object_get(sc->root, "session"))
-                                    : "",
-                                name))) {
+                         !json_equal(json_object_get(sc->root, "session"), want))) {
             json_decref(sc->root);
             sc->root = NULL;
         }
+        json_decref(want);
     }
     if (!sc->root) {
         sc->root = json_object();
-        json_object_set_new(sc->root, "session", json_string(name));
+        json_object_set_new(sc->root, "session", msa_cli_jstr(name));
     }
 }
 
+/* The top-k that builds before session parameters kept here (0: none). */
 static int sidecar_top_k(const sidecar *sc) {
     return (int)json_integer_value(json_object_get(sc->root, "top_k"));
+}
+
+/* The manifest key of a file: its real path, or for a path that is not
+ * valid UTF-8 (which a JSON key cannot hold) "hex:" and its bytes in hex. */
+static void manifest_key(const char *real, char *key, size_t n) {
+    size_t len = strlen(real), clean_len;
+    char *c = msa_cli_utf8_clean(real, len, &clean_len);
+    int valid = c && clean_len == len && !memcmp(c, real, len);
+    free(c);
+    if (valid) {
+        snprintf(key, n, "%s", real);
+        return;
+    }
+    size_t o = (size_t)snprintf(key, n, "hex:");
+    for (size_t i = 0; i < len && o + 3 < n; i++) o += (size_t)snprintf(key + o, n - o, "%02x", (unsigned char)real[i]);
+}
+
+static void sidecar_validate(const msa_cli *cli, sidecar *sc, int64_t created,
+                             const char *parent);
+
+int msa_cli_legacy_top_k(const msa_cli *cli, const char *name, int64_t created,
+                         const char *parent) {
+    sidecar sc;
+    sidecar_load(cli, name, &sc);
+    sidecar_validate(cli, &sc, created, parent);
+    int k = sidecar_top_k(&sc);
+    json_decref(sc.root);
+    return k > 0 ? k : 0;
 }
 
 /* Creation time (0 when unknown) and parent ("" when none) of `name`. */
@@ -416,7 +456,7 @@ static int open_session(msa_cli *cli, const char *cmd, const char *name, int fla
     p.store_dir = cli->store_dir;
     p.n_threads = ro->threads;
     p.block_size = ro->block_size;
-    p.top_k = ro->top_k ? ro->top_k : sidecar_top_k(&o->sc);
+    p.top_k = ro->top_k; /* a session created here stores it; others keep theirs */
     p.dense = ro->dense;
     if (cli->device && !strncmp(cli->device, "cuda", 4)) {
         p.device = MSA_DEVICE_CUDA;
@@ -443,17 +483,34 @@ static int open_session(msa_cli *cli, const char *cmd, const char *name, int fla
     char parent[MSA_STORE_NAME_MAX + 1];
     int64_t created = session_created(o->e, name, parent, sizeof parent);
     sidecar_validate(cli, &o->sc, created, parent);
-    if (!ro->top_k && sidecar_top_k(&o->sc) && sidecar_top_k(&o->sc) != p.top_k) {
-        /* a fork learned its top-k only now: reopen with it */
-        msa_session_close(o->s);
-        msa_engine_free(o->e);
-        o->s = NULL;
-        o->e = NULL;
-        run_opts again = *ro;
-        again.top_k = sidecar_top_k(&o->sc);
-        json_decref(o->sc.root);
-        return open_session(cli, cmd, name, flags & ~MSA_SESSION_EXCLUSIVE, &again, o);
+    /* a session of an earlier build: its top-k was in the sidecar (its own,
+     * or for a fork its parent's); store it in the record now */
+    msa_store_session *ss = NULL;
+    msa_session_params stored = msa_session_default_params();
+    rc = msa_store_session_open(msa_engine_store(o->e), name, NULL, &ss);
+    if (!rc) rc = msa_store_session_get_params(ss, &stored);
+    msa_store_session_close(ss);
+    if (rc) {
+        opened_close(o);
+        return msa_cli_fail(rc, "reading the parameters of session '%s'", name);
     }
+    int legacy = sidecar_top_k(&o->sc);
+    if (!stored.top_k && legacy > 0) {
+        msa_session_params sp = msa_session_default_params();
+        sp.top_k = legacy;
+        if ((rc = msa_session_set_params(o->s, &sp))) {
+            opened_close(o);
+            return msa_cli_fail(rc, "storing the top-k of session '%s'", name);
+        }
+        if (cli->verbose)
+            fprintf(stderr, "msa-mem: session '%s': top-k %d (from %s) is now stored with "
+                            "the session\n", name, legacy, o->sc.path);
+    }
+    msa_session_params now;
+    if (ro->top_k && msa_session_get_params(o->s, &now) == MSA_OK && now.top_k != ro->top_k &&
+        !cli->quiet)
+        fprintf(stderr, "msa-mem: session '%s' exists and keeps its top-k %d (--top-k applies "
+                        "to a session created here)\n", name, now.top_k);
     return 0;
 }
 
@@ -474,7 +531,9 @@ static void new_help(void) {
            "  --block-size N   tokens per memory block (default 128). Smaller blocks\n"
            "                   make selection finer-grained\n"
            "  --top-k K        memory blocks each step reads per KV group, the local\n"
-           "                   block included (default 16); kept for the session\n"
+           "                   block included (default 16); stored with the session,\n"
+           "                   so fork, export, import and the C and Python APIs use\n"
+           "                   it too (`msa-mem info` shows it)\n"
            "  --threads N      CPU workers (0: one per core)\n"
            "\n"
            "Examples:\n"
@@ -502,10 +561,9 @@ int msa_cmd_new(msa_cli *cli, int argc, char **argv) {
     if (rc) return rc;
     msa_session_info info;
     msa_session_get_info(o.s, &info);
-    if (ro.top_k) json_object_set_new(o.sc.root, "top_k", json_integer(ro.top_k));
     sidecar_save(&o.sc);
     if (cli->json) {
-        json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:s}", "name", name, "block_size",
+        json_t *j = json_pack("{s:o, s:i, s:i, s:i, s:s}", "name", msa_cli_jstr(name), "block_size",
                               info.block_size, "top_k", info.top_k, "n_layers", info.n_layers,
                               "fingerprint", info.fingerprint);
         json_dumpf(j, stdout, JSON_INDENT(2));
@@ -861,8 +919,6 @@ int msa_cmd_ingest(msa_cli *cli, int argc, char **argv) {
     opened o;
     rc = open_session(cli, "ingest", name, open_flags(&ro), &ro, &o);
     if (rc) goto done;
-    if (ro.top_k && !json_object_get(o.sc.root, "top_k"))
-        json_object_set_new(o.sc.root, "top_k", json_integer(ro.top_k));
     json_t *files = json_object_get(o.sc.root, "files");
     if (!files) {
         files = json_object();
@@ -896,8 +952,12 @@ int msa_cmd_ingest(msa_cli *cli, int argc, char **argv) {
             plan[i].action = 2;
             counts[2]++;
         } else if (!it->is_stdin && !force) {
-            char real[PATH_MAX];
-            json_t *e = realpath(it->abs, real) ? json_object_get(files, real) : NULL;
+            char real[PATH_MAX], key[2 * PATH_MAX + 8];
+            json_t *e = NULL;
+            if (realpath(it->abs, real)) {
+                manifest_key(real, key, sizeof key);
+                e = json_object_get(files, key);
+            }
             struct stat st;
             char hash[17];
             snprintf(hash, sizeof hash, "%016llx", (unsigned long long)fnv1a64(d, len, FNV_INIT));
@@ -967,17 +1027,19 @@ int msa_cmd_ingest(msa_cli *cli, int argc, char **argv) {
             in_progress = NULL;
             n_done++;
             json_array_append_new(done_list,
-                                  json_pack("{s:s, s:I}", "path", tag, "tokens", (json_int_t)added));
+                                  json_pack("{s:o, s:I}", "path", msa_cli_jstr(tag), "tokens",
+                                            (json_int_t)added));
             if (!it->is_stdin) {
-                char real[PATH_MAX], hash[17];
+                char real[PATH_MAX], hash[17], key[2 * PATH_MAX + 8];
                 snprintf(hash, sizeof hash, "%016llx",
                          (unsigned long long)fnv1a64(d, len, FNV_INIT));
                 if (realpath(it->abs, real)) {
-                    json_object_set_new(files, real,
-                                        json_pack("{s:I, s:I, s:s, s:s}", "size",
+                    manifest_key(real, key, sizeof key);
+                    json_object_set_new(files, key,
+                                        json_pack("{s:I, s:I, s:s, s:o}", "size",
                                                   (json_int_t)st.st_size, "mtime",
                                                   (json_int_t)st.st_mtime, "hash", hash,
-                                                  "source", tag));
+                                                  "source", msa_cli_jstr(tag)));
                     sidecar_save(&o.sc);
                 }
             }
@@ -994,7 +1056,7 @@ int msa_cmd_ingest(msa_cli *cli, int argc, char **argv) {
             in_progress = NULL;
             n_done++;
             json_array_append_new(done_list,
-                                  json_pack("{s:s, s:I}", "path", source ? source : "text",
+                                  json_pack("{s:o, s:I}", "path", msa_cli_jstr(source ? source : "text"),
                                             "tokens", (json_int_t)(n_tokens_of(o.s) - before)));
         }
     }
@@ -1004,8 +1066,8 @@ int msa_cmd_ingest(msa_cli *cli, int argc, char **argv) {
     int interrupted = arc == MSA_EINTR || g_interrupted;
     double tps = el > 0 ? (double)(tokens1 - tokens0) / el : 0;
     if (cli->json) {
-        json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:f, s:f, s:b, s:o, s:{s:I, s:I, s:I, s:I, s:I}}",
-                              "session", name, "files_ingested", (json_int_t)n_done,
+        json_t *j = json_pack("{s:o, s:I, s:I, s:I, s:f, s:f, s:b, s:o, s:{s:I, s:I, s:I, s:I, s:I}}",
+                              "session", msa_cli_jstr(name), "files_ingested", (json_int_t)n_done,
                               "tokens_added", (json_int_t)(tokens1 - tokens0), "n_tokens",
                               (json_int_t)tokens1, "seconds", el, "tokens_per_s", tps,
                               "interrupted", interrupted, "files", done_list, "skipped",
@@ -1209,8 +1271,8 @@ int msa_cmd_gen(msa_cli *cli, int argc, char **argv) {
     double per_ms = g.n > 1 ? 1e3 * (t_end - g.t_first) / (g.n - 1) : first_ms;
     if (cli->json) {
         json_t *j = json_pack(
-            "{s:s, s:s, s:i, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:b, s:{s:I, s:I, s:I, s:I}}",
-            "session", name, "text", g.text ? g.text : "", "n_generated", n, "tokens_before",
+            "{s:o, s:o, s:i, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:b, s:{s:I, s:I, s:I, s:I}}",
+            "session", msa_cli_jstr(name), "text", msa_cli_jstrn(g.text, g.len), "n_generated", n, "tokens_before",
             (json_int_t)before, "tokens_after_prompt", (json_int_t)after_prompt, "tokens_after",
             (json_int_t)info.n_tokens, "open_ms", 1e3 * o.open_s, "session_open_ms",
             1e3 * o.sess_s, "prompt_ms", 1e3 * t_prompt, "first_token_ms", first_ms,
@@ -1251,7 +1313,11 @@ static void ask_help(void) {
            "                    grouped by source (file:lines), most-read first. Reads\n"
            "                    are summed over layers, KV groups and steps; blocks at\n"
            "                    or after the question's first block (the question\n"
-           "                    itself) are left out\n"
+           "                    itself) are left out. A source's share is the part of\n"
+           "                    all those reads that went to it: a block holding k\n"
+           "                    sources gives each 1/k of its reads, so the shares add\n"
+           "                    up to 100%% (in --json: \"reads\" is that part, and\n"
+           "                    \"block_reads\" the whole reads of its blocks)\n"
            "  --limit N         sources listed by --explain (default 10; 0: all)\n"
            "  --json            answer, and with --explain the blocks and sources, as JSON\n"
            "\n"
@@ -1264,10 +1330,15 @@ static void ask_help(void) {
            sampling_help);
 }
 
-/* A "path:a-b" segment of a source tag. */
+/* A "path:a-b" segment of a source tag, summed over the blocks holding it.
+ * reads: the reads attributed to it, a block's reads split equally among
+ * the sources in its tag ("a.c:1-9 + b.c:1-3": half each), so that the
+ * reads of all sources add up to the reads of all blocks and the shares to
+ * 100%. block_reads: the whole reads of those blocks. */
 typedef struct src_agg {
     char *src;
-    uint64_t reads;
+    double reads;
+    uint64_t block_reads;
     int n_blocks;
     int64_t (*ranges)[2];
     int n_ranges;
@@ -1288,14 +1359,17 @@ static int agg_cmp(const void *a, const void *b) {
 static int ingested_source(json_t *files, const char *src) {
     const char *k;
     json_t *v;
+    json_t *want = msa_cli_jstr(src); /* the manifest holds it made valid UTF-8 */
+    int found = 0;
     json_object_foreach(files, k, v) {
-        const char *s = json_string_value(json_object_get(v, "source"));
-        if (s && !strcmp(s, src)) return 1;
+        if (json_equal(json_object_get(v, "source"), want)) { found = 1; break; }
     }
-    return 0;
+    json_decref(want);
+    return found;
 }
 
-static void agg_add(src_agg **v, int *n, const char *seg, uint64_t reads, json_t *files) {
+static void agg_add(src_agg **v, int *n, const char *seg, double reads, uint64_t block_reads,
+                    json_t *files) {
     char src[MSA_STORE_TAG_MAX + 1];
     snprintf(src, sizeof src, "%s", seg);
     long long a = 0, b = 0;
@@ -1323,6 +1397,7 @@ static void agg_add(src_agg **v, int *n, const char *seg, uint64_t reads, json_t
     }
     src_agg *g = &(*v)[i];
     g->reads += reads;
+    g->block_reads += block_reads;
     g->n_blocks++;
     if (a > 0) {
         int64_t (*r)[2] = realloc(g->ranges, (size_t)(g->n_ranges + 1) * sizeof *r);
@@ -1415,8 +1490,9 @@ int msa_cmd_ask(msa_cli *cli, int argc, char **argv) {
         opened_close(&o);
         return msa_cli_fail(rc, "answering in '%s'", name);
     }
-    json_t *j = cli->json ? json_pack("{s:s, s:s, s:s, s:i, s:I, s:I}", "session", name,
-                                      "question", question, "answer", g.text ? g.text : "",
+    json_t *j = cli->json ? json_pack("{s:o, s:o, s:o, s:i, s:I, s:I}", "session",
+                                      msa_cli_jstr(name), "question", msa_cli_jstr(question),
+                                      "answer", msa_cli_jstrn(g.text, g.len),
                                       "n_generated", n, "question_first_token", (json_int_t)q0,
                                       "question_first_block", (json_int_t)q_block)
                           : NULL;
@@ -1433,20 +1509,25 @@ int msa_cmd_ask(msa_cli *cli, int argc, char **argv) {
         for (size_t i = 0; i < m; i++) {
             if (br[i].block >= q_block) continue;
             total += br[i].reads;
-            json_array_append_new(jb, json_pack("{s:I, s:I, s:I, s:I, s:s}", "block",
+            json_array_append_new(jb, json_pack("{s:I, s:I, s:I, s:I, s:o}", "block",
                                                 (json_int_t)br[i].block, "first_token",
                                                 (json_int_t)br[i].first_token, "n_tokens",
                                                 (json_int_t)br[i].n_tokens, "reads",
-                                                (json_int_t)br[i].reads, "source", br[i].source));
-            /* a block may hold several sources: "a.c:1-9 + b.c:1-3" */
+                                                (json_int_t)br[i].reads, "source",
+                                                msa_cli_jstr(br[i].source)));
+            /* a block may hold several sources ("a.c:1-9 + b.c:1-3"): each
+             * gets an equal part of its reads */
             char tag[sizeof br[i].source];
             snprintf(tag, sizeof tag, "%s", br[i].source);
+            int parts = 1;
+            for (const char *q = tag; (q = strstr(q, " + ")); q += 3) parts++;
+            double part = (double)br[i].reads / parts;
             char *p = tag;
-            if (!*p) agg_add(&agg, &n_agg, "(untagged)", br[i].reads, files);
+            if (!*p) agg_add(&agg, &n_agg, "(untagged)", part, br[i].reads, files);
             while (*p) {
                 char *sep = strstr(p, " + ");
                 if (sep) *sep = 0;
-                agg_add(&agg, &n_agg, p, br[i].reads, files);
+                agg_add(&agg, &n_agg, p, part, br[i].reads, files);
                 if (!sep) break;
                 p = sep + 3;
             }
@@ -1456,7 +1537,9 @@ int msa_cmd_ask(msa_cli *cli, int argc, char **argv) {
         json_t *js = json_array();
         if (!cli->json)
             printf("\nmemory read (blocks before the question, block %lld; %zu blocks of %lld "
-                   "tokens read; reads summed over layers, KV groups and steps):\n"
+                   "tokens read; reads summed over layers, KV groups and steps; a block of\n"
+                   "several sources gives each an equal part of its reads, so shares add up "
+                   "to 100%%):\n"
                    "  %8s  %6s  %6s  %s\n",
                    (long long)q_block, json_array_size(jb), (long long)info.block_size, "reads",
                    "share", "blocks", "source");
@@ -1464,22 +1547,27 @@ int msa_cmd_ask(msa_cli *cli, int argc, char **argv) {
             char lines[512];
             merge_ranges(&agg[i]);
             lines_str(&agg[i], lines, sizeof lines);
-            double share = total ? (double)agg[i].reads / (double)total : 0;
+            double share = total ? agg[i].reads / (double)total : 0;
             if (i < shown && !cli->json)
-                printf("  %8llu  %5.1f%%  %6d  %s%s%s\n", (unsigned long long)agg[i].reads,
-                       100 * share, agg[i].n_blocks, agg[i].src, *lines ? ":" : "", lines);
+                printf("  %8.0f  %5.1f%%  %6d  %s%s%s\n", agg[i].reads, 100 * share,
+                       agg[i].n_blocks, agg[i].src, *lines ? ":" : "", lines);
             json_t *jl = json_array();
             for (int r = 0; r < agg[i].n_ranges; r++)
                 json_array_append_new(jl, json_pack("[I, I]", (json_int_t)agg[i].ranges[r][0],
                                                     (json_int_t)agg[i].ranges[r][1]));
-            json_array_append_new(js, json_pack("{s:s, s:I, s:f, s:i, s:o}", "source", agg[i].src,
-                                                "reads", (json_int_t)agg[i].reads, "share", share,
-                                                "blocks", agg[i].n_blocks, "lines", jl));
+            json_array_append_new(js, json_pack("{s:o, s:f, s:I, s:f, s:i, s:o}", "source",
+                                                msa_cli_jstr(agg[i].src), "reads", agg[i].reads,
+                                                "block_reads", (json_int_t)agg[i].block_reads,
+                                                "share", share, "blocks", agg[i].n_blocks,
+                                                "lines", jl));
             free(agg[i].src);
             free(agg[i].ranges);
         }
         if (!cli->json && shown < n_agg) printf("  ... %d more sources (--limit 0 lists all)\n",
                                                 n_agg - shown);
+        if (!cli->json && n_agg)
+            printf("  %8llu  100.0%%  %6zu  (all blocks read)\n", (unsigned long long)total,
+                   json_array_size(jb));
         if (!cli->json && cli->verbose) {
             printf("\nblocks, most-read first:\n");
             for (size_t i = 0; i < json_array_size(jb); i++) {
@@ -1602,8 +1690,8 @@ int msa_cmd_chat(msa_cli *cli, int argc, char **argv) {
         if (tmpl == MSA_CHAT_PLAIN && (!g.len || g.text[g.len - 1] != '\n'))
             msa_session_append_text(o.s, "\n", 1, src, NULL, NULL);
         if (cli->json) {
-            json_t *j = json_pack("{s:s, s:s, s:i, s:I}", "user", line, "reply",
-                                  g.text ? g.text : "", "tokens", n, "n_tokens",
+            json_t *j = json_pack("{s:o, s:o, s:i, s:I}", "user", msa_cli_jstrn(line, (size_t)got),
+                                  "reply", msa_cli_jstrn(g.text, g.len), "tokens", n, "n_tokens",
                                   (json_int_t)n_tokens_of(o.s));
             json_dumpf(j, stdout, JSON_COMPACT);
             putchar('\n');

@@ -36,23 +36,34 @@ static const char *when(int64_t t, char *buf, size_t n) {
     return buf;
 }
 
-static json_t *info_json(const msa_store_session_info *s) {
+/* A session as JSON. Names are bytes, not always UTF-8: msa_cli_jstr (cli.h)
+ * keeps every record valid JSON. u (may be NULL) adds own and shared bytes. */
+static json_t *info_json(const msa_store_session_info *s, const msa_store_usage *u) {
     const msa_store_shape *h = &s->shape;
-    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:s}}",
-                     "name", s->name, "model", s->fingerprint, "parent", s->parent,
+    json_t *j = json_pack("{s:o, s:s, s:o, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:s}}",
+                     "name", msa_cli_jstr(s->name), "model", s->fingerprint, "parent", msa_cli_jstr(s->parent),
                      "tokens", (json_int_t)s->n_tokens, "blocks", (json_int_t)s->n_blocks,
                      "raw_bytes", (json_int_t)s->raw_bytes, "bytes_on_disk", (json_int_t)s->stored_bytes,
                      "ratio", s->ratio, "created", (json_int_t)s->created, "last_use", (json_int_t)s->last_use,
                      "shape", "layers", h->n_layers, "kv_heads", h->n_kv_heads, "head_dim", h->head_dim,
                      "index_key_heads", h->idx_key_heads, "index_dim", h->idx_dim, "block_size", h->block_size,
                      "kv_dtype", msa_dtype_name(h->kv_dtype), "index_dtype", msa_dtype_name(h->idx_dtype));
+    if (j && u) {
+        json_object_set_new(j, "own_bytes", json_integer((json_int_t)u->own_bytes));
+        json_object_set_new(j, "shared_bytes", json_integer((json_int_t)u->shared_bytes));
+    }
+    return j;
 }
 
 int msa_cmd_ls(msa_cli *cli, int argc, char **argv) {
     if (msa_cli_wants_help(argc, argv)) {
         printf("usage: msa-mem ls [--store DIR] [--json]\n\n"
                "Lists the store's sessions: tokens, blocks, bytes on disk, compression\n"
-               "ratio, model fingerprint and last use.\n\n"
+               "ratio, model fingerprint and last use. Forks share blocks: OWN is what a\n"
+               "session alone holds (its unshared blocks and its tokens), SHARED the\n"
+               "blocks it shares with other sessions (listed under each of them), and\n"
+               "the total counts every block once. In --json, bytes_on_disk is\n"
+               "own_bytes + shared_bytes, and \"total\" the store's own and shared bytes.\n\n"
                "Examples:\n  msa-mem ls\n  msa-mem --store /data/mem ls --json\n");
         return 0;
     }
@@ -66,7 +77,7 @@ int msa_cmd_ls(msa_cli *cli, int argc, char **argv) {
         char d[4096];
         const char *dir = cli->store_dir;
         if (!dir) dir = msa_store_default_dir(d, sizeof d) == MSA_OK ? d : "";
-        if (cli->json) print_json(json_pack("{s:s, s:[]}", "store", dir, "sessions"));
+        if (cli->json) print_json(json_pack("{s:o, s:[]}", "store", msa_cli_jstr(dir), "sessions"));
         else printf("(no sessions: there is no store at %s yet; `msa-mem new` makes one)\n", dir);
         return 0;
     }
@@ -77,21 +88,44 @@ int msa_cmd_ls(msa_cli *cli, int argc, char **argv) {
         msa_store_close(st);
         return msa_cli_fail(rc, "listing sessions");
     }
+    msa_store_usage *use = calloc(n + 1, sizeof *use), total;
+    for (size_t i = 0; !rc && use && i < n; i++) rc = msa_store_usage_get(st, list[i].name, &use[i]);
+    if (!rc && use) rc = msa_store_usage_get(st, NULL, &total);
+    if (rc || !use) {
+        free(use);
+        msa_store_list_free(list);
+        msa_store_close(st);
+        return msa_cli_fail(rc ? rc : MSA_ENOMEM, "measuring the sessions' sizes");
+    }
     if (cli->json) {
         json_t *a = json_array();
-        for (size_t i = 0; i < n; i++) json_array_append_new(a, info_json(&list[i]));
-        print_json(json_pack("{s:s, s:o}", "store", msa_store_dir(st), "sessions", a));
+        for (size_t i = 0; i < n; i++) json_array_append_new(a, info_json(&list[i], &use[i]));
+        print_json(json_pack("{s:o, s:o, s:{s:I, s:I, s:I}}", "store", msa_cli_jstr(msa_store_dir(st)),
+                             "sessions", a, "total", "bytes_on_disk",
+                             (json_int_t)(total.own_bytes + total.shared_bytes), "own_bytes",
+                             (json_int_t)total.own_bytes, "shared_bytes", (json_int_t)total.shared_bytes));
     } else {
-        printf("%-24s %10s %8s %10s %6s  %-18s %s\n", "NAME", "TOKENS", "BLOCKS", "ON DISK", "RATIO", "MODEL", "LAST USE");
+        printf("%-24s %10s %8s %10s %10s %6s  %-18s %s\n", "NAME", "TOKENS", "BLOCKS", "OWN", "SHARED", "RATIO",
+               "MODEL", "LAST USE");
         for (size_t i = 0; i < n; i++) {
-            char b[32], w[32], fp[19];
+            char b[32], b2[32], w[32], fp[19];
             snprintf(fp, sizeof fp, "%.16s%s", list[i].fingerprint, strlen(list[i].fingerprint) > 16 ? ".." : "");
-            printf("%-24s %10llu %8llu %10s %5.2fx  %-18s %s\n", list[i].name, (unsigned long long)list[i].n_tokens,
-                   (unsigned long long)list[i].n_blocks, msa_cli_bytes((double)list[i].stored_bytes, b, sizeof b),
+            printf("%-24s %10llu %8llu %10s %10s %5.2fx  %-18s %s\n", list[i].name,
+                   (unsigned long long)list[i].n_tokens, (unsigned long long)list[i].n_blocks,
+                   msa_cli_bytes((double)use[i].own_bytes, b, sizeof b),
+                   use[i].shared_bytes ? msa_cli_bytes((double)use[i].shared_bytes, b2, sizeof b2) : "-",
                    list[i].ratio, fp, when(list[i].last_use, w, sizeof w));
         }
         if (!n) printf("(no sessions in %s)\n", msa_store_dir(st));
+        else {
+            char b[32], b2[32], b3[32];
+            printf("total: %zu session%s, %s: %s own + %s in shared blocks, each counted once\n", n,
+                   n == 1 ? "" : "s", msa_cli_bytes((double)(total.own_bytes + total.shared_bytes), b, sizeof b),
+                   msa_cli_bytes((double)total.own_bytes, b2, sizeof b2),
+                   msa_cli_bytes((double)total.shared_bytes, b3, sizeof b3));
+        }
     }
+    free(use);
     msa_store_list_free(list);
     msa_store_close(st);
     return 0;
@@ -100,22 +134,36 @@ int msa_cmd_ls(msa_cli *cli, int argc, char **argv) {
 int msa_cmd_info(msa_cli *cli, int argc, char **argv) {
     if (msa_cli_wants_help(argc, argv) || argc != 2) {
         if (argc != 2 && !msa_cli_wants_help(argc, argv)) return msa_cli_usage_error("info", "needs one session name");
-        printf("usage: msa-mem info NAME [--json]\n\nShows a session: model, shapes, tokens, blocks, sizes, times.\n\n"
+        printf("usage: msa-mem info NAME [--json]\n\nShows a session: model, shapes, parameters (the MSA\n"
+               "top-k stored with it), tokens, blocks, sizes (own and shared with forks), times.\n\n"
                "Example:\n  msa-mem info notes --json\n");
         return 0;
     }
     msa_store *st;
     int rc = open_store(cli, 0, &st);
     if (rc) return rc;
-    msa_store_session *s;
+    msa_store_session *s = NULL;
     msa_store_session_info in;
-    if ((rc = msa_store_session_open(st, argv[1], NULL, &s)) || (rc = msa_store_session_stat(s, &in))) {
+    msa_session_params sp;
+    msa_store_usage use;
+    if ((rc = msa_store_session_open(st, argv[1], NULL, &s)) || (rc = msa_store_session_stat(s, &in)) ||
+        (rc = msa_store_session_get_params(s, &sp)) || (rc = msa_store_usage_get(st, argv[1], &use))) {
+        msa_store_session_close(s);
         msa_store_close(st);
         return msa_cli_fail(rc, "info %s", argv[1]);
     }
     msa_store_session_close(s);
+    /* a session of a build before session parameters: its top-k, if any,
+     * is still in the CLI's side file (stored with it when next opened) */
+    int legacy = sp.top_k ? 0 : msa_cli_legacy_top_k(cli, argv[1], in.created, in.parent);
     if (cli->json) {
-        print_json(info_json(&in));
+        json_t *j = info_json(&in, &use);
+        json_t *pj = json_object();
+        json_object_set_new(pj, "top_k", sp.top_k ? json_integer(sp.top_k) : json_null());
+        json_object_set_new(pj, "top_k_from", json_string(sp.top_k ? "session" : legacy ? "cli side file" : "default"));
+        json_object_set_new(pj, "top_k_effective", json_integer(sp.top_k ? sp.top_k : legacy ? legacy : 16));
+        json_object_set_new(j, "params", pj);
+        print_json(j);
     } else {
         char b1[32], b2[32], w1[32], w2[32];
         const msa_store_shape *h = &in.shape;
@@ -125,9 +173,15 @@ int msa_cmd_info(msa_cli *cli, int argc, char **argv) {
         printf("shape     %d layers, %d KV heads x %d (%s), index %d x %d (%s), blocks of %d\n", h->n_layers,
                h->n_kv_heads, h->head_dim, msa_dtype_name(h->kv_dtype), h->idx_key_heads, h->idx_dim,
                msa_dtype_name(h->idx_dtype), h->block_size);
+        if (sp.top_k) printf("params    top-k %d\n", sp.top_k);
+        else if (legacy) printf("params    top-k %d (from the CLI side file; stored with the session when next opened)\n", legacy);
+        else printf("params    top-k not stored (the engine's, 16 by default)\n");
         printf("tokens    %llu in %llu blocks per layer\n", (unsigned long long)in.n_tokens, (unsigned long long)in.n_blocks);
-        printf("size      %s raw, %s on disk (%.2fx)\n", msa_cli_bytes((double)in.raw_bytes, b1, sizeof b1),
-               msa_cli_bytes((double)in.stored_bytes, b2, sizeof b2), in.ratio);
+        char b3[32], b4[32];
+        printf("size      %s raw, %s on disk (%.2fx): %s own, %s in blocks shared with forks\n",
+               msa_cli_bytes((double)in.raw_bytes, b1, sizeof b1), msa_cli_bytes((double)in.stored_bytes, b2, sizeof b2),
+               in.ratio, msa_cli_bytes((double)use.own_bytes, b3, sizeof b3),
+               msa_cli_bytes((double)use.shared_bytes, b4, sizeof b4));
         printf("created   %s\nlast use  %s\n", when(in.created, w1, sizeof w1), when(in.last_use, w2, sizeof w2));
     }
     msa_store_close(st);
@@ -148,13 +202,15 @@ static int done_json(msa_cli *cli, json_t *j) {
 
 int msa_cmd_rm(msa_cli *cli, int argc, char **argv) {
     if (msa_cli_wants_help(argc, argv))
-        return simple_help("rm", "NAME...", "Removes sessions (blocks shared with forks stay for them).", "msa-mem rm old-notes");
+        return simple_help("rm", "NAME...", "Removes sessions (blocks shared with forks stay for them). A session\n"
+                           "in use (open for writing by another process: ingest, chat, gen, ask) is\n"
+                           "busy: it is not removed and rm exits with status 7.", "msa-mem rm old-notes");
     if (argc < 2) return msa_cli_usage_error("rm", "needs a session name");
     msa_store *st;
     int rc = open_store(cli, 0, &st);
     if (rc) return rc;
     for (int i = 1; i < argc; i++)
-        if ((rc = msa_store_remove(st, argv[i]))) {
+        if ((rc = msa_session_remove(st, argv[i]))) {
             msa_store_close(st);
             return msa_cli_fail(rc, "rm %s", argv[i]);
         }
@@ -173,7 +229,7 @@ int msa_cmd_fork(msa_cli *cli, int argc, char **argv) {
     rc = msa_store_fork(st, argv[1], argv[2]);
     msa_store_close(st);
     if (rc) return msa_cli_fail(rc, "fork %s %s", argv[1], argv[2]);
-    return done_json(cli, json_pack("{s:b, s:s}", "ok", 1, "session", argv[2]));
+    return done_json(cli, json_pack("{s:b, s:o}", "ok", 1, "session", msa_cli_jstr(argv[2])));
 }
 
 int msa_cmd_export(msa_cli *cli, int argc, char **argv) {
@@ -187,7 +243,7 @@ int msa_cmd_export(msa_cli *cli, int argc, char **argv) {
     rc = msa_store_export(st, argv[1], argv[2]);
     msa_store_close(st);
     if (rc) return msa_cli_fail(rc, "export %s", argv[1]);
-    return done_json(cli, json_pack("{s:b, s:s}", "ok", 1, "file", argv[2]));
+    return done_json(cli, json_pack("{s:b, s:o}", "ok", 1, "file", msa_cli_jstr(argv[2])));
 }
 
 int msa_cmd_import(msa_cli *cli, int argc, char **argv) {
@@ -223,7 +279,7 @@ int msa_cmd_compact(msa_cli *cli, int argc, char **argv) {
 }
 
 static void fsck_line(void *ctx, const char *line) {
-    if (ctx) json_array_append_new(ctx, json_string(line));
+    if (ctx) json_array_append_new(ctx, msa_cli_jstr(line));
     else printf("%s\n", line);
 }
 

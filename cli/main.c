@@ -52,7 +52,13 @@ static void print_help(FILE *f) {
             "  -V, --version   the version and build features (`msa-mem version --json`)\n"
             "\n"
             "Exit status: 0 success, 1 error, 2 usage, 3 not found, 4 corrupt data,\n"
-            "5 wrong model for a session, 6 I/O or network error, 130 interrupted.\n");
+            "5 wrong model for a session, 6 I/O or network error, 7 busy (a session\n"
+            "in use by another process: a second writer, rm of an open session),\n"
+            "130 interrupted.\n"
+            "\n"
+            "--json output is always valid UTF-8 JSON: bytes of names, paths and texts\n"
+            "that are not valid UTF-8 are shown as U+FFFD, one per ill-formed sequence\n"
+            "(as Python's bytes.decode('utf-8', 'replace')); no record is dropped.\n");
 }
 
 int msa_cli_exit_code(int status) {
@@ -64,6 +70,7 @@ int msa_cli_exit_code(int status) {
     case MSA_EMODEL: return MSA_EXIT_MODEL;
     case MSA_EIO: case MSA_ENOSPC: case MSA_ENET: case MSA_EAUTH: return MSA_EXIT_IO;
     case MSA_EINTR: return MSA_EXIT_INTERRUPTED;
+    case MSA_EBUSY: return MSA_EXIT_BUSY;
     default: return MSA_EXIT_ERROR;
     }
 }
@@ -128,6 +135,73 @@ double msa_cli_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- JSON output ---------------------------------------------------------- */
+
+/* Length of the well-formed UTF-8 sequence at s[0..n), or, when it is
+ * ill-formed, minus the length of its maximal subpart (>= 1 byte) that one
+ * U+FFFD replaces. */
+static long utf8_seq(const unsigned char *s, size_t n) {
+    unsigned char b = s[0];
+    if (b < 0x80) return 1;
+    int need;
+    unsigned char lo = 0x80, hi = 0xbf; /* range of the second byte */
+    if (b >= 0xc2 && b <= 0xdf) need = 1;
+    else if (b == 0xe0) { need = 2; lo = 0xa0; }
+    else if (b == 0xed) { need = 2; hi = 0x9f; }
+    else if (b >= 0xe1 && b <= 0xef) need = 2;
+    else if (b == 0xf0) { need = 3; lo = 0x90; }
+    else if (b == 0xf4) { need = 3; hi = 0x8f; }
+    else if (b >= 0xf1 && b <= 0xf3) need = 3;
+    else return -1;
+    for (int i = 1; i <= need; i++) {
+        unsigned char l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xbf;
+        if ((size_t)i >= n || s[i] < l || s[i] > h) return -i;
+    }
+    return need + 1;
+}
+
+char *msa_cli_utf8_clean(const char *s, size_t n, size_t *len) {
+    if (!s) n = 0;
+    char *out = malloc(3 * n + 1); /* one byte becomes at most 3 (U+FFFD) */
+    if (!out) return NULL;
+    size_t o = 0;
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        long r = utf8_seq(u + i, n - i);
+        if (r > 0) {
+            memcpy(out + o, u + i, (size_t)r);
+            o += (size_t)r;
+            i += (size_t)r;
+        } else {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i += (size_t)-r;
+        }
+    }
+    out[o] = 0;
+    if (len) *len = o;
+    return out;
+}
+
+json_t *msa_cli_jstrn(const char *s, size_t n) {
+    size_t len;
+    char *c = msa_cli_utf8_clean(s, n, &len);
+    if (!c) return NULL;
+    json_t *j = json_stringn_nocheck(c, len);
+    free(c);
+    return j;
+}
+
+json_t *msa_cli_jstr(const char *s) { return msa_cli_jstrn(s, s ? strlen(s) : 0); }
+
+void msa_cli_json_write_str(FILE *f, const char *s, size_t n) {
+    json_t *j = msa_cli_jstrn(s, n);
+    char *d = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+    fputs(d ? d : "\"\"", f);
+    free(d);
+    json_decref(j);
 }
 
 /* ---- progress ------------------------------------------------------------ */
