@@ -68,6 +68,9 @@ int main(void) {
     F(msa_session_info, bytes_raw); F(msa_session_info, fingerprint);
     F(msa_session_info, pager); F(msa_session_info, last_step_ms);
     end();
+    S(msa_session_params);
+    F(msa_session_params, top_k); F(msa_session_params, reserved);
+    end();
     S(msa_block_reads);
     F(msa_block_reads, block); F(msa_block_reads, first_token);
     F(msa_block_reads, n_tokens); F(msa_block_reads, reads); F(msa_block_reads, source);

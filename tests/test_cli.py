@@ -365,3 +365,251 @@ def test_ingest_ctrl_c_keeps_last_chunk(env, tmp_path):
     # the interrupted file was not recorded as ingested: it goes in again, whole
     d = json.loads(run("ingest", "big", big, "--json", env=env).stdout)
     assert d["files_ingested"] == 1 and d["n_tokens"] == s["tokens"] + d["tokens_added"]
+
+
+# ---- issue 10: sessions and output ---------------------------------------------
+
+def info_json(env, name):
+    return json.loads(run("info", name, "--json", env=env).stdout)
+
+
+def test_top_k_travels_with_the_session(env, tmp_path):
+    """The top-k of `new` is stored with the session: a fork, a fork of a
+    fork and an exported and imported copy keep it (`info` shows it) and
+    generate exactly what the original generates, with no CLI side file to
+    lean on; the C/Python callers see it too (test_python)."""
+    prompt = "Once upon a time, there was a little girl named Lily. She loved to play."
+    run("new", "orig", "--block-size", "16", "--top-k", "4", env=env)
+    gen_json(env, "orig", "--prompt", prompt, "-n", "80")  # > 4 blocks: k matters
+    run("fork", "orig", "f1", env=env)
+    run("fork", "f1", "f2", env=env)
+    run("fork", "orig", "ref", env=env)
+    run("export", "f2", tmp_path / "f2.msax", env=env)
+    run("import", tmp_path / "f2.msax", "copy", env=env)
+    i = info_json(env, "copy")
+    assert i["params"] == {"top_k": 4, "top_k_from": "session", "top_k_effective": 4}
+    assert "top-k 4" in run("info", "copy", env=env).stdout
+    # the side files are not needed (nor read) for any of them
+    import shutil
+    shutil.rmtree(Path(env["MSA_STORE"]) / "cli", ignore_errors=True)
+    ref = gen_json(env, "ref", "-n", "24")["text"]
+    for name in ("orig", "f1", "f2", "copy"):
+        assert info_json(env, name)["params"]["top_k"] == 4, name
+        assert gen_json(env, name, "-n", "24")["text"] == ref, name
+    # --top-k on an existing session does not silently change it
+    p = run("ingest", "f1", "--text", "The end.", "--top-k", "8", env=env)
+    assert "keeps its top-k 4" in p.stderr
+    assert info_json(env, "f1")["params"]["top_k"] == 4
+
+
+def fnv1a64(b: bytes) -> int:
+    h = 14695981039346656037
+    for c in b:
+        h = ((h ^ c) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def test_top_k_of_an_earlier_build_side_file_is_migrated(env, tmp_path):
+    """A store of a build before session parameters: the record holds no
+    top-k, the side file does. info reports it from there, the next command
+    stores it in the record, and from then on copies carry it."""
+    import ctypes as C
+    run("new", "old", "--block-size", "16", env=env)
+    gen_json(env, "old", "--prompt", "Tom had a red ball and a blue kite.", "-n", "70")
+    # make it look old: no parameters in the record (record version 1) ...
+    P = C.c_void_p
+    sys.path.insert(0, str(ROOT / "bindings" / "python"))
+    os.environ.setdefault("MSA_LIBRARY", str(BUILD / "libmsa.so"))
+    import msa_mem
+    with msa_mem.Engine(env["MSA_MODEL"], store=env["MSA_STORE"]) as e:
+        lib2 = e._lib
+        lib2.msa_store_session_open.argtypes = [P, C.c_char_p, C.c_char_p, C.POINTER(P)]
+        lib2.msa_store_session_set_params.argtypes = [P, P]
+        lib2.msa_store_session_close.argtypes = [P]
+        ss = P()
+        assert lib2.msa_store_session_open(e._store_handle(), b"old", None, C.byref(ss)) == 0
+        zero = msa_mem._SessionParams()
+        assert lib2.msa_store_session_set_params(ss, C.byref(zero)) == 0
+        lib2.msa_store_session_close(ss)
+    i = info_json(env, "old")
+    assert i["params"]["top_k"] is None and i["params"]["top_k_from"] == "default"
+    # ... and its top-k in the side file, as those builds kept it
+    side = Path(env["MSA_STORE"]) / "cli" / f"{fnv1a64(b'old'):016x}.json"
+    side.parent.mkdir(exist_ok=True)
+    side.write_text(json.dumps({"session": "old", "created": i["created"], "top_k": 4}))
+    i = info_json(env, "old")
+    assert i["params"] == {"top_k": None, "top_k_from": "cli side file", "top_k_effective": 4}
+    run("fork", "old", "ref", env=env)  # a fork made before the migration: parent's side file
+    p = run("gen", "old", "-n", "1", "-v", env=env)
+    assert "now stored with the session" in p.stderr
+    assert info_json(env, "old")["params"]["top_k"] == 4
+    run("export", "old", tmp_path / "old.msax", env=env)
+    run("import", tmp_path / "old.msax", "copy", env=env)
+    assert info_json(env, "copy")["params"]["top_k"] == 4
+    assert gen_json(env, "ref", "-n", "1")["n_generated"] == 1  # the fork migrates from its parent's
+    assert info_json(env, "ref")["params"]["top_k"] == 4
+    a, b = gen_json(env, "copy", "-n", "16"), gen_json(env, "ref", "-n", "16")
+    assert a["text"] == b["text"]
+
+
+def test_rm_of_a_session_in_use_is_busy(env):
+    """rm of a session that another process is writing (a chat between
+    turns) is refused with exit 7, like a second writer; the writer goes on
+    unharmed; once it has ended, rm works."""
+    run("new", "busy", env=env)
+    p = subprocess.Popen([str(MSA), "chat", "busy", "--json", "-n", "6"], env=env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        p.stdin.write("Hello there.\n")
+        p.stdin.flush()
+        first = json.loads(p.stdout.readline())  # the first turn is committed
+        r = run("rm", "busy", env=env, check=False)
+        assert r.returncode == 7, r
+        assert "in use" in r.stderr and "busy" in r.stderr and r.stderr.count("\n") == 1
+        # a second writer gets the same status
+        w = run("gen", "busy", "-n", "1", env=env, check=False)
+        assert w.returncode == 7 and "in use" in w.stderr
+        assert "busy" in [s["name"] for s in json.loads(run("ls", "--json", env=env).stdout)["sessions"]]
+        p.stdin.write("What next?\n")
+        p.stdin.flush()
+        second = json.loads(p.stdout.readline())
+        assert second["n_tokens"] > first["n_tokens"]
+        p.stdin.close()
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert info_json(env, "busy")["tokens"] == second["n_tokens"]
+    run("rm", "busy", env=env)
+    assert "busy" not in [s["name"] for s in json.loads(run("ls", "--json", env=env).stdout)["sessions"]]
+    # the lock file of the removed session is gone too
+    assert not list(Path(env["MSA_STORE"]).glob("session-*.lock"))
+
+
+def run_b(*args, env=None, input=None):
+    """run() with bytes arguments and output (names and texts that are not UTF-8)."""
+    p = subprocess.run([bytes(MSA), *[a if isinstance(a, bytes) else os.fsencode(str(a))
+                                      for a in args]], env=env, input=input,
+                       capture_output=True, timeout=300)
+    assert p.returncode == 0, (args, p.returncode, p.stderr)
+    return p
+
+
+def bad_utf8(rng, n=3):
+    """Random ill-formed UTF-8 pieces: lone continuation bytes, truncated
+    sequences, overlongs, surrogates, bytes never valid."""
+    pieces = [b"\x80", b"\xbf", b"\xc0\xaf", b"\xe2\x82", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+              b"\xff", b"\xfe", b"\xf0\x9f\x98", b"\xc3"]
+    return b"".join(rng.choice(pieces) + bytes([rng.randrange(0x61, 0x7b)]) for _ in range(n))
+
+
+def test_json_output_with_invalid_utf8_keeps_every_record(env, tmp_path):
+    """Names, paths and texts that are not UTF-8: every --json output parses
+    and keeps every record, with each ill-formed sequence as U+FFFD as
+    Python's decode(errors="replace") gives it."""
+    import random
+    seed = fresh_seed()
+    rng = random.Random(seed)
+    dec = lambda b: b.decode("utf-8", "replace")
+    name = b"s-" + bad_utf8(rng)
+    d = tmp_path / "files"
+    d.mkdir()
+    files = {}
+    for i in range(4):
+        fn = b"f%d-" % i + bad_utf8(rng) + b".txt"
+        body = b"The cat " + bad_utf8(rng) + b" sat on the mat.\n"
+        (Path(os.fsdecode(bytes(d))) / os.fsdecode(fn)).write_bytes(body)
+        files[fn] = body
+    (d / "plain.txt").write_text("A plain file.\n")
+    j = json.loads(run_b("new", name, "--block-size", "16", "--json", env=env).stdout)
+    assert j["name"] == dec(name), seed
+    j = json.loads(run_b("ingest", name, d, "--json", env=env).stdout)
+    assert j["files_ingested"] == 5 and j["session"] == dec(name), seed
+    assert sorted(f["path"] for f in j["files"]) == sorted([dec(f) for f in files] + ["plain.txt"]), seed
+    j = json.loads(run_b("ingest", name, d, "--json", env=env).stdout)  # the manifest kept them too
+    assert j["files_ingested"] == 0 and j["skipped"]["unchanged"] == 5, seed
+    ls = json.loads(run_b("ls", "--json", env=env).stdout)
+    assert [s["name"] for s in ls["sessions"]] == [dec(name)], seed
+    j = json.loads(run_b("info", name, "--json", env=env).stdout)
+    assert j["name"] == dec(name) and j["tokens"] > 0
+    q = b"What did the cat " + bad_utf8(rng) + b" do?"
+    a = json.loads(run_b("ask", name, q, "--explain", "--json", "-n", "4", env=env).stdout)
+    assert a["question"] == dec(q) and a["session"] == dec(name), seed
+    assert {s["source"] for s in a["sources"]} <= {dec(f) for f in files} | {"plain.txt"}, seed
+    lines = [b"hello " + bad_utf8(rng) + b"\n", b"\xff\xfe\n", b"again\n"]
+    p = run_b("chat", name, "--json", "-n", "3", env=env, input=b"".join(lines))
+    turns = [json.loads(l) for l in p.stdout.splitlines()]
+    assert [t["user"] for t in turns] == [dec(l[:-1]) for l in lines], seed
+    g = json.loads(run_b("gen", name, "--json", "-n", "3", env=env).stdout)
+    assert g["session"] == dec(name)
+    other = b"t-" + bad_utf8(rng)
+    j = json.loads(run_b("fork", name, other, "--json", env=env).stdout)
+    assert j["session"] == dec(other)
+    out = tmp_path / os.fsdecode(b"x-" + bad_utf8(rng) + b".msax")
+    j = json.loads(run_b("export", name, out, "--json", env=env).stdout)
+    assert j["file"] == dec(os.fsencode(str(out)))
+    ls = json.loads(run_b("ls", "--json", env=env).stdout)
+    assert sorted(s["name"] for s in ls["sessions"]) == sorted([dec(name), dec(other)])
+    assert json.loads(run_b("fsck", "--json", env=env).stdout)["clean"]
+    # the text forms print the bytes as they are
+    assert name in run_b("ls", env=env).stdout
+
+
+def test_explain_shares_add_up_to_100(env, tmp_path):
+    """Blocks that hold several files (small files, blocks of 16 tokens)
+    give each an equal part of their reads: the shares add up to 100%, in
+    --json and in the text, and every source keeps its blocks' reads."""
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(12):
+        (d / f"n{i:02d}.txt").write_text(f"Ben {i} ran.\n")
+    run("new", "m", "--block-size", "16", "--top-k", "3", env=env)
+    run("ingest", "m", d, env=env)
+    a = json.loads(run("ask", "m", "Who ran?", "--explain", "--json", "-n", "6", env=env).stdout)
+    assert any(" + " in b["source"] for b in a["blocks"]), a["blocks"]  # shared blocks exist
+    total = sum(b["reads"] for b in a["blocks"])
+    assert abs(sum(s["share"] for s in a["sources"]) - 1) < 1e-9, a["sources"]
+    assert abs(sum(s["reads"] for s in a["sources"]) - total) < 1e-6 * total
+    for s in a["sources"]:
+        assert s["block_reads"] >= s["reads"] > 0
+    p = run("ask", "m", "Who ran?", "--explain", "-n", "6", "--limit", "0", env=env)
+    rows = [l.split() for l in p.stdout.split("memory read", 1)[1].splitlines()[3:]]
+    shares = [float(r[1].rstrip("%")) for r in rows if len(r) > 3 and "(all" not in r[3]]
+    assert any(r[3].startswith("turn") or r[3] == "answer" for r in rows if len(r) > 3), rows
+    assert shares and abs(sum(shares) - 100) <= 0.05 * len(shares) + 1e-9, shares
+    assert "100.0%" in p.stdout and "(all blocks read)" in p.stdout
+
+
+def test_ls_counts_shared_blocks_once(env):
+    run("new", "base", "--block-size", "16", env=env)
+    gen_json(env, "base", "--prompt", "Sam had a small boat on the lake.", "-n", "60")
+    run("fork", "base", "k1", env=env)
+    run("fork", "k1", "k2", env=env)
+    gen_json(env, "k2", "-n", "20")
+    ls = json.loads(run("ls", "--json", env=env).stdout)
+    ss = {s["name"]: s for s in ls["sessions"]}
+    for s in ss.values():
+        assert s["own_bytes"] + s["shared_bytes"] == s["bytes_on_disk"], s
+    assert ss["k1"]["shared_bytes"] > 0 and ss["k1"]["own_bytes"] < ss["k1"]["bytes_on_disk"]
+    t = ls["total"]
+    assert t["bytes_on_disk"] == t["own_bytes"] + t["shared_bytes"]
+    assert t["own_bytes"] == sum(s["own_bytes"] for s in ss.values())
+    assert t["bytes_on_disk"] < sum(s["bytes_on_disk"] for s in ss.values())
+    # each shared block counted once, not once per sharer
+    shared = [s["shared_bytes"] for s in ss.values()]
+    assert min(shared) > 0 and max(shared) <= t["shared_bytes"] < sum(shared), (shared, t)
+    assert "SHARED" in run("ls", env=env).stdout and "counted once" in run("ls", env=env).stdout
+    run("rm", "k1", "k2", env=env)
+    ls = json.loads(run("ls", "--json", env=env).stdout)
+    (s,) = ls["sessions"]
+    assert s["shared_bytes"] == 0 and s["own_bytes"] == s["bytes_on_disk"] == ls["total"]["bytes_on_disk"]
+
+
+def test_cli_and_library_refuse_the_same_sampling(env):
+    run("new", "x", env=env)
+    for opt in (["--temp", "nan"], ["--temp", "inf"], ["--repeat-penalty", "0"],
+                ["--top-p", "0"], ["--temp", "-1"]):
+        p = run("gen", "x", "-n", "1", *opt, env=env, check=False)
+        assert p.returncode == 2 and opt[0] in p.stderr, opt
+    assert info_json(env, "x")["tokens"] == 0  # nothing appended

@@ -157,3 +157,77 @@ def test_errors_and_context_managers(model, tmp_path):
     e.close()  # twice is fine
     with pytest.raises(msa_mem.Error):
         e.session("x")
+
+
+@needs_model
+def test_session_params_travel_with_the_session(model, tmp_path):
+    """The top-k a session was created with is stored with it: a caller with
+    default engine parameters (top_k 16), a fork, a fork of a fork and an
+    export/import copy all run with it, and continue exactly as the
+    original does (more than k blocks, so k matters)."""
+    prompt = ("Once upon a time, there was a little girl named Lily. She loved to play "
+              "outside in the park with her friends. One day, she saw a big red ball.")
+    with msa_mem.Engine(model, store=str(tmp_path), block_size=16, top_k=4) as e:
+        with e.session("orig", create=True) as s:
+            s.append(prompt)
+            list(s.generate(max_tokens=40))
+            assert s.top_k == 4 and s.info()["n_blocks"] > 4
+        e.fork("orig", "ref")
+        with e.session("ref") as s:
+            ref = "".join(s.generate(max_tokens=24))
+    with msa_mem.Engine(model, store=str(tmp_path)) as e:  # default top_k
+        e.fork("orig", "f1")
+        e.fork("f1", "f2")
+        e.export("f2", str(tmp_path / "f2.msax"))
+        e.import_(str(tmp_path / "f2.msax"), "copy")
+        for name in ("orig", "f1", "f2", "copy"):
+            with e.session(name) as s:
+                assert s.params() == {"top_k": 4} and s.info()["top_k"] == 4, name
+                assert "".join(s.generate(max_tokens=24)) == ref, name
+        # set_params is stored: another engine sees it
+        with e.session("f1") as s:
+            s.set_params(top_k=2)
+            assert s.top_k == 2
+            with pytest.raises(msa_mem.Error) as err:
+                s.set_params(top_k=-3)
+            assert err.value.status == -1
+        # a session created by a default engine stores the default
+        with e.session("new", create=True) as s:
+            assert s.top_k == 16
+    with msa_mem.Engine(model, store=str(tmp_path), top_k=8) as e:
+        with e.session("f1") as s:
+            assert s.top_k == 2
+        with e.session("new") as s:
+            assert s.top_k == 16
+
+
+@needs_model
+def test_library_refuses_what_the_cli_refuses(model, tmp_path):
+    with msa_mem.Engine(model, store=str(tmp_path)) as e:
+        # a NUL in a name: C would cut it there and name session "a"
+        for bad in ("a\0b", b"a\0", ""):
+            with pytest.raises(msa_mem.Error) as err:
+                e.session(bad, create=True)
+            assert err.value.status == -1, bad
+        with pytest.raises(msa_mem.Error) as err:
+            e.session("tab\there", create=True)  # control characters: the library's check
+        assert err.value.status == -1 and "control" in str(err.value)
+        assert e.sessions() == []
+        with e.session("s", create=True) as s:
+            for kw in ({"temperature": float("nan")}, {"temperature": float("inf")},
+                       {"temperature": -1.0}, {"repeat_penalty": 0.0},
+                       {"repeat_penalty": float("nan")}, {"top_p": 0.0},
+                       {"top_p": float("nan")}, {"min_p": float("nan")}):
+                with pytest.raises(msa_mem.Error) as err:
+                    list(s.generate(max_tokens=4, **kw))
+                assert err.value.status == -1, kw
+                assert s.tokens() == [], kw  # refused before anything: no BOS appended
+            with pytest.raises(msa_mem.Error) as err:
+                list(s.generate(max_tokens=-1))
+            assert err.value.status == -1
+            # a session open for writing is busy for remove, as for a second writer
+            with pytest.raises(msa_mem.Error) as err:
+                e.remove("s")
+            assert err.value.status == -12 and "in use" in str(err.value)
+        e.remove("s")
+        assert e.sessions() == []

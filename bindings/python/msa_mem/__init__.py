@@ -143,6 +143,22 @@ class Error(Exception):
         self.status = status
 
 
+_EINVAL = -1
+
+
+def _name(name) -> bytes:
+    """A session name as the C library takes it: str (UTF-8; lone surrogates
+    from os.fsdecode keep their bytes) or bytes, refused with MSA_EINVAL when
+    it holds a NUL byte (C would silently cut it there and name another
+    session) or is empty."""
+    b = name if isinstance(name, bytes) else str(name).encode("utf-8", "surrogateescape")
+    if not b:
+        raise Error(_EINVAL, "MSA_EINVAL: empty session name")
+    if b"\0" in b:
+        raise Error(_EINVAL, f"MSA_EINVAL: session name {name!r} holds a NUL byte")
+    return b
+
+
 def _check(status: int) -> None:
     if status != 0:
         lib = load_library()
@@ -218,6 +234,13 @@ class _SessionInfo(C.Structure):
     ]
 
 
+class _SessionParams(C.Structure):
+    _fields_ = [
+        ("top_k", C.c_int),
+        ("reserved", C.c_int * 7),
+    ]
+
+
 class _BlockReads(C.Structure):
     _fields_ = [
         ("block", C.c_int64),
@@ -269,6 +292,7 @@ STRUCTS = {
     "msa_generate_params": _GenerateParams,
     "msa_pager_stats": _PagerStats,
     "msa_session_info": _SessionInfo,
+    "msa_session_params": _SessionParams,
     "msa_block_reads": _BlockReads,
     "msa_store_shape": _StoreShape,
     "msa_store_session_info": _StoreSessionInfo,
@@ -313,6 +337,10 @@ def _declare(lib: C.CDLL) -> None:
         "msa_session_append_message": (C.c_int, [P, C.c_int, C.c_char_p, C.c_char_p, C.c_int,
                                                  C.c_char_p]),
         "msa_chat_template_from_name": (C.c_int, [C.c_char_p]),
+        "msa_session_default_params": (_SessionParams, []),
+        "msa_session_get_params": (C.c_int, [P, C.POINTER(_SessionParams)]),
+        "msa_session_set_params": (C.c_int, [P, C.POINTER(_SessionParams)]),
+        "msa_session_remove": (C.c_int, [P, C.c_char_p]),
         "msa_store_fork": (C.c_int, [P, C.c_char_p, C.c_char_p]),
         "msa_store_remove": (C.c_int, [P, C.c_char_p]),
         "msa_store_export": (C.c_int, [P, C.c_char_p, C.c_char_p]),
@@ -419,7 +447,7 @@ class Engine(_Owned):
         if it already exists)."""
         flags = (1 if create else 0) | (2 if exclusive else 0)
         h = C.c_void_p()
-        _check(self._lib.msa_session_open(self._handle(), name.encode(), flags, C.byref(h)))
+        _check(self._lib.msa_session_open(self._handle(), _name(name), flags, C.byref(h)))
         return Session(self, h)
 
     # ---- the tokenizer ----------------------------------------------------------
@@ -479,21 +507,23 @@ class Engine(_Owned):
 
     def fork(self, src: str, dst: str) -> None:
         """Makes session `dst` a copy of `src` that shares its blocks."""
-        _check(self._lib.msa_store_fork(self._store_handle(), src.encode(), dst.encode()))
+        _check(self._lib.msa_store_fork(self._store_handle(), _name(src), _name(dst)))
 
     def remove(self, name: str) -> None:
-        """Removes session `name` (it must not be open)."""
-        _check(self._lib.msa_store_remove(self._store_handle(), name.encode()))
+        """Removes session `name`. A session open for writing (a Session
+        here, or any handle in another process) is busy: Error with status
+        MSA_EBUSY (-12), nothing removed."""
+        _check(self._lib.msa_session_remove(self._store_handle(), _name(name)))
 
     def export(self, name: str, path: str) -> None:
         """Writes session `name` to a portable, checksummed file."""
-        _check(self._lib.msa_store_export(self._store_handle(), name.encode(), os.fsencode(path)))
+        _check(self._lib.msa_store_export(self._store_handle(), _name(name), os.fsencode(path)))
 
     def import_(self, path: str, name: Optional[str] = None) -> None:
         """Reads a file written by export() into a new session (`name`, else
         the name in the file)."""
         _check(self._lib.msa_store_import(self._store_handle(), os.fsencode(path),
-                                          name.encode() if name else None))
+                                          _name(name) if name is not None else None))
 
 
 
@@ -632,6 +662,29 @@ class Session(_Owned):
         d["fingerprint"] = i.fingerprint.decode()
         d["pager"] = {f: getattr(i.pager, f) for f, _ in _PagerStats._fields_}
         return d
+
+    def params(self) -> dict:
+        """The session's parameters as it runs with them: {"top_k": k}, the
+        MSA blocks each step reads per KV group. They are stored with the
+        session (fork, export and import carry them)."""
+        p = _SessionParams()
+        _check(self._lib.msa_session_get_params(self._handle(), C.byref(p)))
+        return {"top_k": p.top_k}
+
+    def set_params(self, top_k: Optional[int] = None) -> None:
+        """Stores new parameters with the session and uses them from the
+        next step on (None keeps a value)."""
+        p = self._lib.msa_session_default_params()
+        if top_k is not None:
+            if top_k <= 0:
+                raise Error(_EINVAL, f"MSA_EINVAL: top_k must be positive, not {top_k}")
+            p.top_k = top_k
+        _check(self._lib.msa_session_set_params(self._handle(), C.byref(p)))
+
+    @property
+    def top_k(self) -> int:
+        """The MSA top-k this session runs with (stored with it)."""
+        return self.params()["top_k"]
 
     def explain(self, limit: int = 64) -> List[BlockReads]:
         """The memory blocks read since the session was opened (or
