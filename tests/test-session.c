@@ -292,7 +292,191 @@ int main(void) {
         msa_engine_free(e);
     }
 
-    /* 6. a session written by another model is refused */
+    /* 6. session parameters live in the session's record: a caller with
+     * default engine parameters (top_k 16), a fork of a fork and an
+     * export/import copy run with the top-k the session was created with,
+     * and continue exactly as the original does (the session holds more
+     * than k blocks, so k matters) */
+    e = open_engine(16, 4, 0);
+    if (e) {
+        CHECK_OK(msa_session_open(e, "params", MSA_SESSION_CREATE, &s));
+        CHECK_OK(msa_session_append_text(s, prompt, strlen(prompt), "prompt.txt", NULL, NULL));
+        collect warm = {0};
+        CHECK_OK(generate(s, 60, &warm));
+        msa_session_params sp;
+        CHECK_OK(msa_session_get_params(s, &sp));
+        CHECK(sp.top_k == 4);
+        msa_session_close(s);
+        msa_store *st = msa_engine_store(e);
+        CHECK_OK(msa_store_fork(st, "params", "params-ref"));
+        CHECK_OK(msa_store_fork(st, "params", "params-f1"));
+        CHECK_OK(msa_store_fork(st, "params-f1", "params-f2"));
+        char xpath[4200];
+        snprintf(xpath, sizeof xpath, "%s/params.msax", tmp);
+        CHECK_OK(msa_store_export(st, "params-f2", xpath));
+        CHECK_OK(msa_store_import(st, xpath, "params-copy"));
+        collect ref = {0};
+        CHECK_OK(msa_session_open(e, "params-ref", 0, &s));
+        CHECK_OK(generate(s, 24, &ref));
+        msa_session_close(s);
+        msa_engine_free(e);
+        /* usage: the forks share the original's full blocks */
+        e = open_engine(0, 0, 0); /* default parameters: top_k 16, blocks of 128 */
+        CHECK(e != NULL);
+        st = e ? msa_engine_store(e) : NULL;
+        msa_store_usage u, all;
+        msa_store_session_info *list = NULL;
+        size_t n_list = 0;
+        if (st) {
+            CHECK_OK(msa_store_usage_get(st, "params-f1", &u));
+            CHECK(u.shared_blocks > 0 && u.shared_bytes > 0);
+            CHECK_OK(msa_store_usage_get(st, NULL, &all));
+            CHECK_OK(msa_store_list(st, &list, &n_list));
+            uint64_t sum_own = 0;
+            for (size_t i = 0; i < n_list; i++) {
+                msa_store_usage ui;
+                CHECK_OK(msa_store_usage_get(st, list[i].name, &ui));
+                CHECKF(ui.own_bytes + ui.shared_bytes == list[i].stored_bytes,
+                       "%s: own %llu + shared %llu != %llu", list[i].name,
+                       (unsigned long long)ui.own_bytes, (unsigned long long)ui.shared_bytes,
+                       (unsigned long long)list[i].stored_bytes);
+                sum_own += ui.own_bytes;
+            }
+            CHECK(sum_own == all.own_bytes);
+            msa_store_list_free(list);
+            CHECK(msa_store_usage_get(st, "no-such", &u) == MSA_ENOTFOUND);
+        }
+        const char *copies[] = {"params", "params-f1", "params-f2", "params-copy"};
+        for (int i = 0; e && i < 4; i++) {
+            s = NULL;
+            CHECK_OK(msa_session_open(e, copies[i], 0, &s));
+            if (!s) continue;
+            CHECK_OK(msa_session_get_info(s, &info));
+            CHECKF(info.top_k == 4, "%s runs with top_k %d", copies[i], info.top_k);
+            collect got = {0};
+            CHECK_OK(generate(s, 24, &got));
+            CHECKF(got.n == ref.n && !memcmp(got.ids, ref.ids, sizeof(int32_t) * (size_t)ref.n),
+                   "%s continues differently from the original", copies[i]);
+            msa_session_close(s);
+        }
+        /* set_params is stored and applies at once; 0 keeps a value */
+        if (e && msa_session_open(e, "params-f1", 0, &s) == MSA_OK) {
+            sp = msa_session_default_params();
+            sp.top_k = 2;
+            CHECK_OK(msa_session_set_params(s, &sp));
+            sp = msa_session_default_params();
+            CHECK_OK(msa_session_set_params(s, &sp));
+            CHECK_OK(msa_session_get_params(s, &sp));
+            CHECK(sp.top_k == 2);
+            sp.top_k = -1;
+            CHECK(msa_session_set_params(s, &sp) == MSA_EINVAL);
+            collect two = {0};
+            CHECK_OK(generate(s, 4, &two));
+            msa_session_close(s);
+            msa_store_session *ss = NULL;
+            CHECK_OK(msa_store_session_open(st, "params-f1", NULL, &ss));
+            CHECK_OK(msa_store_session_get_params(ss, &sp));
+            CHECK(sp.top_k == 2);
+            sp.reserved[3] = 1;
+            CHECK(msa_store_session_set_params(ss, &sp) == MSA_EINVAL);
+            msa_store_session_close(ss);
+        }
+        /* a new session stores the engine's top_k */
+        if (e && msa_session_open(e, "params-new", MSA_SESSION_CREATE, &s) == MSA_OK) {
+            CHECK_OK(msa_session_get_params(s, &sp));
+            CHECK(sp.top_k == 16);
+            msa_session_close(s);
+        }
+        msa_engine_free(e);
+    }
+
+    /* 7. what the command line refuses, the library refuses, before it
+     * does anything (an empty session would get its BOS token first) */
+    e = open_engine(16, 4, 0);
+    if (e) {
+        CHECK_OK(msa_session_open(e, "refuse", MSA_SESSION_CREATE, &s));
+        const float temps[] = {NAN, INFINITY, -1.0f};
+        for (int i = 0; i < 3; i++) {
+            msa_generate_params g = msa_generate_default_params();
+            g.sampling.temperature = temps[i];
+            CHECKF(msa_session_generate(s, &g, NULL, NULL, NULL) == MSA_EINVAL,
+                   "temperature %g accepted", temps[i]);
+            CHECK(strstr(msa_last_error(), "temperature") && strstr(msa_last_error(), "refuse"));
+        }
+        msa_generate_params g = msa_generate_default_params();
+        g.sampling.repeat_penalty = 0;
+        CHECK(msa_session_generate(s, &g, NULL, NULL, NULL) == MSA_EINVAL);
+        g = msa_generate_default_params();
+        g.max_tokens = -1;
+        CHECK(msa_session_generate(s, &g, NULL, NULL, NULL) == MSA_EINVAL);
+        int64_t n_refused = -1;
+        msa_session_tokens(s, &n_refused);
+        CHECK(n_refused == 0);
+        msa_session *bad = NULL;
+        CHECK(msa_session_open(e, "a\nb", MSA_SESSION_CREATE, &bad) == MSA_EINVAL && !bad);
+        CHECK(msa_session_remove(msa_engine_store(e), "a\tb") == MSA_EINVAL);
+        CHECK(msa_session_remove(msa_engine_store(e), "") == MSA_EINVAL);
+        /* an open handle of this process makes the session busy for removal */
+        CHECK(msa_session_remove(msa_engine_store(e), "refuse") == MSA_EBUSY);
+        msa_session_close(s);
+        CHECK_OK(msa_session_remove(msa_engine_store(e), "refuse"));
+        CHECK(msa_session_open(e, "refuse", 0, &s) == MSA_ENOTFOUND);
+        msa_engine_free(e);
+    }
+
+    /* 8. removal of a session that another process is appending to is
+     * refused (MSA_EBUSY), and that writer then goes on appending; once it
+     * has closed the session, removal works */
+    int up[2], down[2];
+    CHECK(pipe(up) == 0 && pipe(down) == 0);
+    pid = fork();
+    if (pid == 0) { /* the writer */
+        close(up[0]);
+        close(down[1]);
+        msa_engine *ce = open_engine(16, 4, 0);
+        msa_session *cs = NULL;
+        if (!ce || msa_session_open(ce, "in-use", MSA_SESSION_CREATE, &cs)) _exit(2);
+        if (msa_session_append_text(cs, prompt, strlen(prompt), "prompt.txt", NULL, NULL)) _exit(3);
+        char b = 1;
+        if (write(up[1], &b, 1) != 1 || read(down[0], &b, 1) != 1) _exit(4);
+        collect more_toks = {0};
+        if (generate(cs, 20, &more_toks)) _exit(5); /* appends and commits */
+        msa_session_close(cs);
+        msa_engine_free(ce);
+        _exit(0);
+    }
+    close(up[1]);
+    close(down[0]);
+    char byte = 0;
+    CHECK(read(up[0], &byte, 1) == 1);
+    msa_store_params stp = msa_store_default_params();
+    stp.dir = store_dir;
+    msa_store *rst = NULL;
+    CHECK_OK(msa_store_open(&stp, &rst));
+    if (rst) {
+        int rrc = msa_session_remove(rst, "in-use");
+        CHECKF(rrc == MSA_EBUSY, "remove of a session in use: %d (%s)", rrc, msa_last_error());
+        CHECK(strstr(msa_last_error(), "in use") != NULL);
+    }
+    CHECK(write(down[1], &byte, 1) == 1);
+    status = 0;
+    waitpid(pid, &status, 0);
+    CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "writer status %d", status);
+    if (rst) {
+        msa_store_session *ss = NULL;
+        msa_store_session_info si;
+        CHECK_OK(msa_store_session_open(rst, "in-use", NULL, &ss));
+        CHECK_OK(msa_store_session_stat(ss, &si));
+        CHECK(si.n_tokens > 20);
+        msa_store_session_close(ss);
+        CHECK_OK(msa_session_remove(rst, "in-use"));
+        CHECK(msa_store_session_open(rst, "in-use", NULL, &ss) == MSA_ENOTFOUND);
+        msa_store_close(rst);
+    }
+    close(up[0]);
+    close(down[1]);
+
+    /* 9. a session written by another model is refused */
     snprintf(model_path, sizeof model_path, "%s/gguf/llama-2-tiny-random.gguf", assets);
     e = open_engine(16, 4, 0);
     if (e) {
