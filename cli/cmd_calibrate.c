@@ -155,9 +155,11 @@ int msa_cmd_calibrate(msa_cli *cli, int argc, char **argv) {
                                                   &fr, NULL))))
             ret = msa_cli_fail(rc, "evaluating");
         if (!rc && cli->json) {
-            printf("{\"output\":\"%s\",\"tokens\":%zu,\"sequences\":%d,\"seq_len\":%d,"
+            printf("{\"output\":");
+            msa_cli_json_write_str(stdout, out, strlen(out)); /* paths need not be UTF-8 */
+            printf(",\"tokens\":%zu,\"sequences\":%d,\"seq_len\":%d,"
                    "\"idx_dim\":%d,\"steps\":%d,\"seconds\":%.2f,\"loss_first\":[",
-                   out, n_ids, res.n_seq, res.seq_len, cp.idx_dim, cp.steps,
+                   n_ids, res.n_seq, res.seq_len, cp.idx_dim, cp.steps,
                    res.seconds_inputs + res.seconds_train);
             for (int l = 0; l < res.n_layers; l++) printf(l ? ",%.5f" : "%.5f", res.loss_first[l]);
             printf("],\"loss_last\":[");

@@ -40,12 +40,14 @@ int msa_cmd_convert(msa_cli *cli, int argc, char **argv) {
     if (rc) return msa_cli_fail(rc, "checking %s", argv[4]);
     msa_model_info info;
     msa_model_get_info(m, &info);
-    if (cli->json)
-        printf("{\"output\":\"%s\",\"arch\":\"%s\",\"layers\":%d,\"dim\":%d,\"heads\":%d,"
+    if (cli->json) {
+        printf("{\"output\":");
+        msa_cli_json_write_str(stdout, argv[4], strlen(argv[4])); /* paths need not be UTF-8 */
+        printf(",\"arch\":\"%s\",\"layers\":%d,\"dim\":%d,\"heads\":%d,"
                "\"kv_heads\":%d,\"ff\":%d,\"vocab\":%d,\"context\":%d,\"fingerprint\":\"%s\"}\n",
-               argv[4], info.arch, info.n_layers, info.dim, info.n_heads, info.n_kv_heads,
+               info.arch, info.n_layers, info.dim, info.n_heads, info.n_kv_heads,
                info.ff_dim, info.vocab_size, info.context_length, info.fingerprint);
-    else if (!cli->quiet)
+    } else if (!cli->quiet)
         printf("wrote %s: %s, %d layers, dim %d, %d heads (%d KV), ff %d, vocab %d, "
                "context %d\nfingerprint %s\n",
                argv[4], info.arch, info.n_layers, info.dim, info.n_heads, info.n_kv_heads,

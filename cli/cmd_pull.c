@@ -51,17 +51,6 @@ static void pull_help(void) {
         "resuming), access refused (set HF_TOKEN) or disk full; 1 other errors.\n");
 }
 
-/* JSON string with the escapes RFC 8259 requires. */
-static void json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
 typedef struct pull_ui {
     msa_progress bar;
     int begun;
@@ -132,14 +121,14 @@ int msa_cmd_pull(msa_cli *cli, int argc, char **argv) {
 
     if (cli->json) {
         printf("{\"path\": ");
-        json_str(stdout, res.path);
+        msa_cli_json_write_str(stdout, res.path, strlen(res.path));
         printf(", \"url\": ");
-        json_str(stdout, res.url);
+        msa_cli_json_write_str(stdout, res.url, strlen(res.url));
         printf(", \"bytes\": %llu, \"sha256\": \"%s\", \"resumed\": %s, \"resumed_bytes\": %llu, "
                "\"verified\": %s, \"verified_by\": ",
                (unsigned long long)res.bytes, res.sha256, res.resumed_bytes ? "true" : "false",
                (unsigned long long)res.resumed_bytes, res.verified ? "true" : "false");
-        if (res.verified) json_str(stdout, res.verified_by);
+        if (res.verified) msa_cli_json_write_str(stdout, res.verified_by, strlen(res.verified_by));
         else printf("null");
         printf("}\n");
     } else if (!cli->quiet) {

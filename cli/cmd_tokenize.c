@@ -45,20 +45,6 @@ static char *read_all(FILE *f, size_t *len) {
     return d;
 }
 
-static void json_str(const char *s, size_t n) {
-    putchar('"');
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c == '\n') printf("\\n");
-        else if (c == '\t') printf("\\t");
-        else if (c == '\r') printf("\\r");
-        else if (c < 0x20 || c == 0x7f) printf("\\u%04x", c);
-        else putchar(c);
-    }
-    putchar('"');
-}
-
 int msa_cmd_tokenize(msa_cli *cli, int argc, char **argv) {
     if (msa_cli_wants_help(argc, argv)) {
         help();
@@ -114,7 +100,9 @@ int msa_cmd_tokenize(msa_cli *cli, int argc, char **argv) {
         return msa_cli_fail(rc, "tokenizing");
     }
     if (cli->json) {
-        printf("{\"tokenizer\": \"%s\", \"ids\": [", msa_tokenizer_kind(tok));
+        printf("{\"tokenizer\": ");
+        msa_cli_json_write_str(stdout, msa_tokenizer_kind(tok), strlen(msa_tokenizer_kind(tok)));
+        printf(", \"ids\": [");
         for (size_t i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);
         printf("], \"tokens\": [");
         for (size_t i = 0; i < n; i++) {
@@ -122,7 +110,7 @@ int msa_cmd_tokenize(msa_cli *cli, int argc, char **argv) {
             size_t pl;
             msa_token_piece(tok, ids[i], &p, &pl);
             printf(i ? ", {\"id\": %d, \"piece\": " : "{\"id\": %d, \"piece\": ", ids[i]);
-            json_str(p, pl);
+            msa_cli_json_write_str(stdout, p, pl); /* pieces need not be UTF-8 */
             putchar('}');
         }
         printf("]}\n");

@@ -511,7 +511,9 @@ MSA_API int msa_store_txn_commit(msa_store_txn *t);
 MSA_API void msa_store_txn_abort(msa_store_txn *t);
 
 /* Removes a session; blocks shared with forks stay for them. Returns
- * MSA_OK, MSA_ENOTFOUND, MSA_ENOSPC, MSA_EIO. */
+ * MSA_OK, MSA_ENOTFOUND, MSA_ENOSPC, MSA_EIO. It does not look at
+ * msa_session handles: a writer of the session then fails; use
+ * msa_session_remove() (section 5), which refuses a session in use. */
 MSA_API int msa_store_remove(msa_store *store, const char *name);
 
 /* Makes dst a copy of src that shares src's blocks (reference counted,
@@ -1029,7 +1031,10 @@ typedef struct msa_engine_params {
     int cuda_device;          /* GPU ordinal when device is CUDA */
     int n_threads;            /* CPU workers; 0: one per core */
     int block_size;           /* Bk for new sessions; 0: 128 */
-    int top_k;                /* k; 0: 16 */
+    int top_k;                /* k of the sessions this engine creates
+                                 (stored with them) and of those that
+                                 store none; 0: 16. A session's stored k
+                                 wins (section 5, msa_session_params) */
     int prefill_chunk;        /* tokens per forward chunk when appending; 0: 256 */
     size_t host_cache_bytes;  /* decompressed-block cache; 0: 1 GiB */
     int durable;              /* fsync every commit (default 1) */
@@ -1327,9 +1332,13 @@ MSA_API int msa_session_get_params(msa_session *session,
 
 /* Stores the session's parameters (fields 0 keep their current value) and
  * applies them to this handle at once: the next step reads params->top_k
- * blocks. Returns MSA_OK; MSA_EINVAL (NULL argument, a field out of range);
- * MSA_EFAILED; the store's errors of msa_store_session_set_params(). On
- * failure neither the store nor the handle changed. */
+ * blocks (the last token's logits are recomputed with it). Returns MSA_OK;
+ * MSA_EINVAL (NULL argument, a field out of range); the store's errors of
+ * msa_store_session_set_params(), after which neither the store nor the
+ * handle changed; MSA_EFAILED for a failed session, or when the stored
+ * change could not be applied because reopening the session's memory
+ * failed (the session is then failed: close and reopen it, and it runs
+ * with the new parameters). */
 MSA_API int msa_session_set_params(msa_session *session,
                                    const msa_session_params *params);
 

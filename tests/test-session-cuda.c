@@ -202,8 +202,8 @@ int main(int argc, char **argv) {
     t_seed();
     const char *assets = t_assets();
     if (!assets) T_SKIP("no test assets (set MSA_ASSETS or keep ../shared/assets)");
-    char tmp[] = "/tmp/msa-test-session-cuda-XXXXXX";
-    if (!mkdtemp(tmp)) T_SKIP("cannot make a temporary folder");
+    char tmp[2048]; /* removed at exit, also after a skip or a failure */
+    if (!t_tmpdir(tmp, sizeof tmp, "test-session-cuda")) T_SKIP("cannot make a temporary folder");
     char bin[4096], tok[4096];
     snprintf(bin, sizeof bin, "%s/stories260K/stories260K.bin", assets);
     snprintf(tok, sizeof tok, "%s/stories260K/tok512.bin", assets);

@@ -7,11 +7,13 @@ command against a local server on 127.0.0.1 and checks the exit status, the
 file (bytes and sha256), what was left on disk, and what the server saw
 (Range requests, where the bearer token went). Exits 1 on any failure.
 """
+import atexit
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import shutil
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +39,7 @@ def main():
     srv = pull_server.start()
     base = "http://127.0.0.1:%d" % srv.server_port
     tmp = tempfile.mkdtemp(prefix="msa-test-pull-")
+    atexit.register(shutil.rmtree, tmp, True)  # the test leaves no folder behind
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_ENDPOINT")}
     env.update(HF_ENDPOINT=base, XDG_DATA_HOME=os.path.join(tmp, "xdg"),
                http_proxy="", https_proxy="", HTTP_PROXY="", HTTPS_PROXY="", no_proxy="*")

@@ -71,6 +71,46 @@ static inline int t_done(const char *name) {
         exit(77);                                                             \
     } while (0)
 
+/* A temporary folder "$TMPDIR/msa-<tag>-XXXXXX" (/tmp when TMPDIR is not
+ * set) into buf, or 0 when it cannot be made. It is removed, with all it
+ * holds, when the program ends through exit() or a return from main (a
+ * failure, T_SKIP and a success alike), so that tests leave nothing behind;
+ * MSA_TEST_KEEP_TMP=1 keeps it (its path is printed). Children that a test
+ * forks leave it alone (they end with _exit, and the removal runs only in
+ * the process that made the folder). */
+#include <unistd.h>
+static char t_tmp_dirs[8][4096] __attribute__((unused));
+static int t_n_tmp_dirs __attribute__((unused));
+static pid_t t_tmp_owner __attribute__((unused));
+
+static inline void t_tmp_cleanup(void) {
+    if (getpid() != t_tmp_owner) return;
+    const char *keep = getenv("MSA_TEST_KEEP_TMP");
+    for (int i = 0; i < t_n_tmp_dirs; i++) {
+        if (keep && *keep && strcmp(keep, "0")) {
+            printf("kept %s (MSA_TEST_KEEP_TMP)\n", t_tmp_dirs[i]);
+            continue;
+        }
+        char cmd[4200];
+        snprintf(cmd, sizeof cmd, "rm -rf '%.4096s'", t_tmp_dirs[i]);
+        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", t_tmp_dirs[i]);
+    }
+}
+
+static inline int t_tmpdir(char *buf, size_t n, const char *tag) {
+    const char *base = getenv("TMPDIR");
+    snprintf(buf, n, "%s/msa-%s-XXXXXX", base && *base ? base : "/tmp", tag);
+    if (!mkdtemp(buf)) return 0;
+    if (t_n_tmp_dirs < 8) {
+        if (!t_n_tmp_dirs) {
+            t_tmp_owner = getpid();
+            atexit(t_tmp_cleanup);
+        }
+        snprintf(t_tmp_dirs[t_n_tmp_dirs++], sizeof t_tmp_dirs[0], "%s", buf);
+    }
+    return 1;
+}
+
 /* xorshift64*: fast, seeded, good enough for test data. */
 static uint64_t t_rng_state;
 
