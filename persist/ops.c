@@ -178,6 +178,7 @@ static int fork_fn(MDB_txn *t, void *vp) {
 int msa_store_fork(msa_store *st, const char *src, const char *dst) {
     if (!src || !dst || !*dst || strlen(dst) > MSA_STORE_NAME_MAX || !strcmp(src, dst))
         return msa_error(MSA_EINVAL, "fork needs a source and a different, valid destination name");
+    if (msa_name_check(dst)) return msa_error_context(MSA_EINVAL, "fork to '%s'", dst);
     fork_ctx c = {st, src, dst, 0, NULL};
     return msa_with_write(st, fork_fn, &c, dst);
 }
@@ -452,6 +453,7 @@ static int import_fn(MDB_txn *t, void *vp) {
 
 int msa_store_import(msa_store *st, const char *path, const char *name) {
     if (name && (!*name || strlen(name) > MSA_STORE_NAME_MAX)) return msa_error(MSA_EINVAL, "bad session name");
+    if (name && msa_name_check(name)) return msa_error_context(MSA_EINVAL, "import %s as '%s'", path, name);
     imp_ctx c = {st, path, name, {0}};
     return msa_with_write(st, import_fn, &c, "import");
 }

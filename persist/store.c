@@ -596,6 +596,8 @@ static int name_check(const char *name) {
     return MSA_OK;
 }
 
+int msa_name_check(const char *name) { return name_check(name); }
+
 static int fp_check(const char *fp) {
     if (!fp || !*fp || strlen(fp) > MSA_STORE_FINGERPRINT_MAX)
         return msa_error(MSA_EINVAL, "model fingerprints are 1 to %d bytes", MSA_STORE_FINGERPRINT_MAX);

@@ -79,6 +79,9 @@ size_t msa_bent_encode(const msa_bent *e, uint8_t *buf); /* buf >= 1100 */
 void msa_key_tokens(uint8_t k[12], uint64_t sid, uint32_t chunk);
 void msa_key_block(uint8_t k[20], uint64_t sid, uint32_t layer, uint64_t block);
 int msa_shape_check(const msa_store_shape *sh);
+/* MSA_OK, or MSA_EINVAL for a session name that is empty, longer than
+ * MSA_STORE_NAME_MAX bytes or holds a control character. */
+int msa_name_check(const char *name);
 msa_codec_shape msa_codec_shape_of(const msa_store_shape *sh);
 uint64_t msa_blocks_for(uint64_t n_tokens, int block_size);
 

@@ -416,6 +416,12 @@ int main(void) {
         CHECK(msa_session_open(e, "a\nb", MSA_SESSION_CREATE, &bad) == MSA_EINVAL && !bad);
         CHECK(msa_session_remove(msa_engine_store(e), "a\tb") == MSA_EINVAL);
         CHECK(msa_session_remove(msa_engine_store(e), "") == MSA_EINVAL);
+        /* fork and import take no name that msa_session_open refuses */
+        CHECK(msa_store_fork(msa_engine_store(e), "refuse", "x\ny") == MSA_EINVAL);
+        char rpath[4200];
+        snprintf(rpath, sizeof rpath, "%s/refuse.msax", tmp);
+        CHECK_OK(msa_store_export(msa_engine_store(e), "refuse", rpath));
+        CHECK(msa_store_import(msa_engine_store(e), rpath, "x\ty") == MSA_EINVAL);
         /* an open handle of this process makes the session busy for removal */
         CHECK(msa_session_remove(msa_engine_store(e), "refuse") == MSA_EBUSY);
         msa_session_close(s);

@@ -214,6 +214,10 @@ def test_library_refuses_what_the_cli_refuses(model, tmp_path):
         assert err.value.status == -1 and "control" in str(err.value)
         assert e.sessions() == []
         with e.session("s", create=True) as s:
+            for bad in ("x\ny", "a\0b"):  # fork takes no name that session() refuses
+                with pytest.raises(msa_mem.Error) as err:
+                    e.fork("s", bad)
+                assert err.value.status == -1, bad
             for kw in ({"temperature": float("nan")}, {"temperature": float("inf")},
                        {"temperature": -1.0}, {"repeat_penalty": 0.0},
                        {"repeat_penalty": float("nan")}, {"top_p": 0.0},

@@ -544,7 +544,7 @@ class Session(_Owned):
 
     @property
     def name(self) -> str:
-        return self._lib.msa_session_name(self._handle()).decode()
+        return self._lib.msa_session_name(self._handle()).decode("utf-8", "surrogateescape")
 
     def tokens(self) -> List[int]:
         """The session's token ids."""
