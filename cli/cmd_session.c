@@ -1537,9 +1537,9 @@ int msa_cmd_ask(msa_cli *cli, int argc, char **argv) {
         json_t *js = json_array();
         if (!cli->json)
             printf("\nmemory read (blocks before the question, block %lld; %zu blocks of %lld "
-                   "tokens read; reads summed over layers, KV groups and steps; a block of\n"
-                   "several sources gives each an equal part of its reads, so shares add up "
-                   "to 100%%):\n"
+                   "tokens read;\nreads summed over layers, KV groups and steps; a block of "
+                   "several sources gives each\nan equal part of its reads, so the shares add "
+                   "up to 100%%):\n"
                    "  %8s  %6s  %6s  %s\n",
                    (long long)q_block, json_array_size(jb), (long long)info.block_size, "reads",
                    "share", "blocks", "source");

@@ -574,7 +574,9 @@ def test_explain_shares_add_up_to_100(env, tmp_path):
     for s in a["sources"]:
         assert s["block_reads"] >= s["reads"] > 0
     p = run("ask", "m", "Who ran?", "--explain", "-n", "6", "--limit", "0", env=env)
-    rows = [l.split() for l in p.stdout.split("memory read", 1)[1].splitlines()[3:]]
+    table = p.stdout.split("memory read", 1)[1].splitlines()
+    head = next(i for i, l in enumerate(table) if l.split()[:2] == ["reads", "share"])
+    rows = [l.split() for l in table[head + 1:]]
     shares = [float(r[1].rstrip("%")) for r in rows if len(r) > 3 and "(all" not in r[3]]
     assert any(r[3].startswith("turn") or r[3] == "answer" for r in rows if len(r) > 3), rows
     assert shares and abs(sum(shares) - 100) <= 0.05 * len(shares) + 1e-9, shares
