@@ -1210,7 +1210,7 @@ MSA_API int msa_session_generate(msa_session *session,
 typedef struct msa_session_info {
     int64_t n_tokens;        /* tokens in the session */
     int64_t n_blocks;        /* KV blocks per layer, the partial one included */
-    int n_layers, block_size, top_k;
+    int n_layers, block_size, top_k; /* top_k: the session's (section 5) */
     uint64_t bytes_on_disk;  /* compressed blocks and metadata */
     uint64_t bytes_raw;      /* the same uncompressed */
     char fingerprint[72];    /* the model that wrote it */
