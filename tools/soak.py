@@ -7,8 +7,12 @@ running all the while, and what must hold afterwards.
 
 One writer at a time runs a random operation through the `msa-mem` command
 line on one of a few sessions (ingest of a random text, greedy gen, fork,
-compact) and is killed with SIGKILL after a random delay (uniform, up to
-about its usual run time; an operation that ends first just ends). Eight
+compact). Three in four are killed with SIGKILL after a delay drawn
+uniformly from 0.3x to 1.1x the median run time of that kind of operation
+(learnt from the quarter that run to the end; the first third or so of a
+run is the process starting and loading the model), so kills land
+throughout the writing, commits included; "killed_after_a_commit" counts the kills that
+found the session already changed by the killed operation. Eight
 readers loop meanwhile over `ls --json`, `info --json`, `fsck` and
 `export` of a random session. After every kill the store is checked, with
 no writer alive:
@@ -65,6 +69,7 @@ class Soak:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.names = ["s0"]
+        self.durations = {}
         self.env = dict(os.environ, MSA_MODEL=str(self.model))
 
     def cli(self, *a, timeout=120):
@@ -153,15 +158,21 @@ class Soak:
 
     # ---- the writer -------------------------------------------------------
 
+    def usual(self, op):
+        """The median run time of finished operations of this kind so far
+        (a guess of 1 s before the first)."""
+        d = sorted(self.durations.get(op, []))
+        return d[len(d) // 2] if d else 1.0
+
     def writer_op(self):
         rng = self.rng
         name = rng.choice(self.names)
         op = rng.choices(("ingest", "gen", "fork", "compact"), weights=(4, 4, 1, 1))[0]
         if op == "ingest":
-            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 400)))
+            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(50, 1200)))
             return op, name, None, ["ingest", name, "--text", text]
         if op == "gen":
-            return op, name, None, ["gen", name, "-n", str(rng.randint(4, 48))]
+            return op, name, None, ["gen", name, "-n", str(rng.randint(8, 96))]
         if op == "fork":
             dst = f"s{len(self.names)}"
             return op, name, dst, ["fork", name, dst]
@@ -187,7 +198,13 @@ class Soak:
             op, name, dst, cmd = self.writer_op()
             p = subprocess.Popen([self.bin, "--store", str(self.store), "-q", *cmd],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env)
-            delay = self.rng.uniform(0, 0.4 if op in ("ingest", "gen") else 0.05)
+            # a quarter of the operations run to the end (the sessions grow
+            # and fork, and their run times are learnt); the others are
+            # killed at a uniform moment of a usual run of their kind, past
+            # most of its start-up
+            t_start = time.time()
+            let_finish = self.rng.random() < 0.25
+            delay = None if let_finish else self.rng.uniform(0.3, 1.1) * self.usual(op)
             try:
                 p.wait(timeout=delay)
             except subprocess.TimeoutExpired:
@@ -196,6 +213,8 @@ class Soak:
             if killed:
                 p.send_signal(signal.SIGKILL)
             rc = p.wait()
+            if not killed:
+                self.durations.setdefault(op, []).append(time.time() - t_start)
             err = p.stderr.read().decode(errors="replace")
             p.stderr.close()
             self.stats["kills" if killed else "ops_finished"] += 1
@@ -217,6 +236,7 @@ class Soak:
         for t in readers:
             t.join(timeout=120)
         self.stats["seconds"] = round(time.time() - t0, 1)
+        self.stats["usual_seconds"] = {op: round(self.usual(op), 3) for op in self.durations}
         self.finish(before)
 
     def check(self, before, after, op, name, dst):
