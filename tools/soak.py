@@ -2,7 +2,7 @@
 """soak.py: SIGKILLs at random moments of a store's writes, with readers
 running all the while, and what must hold afterwards.
 
-    tools/soak.py --kills 1000 [--readers 8] [--seed S] [--build build]
+    tools/soak.py --kills 1000 [--readers 8] [--max-seconds T] [--seed S] [--build build]
                   [--assets DIR] [--keep DIR] [--json FILE]
 
 One writer at a time runs a random operation through the `msa-mem` command
@@ -159,14 +159,14 @@ class Soak:
     # ---- the writer -------------------------------------------------------
 
     def usual(self, op):
-        """The median run time of finished operations of this kind so far
-        (a guess of 1 s before the first)."""
+        """The median run time of operations of this kind that ran to the end
+        and succeeded (a guess of 1 s before the first)."""
         d = sorted(self.durations.get(op, []))
         return d[len(d) // 2] if d else 1.0
 
-    def writer_op(self):
+    def writer_op(self, existing):
         rng = self.rng
-        name = rng.choice(self.names)
+        name = rng.choice(sorted(existing) or ["s0"])
         op = rng.choices(("ingest", "gen", "fork", "compact"), weights=(4, 4, 1, 1))[0]
         if op == "ingest":
             text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(50, 1200)))
@@ -194,8 +194,8 @@ class Soak:
             t.start()
         t0 = time.time()
         before = self.tokens()
-        while self.stats["kills"] < a.kills:
-            op, name, dst, cmd = self.writer_op()
+        while self.stats["kills"] < a.kills and not (a.max_seconds and time.time() - t0 > a.max_seconds):
+            op, name, dst, cmd = self.writer_op(before)
             p = subprocess.Popen([self.bin, "--store", str(self.store), "-q", *cmd],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env)
             # a quarter of the operations run to the end (the sessions grow
@@ -213,7 +213,7 @@ class Soak:
             if killed:
                 p.send_signal(signal.SIGKILL)
             rc = p.wait()
-            if not killed:
+            if not killed and rc == 0:
                 self.durations.setdefault(op, []).append(time.time() - t_start)
             err = p.stderr.read().decode(errors="replace")
             p.stderr.close()
@@ -288,6 +288,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=1000)
     ap.add_argument("--readers", type=int, default=8)
+    ap.add_argument("--max-seconds", type=float, default=0,
+                    help="stop killing after this long (0: no limit); the counts say how many")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--build", default=os.environ.get("MSA_BUILD_DIR", str(ROOT / "build")))
     ap.add_argument("--assets", default=None)
