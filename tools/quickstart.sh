@@ -20,8 +20,8 @@ say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 
 install_packages() {
   local pkgs=(cmake ninja-build gcc g++ pkg-config git liblmdb-dev libzstd-dev
-              libcurl4-openssl-dev libpcre2-dev libjansson-dev python3 python3-venv
-              ca-certificates)
+              libcurl4-openssl-dev libpcre2-dev libjansson-dev libmicrohttpd-dev
+              python3 python3-venv ca-certificates)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -37,13 +37,14 @@ install_packages() {
 
 # numpy and pytest run the Python tests; gguf (llama.cpp's GGUF library) is
 # the independent reference for quantized tensors, tokenizers (Hugging Face's)
-# for the pre-tokenizers. Without pip, Debian's numpy and pytest are used and
-# the gguf and tokenizers tests skip.
+# for the pre-tokenizers, openai (the OpenAI client) talks to `msa-mem serve`
+# in test_server. Without pip, Debian's numpy and pytest are used and
+# the gguf, tokenizers and openai tests skip.
 python_packages() {
-  if ! python3 -c 'import numpy, pytest, gguf, tokenizers' 2>/dev/null; then
+  if ! python3 -c 'import numpy, pytest, gguf, tokenizers, openai' 2>/dev/null; then
     if python3 -m pip --version >/dev/null 2>&1; then
-      say "installing python packages: numpy pytest gguf tokenizers"
-      python3 -m pip install -q numpy pytest gguf tokenizers 2>&1 | grep -v "WARNING: Running pip as" || true
+      say "installing python packages: numpy pytest gguf tokenizers openai"
+      python3 -m pip install -q numpy pytest gguf tokenizers openai 2>&1 | grep -v "WARNING: Running pip as" || true
     elif ! python3 -c 'import numpy, pytest' 2>/dev/null; then
       say "installing python packages: python3-numpy python3-pytest"
       local sudo=()
