@@ -56,6 +56,9 @@ static void help(void) {
         "  --timeout SEC      wall-clock limit of one generation (default 600)\n"
         "  --threads N        CPU workers of the forward pass (default: every core)\n"
         "  --block-size N, --top-k K   MSA shapes of new sessions (128, 16)\n"
+        "  --no-sync          commits reach the OS without fsync: a crash or kill of\n"
+        "                     the server loses nothing, a crash of the machine may\n"
+        "                     lose the latest commits (default: fsync every commit)\n"
         "Global options --model, --store and --device (cpu, cuda[:N]) apply, as do\n"
         "MSA_MODEL, MSA_STORE and MSA_DEVICE.\n"
         "\n"
@@ -112,7 +115,7 @@ int msa_cmd_serve(msa_cli *cli, int argc, char **argv) {
     c->quiet = cli->quiet;
     c->verbose = cli->verbose;
     const char *model_name = NULL;
-    int threads = 0, block_size = 0, top_k = 0;
+    int threads = 0, block_size = 0, top_k = 0, durable = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         long long v = 0;
@@ -132,6 +135,7 @@ int msa_cmd_serve(msa_cli *cli, int argc, char **argv) {
         else if (!strcmp(a, "--threads")) { COUNT(0, 4096); threads = (int)v; }
         else if (!strcmp(a, "--block-size")) { COUNT(1, 1 << 20); block_size = (int)v; }
         else if (!strcmp(a, "--top-k")) { COUNT(1, 1 << 20); top_k = (int)v; }
+        else if (!strcmp(a, "--no-sync")) durable = 0;
         else return msa_cli_usage_error("serve", "unknown option '%s'", a);
 #undef COUNT
 #undef VALUE
@@ -152,6 +156,7 @@ int msa_cmd_serve(msa_cli *cli, int argc, char **argv) {
     p.n_threads = threads;
     p.block_size = block_size;
     p.top_k = top_k;
+    p.durable = durable;
     if (cli->device && !strncmp(cli->device, "cuda", 4)) {
         p.device = MSA_DEVICE_CUDA;
         p.cuda_device = cli->device[4] == ':' ? atoi(cli->device + 5) : 0;

@@ -80,6 +80,7 @@ typedef struct serve_state {
     int n_snaps, cap_snaps;
     uint64_t clock;
     int in_flight;           /* generation requests admitted */
+    volatile int stopping;   /* SIGINT/SIGTERM: generations stop at their next token */
     uint64_t n_requests, n_rejected;
 } serve_state;
 

@@ -676,7 +676,8 @@ static int on_token(void *user, int32_t token, const char *text, size_t len) {
     }
     if (r->stream_out) emit_delta(r, r->text.len - (r->stop_hit ? 0 : holdback(r)));
     if (r->stop_hit) return 1;
-    if (r->stream_out && serve_stream_cancelled(r->stream_out)) { r->cancelled = 1; return 1; }
+    if ((r->stream_out && serve_stream_cancelled(r->stream_out)) ||
+        __atomic_load_n(&r->st->stopping, __ATOMIC_SEQ_CST)) { r->cancelled = 1; return 1; }
     if (now_s() > r->deadline) { r->timed_out = 1; return 1; }
     if (token >= 0) serve_ticket_yield(&r->st->engine_lock);
     return 0;
@@ -684,7 +685,8 @@ static int on_token(void *user, int32_t token, const char *text, size_t len) {
 
 static int on_prefill(void *user, int64_t done, int64_t total) {
     req *r = user;
-    if (r->stream_out && serve_stream_cancelled(r->stream_out)) { r->cancelled = 1; return 1; }
+    if ((r->stream_out && serve_stream_cancelled(r->stream_out)) ||
+        __atomic_load_n(&r->st->stopping, __ATOMIC_SEQ_CST)) { r->cancelled = 1; return 1; }
     if (now_s() > r->deadline) { r->timed_out = 1; return 1; }
     serve_ticket_yield(&r->st->engine_lock);
     return 0;
@@ -756,7 +758,7 @@ static void run(req *r) {
                                        (size_t)(r->n_tokens - r->n_base),
                                        r->ep == EP_RESPONSE ? "response input" : "prompt",
                                        on_prefill, r);
-    if (!rc && r->n_tokens > r->n_base) {
+    if (!rc && r->n_tokens > r->n_base && !(r->ep == EP_RESPONSE && !r->store)) {
         /* the prompt alone is a snapshot too: the next request with the
          * same prompt (a shared system prompt, a retry, a reply that does
          * not tokenize back) starts from it */

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -391,7 +392,18 @@ int serve_http_run(serve_state *st) {
     int sig = 0;
     sigwait(&stop, &sig);
     if (!st->cfg.quiet) fprintf(stderr, "msa-mem serve: stopping (signal %d)\n", sig);
+    __atomic_store_n(&st->stopping, 1, __ATOMIC_SEQ_CST);
     MHD_stop_daemon(d);
+    /* streaming generations run on threads of their own: wait for them
+     * before the engine goes (they stop at their next token) */
+    for (int i = 0; i < 3000; i++) {
+        pthread_mutex_lock(&st->mu);
+        int left = st->in_flight;
+        pthread_mutex_unlock(&st->mu);
+        if (!left) break;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     return 0;
 }
 

@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -79,16 +80,18 @@ def model(tmp_path_factory):
 
 
 class Server:
-    """One `msa-mem serve` process on a free loopback port."""
+    """One `msa-mem serve` process on a free loopback port. Without fsync
+    (--no-sync) unless `sync`: a killed process loses nothing either way,
+    and fsync's latency on a shared disk is not what these tests measure."""
 
-    def __init__(self, model, store, *extra, env=None):
+    def __init__(self, model, store, *extra, env=None, sync=False):
         e = dict(os.environ)
         e.pop("MSA_API_KEY", None)
         e.pop("MSA_DEVICE", None)
         e.update(env or {})
         self.proc = subprocess.Popen(
             [str(MSA), "serve", "--model", str(model), "--store", str(store), "--port", "0",
-             "--threads", "1", *map(str, extra)],
+             "--threads", "1", *([] if sync else ["--no-sync"]), *map(str, extra)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
         line = self.proc.stdout.readline()
         if "listening on" not in line:
@@ -503,7 +506,7 @@ def test_concurrent_streams_interleave(server):
 
 def test_sigkill_and_restart_keep_sessions(model, tmp_path):
     store = tmp_path / "store"
-    s = Server(model, store)
+    s = Server(model, store, sync=True)
     msgs = [{"role": "user", "content": "Once upon a time"}]
     r1 = chat(s, msgs, max_tokens=20)
     st, resp = s.request("POST", "/v1/responses", {"model": MODEL_ID, "input": "A story",
@@ -517,7 +520,7 @@ def test_sigkill_and_restart_keep_sessions(model, tmp_path):
     fsck = subprocess.run([str(MSA), "--store", str(store), "fsck"], capture_output=True,
                           text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    s = Server(model, store)
+    s = Server(model, store, sync=True)
     try:
         msgs2 = msgs + [{"role": "assistant", "content": r1["choices"][0]["message"]["content"]},
                         {"role": "user", "content": "And then?"}]
@@ -533,3 +536,76 @@ def test_sigkill_and_restart_keep_sessions(model, tmp_path):
             u["input_tokens"] + u["output_tokens"]
     finally:
         s.stop()
+
+
+def test_fuzz_request_bodies(model, tmp_path):
+    """Random mutations of valid bodies of every endpoint (bytes flipped,
+    cut, duplicated, inserted): every answer is 200 or an OpenAI error
+    object, and the server never dies."""
+    import random
+    seed = int(os.environ.get("MSA_TEST_SEED", "0"), 0) or int.from_bytes(os.urandom(4), "little")
+    print(f"seed {seed} (MSA_TEST_SEED to replay)")
+    rng = random.Random(seed)
+    s = Server(model, tmp_path / "store", "--timeout", "2", "--max-tokens", "4")
+    bodies = [
+        ("/v1/chat/completions", {"model": MODEL_ID, "max_tokens": 3, "temperature": 0.5,
+                                  "stop": ["x"], "seed": 4, "messages": [
+                                      {"role": "system", "content": "s"},
+                                      {"role": "user", "content": [{"type": "text",
+                                                                    "text": "hi \u00e9"}]}]}),
+        ("/v1/completions", {"model": MODEL_ID, "prompt": "Once", "max_tokens": 3,
+                             "top_p": 0.9}),
+        ("/v1/completions", {"model": MODEL_ID, "prompt": [1, 2, 3], "max_tokens": 2}),
+        ("/v1/responses", {"model": MODEL_ID, "input": [{"role": "user", "content": "a"}],
+                           "instructions": "b", "max_output_tokens": 3, "stream": True}),
+    ]
+    tokens = [b"{", b"}", b"[", b"]", b",", b":", b'"', b"\\", b"\\u", b"\xff", b"\xc3",
+              b"null", b"true", b"-1", b"1e999", b"0", b"99999999999999999999", b"\x00"]
+    try:
+        for i in range(300):
+            path, body = bodies[i % len(bodies)]
+            raw = bytearray(json.dumps(body).encode())
+            for _ in range(rng.randint(1, 4)):
+                op = rng.randrange(4)
+                at = rng.randrange(len(raw) + 1)
+                if op == 0 and raw:
+                    raw[min(at, len(raw) - 1)] = rng.randrange(256)
+                elif op == 1:
+                    del raw[at:at + rng.randint(1, 8)]
+                elif op == 2:
+                    raw[at:at] = rng.choice(tokens)
+                else:
+                    raw = raw[:at]
+            st, r = s.request("POST", path, raw=bytes(raw))
+            if st == 200:
+                assert isinstance(r, (dict, bytes)), r
+            else:
+                is_error(r, st, st)
+            assert s.proc.poll() is None, f"the server died on {bytes(raw)!r}"
+    finally:
+        s.stop()
+    assert s.proc.returncode == 0
+
+
+def test_sigterm_stops_streams_promptly(model, tmp_path):
+    s = Server(model, tmp_path / "store")
+    c, r = open_stream(s, 100000)
+    t0 = time.time()
+    s.proc.send_signal(signal.SIGTERM)
+    s.proc.wait(timeout=20)
+    assert s.proc.returncode == 0
+    assert time.time() - t0 < 10
+    c.close()
+
+
+@needs_openai
+def test_example_openai_client(server):
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / "openai_client.py"),
+                        "--base-url", server.base], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert f"model: {MODEL_ID}" in p.stdout
+    cached = [int(line.split("tokens, ")[1].split(" of")[0])
+              for line in p.stdout.splitlines() if "of them cached" in line]
+    assert len(cached) == 3 and cached[0] == 0 and cached[1] > 0 and cached[2] > cached[1]
+    conts = [line for line in p.stdout.splitlines() if line.startswith("continuation")]
+    assert len(conts) == 2 and conts[0].split(": ", 1)[1] == conts[1].split(": ", 1)[1]
