@@ -52,7 +52,7 @@ static void help(void) {
         "                     the engine, before 429 (default 128)\n"
         "  --max-tokens N     max_tokens of a request that gives none (default 256)\n"
         "  --max-sessions N   chat snapshots kept, least recently used dropped\n"
-        "                     first (default 256; responses are always kept)\n"
+        "                     first (default 1024; responses are always kept)\n"
         "  --timeout SEC      wall-clock limit of one generation (default 600)\n"
         "  --threads N        CPU workers of the forward pass (default: every core)\n"
         "  --block-size N, --top-k K   MSA shapes of new sessions (128, 16)\n"
@@ -110,7 +110,7 @@ int msa_cmd_serve(msa_cli *cli, int argc, char **argv) {
     c->max_body = 8u << 20;
     c->queue = 128;
     c->max_tokens = 256;
-    c->max_chat_sessions = 256;
+    c->max_chat_sessions = 1024;
     c->timeout_s = 600;
     c->quiet = cli->quiet;
     c->verbose = cli->verbose;

@@ -729,7 +729,9 @@ static void run(req *r) {
     char name[MSA_STORE_NAME_MAX + 1];
     snapshot_name(r, name, sizeof name);
     msa_session *s = NULL;
+    double t0 = now_s();
     serve_ticket_lock(&st->engine_lock);
+    double t_lock = now_s();
     int rc = MSA_OK;
     if (r->base) {
         rc = msa_store_fork(msa_engine_store(st->eng), r->base, name);
@@ -753,6 +755,7 @@ static void run(req *r) {
                      "chosen for", r->base ? r->base : name);
         }
     }
+    double t_open = now_s();
     if (!rc && r->n_tokens > r->n_base)
         rc = msa_session_append_tokens(s, r->tokens + r->n_base,
                                        (size_t)(r->n_tokens - r->n_base),
@@ -772,6 +775,7 @@ static void run(req *r) {
             pthread_mutex_unlock(&st->mu);
         }
     }
+    double t_prefill = now_s();
     if (!rc) {
         msa_generate_params gp = r->gp;
         gp.source = "reply";
@@ -798,6 +802,12 @@ static void run(req *r) {
     }
     evict(st);
     serve_ticket_unlock(&st->engine_lock);
+    if (st->cfg.verbose)
+        fprintf(stderr, "msa-mem serve: %s: %lld tokens (%lld cached), %d generated; wait %.1f ms, "
+                "fork+open %.1f ms, prefill+snapshot %.1f ms, generate+close %.1f ms%s\n",
+                r->id, (long long)r->n_tokens, (long long)r->n_base, r->n_gen,
+                (t_lock - t0) * 1e3, (t_open - t_lock) * 1e3, (t_prefill - t_open) * 1e3,
+                (now_s() - t_prefill) * 1e3, r->cancelled ? " (cancelled)" : "");
 }
 
 static void finish_admission(serve_state *st) {

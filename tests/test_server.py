@@ -21,6 +21,7 @@ The load test (64 streaming clients) is in tools/bench-serve.py.
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -609,3 +610,22 @@ def test_example_openai_client(server):
     assert len(cached) == 3 and cached[0] == 0 and cached[1] > 0 and cached[2] > cached[1]
     conts = [line for line in p.stdout.splitlines() if line.startswith("continuation")]
     assert len(conts) == 2 and conts[0].split(": ", 1)[1] == conts[1].split(": ", 1)[1]
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+def test_curl_streams(server):
+    p = subprocess.run(["curl", "-sN", "--fail-with-body", f"{server.base}/chat/completions",
+                        "-H", "Content-Type: application/json", "-d", json.dumps(
+                            {"model": MODEL_ID, "stream": True, "max_tokens": 8, "temperature": 0,
+                             "messages": [{"role": "user", "content": "Hi"}]})],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    events = [line[6:] for line in p.stdout.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                        f"{server.base}/chat/completions", "-d", "{"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.stdout == "400"
