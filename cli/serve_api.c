@@ -379,7 +379,14 @@ static int parse_common(serve_state *st, json_t *b, req *r, serve_reply *rep) {
     for (const char *const *f = (const char *const[]){"frequency_penalty", "presence_penalty",
                                                        NULL}; *f; f++)
         if (get_number(b, *f, -2, 2, &x, rep) < 0) return -1;
+    /* llama.cpp's and vLLM's extensions that msa_sampling_params has */
+    if ((k = get_number(b, "min_p", 0, 1, &x, rep)) < 0) return -1;
+    if (k) r->gp.sampling.min_p = (float)x;
+    if ((k = get_number(b, "repetition_penalty", 0.01, 100, &x, rep)) < 0) return -1;
+    if (k) r->gp.sampling.repeat_penalty = (float)x;
     long long v;
+    if ((k = get_int(b, "top_k", 0, 1 << 30, &v, rep)) < 0) return -1;
+    if (k) r->gp.sampling.top_k = (int)v;
     const char *mt[] = {"max_tokens", "max_completion_tokens", "max_output_tokens"};
     for (int i = 0; i < 3; i++) {
         if ((k = get_int(b, mt[i], 1, 1 << 24, &v, rep)) < 0) return -1;
@@ -785,6 +792,8 @@ static void run(req *r) {
     if (rc && !r->err[0])
         snprintf(r->err, sizeof r->err, "%s: %s", msa_strerror(rc),
                  msa_last_error()[0] ? msa_last_error() : "generation failed");
+    for (char *c = r->err; *c; c++) /* it goes into JSON: plain ASCII */
+        if ((unsigned char)*c >= 0x80 || (unsigned char)*c < 0x20) *c = '?';
     r->rc = rc;
     if (s) {
         int64_t n = 0;

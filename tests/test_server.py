@@ -346,6 +346,9 @@ def test_bad_input_gets_openai_errors(server):
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"model": 3}, "model"),
         ({"prompt_cache_key": 3}, "prompt_cache_key"),
+        ({"top_k": -1}, "top_k"),
+        ({"min_p": 2}, "min_p"),
+        ({"repetition_penalty": "x"}, "repetition_penalty"),
     ]
     for change, param in typed:
         body = dict(good)

@@ -20,6 +20,12 @@ not only measured:
 Prints a Markdown table (docs/server.md has one run's).
 
     tools/bench-serve.py --model stories260K.gguf [--clients 64] [--duration 30]
+
+With --long N instead: the time to a continued conversation's reply when its
+first message is about N tokens long, against sending the same conversation
+to a server with an empty store (which prefills all of it), in one run:
+
+    tools/bench-serve.py --model stories260K.gguf --long 8000
 """
 
 import argparse
@@ -77,6 +83,54 @@ def turn(port, messages, max_tokens, seed):
     return "".join(text), ttft, time.perf_counter() - t0, usage
 
 
+def long_conversation(a):
+    """--long: a conversation of about a.long tokens, continued 3 times, and
+    its last turn sent again to a server without that memory."""
+    line = "Once upon a time there was a little girl named Lily who loved to play in the park. "
+    store = a.store or tempfile.mkdtemp(prefix="bench-serve-")
+    extra = ["--no-sync"] if a.no_sync else []
+    srv, port = start(a.msa_mem, a.model, store, a.threads, extra)
+
+    def ask(port, msgs):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+        t0 = time.perf_counter()
+        c.request("POST", "/v1/chat/completions", body=json.dumps(
+            {"model": "m", "messages": msgs, "max_tokens": 1, "temperature": 0}),
+            headers={"Content-Type": "application/json"})
+        r = json.loads(c.getresponse().read())
+        c.close()
+        return time.perf_counter() - t0, r
+
+    rows = []
+    try:
+        n_words = max(1, a.long // 21)  # stories260K: about 21 tokens a line
+        msgs = [{"role": "user", "content": line * n_words}]
+        dt, r = ask(port, msgs)
+        rows.append(("first turn (everything prefilled)", dt, r["usage"]))
+        for k in range(3):
+            msgs = msgs + [{"role": "assistant", "content": r["choices"][0]["message"]["content"]},
+                           {"role": "user", "content": f"And then? ({k})"}]
+            dt, r = ask(port, msgs)
+            rows.append((f"continued turn {k + 1}", dt, r["usage"]))
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        srv.wait()
+    fresh = tempfile.mkdtemp(prefix="bench-serve-fresh-")
+    srv, port = start(a.msa_mem, a.model, fresh, a.threads, extra)
+    try:
+        dt, r = ask(port, msgs)
+        rows.append(("continued turn 3 sent to an empty store (re-prefill)", dt, r["usage"]))
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        srv.wait()
+    print("| request | prompt tokens | cached | time to the reply (1 token) ms |")
+    print("|---|---|---|---|")
+    for what, dt, u in rows:
+        print(f"| {what} | {u['prompt_tokens']} | {u['prompt_tokens_details']['cached_tokens']} "
+              f"| {dt * 1000:.0f} |")
+    print(f"re-prefill / continued: {rows[-1][1] / rows[-2][1]:.0f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -88,7 +142,10 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--store")
     ap.add_argument("--no-sync", action="store_true", help="serve with --no-sync (no fsync)")
+    ap.add_argument("--long", type=int, help="measure one long conversation instead (tokens)")
     a = ap.parse_args()
+    if a.long:
+        return long_conversation(a)
     store = a.store or tempfile.mkdtemp(prefix="bench-serve-")
     srv, port = start(a.msa_mem, a.model, store, a.threads,
                       ("--max-sessions", "1000000", *(["--no-sync"] if a.no_sync else [])))
