@@ -54,6 +54,8 @@ static void help(void) {
         "  --max-sessions N   chat snapshots kept, least recently used dropped\n"
         "                     first (default 1024; responses are always kept)\n"
         "  --timeout SEC      wall-clock limit of one generation (default 600)\n"
+        "  --live N           conversations kept open between requests, so that the\n"
+        "                     next turn does not read the session back (default 16)\n"
         "  --threads N        CPU workers of the forward pass (default: every core)\n"
         "  --block-size N, --top-k K   MSA shapes of new sessions (128, 16)\n"
         "  --no-sync          commits reach the OS without fsync: a crash or kill of\n"
@@ -112,6 +114,7 @@ int msa_cmd_serve(msa_cli *cli, int argc, char **argv) {
     c->max_tokens = 256;
     c->max_chat_sessions = 1024;
     c->timeout_s = 600;
+    c->live = 16;
     c->quiet = cli->quiet;
     c->verbose = cli->verbose;
     const char *model_name = NULL;
@@ -136,6 +139,7 @@ int msa_cmd_serve(msa_cli *cli, int argc, char **argv) {
         else if (!strcmp(a, "--block-size")) { COUNT(1, 1 << 20); block_size = (int)v; }
         else if (!strcmp(a, "--top-k")) { COUNT(1, 1 << 20); top_k = (int)v; }
         else if (!strcmp(a, "--no-sync")) durable = 0;
+        else if (!strcmp(a, "--live")) { COUNT(0, 100000); c->live = (int)v; }
         else return msa_cli_usage_error("serve", "unknown option '%s'", a);
 #undef COUNT
 #undef VALUE

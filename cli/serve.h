@@ -38,6 +38,7 @@ typedef struct serve_config {
     int max_tokens;          /* default max_tokens when a request has none */
     int max_chat_sessions;   /* chat snapshots kept (LRU); responses are kept */
     double timeout_s;        /* wall-clock limit of one generation */
+    int live;                /* working sessions kept open (live heads) */
     int quiet, verbose;
 } serve_config;
 
@@ -67,6 +68,12 @@ typedef struct serve_snap {
     uint64_t last_use;       /* LRU clock */
 } serve_snap;
 
+/* An open working session that holds what snapshot `snap` holds. */
+typedef struct serve_live {
+    char *snap, *wname;
+    msa_session *s;
+} serve_live;
+
 typedef struct serve_state {
     serve_config cfg;
     msa_engine *eng;
@@ -78,7 +85,8 @@ typedef struct serve_state {
     pthread_mutex_t mu;      /* the snapshot table, counters */
     serve_snap *snaps;
     int n_snaps, cap_snaps;
-    uint64_t clock;
+    serve_live *live;        /* [cfg.live], oldest first; engine lock */
+    int n_live;
     int in_flight;           /* generation requests admitted */
     volatile int stopping;   /* SIGINT/SIGTERM: generations stop at their next token */
     uint64_t n_requests, n_rejected;

@@ -145,6 +145,10 @@ int serve_api_init(serve_state *st) {
     int loaded = 0, other = 0;
     for (size_t i = 0; i < n; i++) {
         uint64_t key;
+        if (!strncmp(list[i].name, "srv.w.", 6)) { /* a live head of a killed server */
+            msa_store_remove(store, list[i].name);
+            continue;
+        }
         int kind = name_kind(list[i].name, &key);
         if (!kind) continue;
         if (strcmp(list[i].fingerprint, fp)) { other++; continue; }
@@ -169,7 +173,11 @@ int serve_api_init(serve_state *st) {
     return MSA_OK;
 }
 
+static void live_drop_oldest(serve_state *st);
+
 void serve_api_free(serve_state *st) {
+    while (st->n_live) live_drop_oldest(st);
+    free(st->live);
     while (st->n_snaps) snap_drop(st, st->n_snaps - 1);
     free(st->snaps);
     pthread_mutex_destroy(&st->mu);
@@ -729,19 +737,83 @@ static void evict(serve_state *st) {
     }
 }
 
-/* Runs the request: fork (or create) its session, prefill the new tokens,
- * generate, record the snapshot. Sets r->rc and r->err on failure. */
+/* ---- live sessions ------------------------------------------------------------------ */
+/*
+ * Opening a session reads its tokens and every index key from the store,
+ * which grows with the conversation. So the working session of a finished
+ * request stays open ("srv.w.<id>", not a snapshot) as the live head of the
+ * snapshot it was forked into: a request that continues exactly that
+ * snapshot takes the open handle instead of forking and opening. Up to
+ * --live of them, the oldest closed (and its working session removed)
+ * first. Called with the engine lock held.
+ */
+
+static msa_session *live_take(serve_state *st, const char *snap, char *wname, size_t cap) {
+    for (int i = 0; i < st->n_live; i++) {
+        if (strcmp(st->live[i].snap, snap)) continue;
+        msa_session *s = st->live[i].s;
+        snprintf(wname, cap, "%s", st->live[i].wname);
+        free(st->live[i].snap);
+        free(st->live[i].wname);
+        memmove(&st->live[i], &st->live[i + 1], (size_t)(st->n_live - i - 1) * sizeof *st->live);
+        st->n_live--;
+        return s;
+    }
+    return NULL;
+}
+
+static void live_drop_oldest(serve_state *st) {
+    msa_session_close(st->live[0].s);
+    msa_store_remove(msa_engine_store(st->eng), st->live[0].wname);
+    free(st->live[0].snap);
+    free(st->live[0].wname);
+    memmove(&st->live[0], &st->live[1], (size_t)(st->n_live - 1) * sizeof *st->live);
+    st->n_live--;
+}
+
+/* Keeps s open as the head of snapshot `snap`; closes it when it cannot. */
+static void live_put(serve_state *st, const char *snap, msa_session *s, const char *wname) {
+    if (st->cfg.live <= 0) goto drop;
+    while (st->n_live >= st->cfg.live) live_drop_oldest(st);
+    if (!st->live) st->live = calloc((size_t)st->cfg.live, sizeof *st->live);
+    char *a = strdup(snap), *b = strdup(wname);
+    if (!st->live || !a || !b) { free(a); free(b); goto drop; }
+    st->live[st->n_live++] = (serve_live){a, b, s};
+    return;
+drop:
+    msa_session_close(s);
+    msa_store_remove(msa_engine_store(st->eng), wname);
+}
+
+/* Runs the request: take the live head of its snapshot, or fork the
+ * snapshot (or create an empty session) and open it; prefill the new
+ * tokens; generate; fork the result into the new snapshot. Sets r->rc and
+ * r->err on failure. */
 static void run(req *r) {
     serve_state *st = r->st;
-    char name[MSA_STORE_NAME_MAX + 1];
+    msa_store *store = msa_engine_store(st->eng);
+    char name[MSA_STORE_NAME_MAX + 1], wname[MSA_STORE_NAME_MAX + 1];
     snapshot_name(r, name, sizeof name);
+    snprintf(wname, sizeof wname, "srv.w.%s", r->id);
     msa_session *s = NULL;
     double t0 = now_s();
     serve_ticket_lock(&st->engine_lock);
     double t_lock = now_s();
-    int rc = MSA_OK;
-    if (r->base) {
-        rc = msa_store_fork(msa_engine_store(st->eng), r->base, name);
+    int rc = MSA_OK, live = 0;
+    if (r->base && (s = live_take(st, r->base, wname, sizeof wname))) {
+        int64_t n = 0;
+        const int32_t *have = msa_session_tokens(s, &n);
+        if (n == r->n_base && (!n || !memcmp(have, r->tokens, (size_t)n * sizeof *have))) {
+            live = 1;
+        } else { /* not what it should be (a failed session): drop it */
+            msa_session_close(s);
+            msa_store_remove(store, wname);
+            s = NULL;
+            snprintf(wname, sizeof wname, "srv.w.%s", r->id);
+        }
+    }
+    if (!s && r->base) {
+        rc = msa_store_fork(store, r->base, wname);
         if (rc == MSA_ENOTFOUND) { /* dropped meanwhile: start afresh */
             free(r->base);
             r->base = NULL;
@@ -749,17 +821,17 @@ static void run(req *r) {
             rc = MSA_OK;
         }
     }
-    if (!rc) rc = msa_session_open(st->eng, name, r->base ? MSA_SESSION_OPEN
-                                   : MSA_SESSION_CREATE | MSA_SESSION_EXCLUSIVE, &s);
-    if (!rc) {
-        int64_t n = 0;
-        const int32_t *have = msa_session_tokens(s, &n);
-        if (n != r->n_base || (n && memcmp(have, r->tokens, (size_t)n * sizeof *have))) {
-            rc = MSA_ECORRUPT;
-            msa_session_close(s);
-            s = NULL;
-            snprintf(r->err, sizeof r->err, "snapshot '%s' no longer holds the tokens it was "
-                     "chosen for", r->base ? r->base : name);
+    if (!rc && !s) {
+        rc = msa_session_open(st->eng, wname, r->base ? MSA_SESSION_OPEN
+                              : MSA_SESSION_CREATE | MSA_SESSION_EXCLUSIVE, &s);
+        if (!rc) {
+            int64_t n = 0;
+            const int32_t *have = msa_session_tokens(s, &n);
+            if (n != r->n_base || (n && memcmp(have, r->tokens, (size_t)n * sizeof *have))) {
+                rc = MSA_ECORRUPT;
+                snprintf(r->err, sizeof r->err, "snapshot '%s' no longer holds the tokens it "
+                         "was chosen for", r->base ? r->base : name);
+            }
         }
     }
     double t_open = now_s();
@@ -775,7 +847,7 @@ static void run(req *r) {
         char pname[MSA_STORE_NAME_MAX + 16];
         if (r->ep == EP_RESPONSE) snprintf(pname, sizeof pname, "srv.c.%s.p", r->id);
         else snprintf(pname, sizeof pname, "%s.p", name);
-        if (msa_store_fork(msa_engine_store(st->eng), name, pname) == MSA_OK) {
+        if (msa_store_fork(store, wname, pname) == MSA_OK) {
             pthread_mutex_lock(&st->mu);
             snap_add(st, pname, r->tokens, r->n_tokens, r->kind == 'k' ? 'k' : 'c', r->key,
                      now_us());
@@ -796,26 +868,38 @@ static void run(req *r) {
         if ((unsigned char)*c >= 0x80 || (unsigned char)*c < 0x20) *c = '?';
     r->rc = rc;
     if (s) {
+        /* what was committed (all of it, or up to a failure) becomes the
+         * new snapshot */
         int64_t n = 0;
         const int32_t *tok = msa_session_tokens(s, &n);
-        int keep = !(r->ep == EP_RESPONSE && !r->store);
-        pthread_mutex_lock(&st->mu);
-        int old = snap_find(st, name);
-        if (old >= 0) snap_drop(st, old);
-        if (keep && tok) snap_add(st, name, tok, n, r->ep == EP_RESPONSE ? 'r' : r->kind ? r->kind : 'c',
-                                  r->key, now_us());
-        st->n_requests++;
-        pthread_mutex_unlock(&st->mu);
-        msa_session_close(s);
-        if (!keep) msa_store_remove(msa_engine_store(st->eng), name);
+        int keep = tok && !(r->ep == EP_RESPONSE && !r->store) &&
+                   msa_store_fork(store, wname, name) == MSA_OK;
+        if (keep) {
+            pthread_mutex_lock(&st->mu);
+            snap_add(st, name, tok, n, r->ep == EP_RESPONSE ? 'r' : r->kind ? r->kind : 'c',
+                     r->key, now_us());
+            pthread_mutex_unlock(&st->mu);
+        }
+        if (keep && !rc) {
+            live_put(st, name, s, wname);
+        } else {
+            msa_session_close(s);
+            msa_store_remove(store, wname);
+        }
+    } else if (rc) {
+        msa_store_remove(store, wname); /* a fork that did not open */
     }
+    pthread_mutex_lock(&st->mu);
+    st->n_requests++;
+    pthread_mutex_unlock(&st->mu);
     evict(st);
     serve_ticket_unlock(&st->engine_lock);
     if (st->cfg.verbose)
-        fprintf(stderr, "msa-mem serve: %s: %lld tokens (%lld cached), %d generated; wait %.1f ms, "
-                "fork+open %.1f ms, prefill+snapshot %.1f ms, generate+close %.1f ms%s\n",
-                r->id, (long long)r->n_tokens, (long long)r->n_base, r->n_gen,
-                (t_lock - t0) * 1e3, (t_open - t_lock) * 1e3, (t_prefill - t_open) * 1e3,
+        fprintf(stderr, "msa-mem serve: %s: %lld tokens (%lld cached%s), %d generated; wait "
+                "%.1f ms, %s %.1f ms, prefill+snapshot %.1f ms, generate+snapshot %.1f ms%s\n",
+                r->id, (long long)r->n_tokens, (long long)r->n_base, live ? ", live" : "",
+                r->n_gen, (t_lock - t0) * 1e3, live ? "take live" : "fork+open",
+                (t_open - t_lock) * 1e3, (t_prefill - t_open) * 1e3,
                 (now_s() - t_prefill) * 1e3, r->cancelled ? " (cancelled)" : "");
 }
 
@@ -1203,9 +1287,9 @@ void serve_api_handle(serve_state *st, const char *method, const char *path, jso
     case 4:
         pthread_mutex_lock(&st->mu);
         out->status = 200;
-        out->body = json_pack("{ss si si sI sI}", "status", "ok", "in_flight", st->in_flight,
-                              "snapshots", st->n_snaps, "requests", (json_int_t)st->n_requests,
-                              "rejected", (json_int_t)st->n_rejected);
+        out->body = json_pack("{ss si si si sI sI}", "status", "ok", "in_flight", st->in_flight,
+                              "snapshots", st->n_snaps, "live", st->n_live, "requests",
+                              (json_int_t)st->n_requests, "rejected", (json_int_t)st->n_rejected);
         pthread_mutex_unlock(&st->mu);
         break;
     }

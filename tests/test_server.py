@@ -235,6 +235,7 @@ def test_openai_conversation_continues_its_session(server, model, tmp_path):
     held = r1.usage.prompt_tokens + r1.usage.completion_tokens
     assert r2.usage.prompt_tokens_details.cached_tokens == held
     assert r2.usage.prompt_tokens > held
+    assert server.health()["live"] >= 1  # r2 continued r1's open working session
     fresh = Server(model, tmp_path / "fresh-store")
     try:
         r3 = client(fresh).chat.completions.create(model=MODEL_ID, temperature=0,
@@ -540,6 +541,11 @@ def test_sigkill_and_restart_keep_sessions(model, tmp_path):
             u["input_tokens"] + u["output_tokens"]
     finally:
         s.stop()
+    # the open working sessions (the killed server's too) are gone
+    p = subprocess.run([str(MSA), "--store", str(store), "ls", "--json"], capture_output=True,
+                       text=True, check=True)
+    names = [x["name"] for x in json.loads(p.stdout)["sessions"]]
+    assert names and not [n for n in names if n.startswith("srv.w.")], names
 
 
 def test_fuzz_request_bodies(model, tmp_path):
