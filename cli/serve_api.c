@@ -19,7 +19,10 @@
  * prompt_tokens_details.cached_tokens counts them), two requests that
  * continue one snapshot each get their own fork, and nothing a client can
  * see is ever modified under another client. The fork is the request's
- * private working session; when the request ends it is the new snapshot.
+ * private working session ("srv.w.<id>"); when the request ends it is
+ * forked into the new snapshot and stays open as that snapshot's live head,
+ * which the conversation's next turn takes instead of forking and opening
+ * the snapshot again (see "live sessions" below).
  *
  * Chat snapshots (not responses, whose ids clients hold) are dropped least
  * recently used first beyond --max-sessions; blocks they share with other
