@@ -211,6 +211,16 @@ def test_openai_completions_stop_and_seed(server):
     t = r.choices[0].text
     assert "." not in t and t
     assert r.choices[0].finish_reason == "stop"
+    # streamed, the text that may still become a stop string is held back:
+    # the same text arrives, and never a piece of the stop string
+    for stop in (["."], ["the", "a l"], ["little girl"]):
+        full = c.completions.create(model=MODEL_ID, prompt="Once upon a time", max_tokens=60,
+                                    temperature=0, stop=stop).choices[0].text
+        pieces = [ch.choices[0].text for ch in c.completions.create(
+            model=MODEL_ID, prompt="Once upon a time", max_tokens=60, temperature=0, stop=stop,
+            stream=True) if ch.choices]
+        assert "".join(pieces) == full
+        assert not any(x in full for x in stop)
     # sampling with a seed is reproducible, and differs across seeds
     a = [c.completions.create(model=MODEL_ID, prompt="The dog", max_tokens=24, temperature=1,
                               seed=s).choices[0].text for s in (7, 7, 8)]
