@@ -36,8 +36,9 @@ static void help(void) {
         "  POST /v1/responses         input and instructions; previous_response_id\n"
         "  GET  /health               in-flight requests, snapshots, counters\n"
         "Sampling: temperature, top_p, max_tokens (max_completion_tokens,\n"
-        "max_output_tokens), stop (up to 4 strings), seed. prompt_cache_key keeps a\n"
-        "client's conversations apart from every other's.\n"
+        "max_output_tokens), stop (up to 4 strings), seed; also top_k, min_p and\n"
+        "repetition_penalty. prompt_cache_key keeps a client's conversations apart\n"
+        "from every other's. Tool calls are not supported yet.\n"
         "\n"
         "Options:\n"
         "  --host ADDR        IPv4 address to listen on (default 127.0.0.1; 0.0.0.0\n"
@@ -184,6 +185,10 @@ int msa_cmd_serve(msa_cli *cli, int argc, char **argv) {
                 c->model_id, mi.arch, mi.n_layers, msa_chat_template_name(st.tmpl),
                 msa_store_dir(msa_engine_store(st.eng)),
                 c->api_key && *c->api_key ? ", API key required" : "");
+    if (strcmp(c->host, "127.0.0.1") && strcmp(c->host, "::1") && (!c->api_key || !*c->api_key))
+        fprintf(stderr, "msa-mem serve: warning: listening on %s without an API key: anyone who "
+                "reaches this port can read and write the store's conversations (--api-key or "
+                "MSA_API_KEY)\n", c->host);
     int code = serve_http_run(&st);
     serve_api_free(&st);
     msa_engine_free(st.eng);
