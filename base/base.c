@@ -9,11 +9,14 @@
  */
 #include "base/base.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,7 +37,7 @@ const char *msa_strerror(int status) {
     case MSA_EMODEL: return "session belongs to a different model";
     case MSA_EUNSUPPORTED: return "not supported";
     case MSA_ECUDA: return "CUDA error";
-    case MSA_ENOSPC: return "no space left";
+    case MSA_ENOSPC: return "no space left on device";
     case MSA_EBUSY: return "resource busy";
     case MSA_EFORMAT: return "malformed or truncated file";
     case MSA_ENET: return "network error";
@@ -57,6 +60,79 @@ int msa_error(int status, const char *fmt, ...) {
     vsnprintf(err_msg, sizeof err_msg, fmt, ap);
     va_end(ap);
     return status;
+}
+
+int msa_status_of_errno(int e) {
+    switch (e) {
+    case 0: return MSA_OK;
+    case ENOENT: case ENOTDIR: return MSA_ENOTFOUND;
+    case ENOSPC: case EDQUOT: case EFBIG: return MSA_ENOSPC;
+    case ENOMEM: return MSA_ENOMEM;
+    case EEXIST: return MSA_EEXIST;
+    case EBUSY: case EAGAIN: case ETXTBSY: return MSA_EBUSY;
+#if EWOULDBLOCK != EAGAIN
+    case EWOULDBLOCK: return MSA_EBUSY;
+#endif
+    case EINTR: return MSA_EINTR;
+    case EINVAL: case ENAMETOOLONG: return MSA_EINVAL;
+    default: return MSA_EIO;
+    }
+}
+
+int msa_error_errno(int e, const char *fmt, ...) {
+    char what[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return msa_error(msa_status_of_errno(e), "%s: %s", what, strerror(e));
+}
+
+/* ---- files ------------------------------------------------------------------- */
+
+static const char *file_kind(mode_t m) {
+    return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a FIFO (named pipe)"
+           : S_ISSOCK(m) ? "a socket" : S_ISCHR(m) ? "a character device"
+           : S_ISBLK(m) ? "a block device" : "not a regular file";
+}
+
+int msa_file_open_read(const char *path, int *fd_out, struct stat *st_out) {
+    *fd_out = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) return msa_error_errno(errno, "%s", path);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return msa_error_errno(e, "%s", path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return msa_error(MSA_EINVAL, "%s: %s, not a regular file", path, file_kind(st.st_mode));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        return msa_error_errno(e, "%s", path);
+    }
+    if (st_out) *st_out = st;
+    *fd_out = fd;
+    return MSA_OK;
+}
+
+int msa_file_fopen_read(const char *path, FILE **f) {
+    *f = NULL;
+    int fd;
+    int rc = msa_file_open_read(path, &fd, NULL);
+    if (rc) return rc;
+    *f = fdopen(fd, "rb");
+    if (!*f) {
+        int e = errno;
+        close(fd);
+        return msa_error_errno(e, "%s", path);
+    }
+    return MSA_OK;
 }
 
 int msa_error_context(int status, const char *fmt, ...) {

@@ -10,6 +10,7 @@
 #define MSA_BASE_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -31,6 +32,40 @@ int msa_error_context(int status, const char *fmt, ...)
 
 /* Clears this thread's message. */
 void msa_error_clear(void);
+
+/* The one errno -> status mapping of the library (LMDB's codes, some of
+ * which are errno values, are mapped in persist/store.c's msa_mdb_status):
+ *   ENOENT ENOTDIR                 MSA_ENOTFOUND  (no such file)
+ *   ENOSPC EDQUOT EFBIG            MSA_ENOSPC     (no space left on device)
+ *   ENOMEM                         MSA_ENOMEM
+ *   EEXIST                         MSA_EEXIST
+ *   EBUSY EAGAIN ETXTBSY EWOULDBLOCK MSA_EBUSY
+ *   EINTR                          MSA_EINTR
+ *   EINVAL ENAMETOOLONG            MSA_EINVAL
+ *   anything else (EIO, EACCES, EROFS, ...)  MSA_EIO
+ * Never negate an errno into a status: -ENOENT is MSA_ENOMEM's value. */
+int msa_status_of_errno(int e);
+
+/* msa_error(msa_status_of_errno(e), ...) with ": <strerror(e)>" appended,
+ * e.g. msa_error_errno(errno, "%s", path) -> "m.gguf: No such file or
+ * directory", MSA_ENOTFOUND. */
+int msa_error_errno(int e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- files ----------------------------------------------------------------- */
+
+struct stat;
+
+/* Opens `path` for reading, for the readers of untrusted files (models,
+ * tokenizers, configs): opened with O_NONBLOCK, so that a FIFO or a device
+ * cannot hang the caller, then fstat'ed, and refused unless it is a regular
+ * file; then O_NONBLOCK is cleared again. *fd gets the descriptor (close it)
+ * and *st (when not NULL) its stat. Returns MSA_OK; MSA_ENOTFOUND; MSA_EINVAL
+ * for a directory, FIFO, socket or device (the message says which);
+ * MSA_EIO and the rest of msa_status_of_errno(). */
+int msa_file_open_read(const char *path, int *fd, struct stat *st);
+
+/* The same as a stdio stream ("rb"). */
+int msa_file_fopen_read(const char *path, FILE **f);
 
 /* ---- CPU parallelism ----------------------------------------------------- */
 

@@ -5,15 +5,15 @@
  * accepts must be internally consistent: each tensor's bytes lie inside the
  * input and its size equals its element count times the element size, and
  * every supported tensor converts to fp32 without touching anything else.
- * Build with -DMSA_FUZZ=ON and clang (tests/hf.cmake). For the best results
- * build the library with -DMSA_SANITIZE=ON as well, so that the parser
- * itself runs under AddressSanitizer.
+ * Built by tests/fuzz.cmake against the instrumented library (coverage,
+ * ASan and UBSan in the parser itself, not only in this file).
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/model/safetensors.h"
+#include "tests/fuzz_util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     msa_safetensors *st = NULL;

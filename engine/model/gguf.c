@@ -59,6 +59,7 @@ struct msa_gguf {
     uint64_t t_cap;
     size_t data_start;
     uint32_t alignment;
+    uint64_t dev, ino;      /* the file opened (0, 0: from memory) */
 };
 
 /* ---- little helpers -------------------------------------------------------- */
@@ -251,6 +252,38 @@ static int64_t tensor_index(const msa_gguf *g, const char *name) {
     }
 }
 
+/* Two tensors whose bytes overlap are refused: in a file written by any
+ * GGUF writer each tensor has its own range, so an overlap means a crafted
+ * or damaged table (and would let one tensor's bytes stand for another's). */
+static int cmp_by_data(const void *a, const void *b) {
+    const msa_gguf_tensor *x = *(const msa_gguf_tensor *const *)a,
+                          *y = *(const msa_gguf_tensor *const *)b;
+    return x->data < y->data ? -1 : x->data > y->data;
+}
+
+static int check_overlap(msa_gguf *g) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < g->n_tensors; i++) n += g->tensors[i].data && g->tensors[i].size;
+    if (n < 2) return MSA_OK;
+    const msa_gguf_tensor **v = malloc((size_t)n * sizeof *v);
+    if (!v) return msa_error(MSA_ENOMEM, "GGUF tensor table");
+    n = 0;
+    for (int64_t i = 0; i < g->n_tensors; i++)
+        if (g->tensors[i].data && g->tensors[i].size) v[n++] = &g->tensors[i];
+    qsort(v, (size_t)n, sizeof *v, cmp_by_data);
+    int rc = MSA_OK;
+    const uint8_t *d0 = g->base + g->data_start;
+    for (int64_t i = 0; i + 1 < n && !rc; i++) {
+        const uint8_t *a = v[i]->data, *b = v[i + 1]->data;
+        if ((size_t)(b - a) < v[i]->size)
+            rc = msa_error(MSA_EFORMAT, "GGUF tensors '%s' (offset %zu, %zu bytes) and '%s' "
+                           "(offset %zu) overlap", v[i]->name, (size_t)(a - d0), v[i]->size,
+                           v[i + 1]->name, (size_t)(b - d0));
+    }
+    free(v);
+    return rc;
+}
+
 static int parse(msa_gguf *g) {
     cursor c = {g->base, g->size, 0};
     uint32_t magic, version;
@@ -425,6 +458,7 @@ static int parse(msa_gguf *g) {
         t->data = g->base + g->data_start + offsets[i];
         t->size = (size_t)size;
     }
+    if ((rc = check_overlap(g))) goto fail;
     free(offsets);
     return MSA_OK;
 fail:
@@ -456,20 +490,10 @@ int msa_gguf_open_memory(const void *data, size_t size, msa_gguf **out) {
 int msa_gguf_open(const char *path, msa_gguf **out) {
     if (!out || !path) return msa_error(MSA_EINVAL, "msa_gguf_open: NULL argument");
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return msa_error(errno == ENOENT ? MSA_ENOTFOUND : MSA_EIO, "%s: %s", path,
-                         strerror(errno));
+    int fd;
     struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return msa_error(MSA_EIO, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return msa_error(MSA_EFORMAT, "%s: not a regular file", path);
-    }
+    int rc = msa_file_open_read(path, &fd, &st); /* a FIFO is refused, never waited on */
+    if (rc) return rc;
     if (st.st_size < 24) {
         close(fd);
         return msa_error(MSA_EFORMAT, "%s: %lld bytes is too short for GGUF", path,
@@ -478,7 +502,7 @@ int msa_gguf_open(const char *path, msa_gguf **out) {
     void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
-    if (p == MAP_FAILED) return msa_error(MSA_EIO, "%s: mmap: %s", path, strerror(e));
+    if (p == MAP_FAILED) return msa_error_errno(e, "%s: mmap", path);
     msa_gguf *g = calloc(1, sizeof *g);
     if (!g) {
         munmap(p, (size_t)st.st_size);
@@ -487,9 +511,18 @@ int msa_gguf_open(const char *path, msa_gguf **out) {
     g->base = p;
     g->size = (size_t)st.st_size;
     g->mapped = 1;
-    int rc = finish_open(g, out);
+    g->dev = (uint64_t)st.st_dev;
+    g->ino = (uint64_t)st.st_ino;
+    rc = finish_open(g, out);
     if (rc) return msa_error_context(rc, "%s", path);
     return MSA_OK;
+}
+
+int msa_gguf_file_id(const msa_gguf *g, uint64_t *dev, uint64_t *ino) {
+    if (!g || !g->mapped) return 0;
+    *dev = g->dev;
+    *ino = g->ino;
+    return 1;
 }
 
 void msa_gguf_close(msa_gguf *g) {

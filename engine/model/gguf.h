@@ -98,6 +98,11 @@ int msa_gguf_open_memory(const void *data, size_t size, msa_gguf **out);
 /* Releases the reader and its mapping. Accepts NULL. */
 void msa_gguf_close(msa_gguf *g);
 
+/* The device and inode of the file opened by msa_gguf_open(): returns 1 and
+ * fills both, or 0 for a reader opened from memory. Writers use it to refuse
+ * replacing a file that is being read (msa_gguf_writer_protect()). */
+int msa_gguf_file_id(const msa_gguf *g, uint64_t *dev, uint64_t *ino);
+
 /* The file's GGUF version (2 or 3). */
 int msa_gguf_version(const msa_gguf *g);
 

@@ -11,6 +11,7 @@
  */
 #include "engine/tokenizer/tokenizer.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,6 +224,7 @@ int msa_tok_finish(msa_tokenizer *t) {
     for (int32_t id = 0; id < t->n_vocab; id++)
         if ((t->type[id] == MSA_TT_CONTROL || t->type[id] == MSA_TT_USER) && t->len[id])
             t->special[t->n_special++] = id;
+    if (t->n_special > 1) /* qsort_r(NULL, 0, ...) is undefined (found by fuzz-gguf) */
     qsort_r(t->special, (size_t)t->n_special, sizeof *t->special, cmp_special, t);
 
     /* End-of-turn: a control token with one of the usual names. */
@@ -269,8 +271,7 @@ int msa_tokenizer_open(const char *path, msa_tokenizer **out) {
     *out = NULL;
     if (!path) return msa_error(MSA_EINVAL, "msa_tokenizer_open: path is NULL");
     struct stat st;
-    if (stat(path, &st) != 0)
-        return msa_error(MSA_ENOTFOUND, "tokenizer: %s: no such file or directory", path);
+    if (stat(path, &st) != 0) return msa_error_context(msa_error_errno(errno, "%s", path), "tokenizer");
     if (S_ISDIR(st.st_mode)) {
         size_t n = strlen(path) + 32;
         char *p = malloc(n);
@@ -282,8 +283,9 @@ int msa_tokenizer_open(const char *path, msa_tokenizer **out) {
         free(p);
         return rc;
     }
-    FILE *f = fopen(path, "rb");
-    if (!f) return msa_error(MSA_EIO, "tokenizer: cannot open %s", path);
+    FILE *f;
+    int orc = msa_file_fopen_read(path, &f); /* refuses a FIFO instead of waiting on it */
+    if (orc) return msa_error_context(orc, "tokenizer");
     unsigned char head[16] = {0};
     size_t got = fread(head, 1, sizeof head, f);
     fclose(f);

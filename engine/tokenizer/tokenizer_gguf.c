@@ -32,10 +32,26 @@ static int get_bool(const msa_gguf *g, const char *key, int dflt) {
     return msa_gguf_get_int(g, key, &v) == MSA_OK ? v != 0 : dflt;
 }
 
-static int32_t get_id(const msa_gguf *g, const char *key, int32_t dflt, int32_t n_vocab) {
+/* A special token id: the file's value, else dflt (-1 when the vocabulary
+ * is too small for it). A stated id outside [0, n_vocab) is an error for
+ * BOS and EOS (`strict`), which generation uses as they are; the other
+ * special ids (unknown, padding, end of turn) become -1, as llama.cpp
+ * falls back for them. */
+static int get_id(const msa_gguf *g, const char *key, int32_t dflt, int32_t n_vocab, int strict,
+                  int32_t *out) {
     int64_t v;
-    if (msa_gguf_get_int(g, key, &v) != MSA_OK) return dflt;
-    return v >= 0 && v < n_vocab ? (int32_t)v : -1;
+    if (msa_gguf_get_int(g, key, &v) != MSA_OK) {
+        *out = dflt < n_vocab ? dflt : -1;
+        return MSA_OK;
+    }
+    if (v >= 0 && v < n_vocab) {
+        *out = (int32_t)v;
+        return MSA_OK;
+    }
+    *out = -1;
+    if (!strict) return MSA_OK;
+    return msa_error(MSA_EFORMAT, "%s = %lld is outside the vocabulary of %d tokens", key,
+                     (long long)v, n_vocab);
 }
 
 /* Reads element i of a numeric array of type `elem` as a double. */
@@ -108,11 +124,11 @@ int msa_tokenizer_from_gguf(const msa_gguf *g, msa_tokenizer **out) {
 
     int32_t nv = (int32_t)n;
     int spm = fam == MSA_TOK_SPM;
-    t->bos = get_id(g, "tokenizer.ggml.bos_token_id", spm ? 1 : -1, nv);
-    t->eos = get_id(g, "tokenizer.ggml.eos_token_id", spm ? 2 : -1, nv);
-    t->unk = get_id(g, "tokenizer.ggml.unknown_token_id", spm ? 0 : -1, nv);
-    t->pad = get_id(g, "tokenizer.ggml.padding_token_id", -1, nv);
-    t->eot = get_id(g, "tokenizer.ggml.eot_token_id", -1, nv);
+    if (!rc) rc = get_id(g, "tokenizer.ggml.bos_token_id", spm ? 1 : -1, nv, 1, &t->bos);
+    if (!rc) rc = get_id(g, "tokenizer.ggml.eos_token_id", spm ? 2 : -1, nv, 1, &t->eos);
+    get_id(g, "tokenizer.ggml.unknown_token_id", spm ? 0 : -1, nv, 0, &t->unk);
+    get_id(g, "tokenizer.ggml.padding_token_id", -1, nv, 0, &t->pad);
+    get_id(g, "tokenizer.ggml.eot_token_id", -1, nv, 0, &t->eot);
     t->add_eos = get_bool(g, "tokenizer.ggml.add_eos_token", 0);
     if (spm) {
         t->add_bos = get_bool(g, "tokenizer.ggml.add_bos_token", 1);

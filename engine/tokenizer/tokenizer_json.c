@@ -88,7 +88,13 @@ static json_t *load_config(const char *path) {
     if (!p) return NULL;
     memcpy(p, path, dir);
     strcpy(p + dir, "tokenizer_config.json");
-    json_t *c = json_load_file(p, JSON_DECODE_INT_AS_REAL, NULL); /* model_max_length overflows int64 */
+    FILE *f;
+    json_t *c = NULL;
+    if (msa_file_fopen_read(p, &f) == MSA_OK) { /* absent, or a FIFO: no config */
+        c = json_loadf(f, JSON_DECODE_INT_AS_REAL, NULL); /* model_max_length overflows int64 */
+        fclose(f);
+    }
+    msa_error_clear();
     free(p);
     return c;
 }
@@ -211,8 +217,18 @@ static int build(json_t *root, json_t *cfg, msa_tokenizer **out) {
     /* BOS / EOS */
     const char *bos = cfg ? token_text(json_object_get(cfg, "bos_token")) : NULL;
     const char *eos = cfg ? token_text(json_object_get(cfg, "eos_token")) : NULL;
-    if (bos) t->bos = msa_token_lookup(t, bos, strlen(bos));
-    if (eos) t->eos = msa_token_lookup(t, eos, strlen(eos));
+    /* A BOS or EOS named but missing from the vocabulary is an error, not a
+     * silent "no BOS" (generation would never stop at an EOS of -1). */
+    if (bos && (t->bos = msa_token_lookup(t, bos, strlen(bos))) < 0) {
+        rc = msa_error(MSA_EFORMAT, "tokenizer_config.json: bos_token '%.64s' is not in the "
+                       "vocabulary", bos);
+        goto fail;
+    }
+    if (eos && (t->eos = msa_token_lookup(t, eos, strlen(eos))) < 0) {
+        rc = msa_error(MSA_EFORMAT, "tokenizer_config.json: eos_token '%.64s' is not in the "
+                       "vocabulary", eos);
+        goto fail;
+    }
     json_t *ab = cfg ? json_object_get(cfg, "add_bos_token") : NULL;
     json_t *ae = cfg ? json_object_get(cfg, "add_eos_token") : NULL;
     if (json_is_boolean(ab)) {
@@ -233,15 +249,14 @@ fail:
 int msa_tokenizer_from_json(const char *path, msa_tokenizer **out) {
     *out = NULL;
     json_error_t err;
-    json_t *root = json_load_file(path, 0, &err);
-    if (!root) {
-        FILE *f = fopen(path, "rb");
-        if (!f) return msa_error(MSA_ENOTFOUND, "tokenizer: cannot open %s", path);
-        fclose(f);
-        return msa_error(MSA_EFORMAT, "tokenizer: %s:%d: %s", path, err.line, err.text);
-    }
+    FILE *f;
+    int rc = msa_file_fopen_read(path, &f);
+    if (rc) return msa_error_context(rc, "tokenizer");
+    json_t *root = json_loadf(f, 0, &err);
+    fclose(f);
+    if (!root) return msa_error(MSA_EFORMAT, "tokenizer: %s:%d: %s", path, err.line, err.text);
     json_t *cfg = load_config(path);
-    int rc = build(root, cfg, out);
+    rc = build(root, cfg, out);
     json_decref(cfg);
     json_decref(root);
     if (rc) return msa_error_context(rc, "tokenizer %s", path);

@@ -86,8 +86,9 @@ int msa_tok_encode_spm(const msa_tokenizer *t, const char *text, size_t len, int
  * the end of the file. Ids 0, 1, 2 are <unk>, BOS and EOS. */
 int msa_tokenizer_from_llama2c(const char *path, msa_tokenizer **out) {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return msa_error(MSA_EIO, "tokenizer: cannot open %s", path);
+    FILE *f;
+    int orc = msa_file_fopen_read(path, &f);
+    if (orc) return msa_error_context(orc, "tokenizer");
     fseek(f, 0, SEEK_END);
     long size = ftell(f);
     fseek(f, 0, SEEK_SET);
