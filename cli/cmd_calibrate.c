@@ -3,7 +3,7 @@
  *
  *   msa-mem calibrate MODEL.gguf OUT.gguf --text FILE [--text FILE ...]
  *       [--idx-dim 32] [--steps 200] [--lr 0.02] [--seq-len 256]
- *       [--block-size 16 --top-k 4] [--threads N]
+ *       [--block-size 16 --top-k 4] [--threads N] [--force]
  *
  * Tokenizes the text files with the model's own tokenizer, trains
  * W_q_idx / W_k_idx (and the index norms) of every layer with the KL
@@ -11,10 +11,16 @@
  * MODEL.gguf plus the index tensors, then reports, on the calibration text,
  * the dense attention mass kept by the block selection with the trained
  * index and with the training-free one at --block-size / --top-k.
+ *
+ * OUT.gguf is checked before any training: it must not be MODEL.gguf
+ * (sessions are bound to that file; compared by device and inode, and the
+ * library refuses it again), and an existing file is replaced only with
+ * --force.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 
@@ -22,7 +28,7 @@ static void help(FILE *f) {
     fprintf(f,
             "usage: msa-mem calibrate MODEL.gguf OUT.gguf --text FILE [--text FILE ...]\n"
             "                         [--idx-dim 32] [--steps 200] [--lr 0.02] [--seq-len 256]\n"
-            "                         [--block-size 16] [--top-k 4] [--threads N]\n"
+            "                         [--block-size 16] [--top-k 4] [--threads N] [--force]\n"
             "\n"
             "Trains an MSA index for a model that has none: per layer, one index\n"
             "query head per KV group (W_q_idx) and one shared index key head (W_k_idx),\n"
@@ -39,6 +45,7 @@ static void help(FILE *f) {
             "  --block-size N   Bk for the report (default 16)\n"
             "  --top-k N        k for the report (default 4)\n"
             "  --threads N      CPU threads (default: one per core)\n"
+            "  --force          replace OUT.gguf if it exists (never MODEL.gguf itself)\n"
             "\n"
             "examples:\n"
             "  msa-mem convert llama2c stories260K.bin tok512.bin s.gguf\n"
@@ -78,7 +85,7 @@ int msa_cmd_calibrate(msa_cli *cli, int argc, char **argv) {
     }
     msa_calib_params cp = msa_calib_default_params();
     const char *in = NULL, *out = NULL, *texts[64];
-    int n_texts = 0, bk = 16, topk = 4, threads = 0;
+    int n_texts = 0, bk = 16, topk = 4, threads = 0, force = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has = i + 1 < argc;
@@ -92,6 +99,7 @@ int msa_cmd_calibrate(msa_cli *cli, int argc, char **argv) {
         else if (!strcmp(a, "--block-size") && has) bk = atoi(argv[++i]);
         else if (!strcmp(a, "--top-k") && has) topk = atoi(argv[++i]);
         else if (!strcmp(a, "--threads") && has) threads = atoi(argv[++i]);
+        else if (!strcmp(a, "--force")) force = 1;
         else if (a[0] == '-') return msa_cli_usage_error("calibrate", "unknown option '%s'", a);
         else if (!in) in = a;
         else if (!out) out = a;
@@ -103,6 +111,20 @@ int msa_cmd_calibrate(msa_cli *cli, int argc, char **argv) {
         bk < 1 || topk < 1 || threads < 0)
         return msa_cli_usage_error("calibrate", "bad --idx-dim, --steps, --lr, --seq-len, "
                                    "--block-size, --top-k or --threads");
+
+    struct stat si, so;
+    if (stat(out, &so) == 0) {
+        if (stat(in, &si) == 0 && si.st_dev == so.st_dev && si.st_ino == so.st_ino) {
+            fprintf(stderr, "msa-mem: calibrate: %s is the input model (sessions are bound to "
+                            "it): write the calibrated model to another file\n", out);
+            return msa_cli_exit_code(MSA_EEXIST);
+        }
+        if (!force) {
+            fprintf(stderr, "msa-mem: calibrate: %s already exists: pass --force to replace "
+                            "it\n", out);
+            return msa_cli_exit_code(MSA_EEXIST);
+        }
+    }
 
     msa_model_params mp = msa_model_default_params();
     mp.n_threads = threads;

@@ -786,13 +786,13 @@ static int collect(const char *arg, item_list *l) {
     if (!strcmp(arg, "-")) return items_add(l, "-", "stdin", 1);
     struct stat st;
     if (stat(arg, &st) != 0)
-        return -errno;
+        return errno; /* positive: -ENOENT would read as MSA_ENOMEM */
     if (S_ISREG(st.st_mode)) {
         const char *rel = arg;
         while (!strncmp(rel, "./", 2)) rel += 2;
         return items_add(l, arg, rel, 0);
     }
-    if (!S_ISDIR(st.st_mode)) return -EINVAL;
+    if (!S_ISDIR(st.st_mode)) return EINVAL;
     int g = git_files(arg, l);
     if (g) return g < 0 ? g : MSA_OK;
     ign_set ign = {0};
@@ -908,10 +908,11 @@ int msa_cmd_ingest(msa_cli *cli, int argc, char **argv) {
     for (int i = 0; i < n_paths; i++) {
         int r = collect(paths[i], &items);
         if (r) {
-            rc = r == MSA_ENOMEM ? msa_cli_fail(MSA_ENOMEM, "listing %s", paths[i])
-                                 : (fprintf(stderr, "msa-mem: cannot ingest %s: %s\n", paths[i],
-                                            strerror(-r)),
-                                    MSA_EXIT_NOTFOUND);
+            /* r < 0: a status (MSA_ENOMEM); r > 0: an errno of the path */
+            rc = r < 0 ? msa_cli_fail(r, "listing %s", paths[i])
+                       : (fprintf(stderr, "msa-mem: cannot ingest %s: %s\n", paths[i],
+                                  r == EINVAL ? "not a regular file or folder" : strerror(r)),
+                          r == ENOENT || r == ENOTDIR ? MSA_EXIT_NOTFOUND : MSA_EXIT_IO);
             goto done;
         }
     }

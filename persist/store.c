@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -297,6 +298,15 @@ static int adopt_map_size(msa_store *st) {
     return rc;
 }
 
+/* Whether the store's file system is (nearly) full. LMDB turns a short
+ * write, which is how a full disk usually shows first, into EIO ("short
+ * write, filesystem full?" in mdb_page_flush), so a commit's EIO is
+ * reported as MSA_ENOSPC when less than 1 MiB is left. */
+static int disk_full(const msa_store *st) {
+    struct statvfs v;
+    return statvfs(st->dir, &v) == 0 && (uint64_t)v.f_bavail * v.f_frsize < (1u << 20);
+}
+
 int msa_with_write(msa_store *st, int (*fn)(MDB_txn *t, void *ctx), void *ctx, const char *what) {
     if (!st->env) return msa_error(MSA_EIO, "%s: the store handle is unusable after a failed reopen", what);
     if (st->params.readonly) return msa_error(MSA_EINVAL, "%s: the store is open read-only", what);
@@ -321,6 +331,9 @@ int msa_with_write(msa_store *st, int (*fn)(MDB_txn *t, void *ctx), void *ctx, c
                 if ((st_rc = grow_map(st, what))) return st_rc;
                 continue;
             }
+            if (rc == EIO && disk_full(st)) /* LMDB reports a short write as EIO */
+                return msa_error(MSA_ENOSPC, "%s: commit: no space left on device (%s)", what,
+                                 st->dir);
             return msa_mdb_status(rc, "%s: commit", what);
         }
         mdb_txn_abort(t);

@@ -17,3 +17,17 @@ add_test(NAME test_real_models
 set_tests_properties(test_real_models PROPERTIES LABELS unit TIMEOUT 900
   SKIP_REGULAR_EXPRESSION "(^|\n)[0-9]+ skipped in"
   ENVIRONMENT "MSA_BUILD_DIR=${PROJECT_BINARY_DIR}")
+
+# Model files as users and attackers hand them over (no assets needed):
+# outputs never overwrite inputs, the fingerprint cache notices changed
+# weights, FIFOs and nonsense hyperparameters are refused, errno mapping.
+msa_test(test-model-files SOURCES test-model-files.c LABELS unit)
+
+# The command line against wrong files: outputs over inputs, --force, a FIFO
+# as --model, a missing path and a full disk (a tmpfs in a private mount
+# namespace) during ingest. Needs the stories260K assets.
+add_test(NAME test_cli_files
+         COMMAND python3 -m pytest -q -rs -p no:cacheprovider ${CMAKE_CURRENT_LIST_DIR}/test_cli_files.py)
+set_tests_properties(test_cli_files PROPERTIES LABELS unit TIMEOUT 600
+  SKIP_REGULAR_EXPRESSION "(^|\n)[0-9]+ skipped in"
+  ENVIRONMENT "MSA_DEFAULT_ASSETS=${MSA_DEFAULT_ASSETS};MSA_BUILD_DIR=${PROJECT_BINARY_DIR}")

@@ -28,7 +28,7 @@ grep -E "tests passed|Passed|Failed|Skipped|\*\*\*" "$out/ctest.log" | tail -40
   set -x
   m=build-gpu/msa-mem; export MSA_STORE=/tmp/msa-gpu-store MSA_MODEL=/tmp/s260k.gguf
   rm -rf "$MSA_STORE"
-  $m convert llama2c .devassets/stories260K/stories260K.bin .devassets/stories260K/tok512.bin "$MSA_MODEL"
+  $m convert llama2c .devassets/stories260K/stories260K.bin .devassets/stories260K/tok512.bin "$MSA_MODEL" --force
   $m --device cuda new story --block-size 16 --top-k 4
   $m --device cuda gen story --prompt "Once upon a time" -n 200
   $m --device cuda gen story -n 100

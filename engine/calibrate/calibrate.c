@@ -475,6 +475,7 @@ static int write_out(msa_model *m, float **W, int di, const char *out_path) {
     msa_gguf_writer *w = NULL;
     int rc = msa_gguf_writer_init(&w);
     if (rc) return rc;
+    rc = msa_gguf_writer_protect_gguf(w, g); /* checked again right before the rename */
     for (int64_t i = 0; !rc && i < msa_gguf_n_kv(g); i++) rc = msa_gguf_writer_copy_kv(w, g, i);
     char key[128];
     snprintf(key, sizeof key, "%s.msa.index_dim", I->arch);
@@ -524,6 +525,9 @@ int msa_calibrate(msa_model *m, const int32_t *tokens, size_t n_tokens,
     if (I->has_trained_index)
         return msa_error(MSA_EUNSUPPORTED, "calibrate: the model has a trained index already");
     if (!m->gguf) return msa_error(MSA_EUNSUPPORTED, "calibrate: the model is not a GGUF file");
+    if (msa_gguf_is_file(m->gguf, out_path)) /* sessions are bound to it: never replace it */
+        return msa_error(MSA_EEXIST, "calibrate: %s is the model being calibrated: refusing to "
+                         "overwrite it (write to another file)", out_path);
     if (Ln > MSA_CALIB_MAX_LAYERS)
         return msa_error(MSA_EUNSUPPORTED, "calibrate: %d layers (at most %d)", Ln,
                          MSA_CALIB_MAX_LAYERS);

@@ -48,21 +48,31 @@ typedef struct mapped {
 static int map_file(const char *path, mapped *m) {
     m->p = NULL;
     m->size = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return msa_error(errno == ENOENT ? MSA_ENOTFOUND : MSA_EIO, "%s: %s", path,
-                         strerror(errno));
+    int fd;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
+    int rc = msa_file_open_read(path, &fd, &st); /* a FIFO is refused, never waited on */
+    if (rc) return rc;
+    if (st.st_size == 0) {
         close(fd);
-        return msa_error(MSA_EFORMAT, "%s: not a non-empty regular file", path);
+        return msa_error(MSA_EFORMAT, "%s: an empty file", path);
     }
     void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
-    if (p == MAP_FAILED) return msa_error(MSA_EIO, "%s: mmap: %s", path, strerror(e));
+    if (p == MAP_FAILED) return msa_error_errno(e, "%s: mmap", path);
     m->p = p;
     m->size = (size_t)st.st_size;
+    return MSA_OK;
+}
+
+/* MSA_EEXIST when out_path is the same file as `in` (by device and inode:
+ * another name, a hard link or a symbolic link to it count). */
+static int not_an_input(const char *out_path, const char *in) {
+    struct stat so, si;
+    if (stat(out_path, &so) != 0 || stat(in, &si) != 0) return MSA_OK;
+    if (so.st_dev == si.st_dev && so.st_ino == si.st_ino)
+        return msa_error(MSA_EEXIST, "%s is the input %s: refusing to overwrite it (write to "
+                         "another file)", out_path, in);
     return MSA_OK;
 }
 
@@ -176,8 +186,10 @@ int msa_convert_llama2c(const char *model_bin, const char *tokenizer_bin, const 
     vocab voc;
     memset(&voc, 0, sizeof voc);
     msa_gguf_writer *w = NULL;
-    int rc = map_file(model_bin, &f);
-    if (rc) return rc;
+    int rc;
+    if ((rc = not_an_input(out_path, model_bin)) || (rc = not_an_input(out_path, tokenizer_bin)))
+        return rc;
+    if ((rc = map_file(model_bin, &f))) return rc;
 
     int32_t h[7];
     if (f.size < sizeof h) {
@@ -221,7 +233,9 @@ int msa_convert_llama2c(const char *model_bin, const char *tokenizer_bin, const 
     const float *W = (const float *)(f.p + sizeof h); /* 28-byte offset: 4-aligned */
 
     if ((rc = read_vocab(tokenizer_bin, (int)V, &voc))) goto done;
-    if ((rc = msa_gguf_writer_init(&w))) goto done;
+    if ((rc = msa_gguf_writer_init(&w)) || (rc = msa_gguf_writer_protect_path(w, model_bin)) ||
+        (rc = msa_gguf_writer_protect_path(w, tokenizer_bin)))
+        goto done;
     if ((rc = msa_gguf_writer_set_str(w, "general.architecture", "llama")) ||
         (rc = msa_gguf_writer_set_str(w, "general.name", "llama2.c")) ||
         (rc = msa_gguf_writer_set_u32(w, "general.alignment", 32)) ||

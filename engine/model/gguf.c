@@ -525,6 +525,13 @@ int msa_gguf_file_id(const msa_gguf *g, uint64_t *dev, uint64_t *ino) {
     return 1;
 }
 
+int msa_gguf_is_file(const msa_gguf *g, const char *path) {
+    struct stat st;
+    uint64_t dev, ino;
+    return path && msa_gguf_file_id(g, &dev, &ino) && stat(path, &st) == 0 &&
+           (uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino;
+}
+
 void msa_gguf_close(msa_gguf *g) {
     if (!g) return;
     for (int64_t i = 0; i < g->n_kv; i++) {

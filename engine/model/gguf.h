@@ -103,6 +103,10 @@ void msa_gguf_close(msa_gguf *g);
  * replacing a file that is being read (msa_gguf_writer_protect()). */
 int msa_gguf_file_id(const msa_gguf *g, uint64_t *dev, uint64_t *ino);
 
+/* 1 when `path` names the file `g` was opened from (same device and inode),
+ * else 0. */
+int msa_gguf_is_file(const msa_gguf *g, const char *path);
+
 /* The file's GGUF version (2 or 3). */
 int msa_gguf_version(const msa_gguf *g);
 
@@ -218,9 +222,22 @@ int msa_gguf_writer_copy_kv(msa_gguf_writer *w, const msa_gguf *g, int64_t i);
 int msa_gguf_writer_add_tensor(msa_gguf_writer *w, const char *name, int type,
                                int n_dims, const int64_t *ne, const void *data);
 
-/* Writes the file: to PATH.tmp, fsync, then rename over `path`, so that a
- * crash never leaves a half-written model under the final name.
- * MSA_OK; MSA_EIO or MSA_ENOSPC (the temporary file is removed). */
+/* Files the writer must never replace: by device and inode, from a stat, a
+ * path (nothing is recorded when it does not exist) or an open reader
+ * (nothing for one opened from memory). Up to 8. MSA_OK, MSA_ERANGE. */
+int msa_gguf_writer_protect(msa_gguf_writer *w, uint64_t dev, uint64_t ino);
+int msa_gguf_writer_protect_path(msa_gguf_writer *w, const char *path);
+int msa_gguf_writer_protect_gguf(msa_gguf_writer *w, const msa_gguf *g);
+
+/* Never replace an existing file at the output path (MSA_EEXIST). */
+void msa_gguf_writer_no_replace(msa_gguf_writer *w);
+
+/* Writes the file: to a fresh temporary file in the folder of `path`,
+ * fsync, rename over `path`, fsync of the folder, so that a crash never
+ * leaves a half-written model under the final name (gguf_write.c).
+ * MSA_OK; MSA_EEXIST (path is a protected file, or exists under
+ * no_replace); MSA_EIO, MSA_ENOSPC and the other errno statuses. After a
+ * failure the temporary file is removed and `path` is untouched. */
 int msa_gguf_writer_write(msa_gguf_writer *w, const char *path);
 
 #endif /* MSA_GGUF_H */

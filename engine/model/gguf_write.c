@@ -3,16 +3,34 @@
  * serialised into one growing byte buffer as it is set (a key set twice is
  * rewritten by rebuilding from the entry list), tensors are remembered by
  * reference, and msa_gguf_writer_write() streams header, metadata, tensor
- * descriptions and 32-byte-aligned data to PATH.tmp before renaming it into
- * place. Output is GGUF v3, little-endian (the only byte order we build for).
+ * descriptions and 32-byte-aligned data to a temporary file beside the
+ * output before renaming it into place. Output is GGUF v3, little-endian
+ * (the only byte order we build for).
+ *
+ * Replacing a file safely. The temporary file is created in the output's
+ * own folder (so the rename cannot cross file systems) under a fresh name
+ * (O_EXCL: two writers never share one), written, fsync'ed, renamed over
+ * the output, and the folder is fsync'ed so the rename itself survives a
+ * power loss. On any failure the temporary file is removed and the output
+ * is untouched. The writer refuses to replace a file it was told is being
+ * read (msa_gguf_writer_protect: the inputs of a conversion, the model a
+ * calibration reads), compared by device and inode, not by name, so that
+ * "./m.gguf", a hard link or a symbolic link to the input are all caught.
+ * With msa_gguf_writer_no_replace() an existing output is never replaced
+ * (renameat2 RENAME_NOREPLACE, or link + unlink where the file system lacks
+ * it), which closes the window between a caller's existence check and the
+ * rename.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine/model/gguf.h"
@@ -39,6 +57,9 @@ struct msa_gguf_writer {
     size_t n_kv, cap_kv;
     w_tensor *t;
     size_t n_t, cap_t;
+    struct { uint64_t dev, ino; } keep[8]; /* files that must not be replaced */
+    int n_keep;
+    int no_replace;
 };
 
 /* A small growable byte buffer. */
@@ -271,9 +292,87 @@ int msa_gguf_writer_add_tensor(msa_gguf_writer *w, const char *name, int type, i
 
 static int write_all(FILE *f, const void *p, size_t n, const char *path) {
     if (n && fwrite(p, 1, n, f) != n)
-        return msa_error(errno == ENOSPC ? MSA_ENOSPC : MSA_EIO, "%s: write: %s", path,
-                         strerror(errno));
+        return msa_error_errno(errno, "%s: write", path);
     return MSA_OK;
+}
+
+int msa_gguf_writer_protect(msa_gguf_writer *w, uint64_t dev, uint64_t ino) {
+    if (!w) return msa_error(MSA_EINVAL, "GGUF writer: NULL argument");
+    if (w->n_keep == (int)(sizeof w->keep / sizeof w->keep[0]))
+        return msa_error(MSA_ERANGE, "GGUF writer: too many protected files");
+    w->keep[w->n_keep].dev = dev;
+    w->keep[w->n_keep].ino = ino;
+    w->n_keep++;
+    return MSA_OK;
+}
+
+int msa_gguf_writer_protect_path(msa_gguf_writer *w, const char *path) {
+    struct stat st;
+    if (!path || stat(path, &st) != 0) return MSA_OK; /* nothing there to protect */
+    return msa_gguf_writer_protect(w, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+}
+
+int msa_gguf_writer_protect_gguf(msa_gguf_writer *w, const msa_gguf *g) {
+    uint64_t dev, ino;
+    return msa_gguf_file_id(g, &dev, &ino) ? msa_gguf_writer_protect(w, dev, ino) : MSA_OK;
+}
+
+void msa_gguf_writer_no_replace(msa_gguf_writer *w) {
+    if (w) w->no_replace = 1;
+}
+
+/* MSA_EEXIST when `path` names a protected file (or, with no_replace, any
+ * file). */
+static int check_protected(const msa_gguf_writer *w, const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return MSA_OK;
+    for (int i = 0; i < w->n_keep; i++)
+        if ((uint64_t)st.st_dev == w->keep[i].dev && (uint64_t)st.st_ino == w->keep[i].ino)
+            return msa_error(MSA_EEXIST, "%s is an input of this command: refusing to "
+                             "overwrite it (write to another file)", path);
+    if (w->no_replace) return msa_error(MSA_EEXIST, "%s already exists", path);
+    return MSA_OK;
+}
+
+static int put_in_place(const msa_gguf_writer *w, const char *tmp, const char *path) {
+    if (!w->no_replace) {
+        if (rename(tmp, path) != 0) return msa_error_errno(errno, "%s: rename", path);
+        return MSA_OK;
+    }
+#ifdef RENAME_NOREPLACE
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) == 0) return MSA_OK;
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) {
+        int e = errno;
+        return e == EEXIST ? msa_error(MSA_EEXIST, "%s already exists", path)
+                           : msa_error_errno(e, "%s: rename", path);
+    }
+#endif
+    /* no renameat2 here: link() fails with EEXIST as well */
+    if (link(tmp, path) != 0) {
+        int e = errno;
+        return e == EEXIST ? msa_error(MSA_EEXIST, "%s already exists", path)
+                           : msa_error_errno(e, "%s: link", path);
+    }
+    unlink(tmp);
+    return MSA_OK;
+}
+
+/* fsync of the folder that holds path (best effort: some file systems
+ * refuse fsync on folders). */
+static void sync_dir(const char *path, size_t dlen) {
+    char dir[4096];
+    if (dlen >= sizeof dir) return;
+    if (dlen) {
+        memcpy(dir, path, dlen);
+        dir[dlen] = 0;
+    } else {
+        strcpy(dir, ".");
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
 }
 
 int msa_gguf_writer_write(msa_gguf_writer *w, const char *path) {
@@ -305,22 +404,43 @@ int msa_gguf_writer_write(msa_gguf_writer *w, const char *path) {
         return msa_error(MSA_ENOMEM, "GGUF writer: header");
     }
 
+    int rc = check_protected(w, path);
+    if (rc) {
+        free(b.p);
+        return rc;
+    }
+    /* a fresh name beside the output */
     size_t plen = strlen(path);
-    char *tmp = malloc(plen + 5);
+    char *tmp = malloc(plen + 48);
     if (!tmp) {
         free(b.p);
         return msa_error(MSA_ENOMEM, "GGUF writer");
     }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
-    FILE *f = fopen(tmp, "wb");
+    const char *slash = strrchr(path, '/');
+    size_t dlen = slash ? (size_t)(slash - path + 1) : 0;
+    int fd = -1;
+    static unsigned counter;
+    for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        snprintf(tmp, plen + 48, "%.*s.%s.%ld.%x.tmp", (int)dlen, path, path + dlen,
+                 (long)getpid(), (unsigned)(ts.tv_nsec ^ __atomic_add_fetch(&counter, 1,
+                                                                          __ATOMIC_RELAXED)));
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd < 0 && errno != EEXIST) break;
+    }
+    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!f) {
         int e = errno;
+        if (fd >= 0) {
+            close(fd);
+            unlink(tmp);
+        }
         free(b.p);
         free(tmp);
-        return msa_error(MSA_EIO, "%s: %s", path, strerror(e));
+        return msa_error_errno(e, "%s: cannot create a temporary file beside it", path);
     }
-    int rc = write_all(f, b.p, b.n, path);
+    rc = write_all(f, b.p, b.n, path);
     free(b.p);
     for (size_t i = 0; !rc && i < w->n_t; i++) {
         const w_tensor *t = &w->t[i];
@@ -328,15 +448,14 @@ int msa_gguf_writer_write(msa_gguf_writer *w, const char *path) {
         if (!rc && t->size % W_ALIGN && i + 1 < w->n_t)
             rc = write_all(f, zeros, W_ALIGN - t->size % W_ALIGN, path);
     }
-    if (!rc && fflush(f) != 0)
-        rc = msa_error(errno == ENOSPC ? MSA_ENOSPC : MSA_EIO, "%s: %s", path, strerror(errno));
-    if (!rc && fsync(fileno(f)) != 0)
-        rc = msa_error(MSA_EIO, "%s: fsync: %s", path, strerror(errno));
-    if (fclose(f) != 0 && !rc)
-        rc = msa_error(errno == ENOSPC ? MSA_ENOSPC : MSA_EIO, "%s: %s", path, strerror(errno));
-    if (!rc && rename(tmp, path) != 0)
-        rc = msa_error(MSA_EIO, "%s: rename: %s", path, strerror(errno));
+    if (!rc && fflush(f) != 0) rc = msa_error_errno(errno, "%s: write", path);
+    if (!rc && fsync(fileno(f)) != 0) rc = msa_error_errno(errno, "%s: fsync", path);
+    if (fclose(f) != 0 && !rc) rc = msa_error_errno(errno, "%s: close", path);
+    /* again: the input may have been moved to the output's name meanwhile */
+    if (!rc) rc = check_protected(w, path);
+    if (!rc) rc = put_in_place(w, tmp, path);
     if (rc) unlink(tmp);
+    if (!rc) sync_dir(path, dlen);
     free(tmp);
     return rc;
 }

@@ -15,11 +15,12 @@
  * quantized blocks is not there yet.
  *
  * The fingerprint is SHA-256 over, per tensor in file order, its name, type,
- * dims and bytes. Hashing a large model takes seconds, so it is cached in a
- * sidecar PATH.msa-fp ("msa-fp 1 <size> <mtime_s> <mtime_ns> <hex>") and
- * reused while the model file's size and mtime are unchanged.
+ * dims and bytes. Hashing a large model takes seconds, so it is cached;
+ * the rule is below ("fingerprint cache"), and in docs/models.md.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,8 +96,17 @@ int msa_model_validate(msa_model *m) {
         I->head_dim = I->dim / I->n_heads;
     }
     if (I->head_dim % 2) return msa_error(MSA_EFORMAT, "model: odd head dim %d", I->head_dim);
-    if (I->rope_theta <= 0) I->rope_theta = 10000.0f;
-    if (m->rms_eps <= 0) m->rms_eps = 1e-5f;
+    /* Stated values that make no model: refused, never replaced by a
+     * default (a file that says 0 is broken, not silent on the point). */
+    if (I->context_length <= 0)
+        return msa_error(MSA_EFORMAT, "model: context length %d (must be positive)",
+                         I->context_length);
+    if (!(I->rope_theta > 0) || !isfinite(I->rope_theta))
+        return msa_error(MSA_EFORMAT, "model: RoPE theta %g (must be positive and finite)",
+                         (double)I->rope_theta);
+    if (!(m->rms_eps > 0) || !isfinite(m->rms_eps))
+        return msa_error(MSA_EFORMAT, "model: RMSNorm epsilon %g (must be positive and finite)",
+                         (double)m->rms_eps);
     if (!m->tok_embd || !m->output_norm || !m->output || !m->layers)
         return msa_error(MSA_EFORMAT, "model: embedding, final norm or classifier missing");
     int trained = 0;
@@ -316,54 +326,142 @@ static void fingerprint_compute(const msa_gguf *g, char hex[MSA_SHA256_HEX_SIZE]
     msa_sha256_hex(dig, hex);
 }
 
-static void fingerprint(msa_model *m, const char *path, int use_cache) {
+/* ---- fingerprint cache --------------------------------------------------------
+ *
+ * Where. $XDG_CACHE_HOME/msa-mem/fingerprints (else ~/.cache/msa-mem/
+ * fingerprints), one small file per model, named by the SHA-256 of the
+ * model's canonical path. Nothing is ever written beside the user's models
+ * (older builds wrote PATH.msa-fp there; those files are ignored).
+ *
+ * When an entry is trusted. Only when all of these equal the model file's,
+ * as fstat and a read give them now:
+ *   device, inode        replacing the file (mv, cp over, a new download
+ *                        renamed in place) gives another inode
+ *   size
+ *   mtime (ns)           every write moves it ...
+ *   ctime (ns)           ... and a user can set mtime back (touch -d,
+ *                        utimensat), but not ctime: the kernel sets ctime to
+ *                        "now" on every write, truncate, chmod and
+ *                        utimensat, and no call sets it to a chosen value
+ *   a sample hash        SHA-256 of 16 pieces of 4 KiB spread over the file
+ *                        (first and last included): 64 KiB read per open
+ * So a model whose weights changed is always hashed again, unless someone
+ * both changed it and put its ctime back, which takes root and resetting
+ * the system clock (or editing the file system offline); the sample hash
+ * then still catches a change that touches any sampled piece. Where even
+ * that is not enough, msa_model_params.no_fingerprint_cache skips the cache.
+ * A cache that cannot be written (read-only home, no HOME) only costs a
+ * recomputation. */
+
+enum { FP_SAMPLES = 16, FP_SAMPLE_BYTES = 4096 };
+
+typedef struct fp_key {
+    long long dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns;
+    char sample[MSA_SHA256_HEX_SIZE];
+} fp_key;
+
+/* The key of the open file fd (st its fstat). 0 on success. */
+static int fp_key_of(int fd, const struct stat *st, fp_key *k) {
+    k->dev = (long long)st->st_dev;
+    k->ino = (long long)st->st_ino;
+    k->size = (long long)st->st_size;
+    k->mtime_s = (long long)st->st_mtim.tv_sec;
+    k->mtime_ns = (long long)st->st_mtim.tv_nsec;
+    k->ctime_s = (long long)st->st_ctim.tv_sec;
+    k->ctime_ns = (long long)st->st_ctim.tv_nsec;
+    msa_sha256_ctx s;
+    msa_sha256_init(&s);
+    uint8_t buf[FP_SAMPLE_BYTES];
+    for (int i = 0; i < FP_SAMPLES; i++) {
+        long long span = k->size > FP_SAMPLE_BYTES ? k->size - FP_SAMPLE_BYTES : 0;
+        off_t off = (off_t)(span / (FP_SAMPLES - 1) * i);
+        if (i == FP_SAMPLES - 1) off = (off_t)span;
+        ssize_t got = pread(fd, buf, sizeof buf, off);
+        if (got < 0) return -1;
+        msa_sha256_update(&s, buf, (size_t)got);
+    }
+    uint8_t dig[MSA_SHA256_DIGEST_SIZE];
+    msa_sha256_final(&s, dig);
+    msa_sha256_hex(dig, k->sample);
+    return 0;
+}
+
+/* The cache file for `path` into out (>= 4096 bytes), creating the folders
+ * when `create`. 0 on success. */
+static int fp_cache_path(const char *path, int create, char *out, size_t n) {
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    char base[3072];
+    if (xdg && xdg[0] == '/') snprintf(base, sizeof base, "%s/msa-mem", xdg);
+    else if (home && *home) snprintf(base, sizeof base, "%s/.cache/msa-mem", home);
+    else return -1;
+    char real[PATH_MAX];
+    if (!realpath(path, real)) return -1;
+    uint8_t dig[MSA_SHA256_DIGEST_SIZE];
     char hex[MSA_SHA256_HEX_SIZE];
+    msa_sha256(real, strlen(real), dig);
+    msa_sha256_hex(dig, hex);
+    if (create) {
+        /* XDG_CACHE_HOME itself may be missing: make each level */
+        char dir[3200];
+        snprintf(dir, sizeof dir, "%s/fingerprints", base);
+        for (char *q = dir + 1; *q; q++)
+            if (*q == '/') {
+                *q = 0;
+                mkdir(dir, 0755);
+                *q = '/';
+            }
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST) return -1;
+    }
+    if ((size_t)snprintf(out, n, "%s/fingerprints/%s", base, hex) >= n) return -1;
+    return 0;
+}
+
+static void fingerprint(msa_model *m, const char *path, int use_cache) {
+    char hex[MSA_SHA256_HEX_SIZE], cpath[4096];
+    fp_key k;
+    int have_key = 0, fd = -1;
     struct stat st;
-    char *side = NULL;
-    int have_st = stat(path, &st) == 0;
-    if (use_cache && have_st) {
-        size_t n = strlen(path);
-        side = malloc(n + 8);
-        if (side) {
-            memcpy(side, path, n);
-            memcpy(side + n, ".msa-fp", 8);
-            FILE *f = fopen(side, "r");
-            if (f) {
-                long long sz, ms, mns;
-                char got[MSA_SHA256_HEX_SIZE + 1];
-                int ok = fscanf(f, "msa-fp 1 %lld %lld %lld %65s", &sz, &ms, &mns, got) == 4;
-                fclose(f);
-                uint8_t dig[MSA_SHA256_DIGEST_SIZE];
-                if (ok && sz == (long long)st.st_size && ms == (long long)st.st_mtim.tv_sec &&
-                    mns == (long long)st.st_mtim.tv_nsec && strlen(got) == 64 &&
-                    msa_sha256_parse_hex(got, dig) == MSA_OK) {
-                    memcpy(m->info.fingerprint, got, 65);
-                    free(side);
-                    return;
-                }
+    uint64_t dev, ino;
+    /* the key of the file that is mapped: another file under the name now
+     * (replaced since the open) gets no cache entry */
+    if (use_cache && msa_gguf_file_id(m->gguf, &dev, &ino) &&
+        msa_file_open_read(path, &fd, &st) == MSA_OK) {
+        if ((uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino && fp_key_of(fd, &st, &k) == 0)
+            have_key = 1;
+        close(fd);
+    }
+    msa_error_clear();
+    if (have_key && fp_cache_path(path, 0, cpath, sizeof cpath) == 0) {
+        FILE *f = fopen(cpath, "r");
+        if (f) {
+            fp_key c;
+            char got[MSA_SHA256_HEX_SIZE + 1];
+            int ok = fscanf(f, "msa-fp 2 %lld %lld %lld %lld %lld %lld %lld %64s %64s", &c.dev,
+                            &c.ino, &c.size, &c.mtime_s, &c.mtime_ns, &c.ctime_s, &c.ctime_ns,
+                            c.sample, got) == 9;
+            fclose(f);
+            uint8_t dig[MSA_SHA256_DIGEST_SIZE];
+            if (ok && c.dev == k.dev && c.ino == k.ino && c.size == k.size &&
+                c.mtime_s == k.mtime_s && c.mtime_ns == k.mtime_ns && c.ctime_s == k.ctime_s &&
+                c.ctime_ns == k.ctime_ns && !strcmp(c.sample, k.sample) && strlen(got) == 64 &&
+                msa_sha256_parse_hex(got, dig) == MSA_OK) {
+                memcpy(m->info.fingerprint, got, 65);
+                return;
             }
         }
     }
     fingerprint_compute(m->gguf, hex);
     memcpy(m->info.fingerprint, hex, sizeof hex);
-    if (side) {
-        /* Best effort: a read-only folder only costs a recomputation. */
-        size_t n = strlen(side);
-        char *tmp = malloc(n + 16);
-        if (tmp) {
-            snprintf(tmp, n + 16, "%s.%d", side, (int)getpid());
-            FILE *f = fopen(tmp, "w");
-            if (f) {
-                int ok = fprintf(f, "msa-fp 1 %lld %lld %lld %s\n", (long long)st.st_size,
-                                 (long long)st.st_mtim.tv_sec, (long long)st.st_mtim.tv_nsec,
-                                 hex) > 0;
-                ok = (fclose(f) == 0) && ok;
-                if (!ok || rename(tmp, side) != 0) unlink(tmp);
-            }
-            free(tmp);
-        }
-    }
-    free(side);
+    if (!have_key || fp_cache_path(path, 1, cpath, sizeof cpath) != 0) return;
+    /* Best effort, written whole under a temporary name and renamed. */
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", cpath, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return;
+    int ok = fprintf(f, "msa-fp 2 %lld %lld %lld %lld %lld %lld %lld %s %s\n", k.dev, k.ino,
+                     k.size, k.mtime_s, k.mtime_ns, k.ctime_s, k.ctime_ns, k.sample, hex) > 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, cpath) != 0) unlink(tmp);
 }
 
 int msa_model_open(const char *path, const msa_model_params *params, msa_model **out) {
