@@ -70,7 +70,7 @@ typedef enum msa_status {
     MSA_EMODEL = -8,       /* a session bound to another model */
     MSA_EUNSUPPORTED = -9, /* valid input that this build cannot handle */
     MSA_ECUDA = -10,       /* a CUDA or cuBLAS call failed */
-    MSA_ENOSPC = -11,      /* the disk (or the store's map) is full */
+    MSA_ENOSPC = -11,      /* no space left on device (or the store's map is full) */
     MSA_EBUSY = -12,       /* the resource is locked by another writer */
     MSA_EFORMAT = -13,     /* an input file is truncated or not of its format */
     MSA_ENET = -14,        /* a network transfer failed */
@@ -603,7 +603,8 @@ typedef struct msa_model msa_model;
 typedef struct msa_model_params {
     int n_threads;           /* CPU workers (0: one per core) */
     msa_device_kind device;  /* where the forward pass runs (CPU for now) */
-    int no_fingerprint_cache;/* 1: neither read nor write PATH.msa-fp */
+    int no_fingerprint_cache;/* 1: neither read nor write the fingerprint
+                                cache (~/.cache/msa-mem/fingerprints) */
 } msa_model_params;
 
 /* n_threads 0, device CPU, fingerprint cache on. */
@@ -629,12 +630,16 @@ typedef struct msa_model_info {
 /* Opens a model: a GGUF file or a Hugging Face directory (config.json +
  * safetensors). params NULL: defaults. Computes the fingerprint (SHA-256 of
  * every tensor's name, type, shape and bytes) once and caches it in
- * PATH.msa-fp keyed by the file's size and mtime (a read-only folder just
- * means recomputing next time). On success *out owns the model; free it with
- * msa_model_free().
- * Returns MSA_OK; MSA_ENOTFOUND (no such file), MSA_EIO, MSA_EFORMAT (not a
- * valid model file, a tensor missing or of the wrong shape: the message
- * names it), MSA_EVERSION (GGUF version), MSA_EUNSUPPORTED (another
+ * $XDG_CACHE_HOME/msa-mem/fingerprints (else ~/.cache/...), keyed by the
+ * file's device, inode, size, mtime and ctime and a sample of its bytes, so
+ * that a changed file is always hashed again (docs/models.md; an unwritable
+ * cache just means recomputing). On success *out owns the model; free it
+ * with msa_model_free().
+ * Returns MSA_OK; MSA_ENOTFOUND (no such file), MSA_EINVAL (a FIFO, device
+ * or socket, refused without waiting on it), MSA_EIO, MSA_EFORMAT (not a
+ * valid model file, a tensor missing, of the wrong shape or overlapping
+ * another, a context length of 0, RoPE theta <= 0 or not finite: the
+ * message names it), MSA_EVERSION (GGUF version), MSA_EUNSUPPORTED (another
  * architecture or tensor type, the message names it), MSA_ENOMEM. *out is
  * NULL after a failure. */
 MSA_API int msa_model_open(const char *path, const msa_model_params *params,
@@ -649,10 +654,13 @@ MSA_API int msa_model_get_info(const msa_model *m, msa_model_info *info);
 /* Converts a llama2.c checkpoint (MODEL.bin) and its tokenizer
  * (TOKENIZER.bin) into a GGUF v3 file of architecture "llama" at out_path,
  * tokenizer embedded, F32 tensors. The output is written to a temporary
- * name and renamed, so it is never left half-written.
- * Returns MSA_OK; MSA_ENOTFOUND (an input missing), MSA_EFORMAT (an input
- * truncated or inconsistent: the message says which), MSA_EIO / MSA_ENOSPC
- * (writing), MSA_ENOMEM. */
+ * file beside it, fsync'ed and renamed, so it is never left half-written;
+ * an existing out_path is replaced, unless it is one of the inputs.
+ * Returns MSA_OK; MSA_ENOTFOUND (an input missing), MSA_EEXIST (out_path
+ * is an input, compared by device and inode), MSA_EINVAL (an input is not
+ * a regular file), MSA_EFORMAT (an input truncated or inconsistent: the
+ * message says which), MSA_EIO / MSA_ENOSPC (writing; nothing is left
+ * behind), MSA_ENOMEM. */
 MSA_API int msa_convert_llama2c(const char *model_bin, const char *tokenizer_bin,
                                 const char *out_path);
 
@@ -730,6 +738,8 @@ typedef struct msa_calib_result {
  *                     from a GGUF file, has more than MSA_CALIB_MAX_LAYERS
  *                     layers, uses scaled RoPE with idx_dim > head_dim, or
  *                     holds tensor types the writer cannot copy;
+ *   MSA_EEXIST        out_path is the model's own file (by device and
+ *                     inode; checked before any work);
  *   MSA_ENOMEM        the teacher or the weights do not fit in RAM;
  *   MSA_EIO, MSA_ENOSPC  writing out_path;
  *   and the forward pass's errors.

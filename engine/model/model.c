@@ -18,6 +18,7 @@
  * dims and bytes. Hashing a large model takes seconds, so it is cached;
  * the rule is below ("fingerprint cache"), and in docs/models.md.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -351,7 +352,9 @@ static void fingerprint_compute(const msa_gguf *g, char hex[MSA_SHA256_HEX_SIZE]
  * then still catches a change that touches any sampled piece. Where even
  * that is not enough, msa_model_params.no_fingerprint_cache skips the cache.
  * A cache that cannot be written (read-only home, no HOME) only costs a
- * recomputation. */
+ * recomputation. Each entry also records the model's path; whenever an entry
+ * is written, entries whose model no longer exists are removed (a miss
+ * costs a whole hash anyway), so temporary models (tests, conversions) do not pile up. */
 
 enum { FP_SAMPLES = 16, FP_SAMPLE_BYTES = 4096 };
 
@@ -416,6 +419,32 @@ static int fp_cache_path(const char *path, int create, char *out, size_t n) {
     return 0;
 }
 
+/* Removes the entries of `dir` whose model file is gone. */
+static void fp_cache_prune(const char *cpath) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", cpath);
+    char *slash = strrchr(dir, '/');
+    if (!slash) return;
+    *slash = 0;
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d)) && n++ < 4096) {
+        if (strlen(e->d_name) != 64) continue; /* entries only, not .tmp files */
+        char p[4200], line[4200], model[4200];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        FILE *f = fopen(p, "r");
+        if (!f) continue;
+        int ok = fgets(line, sizeof line, f) && fgets(line, sizeof line, f) &&
+                 sscanf(line, "path %4095[^\n]", model) == 1;
+        fclose(f);
+        struct stat st;
+        if (ok && stat(model, &st) != 0 && errno == ENOENT) unlink(p);
+    }
+    closedir(d);
+}
+
 static void fingerprint(msa_model *m, const char *path, int use_cache) {
     char hex[MSA_SHA256_HEX_SIZE], cpath[4096];
     fp_key k;
@@ -458,10 +487,13 @@ static void fingerprint(msa_model *m, const char *path, int use_cache) {
     snprintf(tmp, sizeof tmp, "%s.%ld.tmp", cpath, (long)getpid());
     FILE *f = fopen(tmp, "w");
     if (!f) return;
-    int ok = fprintf(f, "msa-fp 2 %lld %lld %lld %lld %lld %lld %lld %s %s\n", k.dev, k.ino,
-                     k.size, k.mtime_s, k.mtime_ns, k.ctime_s, k.ctime_ns, k.sample, hex) > 0;
+    char real[PATH_MAX];
+    int ok = fprintf(f, "msa-fp 2 %lld %lld %lld %lld %lld %lld %lld %s %s\npath %s\n", k.dev,
+                     k.ino, k.size, k.mtime_s, k.mtime_ns, k.ctime_s, k.ctime_ns, k.sample, hex,
+                     realpath(path, real) ? real : "") > 0;
     ok = (fclose(f) == 0) && ok;
     if (!ok || rename(tmp, cpath) != 0) unlink(tmp);
+    else fp_cache_prune(cpath);
 }
 
 int msa_model_open(const char *path, const msa_model_params *params, msa_model **out) {

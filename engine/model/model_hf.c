@@ -233,10 +233,9 @@ int msa_hf_config_read(const char *dir, msa_hf_config *cfg) {
     char path[4096];
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
         return msa_error(MSA_EINVAL, "%s: path too long", dir);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return msa_error(errno == ENOENT ? MSA_ENOTFOUND : MSA_EIO, "%s: %s",
-                         path, strerror(errno));
+    FILE *f;
+    int orc = msa_file_fopen_read(path, &f); /* a FIFO is refused, never waited on */
+    if (orc) return orc;
     char *buf = malloc(1 << 20);
     if (!buf) {
         fclose(f);

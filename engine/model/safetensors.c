@@ -313,20 +313,10 @@ static int st_alloc(msa_safetensors **out) {
 static int st_map(const char *path, void **map, size_t *size) {
     *map = NULL;
     *size = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return msa_error(errno == ENOENT ? MSA_ENOTFOUND : MSA_EIO,
-                         "%s: %s", path, strerror(errno));
+    int fd;
     struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return msa_error(MSA_EIO, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return msa_error(MSA_EFORMAT, "%s: not a regular file", path);
-    }
+    int rc = msa_file_open_read(path, &fd, &sb); /* a FIFO is refused, never waited on */
+    if (rc) return rc;
     if ((uint64_t)sb.st_size > SIZE_MAX) {
         close(fd);
         return msa_error(MSA_EUNSUPPORTED, "%s: too large to map", path);
@@ -337,8 +327,7 @@ static int st_map(const char *path, void **map, size_t *size) {
         if (m == MAP_FAILED) {
             int e = errno;
             close(fd);
-            return msa_error(e == ENOMEM ? MSA_ENOMEM : MSA_EIO,
-                             "%s: mmap: %s", path, strerror(e));
+            return msa_error_errno(e, "%s: mmap", path);
         }
         *map = m;
     }
@@ -363,10 +352,9 @@ static int st_load_file(msa_safetensors *st, const char *path) {
 
 /* Reads a whole small file into a malloc'd buffer. */
 static int st_slurp(const char *path, size_t limit, char **buf, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return msa_error(errno == ENOENT ? MSA_ENOTFOUND : MSA_EIO, "%s: %s",
-                         path, strerror(errno));
+    FILE *f;
+    int orc = msa_file_fopen_read(path, &f);
+    if (orc) return orc;
     size_t cap = 4096, n = 0;
     char *b = malloc(cap);
     int rc = MSA_OK;
@@ -506,9 +494,7 @@ int msa_safetensors_open(const char *path, msa_safetensors **out) {
     *out = NULL;
     if (!path || !*path) return msa_error(MSA_EINVAL, "safetensors: no path");
     struct stat sb;
-    if (stat(path, &sb) != 0)
-        return msa_error(errno == ENOENT ? MSA_ENOTFOUND : MSA_EIO, "%s: %s",
-                         path, strerror(errno));
+    if (stat(path, &sb) != 0) return msa_error_errno(errno, "%s", path);
     msa_safetensors *st;
     int rc = st_alloc(&st);
     if (rc) return rc;

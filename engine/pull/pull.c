@@ -533,8 +533,7 @@ int msa_pull(const char *source, const char *dest, const msa_pull_params *params
 
     int fd = open(part, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
-        return msa_error(errno == ENOSPC ? MSA_ENOSPC : MSA_EIO, "cannot create %s: %s", part,
-                         strerror(errno));
+        return msa_error_errno(errno, "cannot create %s", part);
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         close(fd);
         return msa_error(MSA_EBUSY, "%s is being written by another pull", part);
@@ -556,13 +555,13 @@ int msa_pull(const char *source, const char *dest, const msa_pull_params *params
     for (;;) {
         /* What is on disk now, and its hash. */
         if (fstat(fd, &st) != 0) {
-            rc = msa_error(MSA_EIO, "%s: %s", part, strerror(errno));
+            rc = msa_error_errno(errno, "%s", part);
             break;
         }
         uint64_t have = (uint64_t)st.st_size;
         if (have > 0 && first && !p.resume) {
             if (ftruncate(fd, 0) != 0) {
-                rc = msa_error(MSA_EIO, "%s: cannot truncate: %s", part, strerror(errno));
+                rc = msa_error_errno(errno, "%s: cannot truncate", part);
                 break;
             }
             have = 0;
@@ -570,7 +569,7 @@ int msa_pull(const char *source, const char *dest, const msa_pull_params *params
         msa_sha256_init(&x.hash);
         if (have > 0 && (rc = msa_sha256_update_file(&x.hash, part, have))) break;
         if (lseek(fd, (off_t)have, SEEK_SET) < 0) {
-            rc = msa_error(MSA_EIO, "%s: %s", part, strerror(errno));
+            rc = msa_error_errno(errno, "%s", part);
             break;
         }
         if (have > 0) resumed_bytes = have;
@@ -641,7 +640,7 @@ int msa_pull(const char *source, const char *dest, const msa_pull_params *params
             if (++restarts > 2) {
                 rc = msa_error(MSA_ENET, "%s: the server's ranges do not match the file", url);
             } else if (ftruncate(fd, 0) != 0) {
-                rc = msa_error(MSA_EIO, "%s: cannot truncate: %s", part, strerror(errno));
+                rc = msa_error_errno(errno, "%s: cannot truncate", part);
             } else {
                 continue;
             }
@@ -730,12 +729,12 @@ int msa_pull(const char *source, const char *dest, const msa_pull_params *params
         }
     }
     if (rc == MSA_OK && fsync(fd) != 0)
-        rc = msa_error(errno == ENOSPC ? MSA_ENOSPC : MSA_EIO, "%s: fsync: %s", part, strerror(errno));
+        rc = msa_error_errno(errno, "%s: fsync", part);
     if (rc == MSA_OK && !p.overwrite && stat(path, &st) == 0)
         rc = msa_error(MSA_EEXIST, "%s appeared while downloading; the download is kept in %s",
                        path, part);
     else if (rc == MSA_OK && rename(part, path) != 0)
-        rc = msa_error(MSA_EIO, "cannot rename %s to %s: %s", part, path, strerror(errno));
+        rc = msa_error_errno(errno, "cannot rename %s to %s", part, path);
     if (rc == MSA_OK) fsync_parent(path);
 
     /* What to leave behind: nothing for data that cannot be resumed. */

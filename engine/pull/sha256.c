@@ -169,8 +169,7 @@ int msa_sha256_parse_hex(const char *hex, uint8_t digest[MSA_SHA256_DIGEST_SIZE]
 int msa_sha256_update_file(msa_sha256_ctx *s, const char *path, uint64_t limit) {
     FILE *f = fopen(path, "rb");
     if (!f)
-        return msa_error(errno == ENOENT ? MSA_ENOTFOUND : MSA_EIO, "%s: %s", path,
-                         strerror(errno));
+        return msa_error_errno(errno, "%s", path);
     uint8_t buf[1 << 14];
     uint64_t left = limit;
     while (left) {
