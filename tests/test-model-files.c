@@ -25,6 +25,7 @@
 
 #include "engine/model/gguf.h"
 #include "engine/model/model.h"
+#include "engine/model/safetensors.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "base/base.h"
 #include "testutil.h"
@@ -186,6 +187,25 @@ static void test_fifo(void) {
     CHECK(msa_convert_llama2c(fifo, fifo, out) == MSA_EINVAL);
     CHECK(access(out, F_OK) != 0);
     CHECK(msa_tokenizer_from_json(fifo, &(msa_tokenizer *){NULL}) == MSA_EINVAL);
+    /* FIFOs inside a Hugging Face folder: the weights, the tokenizer */
+    char hf[300], q[400];
+    snprintf(hf, sizeof hf, "%s/hf-fifo", tmpdir);
+    mkdir(hf, 0755);
+    snprintf(q, sizeof q, "%s/config.json", hf);
+    FILE *f = fopen(q, "w");
+    fputs("{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", "
+          "\"hidden_size\": 8, \"intermediate_size\": 16, \"num_hidden_layers\": 1, "
+          "\"num_attention_heads\": 2, \"num_key_value_heads\": 1, \"vocab_size\": 8}", f);
+    fclose(f);
+    snprintf(q, sizeof q, "%s/model.safetensors", hf);
+    CHECK(mkfifo(q, 0644) == 0);
+    CHECK(msa_hf_is_model_dir(hf)); /* (also links the HF loader into this program) */
+    rc = open_model(hf, &m);
+    CHECKF(rc != MSA_OK && strstr(msa_last_error(), "FIFO"), "%d %s", rc, msa_last_error());
+    snprintf(q, sizeof q, "%s/tokenizer.json", hf);
+    CHECK(mkfifo(q, 0644) == 0);
+    rc = open_tok(hf);
+    CHECKF(rc != MSA_OK && strstr(msa_last_error(), "FIFO"), "%d %s", rc, msa_last_error());
     /* a directory that is not a model folder, /dev/null */
     CHECK(open_model("/dev/null", &m) == MSA_EINVAL);
     alarm(0);
