@@ -414,8 +414,7 @@ static int lock_take(const char *dir, const char *name, int *fd) {
     for (int attempt = 0; attempt < 100; attempt++) {
         int f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (f < 0)
-            return msa_error(MSA_EIO, "session '%s': cannot open lock file %s: %s", name, path,
-                             strerror(errno));
+            return msa_error_errno(errno, "session '%s': cannot open lock file %s", name, path);
         if (flock(f, LOCK_EX | LOCK_NB) != 0) {
             close(f);
             return msa_error(MSA_EBUSY, "session '%s' is in use: open for writing in another "
