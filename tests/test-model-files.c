@@ -236,6 +236,25 @@ static void test_values(void) {
     if (m) CHECK(m->info.context_length == 512 && m->info.rope_theta == 10000.0f);
     msa_model_free(m);
     CHECK_OK(open_tok(path));
+    /* a block_count the tensor table cannot hold: refused before it sizes
+     * anything (it was a calloc of block_count layers; fuzz-gguf) */
+    {
+        msa_gguf_writer *w;
+        CHECK_OK(msa_gguf_writer_init(&w));
+        msa_gguf_writer_set_str(w, "general.architecture", "llama");
+        msa_gguf_writer_set_u32(w, "llama.embedding_length", D);
+        msa_gguf_writer_set_u32(w, "llama.feed_forward_length", F);
+        msa_gguf_writer_set_u32(w, "llama.block_count", (1u << 29) + (uint32_t)t_randint(1000));
+        msa_gguf_writer_set_u32(w, "llama.attention.head_count", HQ);
+        int64_t ne[2] = {D, V};
+        msa_gguf_writer_add_tensor(w, "token_embd.weight", MSA_GGML_F32, 2, ne, weights);
+        msa_gguf_writer_add_tensor(w, "output_norm.weight", MSA_GGML_F32, 1, ne, weights);
+        CHECK_OK(msa_gguf_writer_write(w, path));
+        msa_gguf_writer_free(w);
+        int rc = open_model(path, &m);
+        CHECKF(rc == MSA_EFORMAT && strstr(msa_last_error(), "block_count"), "%d %s", rc,
+               msa_last_error());
+    }
     s.context = -1; /* absent: the default (2048) */
     s.theta_absent = 1;
     CHECK_OK(write_model(path, &s));
@@ -347,6 +366,23 @@ static void test_tokenizer_config(void) {
           "{\"id\": 4, \"content\": \"</s>\", \"special\": true}],"
           "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}", f);
     fclose(f);
+    /* one huge id must not size the vocabulary (fuzz-tokenizer-json) */
+    {
+        char big[300], bp[400];
+        snprintf(big, sizeof big, "%s/hf-tok-big", tmpdir);
+        mkdir(big, 0755);
+        snprintf(bp, sizeof bp, "%s/tokenizer.json", big);
+        FILE *g = fopen(bp, "w");
+        fprintf(g, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": %d}, "
+                "\"merges\": []}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}",
+                1100000000 + t_randint(1000000));
+        fclose(g);
+        msa_tokenizer *t = NULL;
+        int rc = msa_tokenizer_open(big, &t);
+        CHECKF(rc == MSA_EFORMAT && strstr(msa_last_error(), "token id"), "%d %s", rc,
+               msa_last_error());
+        msa_tokenizer_free(t);
+    }
     snprintf(p, sizeof p, "%s/tokenizer_config.json", d);
     const char *cases[4][2] = {{"<s>", "</s>"}, {"<nope>", "</s>"}, {"<s>", "<eos-missing>"},
                                {NULL, NULL}};

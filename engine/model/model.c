@@ -264,6 +264,12 @@ static int load_gguf(msa_model *m, const char *path) {
         return rc;
     if (!m->output) m->output = m->tok_embd; /* tied classifier */
 
+    /* Each layer has at least 9 tensors: a block_count the tensor table
+     * cannot hold is refused before anything is sized by it (fuzz-gguf: a
+     * block_count of 2^29 made this a 16 GB calloc). */
+    if ((int64_t)I->n_layers > msa_gguf_n_tensors(L.g) / 9)
+        return msa_error(MSA_EFORMAT, "%s: block_count %d, but the file holds %lld tensors",
+                         path, I->n_layers, (long long)msa_gguf_n_tensors(L.g));
     m->layers = calloc((size_t)I->n_layers, sizeof *m->layers);
     if (!m->layers) return msa_error(MSA_ENOMEM, "model: layers");
     int di = I->idx_dim;

@@ -386,6 +386,11 @@ static int hf_load_weights(hf_loader *L) {
     } else if ((rc = hf_load(L, "lm_head.weight", 1, V, D, 0, &m->output))) {
         return msa_error_context(rc, "tie_word_embeddings is false: ");
     }
+    /* at least 9 tensors a layer: a layer count the files cannot hold is
+     * refused before it sizes anything (as for GGUF's block_count) */
+    if ((int64_t)c->num_hidden_layers > msa_safetensors_count(L->st) / 9)
+        return msa_error(MSA_EFORMAT, "config.json: num_hidden_layers %d, but the weights hold "
+                         "%d tensors", c->num_hidden_layers, msa_safetensors_count(L->st));
     m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers);
     if (!m->layers) return msa_error(MSA_ENOMEM, "model: %d layers", c->num_hidden_layers);
     for (int l = 0; l < c->num_hidden_layers; l++) {

@@ -161,6 +161,14 @@ static int build(json_t *root, json_t *cfg, msa_tokenizer **out) {
         if (json_integer_value(id) > max_id) max_id = json_integer_value(id);
     }
     if (max_id < 0 || max_id >= INT32_MAX) return msa_error(MSA_EFORMAT, "empty vocabulary");
+    /* Ids are (nearly) dense: the vocabulary is sized by the largest id, so
+     * one huge id must not size it (fuzz-tokenizer-json: an id of 1.1e9 in
+     * a 5-entry vocabulary asked for 40 GB). Holes are allowed, up to as
+     * many ids again as there are entries, plus 1024. */
+    size_t n_entries = json_object_size(vocab) + json_array_size(added);
+    if ((uint64_t)max_id >= 2 * (uint64_t)n_entries + 1024)
+        return msa_error(MSA_EFORMAT, "token id %lld in a vocabulary of %zu entries",
+                         (long long)max_id, n_entries);
 
     msa_tokenizer *t;
     int rc = msa_tok_new(MSA_TOK_BPE, (int32_t)(max_id + 1), &t);
