@@ -17,6 +17,12 @@
 static msa_store *store;
 static char dir[64];
 
+static void cleanup(void) {
+    msa_store_close(store);
+    store = NULL;
+    fuzz_rmtree(dir);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     snprintf(dir, sizeof dir, "/dev/shm/msa-fuzz-export-XXXXXX");
@@ -32,6 +38,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         fprintf(stderr, "fuzz-export: %s\n", msa_last_error());
         abort();
     }
+    atexit(cleanup);
     return 0;
 }
 

@@ -18,6 +18,8 @@
 
 static char out_dir[64], out_path[96];
 
+static void cleanup(void) { fuzz_rmtree(out_dir); }
+
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     snprintf(out_dir, sizeof out_dir, "/dev/shm/msa-fuzz-llama2c-XXXXXX");
@@ -26,6 +28,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         if (!mkdtemp(out_dir)) abort();
     }
     snprintf(out_path, sizeof out_path, "%s/out.gguf", out_dir);
+    atexit(cleanup);
     return 0;
 }
 

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -45,6 +46,19 @@ static inline int fuzz_path(int slot, const uint8_t *data, size_t size, char *pa
     }
     snprintf(path, 32, "/proc/self/fd/%d", fd);
     return 0;
+}
+
+/* Removes a folder and what is in it (the targets' scratch folders, at
+ * exit: the replay tests must leave nothing behind). */
+static inline int fuzz_rm_one(const char *p, const struct stat *st, int flag, struct FTW *f) {
+    (void)st;
+    (void)flag;
+    (void)f;
+    return remove(p);
+}
+
+static inline void fuzz_rmtree(const char *dir) {
+    nftw(dir, fuzz_rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* CRC32C (Castagnoli), table-driven (the fixups run on every input). */
