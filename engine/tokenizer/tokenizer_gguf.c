@@ -116,8 +116,10 @@ int msa_tokenizer_from_gguf(const msa_gguf *g, msa_tokenizer **out) {
         rc = msa_gguf_get_str_item(g, "tokenizer.ggml.tokens", i, &s, &l);
         if (rc) break;
         float score = scores ? (float)array_num(st, scores, i) : 0.0f;
-        int type = types ? (int)array_num(tt, types, i) : MSA_TT_NORMAL;
-        if (type < 0 || type > MSA_TT_BYTE) type = MSA_TT_NORMAL;
+        /* range-checked as a double: casting -9.2e18 to int is undefined
+         * (fuzz-gguf, an INT64 token_type array) */
+        double tv = types ? array_num(tt, types, i) : MSA_TT_NORMAL;
+        int type = tv >= 0 && tv <= MSA_TT_BYTE ? (int)tv : MSA_TT_NORMAL;
         rc = msa_tok_set_token(t, (int32_t)i, s, l, score, type);
     }
     if (!rc) rc = msa_tok_index(t);
