@@ -227,7 +227,10 @@ static int split_stage(void *const *re, int st, int n, pcre2_match_data *md, con
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         size_t b = ov[0], e = ov[1];
         if (e == b) { /* an empty match: step over one character */
+            if (b >= len) break; /* at the end (e.g. "$"): text[len] is not ours
+                                    (fuzz-tokenizer-json: a heap overflow by 1) */
             at = b + (size_t)msa_utf8_len((uint8_t)text[b]);
+            if (at > len) at = len;
             continue;
         }
         if (b > done) rc = split_stage(re, st + 1, n, md, base, off + done, b - done, word, ctx);
