@@ -155,8 +155,19 @@ static void check_session(fsck *f, const char *name, const msa_srec *r) {
 int msa_store_fsck(msa_store *st, void (*report)(void *, const char *), void *ctx, uint64_t *n_findings) {
     if (n_findings) *n_findings = 0;
     fsck f = {st, NULL, report, ctx, 0, NULL, 0, 0, NULL, NULL, NULL, 0, 0};
+    /* LMDB's own pages first, overflow page headers included: the walk
+     * below trusts them (lmdbraw.c) */
+    uint64_t tree_findings = 0;
+    int rc = msa_store_check_trees(st, 1, report, ctx, &tree_findings);
+    if (rc) return rc;
+    if (tree_findings) {
+        if (n_findings) *n_findings = tree_findings;
+        return msa_error(MSA_ECORRUPT, "fsck: %llu damaged LMDB pages or values; the store's records were "
+                         "not read. `msa-mem salvage %s NEWDIR` (msa_store_salvage) copies every intact "
+                         "session into a new store", (unsigned long long)tree_findings, st->dir);
+    }
     pthread_rwlock_rdlock(&st->grow);
-    int rc = msa_read_begin(st, &f.t);
+    rc = msa_read_begin(st, &f.t);
     if (rc) {
         pthread_rwlock_unlock(&st->grow);
         return rc;
@@ -202,5 +213,7 @@ int msa_store_fsck(msa_store *st, void (*report)(void *, const char *), void *ct
     free(f.kbuf); free(f.vbuf); free(f.ibuf);
     if (f.oom) return msa_error(MSA_ENOMEM, "fsck ran out of memory");
     if (n_findings) *n_findings = f.findings;
-    return f.findings ? msa_error(MSA_ECORRUPT, "fsck: %llu problems found", (unsigned long long)f.findings) : MSA_OK;
+    return f.findings ? msa_error(MSA_ECORRUPT, "fsck: %llu problems found; `msa-mem salvage %s NEWDIR` "
+                                  "(msa_store_salvage) copies every intact session and block into a new store",
+                                  (unsigned long long)f.findings, st->dir) : MSA_OK;
 }

@@ -121,6 +121,60 @@ int msa_block_verify(const void *val, size_t len);
  * everything else -> MSA_EIO. */
 int msa_mdb_status(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* ---- LMDB's file without LMDB (lmdbraw.c) ------------------------------------
+ *
+ * A read-only reader of LMDB's data file (data.mdb) that checks every page
+ * it reads, so that damage is reported instead of tripping LMDB's
+ * assertions or reading outside the map. Used to check the trees before
+ * LMDB walks them (store.c at open, fsck.c) and to salvage the intact
+ * entries of a damaged file (salvage.c). See lmdbraw.c for the format. */
+typedef struct msa_raw msa_raw;
+typedef struct msa_raw_db {
+    uint16_t flags, depth;
+    uint64_t branch_pages, leaf_pages, overflow_pages, entries, root;
+} msa_raw_db;
+
+/* Maps `path` read-only and picks its current meta page (the newer valid
+ * one), or with want_txnid != 0 the one of that transaction (MSA_EBUSY when
+ * neither is: a writer moved on). MSA_ECORRUPT when no meta page is valid,
+ * MSA_ENOTFOUND, MSA_EIO, MSA_ENOMEM. */
+int msa_raw_open(const char *path, uint64_t want_txnid, msa_raw **out);
+void msa_raw_close(msa_raw *r);
+uint32_t msa_raw_page_size(const msa_raw *r);
+uint64_t msa_raw_txnid(const msa_raw *r);
+const msa_raw_db *msa_raw_main(const msa_raw *r);
+
+/* Checks the free list, the main table and every named table: one line per
+ * finding to report ("LMDB table 'blocks', page 123: ..."), *n_findings.
+ * deep: also the header of every overflow page (one page read per large
+ * value). Returns MSA_OK (findings or not) or MSA_ENOMEM. */
+int msa_raw_check(msa_raw *r, int deep, void (*report)(void *, const char *), void *ctx,
+                  uint64_t *n_findings);
+
+/* The record of a named table: MSA_OK, MSA_ENOTFOUND, MSA_ECORRUPT (the main
+ * table is damaged where it would be). */
+int msa_raw_find_db(msa_raw *r, const char *name, msa_raw_db *db);
+
+/* Visits every intact entry of a table in key order, from the first key >=
+ * `from` (NULL: the first). Values point into the map (valid until close).
+ * A damaged page is reported (to report, counted in *n_bad) and its subtree
+ * skipped. fn returns nonzero to stop: a positive value stops quietly, a
+ * negative one is returned. */
+typedef int (*msa_raw_fn)(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                          unsigned node_flags);
+int msa_raw_iter(msa_raw *r, const msa_raw_db *db, const char *table, const void *from, size_t from_len,
+                 msa_raw_fn fn, void *ctx, void (*report)(void *, const char *), void *rctx, uint64_t *n_bad);
+
+/* One value by key: MSA_OK (*val into the map), MSA_ENOTFOUND, MSA_ECORRUPT
+ * (a damaged page on the way; no message recorded). */
+int msa_raw_get(msa_raw *r, const msa_raw_db *db, const void *key, size_t klen, const uint8_t **val,
+                size_t *vlen);
+
+/* For a value LMDB returned from the map: 0 when it is an overflow value whose
+ * page header does not match (damaged), else 1 (also for values not in the
+ * map or inside a leaf page). */
+int msa_raw_overflow_ok(const void *map, size_t map_len, uint32_t psize, const void *data, size_t len);
+
 /* ---- fault injection (test builds only) -----------------------------------
  *
  * Compiled in only where MSA_FAULT_INJECTION is defined: the

@@ -263,6 +263,15 @@ int msa_block_release(MDB_txn *t, msa_store *st, uint64_t id) {
     } else if (rc == 0) {
         rc = msa_del(t, st->refs, &k);
     } else if (rc == MDB_NOTFOUND) {
+        /* LMDB frees as many pages as the overflow page's header says:
+         * a damaged header would free pages that other values use */
+        MDB_val bv;
+        MDB_envinfo ei;
+        if (mdb_get(t, st->blocks, &k, &bv) == 0 && mdb_env_info(st->env, &ei) == 0 &&
+            !msa_raw_overflow_ok(ei.me_mapaddr, ei.me_mapsize, st->psize, bv.mv_data, bv.mv_size))
+            return msa_error(MSA_ECORRUPT, "releasing block %llu: its LMDB overflow page header is "
+                             "damaged, its pages were not freed; `msa-mem salvage %s NEWDIR` copies "
+                             "every intact session into a new store", (unsigned long long)id, st->dir);
         rc = msa_del(t, st->blocks, &k);
         if (rc == MDB_NOTFOUND) rc = 0; /* already gone: fsck reports such things */
     }
@@ -499,28 +508,112 @@ fail:
     return rc;
 }
 
-int msa_store_env_open(msa_store *st) {
+/* LMDB asserts where its pages are inconsistent and then aborts: nothing
+ * can return from here. The trees are checked before LMDB walks them
+ * (check_trees), so this is for damage the check cannot see; at least the
+ * last line the user reads says what to do. */
+static void lmdb_assert(MDB_env *env, const char *msg) {
+    const char *dir = NULL;
+    mdb_env_get_path(env, &dir);
+    fprintf(stderr, "msa-mem: LMDB found the store %s damaged (%s); `msa-mem salvage %s NEWDIR` "
+            "copies what is intact\n", dir ? dir : "", msg, dir ? dir : "DIR");
+}
+
+static void first_finding(void *ctx, const char *line) {
+    char *buf = ctx;
+    if (!buf[0]) snprintf(buf, 600, "%s", line);
+}
+
+/* Checks every LMDB tree of the snapshot a read transaction sees, page by
+ * page (lmdbraw.c), so that no later LMDB call walks a damaged page: at
+ * open, on branch and leaf pages (overflow pages are checked by fsck). */
+static int check_trees(msa_store *st, int deep, void (*report)(void *, const char *), void *ctx,
+                       uint64_t *n_findings) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data.mdb", st->dir);
+    *n_findings = 0;
+    for (int attempt = 0; attempt < 8; attempt++) {
+        MDB_txn *t;
+        int rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &t);
+        if (rc == MDB_MAP_RESIZED) {
+            mdb_env_set_mapsize(st->env, 0);
+            continue;
+        }
+        if (rc) return msa_mdb_status(rc, "%s: starting a read transaction", st->dir);
+        msa_raw *r;
+        rc = msa_raw_open(path, mdb_txn_id(t), &r);
+        if (rc == MSA_EBUSY) { /* a writer committed twice meanwhile */
+            mdb_txn_abort(t);
+            continue;
+        }
+        if (!rc) {
+            rc = msa_raw_check(r, deep, report, ctx, n_findings);
+            msa_raw_close(r);
+        }
+        mdb_txn_abort(t);
+        return rc;
+    }
+    return msa_error(MSA_EBUSY, "%s: writers kept moving while the store was checked", st->dir);
+}
+
+int msa_store_check_trees(msa_store *st, int deep, void (*report)(void *, const char *), void *ctx,
+                          uint64_t *n_findings) {
+    pthread_rwlock_rdlock(&st->grow);
+    int rc = check_trees(st, deep, report, ctx, n_findings);
+    pthread_rwlock_unlock(&st->grow);
+    return rc;
+}
+
+static int env_open_flags(msa_store *st, unsigned flags) {
     int rc = mdb_env_create(&st->env);
-    if (rc) return msa_mdb_status(rc, "%s: creating the environment", st->dir);
+    if (rc) return rc;
+    mdb_env_set_assert(st->env, lmdb_assert);
     mdb_env_set_maxdbs(st->env, 8);
     mdb_env_set_maxreaders(st->env, (unsigned)st->params.max_readers);
     mdb_env_set_mapsize(st->env, st->params.map_size);
-    /* readahead off: a block's index keys are read without its K and V
-     * (codec.c prefetches exactly the planes a read needs) */
-    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (st->params.durable ? 0 : MDB_NOSYNC) |
-                     (st->params.readonly ? MDB_RDONLY : 0);
     rc = mdb_env_open(st->env, st->dir, flags, 0644);
     if (rc) {
         mdb_env_close(st->env);
         st->env = NULL;
-        return msa_mdb_status(rc, "%s: opening the LMDB environment", st->dir);
     }
+    return rc;
+}
+
+int msa_store_env_open(msa_store *st) {
+    /* readahead off: a block's index keys are read without its K and V
+     * (codec.c prefetches exactly the planes a read needs) */
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (st->params.durable ? 0 : MDB_NOSYNC) |
+                     (st->params.readonly ? MDB_RDONLY : 0);
+    int rc = env_open_flags(st, flags);
+    if ((rc == EACCES || rc == EROFS || rc == EPERM) && st->params.readonly) {
+        /* a store we may read but not write (its lock file cannot be
+         * opened for writing): read it without LMDB's lock table. Nobody
+         * can write it through this process; a writer elsewhere is not
+         * seen until it is reopened. */
+        rc = env_open_flags(st, flags | MDB_NOLOCK);
+    }
+    if (rc == EACCES || rc == EROFS || rc == EPERM)
+        return msa_error(MSA_EIO, "%s: the store is not writable (%s): this command writes to it; "
+                         "ls, info, fsck and export read it as it is", st->dir, strerror(rc));
+    if (rc) return msa_mdb_status(rc, "%s: opening the LMDB environment", st->dir);
     int dead = 0;
     mdb_reader_check(st->env, &dead);
     MDB_envinfo info;
     mdb_env_info(st->env, &info);
     st->map_size = info.me_mapsize;
-    if ((rc = init_store(st))) {
+    MDB_stat ms;
+    mdb_env_stat(st->env, &ms);
+    st->psize = ms.ms_psize;
+    uint64_t nf = 0;
+    char first[600] = "";
+    rc = check_trees(st, 0, first_finding, first, &nf);
+    if (!rc && nf)
+        rc = msa_error(MSA_ECORRUPT, "%s: the store's file is damaged: %s%s; nothing was read or "
+                       "changed. `msa-mem fsck` lists the damage; `msa-mem salvage %s NEWDIR` "
+                       "(msa_store_salvage) copies every intact session into a new store",
+                       st->dir, first, nf > 1 ? " (and more)" : "", st->dir);
+    if (!rc) rc = init_store(st);
+    if (rc) {
         mdb_env_close(st->env);
         st->env = NULL;
     }

@@ -33,6 +33,7 @@ struct msa_store {
     int lock_fd;            /* flock: shared while open, exclusive to compact */
     int n_sessions_open;
     size_t map_size;
+    unsigned psize;         /* LMDB page size */
     int threads;            /* compression threads of new transactions (0: one per core) */
     pthread_rwlock_t grow;  /* read txns hold it shared; map growth exclusive */
     pthread_mutex_t arena_mu;
@@ -107,6 +108,10 @@ int msa_block_release(MDB_txn *t, msa_store *st, uint64_t id);
 int msa_get_srec(MDB_txn *t, msa_store *st, const char *name, msa_srec *r);
 int msa_put_srec(MDB_txn *t, msa_store *st, const char *name, const msa_srec *r);
 int64_t msa_unix_now(void);
+/* Checks every LMDB tree page by page (lmdbraw.c) in the snapshot of a
+ * fresh read transaction; deep adds overflow page headers. */
+int msa_store_check_trees(msa_store *st, int deep, void (*report)(void *, const char *), void *ctx,
+                          uint64_t *n_findings);
 /* (Re)opens st->env from st->dir and st->params and checks the format. */
 int msa_store_env_open(msa_store *st);
 
