@@ -6,12 +6,37 @@
  */
 #include <jansson.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+
+/* create: make the store when missing; readonly: the command only reads
+ * (so a store the user may read but not write still works) */
+static int open_store_ro(msa_cli *cli, int create, int readonly, msa_store **st) {
+    msa_store_params p = msa_store_default_params();
+    p.dir = cli->store_dir;
+    p.create = create;
+    p.readonly = readonly;
+    int rc = msa_store_open(&p, st);
+    return rc ? msa_cli_fail(rc, "opening the store") : 0;
+}
+
+/* A failure whose message is the CLI's own (msa_cli_fail adds the
+ * library's last error). */
+static int fail_msg(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail_msg(int status, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "msa-mem: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return msa_cli_exit_code(status);
+}
 
 static int open_store(msa_cli *cli, int create, msa_store **st) {
     msa_store_params p = msa_store_default_params();
@@ -72,6 +97,7 @@ int msa_cmd_ls(msa_cli *cli, int argc, char **argv) {
     msa_store_params p = msa_store_default_params();
     p.dir = cli->store_dir;
     p.create = 0;
+    p.readonly = 1;
     int rc = msa_store_open(&p, &st);
     if (rc == MSA_ENOTFOUND) { /* no store yet (a fresh machine): no sessions, not an error */
         char d[4096];
@@ -131,16 +157,23 @@ int msa_cmd_ls(msa_cli *cli, int argc, char **argv) {
     return 0;
 }
 
+static void collect_line(void *ctx, const char *line) {
+    json_array_append_new(ctx, msa_cli_jstr(line));
+}
+
 int msa_cmd_info(msa_cli *cli, int argc, char **argv) {
     if (msa_cli_wants_help(argc, argv) || argc != 2) {
         if (argc != 2 && !msa_cli_wants_help(argc, argv)) return msa_cli_usage_error("info", "needs one session name");
         printf("usage: msa-mem info NAME [--json]\n\nShows a session: model, shapes, parameters (the MSA\n"
-               "top-k stored with it), tokens, blocks, sizes (own and shared with forks), times.\n\n"
+               "top-k stored with it), tokens, blocks, sizes (own and shared with forks), times,\n"
+               "and any damaged block (its index keys and token chunks are checked as opening the\n"
+               "session reads them; `msa-mem fsck` decodes every block). Exit status 4 when\n"
+               "something is damaged.\n\n"
                "Example:\n  msa-mem info notes --json\n");
         return 0;
     }
     msa_store *st;
-    int rc = open_store(cli, 0, &st);
+    int rc = open_store_ro(cli, 0, 1, &st);
     if (rc) return rc;
     msa_store_session *s = NULL;
     msa_store_session_info in;
@@ -152,7 +185,15 @@ int msa_cmd_info(msa_cli *cli, int argc, char **argv) {
         msa_store_close(st);
         return msa_cli_fail(rc, "info %s", argv[1]);
     }
+    json_t *damaged = json_array();
+    uint64_t n_bad = 0;
+    int crc = msa_store_session_check(s, 0, collect_line, damaged, &n_bad);
     msa_store_session_close(s);
+    if (crc && crc != MSA_ECORRUPT) {
+        json_decref(damaged);
+        msa_store_close(st);
+        return msa_cli_fail(crc, "info %s: checking its blocks", argv[1]);
+    }
     /* a session of a build before session parameters: its top-k, if any,
      * is still in the CLI's side file (stored with it when next opened) */
     int legacy = sp.top_k ? 0 : msa_cli_legacy_top_k(cli, argv[1], in.created, in.parent);
@@ -163,6 +204,7 @@ int msa_cmd_info(msa_cli *cli, int argc, char **argv) {
         json_object_set_new(pj, "top_k_from", json_string(sp.top_k ? "session" : legacy ? "cli side file" : "default"));
         json_object_set_new(pj, "top_k_effective", json_integer(sp.top_k ? sp.top_k : legacy ? legacy : 16));
         json_object_set_new(j, "params", pj);
+        json_object_set_new(j, "damaged", damaged);
         print_json(j);
     } else {
         char b1[32], b2[32], w1[32], w2[32];
@@ -183,8 +225,16 @@ int msa_cmd_info(msa_cli *cli, int argc, char **argv) {
                in.ratio, msa_cli_bytes((double)use.own_bytes, b3, sizeof b3),
                msa_cli_bytes((double)use.shared_bytes, b4, sizeof b4));
         printf("created   %s\nlast use  %s\n", when(in.created, w1, sizeof w1), when(in.last_use, w2, sizeof w2));
+        for (size_t i = 0; i < json_array_size(damaged); i++)
+            printf("damaged   %s\n", json_string_value(json_array_get(damaged, i)));
+        json_decref(damaged);
     }
     msa_store_close(st);
+    if (n_bad) {
+        return fail_msg(MSA_ECORRUPT, "info %s: %llu damaged blocks or records (generation leaves damaged "
+                            "blocks out of the selection; `msa-mem salvage` copies the session up to its "
+                            "first damage)", argv[1], (unsigned long long)n_bad);
+    }
     return 0;
 }
 
@@ -238,7 +288,7 @@ int msa_cmd_export(msa_cli *cli, int argc, char **argv) {
                            "msa-mem export notes notes.msax");
     if (argc != 3) return msa_cli_usage_error("export", "needs NAME and FILE");
     msa_store *st;
-    int rc = open_store(cli, 0, &st);
+    int rc = open_store_ro(cli, 0, 1, &st);
     if (rc) return rc;
     rc = msa_store_export(st, argv[1], argv[2]);
     msa_store_close(st);
@@ -286,23 +336,113 @@ static void fsck_line(void *ctx, const char *line) {
 int msa_cmd_fsck(msa_cli *cli, int argc, char **argv) {
     if (msa_cli_wants_help(argc, argv))
         return simple_help("fsck", "",
-                           "Checks every session record, token chunk, block entry and block checksum,\n"
-                           "decodes every block and recounts shared blocks. Exit status 4 when\n"
-                           "anything is wrong; each finding is one line.",
+                           "Checks every LMDB page of the store, every session record, token chunk,\n"
+                           "block entry and block checksum, decodes every block and recounts shared\n"
+                           "blocks. Exit status 4 when anything is wrong; each finding is one line.\n"
+                           "A store too damaged to open is read without LMDB, as salvage reads it.",
                            "msa-mem fsck --json");
     msa_store *st;
-    int rc = open_store(cli, 0, &st);
-    if (rc) return rc;
+    msa_store_params p = msa_store_default_params();
+    p.dir = cli->store_dir;
+    p.create = 0;
+    p.readonly = 1;
+    int rc = msa_store_open(&p, &st);
     json_t *arr = cli->json ? json_array() : NULL;
     uint64_t n = 0;
+    if (rc == MSA_ECORRUPT) {
+        /* damaged LMDB pages: list what salvage would find */
+        char d[4096];
+        const char *dir = cli->store_dir;
+        if (!dir) dir = msa_store_default_dir(d, sizeof d) == MSA_OK ? d : "";
+        char why[1024];
+        snprintf(why, sizeof why, "%s", msa_last_error());
+        msa_store_salvage_stats ss;
+        int r2 = msa_store_salvage(dir, NULL, fsck_line, arr, &ss);
+        if (cli->json)
+            print_json(json_pack("{s:b, s:I, s:o, s:o}", "clean", 0, "findings_count", (json_int_t)ss.damaged,
+                                 "findings", arr, "error", msa_cli_jstr(why)));
+        if (r2) fprintf(stderr, "msa-mem: fsck: reading it without LMDB: %s\n", msa_last_error());
+        return fail_msg(MSA_ECORRUPT, "fsck: %s", why);
+    }
+    if (rc) {
+        json_decref(arr);
+        return msa_cli_fail(rc, "opening the store");
+    }
     rc = msa_store_fsck(st, fsck_line, arr, &n);
     msa_store_close(st);
     if (rc && rc != MSA_ECORRUPT) {
         json_decref(arr);
         return msa_cli_fail(rc, "fsck");
     }
+    char why[1024];
+    snprintf(why, sizeof why, "%s", rc ? msa_last_error() : "");
     if (cli->json) print_json(json_pack("{s:b, s:I, s:o}", "clean", !n, "findings_count", (json_int_t)n, "findings", arr));
     else if (!n) printf("clean\n");
-    if (n) return msa_cli_fail(MSA_ECORRUPT, "fsck");
+    if (n) return fail_msg(MSA_ECORRUPT, "fsck: %s", why);
+    return 0;
+}
+
+static void salvage_line(void *ctx, const char *line) {
+    msa_cli *cli = ctx;
+    if (!cli->quiet && !cli->json) printf("%s\n", line);
+}
+
+typedef struct salvage_json {
+    msa_cli *cli;
+    json_t *lines;
+} salvage_json;
+
+static void salvage_json_line(void *ctx, const char *line) {
+    json_array_append_new(((salvage_json *)ctx)->lines, msa_cli_jstr(line));
+}
+
+int msa_cmd_salvage(msa_cli *cli, int argc, char **argv) {
+    if (msa_cli_wants_help(argc, argv))
+        return simple_help("salvage", "[SRC] DST",
+                           "Copies every intact session of the store SRC (default: --store) into a new\n"
+                           "store DST, reading SRC without LMDB so that a damaged file is read as far as\n"
+                           "its pages allow, and verifying every record and block. A session with a\n"
+                           "damaged block or token chunk is copied up to that damage (all layers, cut at\n"
+                           "a block boundary); one whose record is damaged is left out. Each line says\n"
+                           "what happened to one session or names one damaged page. SRC is not changed\n"
+                           "and must not be in use. Exit status 0 when nothing was damaged, 4 when\n"
+                           "something was left out (DST then holds everything intact).",
+                           "msa-mem salvage ~/.local/share/msa-mem /tmp/rescued && msa-mem --store /tmp/rescued fsck");
+    if (argc != 2 && argc != 3) return msa_cli_usage_error("salvage", "needs DST, or SRC and DST");
+    char d[4096];
+    const char *src = argc == 3 ? argv[1] : cli->store_dir, *dst = argv[argc - 1];
+    if (!src) {
+        if (msa_store_default_dir(d, sizeof d)) return msa_cli_fail(MSA_ENOTFOUND, "salvage");
+        src = d;
+    }
+    msa_store_salvage_stats ss;
+    salvage_json sj = {cli, json_array()};
+    int rc = msa_store_salvage(src, dst, cli->json ? salvage_json_line : salvage_line, cli->json ? (void *)&sj : cli,
+                               &ss);
+    if (rc) {
+        json_decref(sj.lines);
+        return msa_cli_fail(rc, "salvage %s %s", src, dst);
+    }
+    if (cli->json)
+        print_json(json_pack("{s:o, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "source", msa_cli_jstr(src),
+                             "store", msa_cli_jstr(dst),
+                             "sessions_seen", (json_int_t)ss.sessions_seen, "sessions_copied",
+                             (json_int_t)ss.sessions_copied, "sessions_truncated", (json_int_t)ss.sessions_truncated,
+                             "sessions_lost", (json_int_t)ss.sessions_lost, "tokens_copied",
+                             (json_int_t)ss.tokens_copied, "tokens_lost", (json_int_t)ss.tokens_lost,
+                             "blocks_copied", (json_int_t)ss.blocks_copied, "damaged", (json_int_t)ss.damaged,
+                             "lines", sj.lines));
+    else {
+        json_decref(sj.lines);
+        if (!cli->quiet)
+            printf("salvaged into %s: %llu sessions whole, %llu up to their first damage, %llu left out; "
+                   "%llu tokens copied, %llu lost\n", dst, (unsigned long long)ss.sessions_copied,
+                   (unsigned long long)ss.sessions_truncated, (unsigned long long)ss.sessions_lost,
+                   (unsigned long long)ss.tokens_copied, (unsigned long long)ss.tokens_lost);
+    }
+    if (ss.damaged) {
+        return fail_msg(MSA_ECORRUPT, "salvage: %s was damaged (%llu findings); %s holds every intact session",
+                            src, (unsigned long long)ss.damaged, dst);
+    }
     return 0;
 }

@@ -556,6 +556,67 @@ MSA_API int msa_store_fsck(msa_store *store,
                            void (*report)(void *ctx, const char *finding),
                            void *ctx, uint64_t *n_findings);
 
+/* 3a'. Damaged stores: what fsck finds and what salvage copies (persist/) */
+/*
+ * Damage is reported, never trusted: every LMDB page is checked before LMDB
+ * walks it (at msa_store_open: branch and leaf pages; in msa_store_fsck
+ * also the header of every overflow page), so a flipped bit in the file
+ * gives MSA_ECORRUPT naming table and page instead of an assertion in
+ * LMDB; the store's own records and blocks carry CRC32C checksums,
+ * verified on every read. A store that fails the page check does not open
+ * at all; msa_store_salvage() reads it without LMDB and copies what is
+ * intact into a new store.
+ */
+
+/* What msa_store_salvage() found and copied. */
+typedef struct msa_store_salvage_stats {
+    uint64_t sessions_seen;      /* session records read */
+    uint64_t sessions_copied;    /* copied whole (or intact, in a dry run) */
+    uint64_t sessions_truncated; /* copied up to their first damaged block or
+                                    token chunk */
+    uint64_t sessions_lost;      /* left out: a damaged record, or (at least
+                                    one per page) on a damaged page */
+    uint64_t tokens_copied, tokens_lost;
+    uint64_t blocks_copied;      /* (layer, block) entries */
+    uint64_t damaged;            /* damaged pages, records and blocks found */
+} msa_store_salvage_stats;
+
+/* Copies every intact session of the store in src_dir into a new store in
+ * dst_dir, reading the source without LMDB (so a damaged file is read as
+ * far as its pages allow) and verifying every record and block in full. A
+ * session whose records all check out is copied whole; one with a damaged
+ * or missing block or token chunk is copied up to that damage, cut at a
+ * block boundary (in every layer), so the copy is a consistent session
+ * that continues; one whose record is damaged is left out. Blocks shared by
+ * forks stay shared. Every finding and every session's fate is passed to
+ * `report` (may be NULL) as one line. dst_dir NULL: a dry run, nothing is
+ * written (what fsck lists for a store that does not open).
+ * The source is never written; it must not be open in another process
+ * (its lock is taken exclusively).
+ * Returns MSA_OK when the salvage ran, whatever it left out (*stats says:
+ * stats->damaged > 0 when anything was damaged); MSA_EINVAL (no src_dir);
+ * MSA_ENOTFOUND (no store there); MSA_EEXIST (dst_dir holds a store);
+ * MSA_EBUSY (src in use); MSA_EFORMAT, MSA_EVERSION (not a store we read);
+ * MSA_ECORRUPT when nothing can be read (the file's meta pages or its table
+ * of tables are damaged); MSA_ENOSPC, MSA_EIO, MSA_ENOMEM writing the copy.
+ * After a failure while writing, dst_dir holds the sessions copied so far
+ * (each one whole or not at all). stats may be NULL. */
+MSA_API int msa_store_salvage(const char *src_dir, const char *dst_dir,
+                              void (*report)(void *ctx, const char *line),
+                              void *ctx, msa_store_salvage_stats *stats);
+
+/* Checks one session of an open store the way opening it for generation
+ * reads it: its record, every token chunk, every block entry, and the index
+ * keys of every block (their plane checksums); with `full`, every block
+ * decoded in full as fsck does. Each damaged block or chunk is passed to
+ * `report` (may be NULL) as one line naming layer and block; *n_damaged
+ * (may be NULL) gets their number. Returns MSA_OK when intact,
+ * MSA_ECORRUPT when something is damaged, MSA_ENOTFOUND, MSA_EIO,
+ * MSA_ENOMEM. Changes nothing. */
+MSA_API int msa_store_session_check(msa_store_session *s, int full,
+                                    void (*report)(void *ctx, const char *line),
+                                    void *ctx, uint64_t *n_damaged);
+
 /* 3b. The pager and its counters (memory/) */
 
 /* Counters of the block pager that stands between the store and attention

@@ -217,3 +217,97 @@ int msa_store_fsck(msa_store *st, void (*report)(void *, const char *), void *ct
                                   "(msa_store_salvage) copies every intact session and block into a new store",
                                   (unsigned long long)f.findings, st->dir) : MSA_OK;
 }
+
+/* ---- one session, as opening it reads it ----------------------------------- */
+
+int msa_store_session_check(msa_store_session *s, int full, void (*report)(void *, const char *), void *ctx,
+                            uint64_t *n_damaged) {
+    if (n_damaged) *n_damaged = 0;
+    msa_store *st = s->st;
+    fsck f = {st, NULL, report, ctx, 0, NULL, 0, 0, NULL, NULL, NULL, 0, 0};
+    pthread_rwlock_rdlock(&st->grow);
+    int rc = msa_read_begin(st, &f.t);
+    if (rc) {
+        pthread_rwlock_unlock(&st->grow);
+        return rc;
+    }
+    msa_srec r;
+    msa_error_clear();
+    rc = msa_get_srec(f.t, st, s->name, &r);
+    if (rc == MSA_ECORRUPT) {
+        finding(&f, "%s", msa_last_error());
+        rc = MSA_OK;
+        goto done;
+    }
+    if (rc) goto done;
+    const msa_store_shape *sh = &r.shape;
+    /* tokens */
+    for (uint32_t c = 0; (uint64_t)c * MSA_TOK_CHUNK < r.n_tokens; c++) {
+        uint8_t kb[12];
+        msa_key_tokens(kb, r.sid, c);
+        MDB_val k = {12, kb}, v;
+        uint64_t want = r.n_tokens - (uint64_t)c * MSA_TOK_CHUNK;
+        if (want > MSA_TOK_CHUNK) want = MSA_TOK_CHUNK;
+        int g = mdb_get(f.t, st->tokens, &k, &v);
+        const uint8_t *b = v.mv_data;
+        if (g) finding(&f, "session '%s': token chunk %u is missing", s->name, c);
+        else if (v.mv_size < 8 || v.mv_size != 8 + 4 * (size_t)msa_get_le32(b + 4) ||
+                 msa_crc32c(0, b + 4, v.mv_size - 4) != msa_get_le32(b) || msa_get_le32(b + 4) != want)
+            finding(&f, "session '%s': token chunk %u checksum mismatch", s->name, c);
+    }
+    /* blocks */
+    size_t kb = (size_t)sh->n_kv_heads * sh->block_size * sh->head_dim * msa_dtype_size(sh->kv_dtype);
+    size_t ib = (size_t)sh->idx_key_heads * sh->block_size * sh->idx_dim * msa_dtype_size(sh->idx_dtype);
+    f.kbuf = malloc(kb);
+    f.vbuf = malloc(kb);
+    f.ibuf = malloc(ib);
+    if (!f.kbuf || !f.vbuf || !f.ibuf) {
+        rc = msa_error(MSA_ENOMEM, "session '%s': checking its blocks", s->name);
+        goto done;
+    }
+    msa_codec_shape cs = msa_codec_shape_of(sh);
+    uint64_t nb = msa_blocks_for(r.n_tokens, sh->block_size);
+    for (int l = 0; l < sh->n_layers; l++)
+        for (uint64_t b = 0; b < nb; b++) {
+            uint8_t key[20], idb[8];
+            msa_key_block(key, r.sid, (uint32_t)l, b);
+            MDB_val k = {20, key}, v, bv;
+            msa_bent e;
+            if (mdb_get(f.t, st->blockmap, &k, &v)) {
+                finding(&f, "session '%s', layer %d, block %llu: its block entry is missing", s->name, l,
+                        (unsigned long long)b);
+                continue;
+            }
+            if (msa_bent_decode(&v, &e)) {
+                finding(&f, "session '%s', layer %d, block %llu: block entry checksum mismatch", s->name, l,
+                        (unsigned long long)b);
+                continue;
+            }
+            msa_put_be64(idb, e.id);
+            MDB_val bk = {8, idb};
+            if (mdb_get(f.t, st->blocks, &bk, &bv)) {
+                finding(&f, "session '%s', layer %d, block %llu: stored block %llu missing", s->name, l,
+                        (unsigned long long)b, (unsigned long long)e.id);
+                continue;
+            }
+            /* the partial last block is read whole when the session opens */
+            int all = full || (b + 1 == nb && r.n_tokens % (uint64_t)sh->block_size);
+            int n = 0;
+            msa_error_clear();
+            if (msa_block_decode(&cs, bv.mv_data, bv.mv_size, all ? f.kbuf : NULL, all ? f.vbuf : NULL, f.ibuf,
+                                 &n, all))
+                finding(&f, "session '%s', layer %d, block %llu: %s", s->name, l, (unsigned long long)b,
+                        msa_last_error());
+            else if ((uint32_t)n != e.n_tokens)
+                finding(&f, "session '%s', layer %d, block %llu: entry does not match the stored block", s->name,
+                        l, (unsigned long long)b);
+        }
+done:
+    msa_read_end(st, f.t);
+    pthread_rwlock_unlock(&st->grow);
+    free(f.kbuf); free(f.vbuf); free(f.ibuf);
+    if (rc) return rc;
+    if (n_damaged) *n_damaged = f.findings;
+    return f.findings ? msa_error(MSA_ECORRUPT, "session '%s': %llu damaged blocks or records", s->name,
+                                  (unsigned long long)f.findings) : MSA_OK;
+}
