@@ -134,6 +134,9 @@ typedef struct msa_raw_db {
     uint64_t branch_pages, leaf_pages, overflow_pages, entries, root;
 } msa_raw_db;
 
+typedef int (*msa_raw_fn)(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                          unsigned node_flags);
+
 /* Maps `path` read-only and picks its current meta page (the newer valid
  * one), or with want_txnid != 0 the one of that transaction (MSA_EBUSY when
  * neither is: a writer moved on). MSA_ECORRUPT when no meta page is valid,
@@ -151,6 +154,13 @@ const msa_raw_db *msa_raw_main(const msa_raw *r);
 int msa_raw_check(msa_raw *r, int deep, void (*report)(void *, const char *), void *ctx,
                   uint64_t *n_findings);
 
+/* After msa_raw_check: every leaf page that no intact tree reaches and the
+ * free list does not hold (the pages below a damaged branch page, and the
+ * damaged pages themselves), each node on its own (a damaged node is
+ * skipped): fn gets its key and value, which belong to some table and must
+ * be recognised by their own checksums. *n_pages gets the pages read. */
+int msa_raw_scan(msa_raw *r, msa_raw_fn fn, void *ctx, uint64_t *n_pages);
+
 /* The record of a named table: MSA_OK, MSA_ENOTFOUND, MSA_ECORRUPT (the main
  * table is damaged where it would be). */
 int msa_raw_find_db(msa_raw *r, const char *name, msa_raw_db *db);
@@ -160,8 +170,6 @@ int msa_raw_find_db(msa_raw *r, const char *name, msa_raw_db *db);
  * A damaged page is reported (to report, counted in *n_bad) and its subtree
  * skipped. fn returns nonzero to stop: a positive value stops quietly, a
  * negative one is returned. */
-typedef int (*msa_raw_fn)(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
-                          unsigned node_flags);
 int msa_raw_iter(msa_raw *r, const msa_raw_db *db, const char *table, const void *from, size_t from_len,
                  msa_raw_fn fn, void *ctx, void (*report)(void *, const char *), void *rctx, uint64_t *n_bad);
 

@@ -74,7 +74,9 @@ struct msa_raw {
     uint64_t npages;        /* pages inside the file */
     uint64_t last_pg, txnid;
     msa_raw_db free_db, main_db;
-    uint8_t *seen;          /* [npages / 8] pages visited by the running walk */
+    uint8_t *seen;          /* [npages / 8] pages of intact trees (msa_raw_check) */
+    uint8_t *freed;         /* [npages / 8] pages on the free list */
+    int marking;            /* msa_raw_check is filling `seen` */
     char path[4200];
 };
 
@@ -176,6 +178,7 @@ void msa_raw_close(msa_raw *r) {
     if (r->map) munmap((void *)r->map, r->size);
     if (r->fd >= 0) close(r->fd);
     free(r->seen);
+    free(r->freed);
     free(r);
 }
 
@@ -260,6 +263,9 @@ static const uint8_t *overflow(walk *w, uint64_t at, uint64_t opg, size_t dsize,
     return op + PHDR;
 }
 
+static void walk_node(walk *w, const uint8_t *p, uint64_t pg, int lvl, int depth, uint16_t flags, uint16_t lower,
+                      uint16_t upper, uint32_t ps, int want, bound lo, bound hi);
+
 /* Walks the subtree at page pg, level `lvl` of `depth`, keys within [lo, hi). */
 static void walk_page(walk *w, uint64_t pg, int lvl, int depth, bound lo, bound hi, uint64_t parent) {
     msa_raw *r = w->r;
@@ -269,7 +275,7 @@ static void walk_page(walk *w, uint64_t pg, int lvl, int depth, bound lo, bound 
                 (unsigned long long)pg, (unsigned long long)r->last_pg, (unsigned long long)r->npages);
         return;
     }
-    if (w->r->seen) {
+    if (w->r->marking) {
         if (w->r->seen[pg >> 3] & (1u << (pg & 7))) {
             finding(w, parent, "child page %llu is used twice", (unsigned long long)pg);
             return;
@@ -280,6 +286,15 @@ static void walk_page(walk *w, uint64_t pg, int lvl, int depth, bound lo, bound 
     uint32_t ps = r->psize;
     uint16_t flags = g16(p + 10), lower = g16(p + 12), upper = g16(p + 14);
     int want = lvl < depth ? P_BRANCH : P_LEAF;
+    uint64_t before = w->findings;
+    walk_node(w, p, pg, lvl, depth, flags, lower, upper, ps, want, lo, hi);
+    if (w->findings != before && w->r->marking) /* a damaged page: msa_raw_scan reads what it still holds */
+        w->r->seen[pg >> 3] &= (uint8_t)~(1u << (pg & 7));
+}
+
+static void walk_node(walk *w, const uint8_t *p, uint64_t pg, int lvl, int depth, uint16_t flags, uint16_t lower,
+                      uint16_t upper, uint32_t ps, int want, bound lo, bound hi) {
+    msa_raw *r = w->r;
     if (g64(p) != pg) {
         finding(w, pg, "header names page %llu", (unsigned long long)g64(p));
         return;
@@ -378,7 +393,7 @@ static void walk_page(walk *w, uint64_t pg, int lvl, int depth, bound lo, bound 
             w->overflow += n;
             val = overflow(w, pg, opg, ds, w->deep || w->fn);
             if (!val) continue;
-            if (r->seen) {
+            if (r->marking) {
                 for (uint64_t q = opg; q < opg + n; q++) {
                     if (r->seen[q >> 3] & (1u << (q & 7))) {
                         finding(w, pg, "overflow page %llu is used twice", (unsigned long long)q);
@@ -464,6 +479,7 @@ int msa_raw_check(msa_raw *r, int deep, void (*report)(void *, const char *), vo
     int rc = seen_alloc(r);
     if (rc) return rc;
     uint64_t total = 0;
+    r->marking = 1;
     /* the free list: its pages count as used too */
     walk w = {r, "free list", deep, report, ctx, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, NULL, 0, 0, 0};
     walk_db(&w, &r->free_db);
@@ -480,9 +496,64 @@ int msa_raw_check(msa_raw *r, int deep, void (*report)(void *, const char *), vo
         counts_match(&t, &tables.t[i].db);
         total += t.findings;
     }
-    free(r->seen);
-    r->seen = NULL;
-    *n_findings = total;
+    r->marking = 0;
+    *n_findings = total; /* r->seen stays for msa_raw_scan */
+    return MSA_OK;
+}
+
+/* ---- pages no intact tree reaches ------------------------------------------------ */
+
+static int mark_freed(void *ctx, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl, unsigned fl) {
+    (void)k; (void)kl; (void)fl;
+    msa_raw *r = ctx;
+    /* an IDL: u64 count, then the page numbers */
+    if (vl < 8) return 0;
+    uint64_t n = g64(v);
+    if (n > (vl - 8) / 8) n = (vl - 8) / 8;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t pg = g64(v + 8 + 8 * i);
+        if (pg < r->npages) r->freed[pg >> 3] |= (uint8_t)(1u << (pg & 7));
+    }
+    return 0;
+}
+
+int msa_raw_scan(msa_raw *r, msa_raw_fn fn, void *ctx, uint64_t *n_pages) {
+    *n_pages = 0;
+    if (!r->seen) return msa_error(MSA_EINVAL, "msa_raw_scan before msa_raw_check");
+    free(r->freed);
+    if (!(r->freed = calloc((size_t)(r->npages / 8 + 1), 1))) return msa_error(MSA_ENOMEM, "%s", r->path);
+    walk fw = {r, "free list", 1, NULL, NULL, 0, 0, 0, 0, 0, 0, mark_freed, r, 0, NULL, 0, 0, 0};
+    const uint8_t *seen = r->seen;
+    walk_db(&fw, &r->free_db);
+    uint32_t ps = r->psize;
+    for (uint64_t pg = 2; pg <= r->last_pg && pg < r->npages; pg++) {
+        if ((seen[pg >> 3] | r->freed[pg >> 3]) & (1u << (pg & 7))) continue;
+        const uint8_t *p = page_at(r, pg);
+        uint16_t flags = g16(p + 10), lower = g16(p + 12), upper = g16(p + 14);
+        if (g64(p) != pg || (flags & 0x6f) != P_LEAF || lower <= PHDR || (lower & 1) || upper > ps || lower > upper)
+            continue;
+        (*n_pages)++;
+        int nk = (lower - PHDR) / 2;
+        for (int i = 0; i < nk; i++) { /* each node on its own: a damaged one is skipped */
+            uint16_t off = g16(p + PHDR + 2 * i);
+            if (off < upper || (size_t)off + NODESZ > ps) continue;
+            const uint8_t *nd = p + off;
+            uint16_t nf = g16(nd + 4), ks = g16(nd + 6);
+            size_t ds = (size_t)g16(nd) | (size_t)g16(nd + 2) << 16, kend = (size_t)off + NODESZ + ks;
+            if (kend > ps || (nf & ~(F_BIGDATA | F_SUBDATA))) continue;
+            const uint8_t *val = nd + NODESZ + ks;
+            if (nf & F_BIGDATA) {
+                if (kend + 8 > ps) continue;
+                walk q = {r, "", 0, NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, NULL, 0, 0, 0};
+                val = overflow(&q, pg, g64(val), ds, 1);
+                if (!val) continue;
+            } else if (kend + ds > ps) {
+                continue;
+            }
+            int rc = fn(ctx, nd + NODESZ, ks, val, ds, nf);
+            if (rc) return rc > 0 ? MSA_OK : rc;
+        }
+    }
     return MSA_OK;
 }
 

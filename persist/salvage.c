@@ -117,8 +117,57 @@ static void idmap_settle(idmap *m, int keep) {
     }
 }
 
+/* Entries of pages no intact tree reaches (msa_raw_scan), recognised by
+ * their own checksums, for the lookups that the damaged trees fail. */
+enum { T_SESSIONS, T_TOKENS, T_BLOCKMAP, T_BLOCKS };
+
+typedef struct orphan {
+    int table;
+    const uint8_t *key, *val;
+    size_t klen, vlen;
+} orphan;
+
+typedef struct orphans {
+    orphan *v;
+    size_t n, cap;
+    int oom;
+} orphans;
+
+static int orphan_cmp(const void *a, const void *b) {
+    const orphan *x = a, *y = b;
+    if (x->table != y->table) return x->table - y->table;
+    size_t n = x->klen < y->klen ? x->klen : y->klen;
+    int c = memcmp(x->key, y->key, n);
+    return c ? c : (x->klen < y->klen ? -1 : x->klen > y->klen);
+}
+
+static int collect_orphan(void *ctx, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl, unsigned fl) {
+    orphans *o = ctx;
+    int table = -1;
+    MDB_val mv = {vl, (void *)v};
+    msa_bent e;
+    msa_srec r;
+    if (fl & 0x02) return 0; /* a named table's record */
+    if (kl == 8 && vl >= 24 && msa_get_le32(v) == MSA_BLOCK_MAGIC && !msa_block_verify(v, vl)) table = T_BLOCKS;
+    else if (kl == 20 && !msa_bent_decode(&mv, &e)) table = T_BLOCKMAP;
+    else if (kl == 12 && vl >= 8 && vl == 8 + 4 * (size_t)msa_get_le32(v + 4) &&
+             msa_crc32c(0, v + 4, vl - 4) == msa_get_le32(v)) table = T_TOKENS;
+    else if (kl >= 1 && kl <= MSA_STORE_NAME_MAX && !msa_srec_decode(&mv, &r)) table = T_SESSIONS;
+    if (table < 0) return 0;
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 256;
+        void *p = realloc(o->v, cap * sizeof *o->v);
+        if (!p) { o->oom = 1; return -1; }
+        o->v = p;
+        o->cap = cap;
+    }
+    o->v[o->n++] = (orphan){table, k, v, kl, vl};
+    return 0;
+}
+
 typedef struct sv {
     msa_raw *r;
+    orphans lost;           /* sorted */
     msa_raw_db meta, sessions, tokens, blockmap, blocks;
     int have_tokens, have_blockmap, have_blocks;
     void (*report)(void *, const char *);
@@ -181,12 +230,24 @@ static int collect_session(void *ctx, const uint8_t *k, size_t kl, const uint8_t
     return 0;
 }
 
+/* A value by key: through the table's tree, else among the orphans. */
+static int lookup(sv *s, int table, const msa_raw_db *db, int have, const void *key, size_t klen,
+                  const uint8_t **val, size_t *len) {
+    int rc = have ? msa_raw_get(s->r, db, key, klen, val, len) : MSA_ECORRUPT;
+    if (rc == MSA_OK || !s->lost.n) return rc;
+    orphan q = {table, key, NULL, klen, 0};
+    orphan *f = bsearch(&q, s->lost.v, s->lost.n, sizeof q, orphan_cmp);
+    if (!f) return rc;
+    *val = f->val;
+    *len = f->vlen;
+    return MSA_OK;
+}
+
 /* The tokens of chunk `c` that can be trusted: count, or -1 when damaged. */
 static int64_t chunk_ok(sv *s, const msa_srec *r, uint32_t c, const uint8_t **val, size_t *len) {
-    if (!s->have_tokens) return -1;
     uint8_t kb[12];
     msa_key_tokens(kb, r->sid, c);
-    if (msa_raw_get(s->r, &s->tokens, kb, 12, val, len)) return -1;
+    if (lookup(s, T_TOKENS, &s->tokens, s->have_tokens, kb, 12, val, len)) return -1;
     const uint8_t *b = *val;
     uint32_t cnt = *len >= 8 ? msa_get_le32(b + 4) : 0;
     if (*len < 8 || cnt > MSA_TOK_CHUNK || *len != 8 + 4 * (size_t)cnt ||
@@ -200,18 +261,17 @@ static int64_t chunk_ok(sv *s, const msa_srec *r, uint32_t c, const uint8_t **va
 static int block_ok(sv *s, const msa_srec *r, int layer, uint64_t b, msa_bent *e, const uint8_t **val,
                     size_t *len) {
     const msa_store_shape *sh = &r->shape;
-    if (!s->have_blockmap || !s->have_blocks) return msa_error(MSA_ECORRUPT, "its tables cannot be read");
     uint8_t kb[20];
     msa_key_block(kb, r->sid, (uint32_t)layer, b);
     const uint8_t *ev;
     size_t el;
-    int rc = msa_raw_get(s->r, &s->blockmap, kb, 20, &ev, &el);
+    int rc = lookup(s, T_BLOCKMAP, &s->blockmap, s->have_blockmap, kb, 20, &ev, &el);
     if (rc) return msa_error(MSA_ECORRUPT, "its block entry is %s", rc == MSA_ENOTFOUND ? "missing" : "on a damaged page");
     MDB_val v = {el, (void *)ev};
     if ((rc = msa_bent_decode(&v, e))) return rc;
     uint8_t ib[8];
     msa_put_be64(ib, e->id);
-    rc = msa_raw_get(s->r, &s->blocks, ib, 8, val, len);
+    rc = lookup(s, T_BLOCKS, &s->blocks, s->have_blocks, ib, 8, val, len);
     if (rc) return msa_error(MSA_ECORRUPT, "stored block %llu is %s", (unsigned long long)e->id,
                              rc == MSA_ENOTFOUND ? "missing" : "on a damaged page");
     uint64_t nb = msa_blocks_for(r->n_tokens, sh->block_size);
@@ -425,6 +485,15 @@ int msa_store_salvage(const char *src_dir, const char *dst_dir, void (*report)(v
     if (rc) goto done;
     uint64_t nf = 0;
     if ((rc = msa_raw_check(s.r, 1, damage_line, &s, &nf))) goto done;
+    if (nf) { /* what the damaged pages cut off is still in the file */
+        uint64_t np = 0;
+        rc = msa_raw_scan(s.r, collect_orphan, &s.lost, &np);
+        if (s.lost.oom) rc = msa_error(MSA_ENOMEM, "salvage: %zu loose entries", s.lost.n);
+        if (rc) goto done;
+        qsort(s.lost.v, s.lost.n, sizeof *s.lost.v, orphan_cmp);
+        say(&s, "read %llu pages that no intact tree reaches: %zu entries recognised by their checksums",
+            (unsigned long long)np, s.lost.n);
+    }
     if ((rc = msa_raw_find_db(s.r, "meta", &s.meta)) || (rc = msa_raw_find_db(s.r, "sessions", &s.sessions))) {
         rc = msa_error(MSA_ECORRUPT, "salvage: %s: the store's tables cannot be found (the LMDB main table is "
                        "damaged): nothing can be salvaged", src_dir);
@@ -454,6 +523,19 @@ int msa_store_salvage(const char *src_dir, const char *dst_dir, void (*report)(v
     rc = msa_raw_iter(s.r, &s.sessions, "sessions", NULL, 0, collect_session, &fl, session_page_damage, &s,
                       &bad_pages);
     if (fl.oom) rc = msa_error(MSA_ENOMEM, "salvage: session list");
+    /* sessions whose records only loose pages hold */
+    size_t in_tree = fl.n;
+    for (size_t i = 0; !rc && i < s.lost.n; i++) {
+        orphan *o = &s.lost.v[i];
+        if (o->table != T_SESSIONS) continue;
+        int dup = 0;
+        for (size_t j = 0; j < fl.n && !dup; j++)
+            dup = strlen(fl.v[j].name) == o->klen && !memcmp(fl.v[j].name, o->key, o->klen);
+        if (dup) continue;
+        if (collect_session(&fl, o->key, o->klen, o->val, o->vlen, 0)) rc = msa_error(MSA_ENOMEM, "salvage");
+    }
+    if (fl.n > in_tree)
+        say(&s, "%zu session records were found on pages the sessions table no longer reaches", fl.n - in_tree);
     stats->sessions_seen = fl.n;
     if (!rc && dst_dir) {
         msa_store_params p = msa_store_default_params();
@@ -469,6 +551,7 @@ done:
     msa_raw_close(s.r);
     free(s.ids.src); free(s.ids.dst); free(s.ids.fresh);
     free(s.kbuf); free(s.vbuf); free(s.ibuf);
+    free(s.lost.v);
     if (lock >= 0) close(lock);
     return rc;
 }

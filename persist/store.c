@@ -723,6 +723,10 @@ static int create_fn(MDB_txn *t, void *vp) {
     create_ctx *c = vp;
     MDB_val k = {strlen(c->name), (void *)c->name}, v;
     int rc = mdb_get(t, c->st->sessions, &k, &v);
+    msa_srec old;
+    if (rc == 0 && msa_srec_decode(&v, &old) == MSA_ECORRUPT)
+        return msa_error(MSA_ECORRUPT, "session '%s' exists but its record is damaged; `msa-mem salvage "
+                         "%s NEWDIR` copies every intact session into a new store", c->name, c->st->dir);
     if (rc == 0) return msa_error(MSA_EEXIST, "session '%s' already exists", c->name);
     if (rc != MDB_NOTFOUND) return msa_mdb_status(rc, "session '%s'", c->name);
     if ((rc = msa_meta_next(t, c->st, "next_session", &c->rec.sid, 1))) return rc;
