@@ -101,6 +101,9 @@ typedef struct pager {
     int32_t *sel_host;
     size_t sel_cap;
     msa_pager_stats st;
+    uint8_t *bad;          /* [L][max_blocks] 1: a stored block failed its checksum;
+                              NULL until one does */
+    int64_t n_bad;
     uint64_t index_chunks; /* chunks of streamed index scans (reset with st) */
     /* GPU tier */
     int gpu;
@@ -142,6 +145,27 @@ msa_pager_params msa_pager_default_params(void) {
 size_t msa_pager_block_bytes(const msa_pager_params *p) {
     return 2 * (size_t)p->cfg.n_kv_heads * (size_t)p->cfg.block_size *
            (size_t)p->cfg.head_dim * msa_dtype_size(p->dtype);
+}
+
+/* ---- damaged blocks --------------------------------------------------------
+ *
+ * A stored block whose index keys or K/V fail their checksum (the source
+ * returns MSA_ECORRUPT) is left out: its index keys are zeros, and kv_view
+ * replaces every selection entry naming it by -1, so attention never reads
+ * it (the other selected blocks are attended over as usual; the slot is not
+ * given to the next best block). The open tail block cannot be left out: a
+ * damaged one fails the open. */
+
+static int is_bad(const pager *P, int layer, int64_t b) {
+    return P->bad && P->bad[KEY(P, layer, b)];
+}
+
+static int mark_bad(pager *P, int layer, int64_t b) {
+    if (!P->bad && !(P->bad = calloc((size_t)P->L * (size_t)P->max_blocks, 1)))
+        return msa_error(MSA_ENOMEM, "pager: damaged-block table");
+    if (!P->bad[KEY(P, layer, b)]) P->n_bad++;
+    P->bad[KEY(P, layer, b)] = 1;
+    return MSA_OK;
 }
 
 /* ---- source reads -------------------------------------------------------- */
@@ -195,11 +219,22 @@ static int read_listed(pager *P, int layer, int n) {
     P->st.host_misses += (uint64_t)n;
     P->st.bytes_store_to_host += (uint64_t)n * P->block_bytes;
     if (J.first_bad == n) return MSA_OK;
-    for (int i = 0; i < n; i++)
-        if (P->rd_rc[i] != MSA_OK) msa_slotmap_release(&P->host, P->rd_slot[i]);
-    int rc = P->rd_rc[J.first_bad];
+    int first_other = -1;
+    for (int i = 0; i < n; i++) {
+        if (P->rd_rc[i] == MSA_OK) continue;
+        msa_slotmap_release(&P->host, P->rd_slot[i]);
+        if (P->rd_rc[i] == MSA_ECORRUPT) {
+            int rc = mark_bad(P, layer, P->rd_block[i]); /* left out from now on */
+            if (rc != MSA_OK) return rc;
+        } else if (first_other < 0) {
+            first_other = i;
+        }
+    }
+    if (first_other < 0) return MSA_OK;
+    int rc = P->rd_rc[first_other];
     return msa_error(rc, "layer %d, block %lld: reading from the block source: %s", layer,
-                     (long long)P->rd_block[J.first_bad], J.msg);
+                     (long long)P->rd_block[first_other],
+                     first_other == J.first_bad ? J.msg : msa_strerror(rc));
 }
 
 /* ---- the ops ----------------------------------------------------------------- */
@@ -575,11 +610,16 @@ static int op_kv_view(msa_kvmem *m, int layer, const int32_t *selected, int n_se
         }
     }
 #endif
-    /* distinct blocks, the tail apart */
+    /* distinct blocks, the tail apart; damaged ones are dropped from the
+     * selection (kvmem.h: the caller's array, written to -1) */
     int n_u = 0, tail_used = 0;
     for (int i = 0; i < n_sel; i++) {
         int32_t b = sel[i];
         if (b < 0) continue;
+        if (b < nb && is_bad(P, layer, b)) {
+            ((int32_t *)sel)[i] = -1;
+            continue;
+        }
         if (b >= nb)
             return msa_error(MSA_EINVAL, "pager kv_view: layer %d: selected block %d, but the "
                                          "layer holds %lld blocks", layer, b, (long long)nb);
@@ -658,12 +698,33 @@ static int op_kv_view(msa_kvmem *m, int layer, const int32_t *selected, int n_se
         P->rd_slot[n_rd] = s;
         n_rd++;
     }
+    int64_t bad_before = P->n_bad;
     if ((rc = read_listed(P, layer, n_rd)) != MSA_OK) {
 #ifdef MSA_HAVE_CUDA
         if (P->gpu) msa_gpu_end_step(P->g, step); /* keep the event ring in step */
 #endif
         return rc;
     }
+    if (P->n_bad != bad_before) { /* blocks found damaged just now: out of this step too */
+        for (int i = 0; i < n_sel; i++)
+            if (sel[i] >= 0 && sel[i] < nb && is_bad(P, layer, sel[i])) ((int32_t *)sel)[i] = -1;
+        int w = 0;
+        for (int i = 0; i < n_u; i++)
+            if (!is_bad(P, layer, P->uniq[i])) P->uniq[w++] = P->uniq[i];
+        n_u = w;
+        w = 0;
+        for (int i = 0; i < n_miss; i++)
+            if (!is_bad(P, layer, P->miss[i])) P->miss[w++] = P->miss[i];
+        n_miss = w;
+    }
+#ifdef MSA_HAVE_CUDA
+    /* a selection in device memory gets the entries of damaged blocks too */
+    if (P->gpu && P->bad && sel == P->sel_host && n_sel > 0 &&
+        (rc = msa_gpu_upload(P->g, (void *)selected, sel, (size_t)n_sel * sizeof *sel)) != MSA_OK) {
+        msa_gpu_end_step(P->g, step);
+        return rc;
+    }
+#endif
     /* the table: -1 but for the selected blocks */
     for (int64_t b = 0; b < nb; b++) L->kv_table[b] = -1;
     set_meta(P, L);
@@ -764,6 +825,10 @@ int msa_kvmem_paged_index_scan(msa_kvmem *m, int layer, msa_index_chunk_fn fn, v
 
 /* ---- lifetime -------------------------------------------------------------------- */
 
+int64_t msa_kvmem_paged_damaged(const msa_kvmem *m) {
+    return m ? ((const pager *)m)->n_bad : 0;
+}
+
 void msa_kvmem_paged_free(msa_kvmem *m) {
     pager *P = (pager *)m;
     if (!P) return;
@@ -804,6 +869,7 @@ void msa_kvmem_paged_free(msa_kvmem *m) {
     msa_slotmap_free(&P->host);
     free(P->host_dma);
     free(P->mark);
+    free(P->bad);
     free(P->ident);
     free(P->uniq);
     free(P->miss);
@@ -857,6 +923,10 @@ static int load_stored(pager *P) {
             msa_error_clear();
             rc = P->src.read_index(P->src.ctx, l, b,
                                    (char *)L->kidx + (size_t)b * P->idx_block_bytes);
+            if (rc == MSA_ECORRUPT && b < len / P->Bk) { /* a full block: left out */
+                memset((char *)L->kidx + (size_t)b * P->idx_block_bytes, 0, P->idx_block_bytes);
+                rc = mark_bad(P, l, b);
+            }
             if (rc != MSA_OK)
                 return msa_error_context(rc, "layer %d, block %lld: reading index keys", l,
                                          (long long)b);

@@ -93,8 +93,9 @@ msa_pager_params msa_pager_default_params(void);
 size_t msa_pager_block_bytes(const msa_pager_params *p);
 
 /* Opens paged memory over `src` (copied; src->ctx must outlive the
- * memory). Reads the index keys of every stored block, and the stored
- * partial last block into its tail slot, so that appending continues where
+ * memory). Reads the index keys of every stored block (a full block whose
+ * index keys fail their checksum is left out: msa_kvmem_paged_damaged), and
+ * the stored partial last block into its tail slot, so that appending continues where
  * the session stopped. *out is the msa_kvmem interface of the new pager
  * (free with msa_kvmem_paged_free).
  *
@@ -106,6 +107,11 @@ size_t msa_pager_block_bytes(const msa_pager_params *p);
  * layer and block named. Nothing is allocated after a failure. */
 int msa_kvmem_paged_init(msa_kvmem **out, const msa_pager_params *params,
                          const msa_block_source *src);
+
+/* Stored blocks left out because they failed their checksum (at open: index
+ * keys; later: K/V when a step selected them). kv_view writes -1 over every
+ * entry of `selected` that names one, so attention never reads it. */
+int64_t msa_kvmem_paged_damaged(const msa_kvmem *m);
 
 /* Releases everything; waits for pending copies. NULL is accepted. */
 void msa_kvmem_paged_free(msa_kvmem *m);

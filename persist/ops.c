@@ -185,6 +185,16 @@ int msa_store_fork(msa_store *st, const char *src, const char *dst) {
 
 /* ---- export ----------------------------------------------------------------- */
 
+typedef struct imp_ctx {
+    msa_store *st;
+    const char *path, *name;
+    char name_buf[MSA_STORE_NAME_MAX + 1];
+} imp_ctx;
+
+/* Reads and verifies an export file into write transaction t; with t NULL
+ * only verifies it (export reads back what it wrote). */
+static int import_fn(MDB_txn *t, void *vp);
+
 #define EXPORT_MAGIC "MSAMEMX1"
 enum { EXPORT_VERSION = 1, REC_SESSION = 1, REC_TOKENS = 2, REC_BLOCK = 3, REC_END = 4 };
 
@@ -196,6 +206,12 @@ typedef struct exp_ctx {
     MDB_txn *t;
     msa_store *st;
     msa_codec_shape cs;
+    msa_srec r;
+    uint32_t next_chunk;    /* token chunks come in order */
+    uint64_t tokens;
+    int64_t layer;          /* blocks come layer by layer, in order */
+    uint64_t next_block, raw, stored;
+    void *kbuf, *vbuf, *ibuf;
 } exp_ctx;
 
 static int put_record(exp_ctx *c, uint32_t type, const void *a, size_t an, const void *b, size_t bn,
@@ -219,6 +235,19 @@ static int put_record(exp_ctx *c, uint32_t type, const void *a, size_t an, const
 
 static int exp_tok(void *vp, MDB_val *k, MDB_val *v) {
     exp_ctx *c = vp;
+    /* what import will check, checked before it is written */
+    uint32_t chunk = msa_get_be32((uint8_t *)k->mv_data + 8);
+    const uint8_t *b = v->mv_data;
+    uint32_t cnt = v->mv_size >= 8 ? msa_get_le32(b + 4) : 0;
+    uint64_t want = c->r.n_tokens - (uint64_t)chunk * MSA_TOK_CHUNK;
+    if (want > MSA_TOK_CHUNK) want = MSA_TOK_CHUNK;
+    if (k->mv_size != 12 || chunk != c->next_chunk || v->mv_size < 8 || v->mv_size != 8 + 4 * (size_t)cnt ||
+        msa_crc32c(0, b + 4, v->mv_size - 4) != msa_get_le32(b) || (uint64_t)chunk * MSA_TOK_CHUNK >= c->r.n_tokens ||
+        cnt != want)
+        return msa_error(MSA_ECORRUPT, "session '%s': token chunk %u is damaged (checksum, count or order)", c->name,
+                         chunk);
+    c->next_chunk++;
+    c->tokens += cnt;
     uint8_t ch[4];
     msa_put_le32(ch, msa_get_be32((uint8_t *)k->mv_data + 8));
     return put_record(c, REC_TOKENS, ch, 4, v->mv_data, v->mv_size, NULL, 0);
@@ -238,8 +267,34 @@ static int exp_blk(void *vp, MDB_val *k, MDB_val *v) {
     if ((rc = mdb_get(c->t, c->st->blocks, &bk, &bv)))
         return msa_error(MSA_ECORRUPT, "session '%s', layer %u, block %llu: stored block missing", c->name,
                          layer, (unsigned long long)block);
-    if ((rc = msa_block_verify(bv.mv_data, bv.mv_size)))
+    /* as fsck checks it: every plane, the decoded data, the entry */
+    const msa_store_shape *sh = &c->r.shape;
+    uint64_t nb = msa_blocks_for(c->r.n_tokens, sh->block_size);
+    if ((int64_t)layer != c->layer) {
+        if (c->layer >= 0 && c->next_block != nb)
+            return msa_error(MSA_ECORRUPT, "session '%s', layer %lld: %llu of its %llu blocks are stored", c->name,
+                             (long long)c->layer, (unsigned long long)c->next_block, (unsigned long long)nb);
+        if ((int64_t)layer != c->layer + 1)
+            return msa_error(MSA_ECORRUPT, "session '%s': layer %lld has no blocks", c->name, (long long)c->layer + 1);
+        c->layer = layer;
+        c->next_block = 0;
+    }
+    if (block != c->next_block || layer >= (uint32_t)sh->n_layers || block >= nb)
+        return msa_error(MSA_ECORRUPT, "session '%s', layer %u, block %llu: out of order or past the session's "
+                         "%llu blocks", c->name, layer, (unsigned long long)block, (unsigned long long)nb);
+    c->next_block++;
+    uint32_t want = block + 1 < nb ? (uint32_t)sh->block_size
+                                   : (uint32_t)(c->r.n_tokens - (nb - 1) * sh->block_size);
+    int n = 0;
+    msa_error_clear();
+    if ((rc = msa_block_verify(bv.mv_data, bv.mv_size)) ||
+        (rc = msa_block_decode(&c->cs, bv.mv_data, bv.mv_size, c->kbuf, c->vbuf, c->ibuf, &n, 1)))
         return msa_error_context(rc, "session '%s', layer %u, block %llu", c->name, layer, (unsigned long long)block);
+    if ((uint32_t)n != e.n_tokens || e.n_tokens != want || e.stored_len != bv.mv_size)
+        return msa_error(MSA_ECORRUPT, "session '%s', layer %u, block %llu: its entry does not match the stored "
+                         "block", c->name, layer, (unsigned long long)block);
+    c->raw += e.raw_len;
+    c->stored += e.stored_len;
     uint8_t hdr[20];
     msa_put_le32(hdr, layer);
     msa_put_le64(hdr + 4, block);
@@ -253,12 +308,28 @@ int msa_store_export(msa_store *st, const char *name, const char *path) {
     snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid());
     FILE *f = fopen(tmp, "wb");
     if (!f) return msa_error(MSA_EIO, "export '%s': %s: %s", name, tmp, strerror(errno));
-    exp_ctx c = {f, name, 0, 0, NULL, st, {0}};
+    exp_ctx c;
+    memset(&c, 0, sizeof c);
+    c.f = f;
+    c.name = name;
+    c.st = st;
+    c.layer = -1;
     MDB_txn *t = NULL;
     pthread_rwlock_rdlock(&st->grow);
     int rc = msa_read_begin(st, &t);
     msa_srec r;
     if (!rc) rc = msa_get_srec(t, st, name, &r);
+    if (!rc) {
+        c.r = r;
+        c.cs = msa_codec_shape_of(&r.shape);
+        size_t kb = (size_t)r.shape.n_kv_heads * r.shape.block_size * r.shape.head_dim * msa_dtype_size(r.shape.kv_dtype);
+        size_t ib = (size_t)r.shape.idx_key_heads * r.shape.block_size * r.shape.idx_dim *
+                    msa_dtype_size(r.shape.idx_dtype);
+        c.kbuf = malloc(kb);
+        c.vbuf = malloc(kb);
+        c.ibuf = malloc(ib);
+        if (!c.kbuf || !c.vbuf || !c.ibuf) rc = msa_error(MSA_ENOMEM, "export '%s': block buffers", name);
+    }
     if (!rc) {
         c.t = t;
         uint8_t hdr[16];
@@ -275,6 +346,15 @@ int msa_store_export(msa_store *st, const char *name, const char *path) {
         msa_put_be64(pre, r.sid);
         if (!rc) rc = scan_prefix(t, st->tokens, pre, 8, exp_tok, &c);
         if (!rc) rc = scan_prefix(t, st->blockmap, pre, 8, exp_blk, &c);
+        uint64_t nb = msa_blocks_for(r.n_tokens, r.shape.block_size);
+        if (!rc && c.tokens != r.n_tokens)
+            rc = msa_error(MSA_ECORRUPT, "session '%s': %llu tokens stored, its record says %llu", name,
+                           (unsigned long long)c.tokens, (unsigned long long)r.n_tokens);
+        if (!rc && nb && (c.layer != r.shape.n_layers - 1 || c.next_block != nb))
+            rc = msa_error(MSA_ECORRUPT, "session '%s': its layers do not all hold their %llu blocks", name,
+                           (unsigned long long)nb);
+        if (!rc && (c.raw != r.raw_bytes || c.stored != r.stored_bytes))
+            rc = msa_error(MSA_ECORRUPT, "session '%s': its byte counters do not match its blocks", name);
         if (!rc) {
             uint8_t end[16];
             msa_put_le64(end, c.records);
@@ -287,18 +367,23 @@ int msa_store_export(msa_store *st, const char *name, const char *path) {
     if (!rc && (fflush(f) || fsync(fileno(f))))
         rc = msa_error(errno == ENOSPC ? MSA_ENOSPC : MSA_EIO, "export '%s': %s", name, strerror(errno));
     if (fclose(f) && !rc) rc = msa_error(MSA_EIO, "export '%s': close: %s", name, strerror(errno));
+    free(c.kbuf); free(c.vbuf); free(c.ibuf);
+    if (!rc) { /* read back what was written, as import will */
+        imp_ctx ic = {st, tmp, name, {0}};
+        int vrc = import_fn(NULL, &ic);
+        if (vrc) rc = msa_error(vrc == MSA_EIO || vrc == MSA_ENOMEM ? vrc : MSA_EIO,
+                                "export '%s': the written file does not read back (%s); nothing was exported",
+                                name, msa_last_error());
+    }
+    if (rc && strstr(msa_last_error(), "damaged") == NULL && rc == MSA_ECORRUPT)
+        rc = msa_error_context(rc, "export '%s': the session is damaged; `msa-mem salvage` copies it up to "
+                               "its first damage", name);
     if (!rc && rename(tmp, path)) rc = msa_error(MSA_EIO, "export '%s': rename to %s: %s", name, path, strerror(errno));
     if (rc) unlink(tmp);
     return rc;
 }
 
 /* ---- import -------------------------------------------------------------------- */
-
-typedef struct imp_ctx {
-    msa_store *st;
-    const char *path, *name;
-    char name_buf[MSA_STORE_NAME_MAX + 1];
-} imp_ctx;
 
 static int read_exact(FILE *f, void *buf, size_t n, const char *path) {
     if (fread(buf, 1, n, f) != n)
@@ -363,10 +448,10 @@ static int import_fn(MDB_txn *t, void *vp) {
             }
             name = c->name ? c->name : c->name_buf;
             MDB_val k = {strlen(name), (void *)name};
-            int g = mdb_get(t, st->sessions, &k, &v);
+            int g = t ? mdb_get(t, st->sessions, &k, &v) : MDB_NOTFOUND;
             if (g == 0) { rc = msa_error(MSA_EEXIST, "import %s: session '%s' already exists", c->path, name); break; }
             if (g != MDB_NOTFOUND) { rc = msa_mdb_status(g, "import %s", c->path); break; }
-            if ((rc = msa_meta_next(t, st, "next_session", &r.sid, 1))) break;
+            if (t && (rc = msa_meta_next(t, st, "next_session", &r.sid, 1))) break;
             next_block = calloc((size_t)r.shape.n_layers, sizeof *next_block);
             if (!next_block) { rc = msa_error(MSA_ENOMEM, "import %s", c->path); break; }
             cs = msa_codec_shape_of(&r.shape);
@@ -384,7 +469,7 @@ static int import_fn(MDB_txn *t, void *vp) {
             uint8_t kb[12];
             msa_key_tokens(kb, r.sid, chunk);
             MDB_val k = {12, kb}, v = {len - 4, buf + 4};
-            int g = msa_put(t, st->tokens, &k, &v, 0);
+            int g = t ? msa_put(t, st->tokens, &k, &v, 0) : 0;
             if (g) { rc = msa_mdb_status(g, "import %s: writing tokens", c->path); break; }
         } else if (type == REC_BLOCK) {
             uint32_t layer = len >= 16 ? msa_get_le32(buf) : 0, el = len >= 16 ? msa_get_le32(buf + 12) : 0;
@@ -407,13 +492,13 @@ static int import_fn(MDB_txn *t, void *vp) {
                                layer, (unsigned long long)block);
                 break;
             }
-            if ((rc = msa_meta_next(t, st, "next_block", &e.id, 1))) break;
+            if (t && (rc = msa_meta_next(t, st, "next_block", &e.id, 1))) break;
             uint8_t kb[20], ib[8], eb[1100];
             msa_key_block(kb, r.sid, layer, block);
             msa_put_be64(ib, e.id);
             MDB_val bk = {8, ib}, bv = {blen, bval}, k = {20, kb}, v = {msa_bent_encode(&e, eb), eb};
-            int g = msa_put(t, st->blocks, &bk, &bv, MDB_APPEND);
-            if (!g) g = msa_put(t, st->blockmap, &k, &v, 0);
+            int g = t ? msa_put(t, st->blocks, &bk, &bv, MDB_APPEND) : 0;
+            if (!g && t) g = msa_put(t, st->blockmap, &k, &v, 0);
             if (g) { rc = msa_mdb_status(g, "import %s: writing layer %u, block %llu", c->path, layer, (unsigned long long)block); break; }
             blocks++;
             raw += e.raw_len;
@@ -442,7 +527,7 @@ static int import_fn(MDB_txn *t, void *vp) {
     if (!rc) {
         r.gen = 0;
         r.last_use = msa_unix_now();
-        rc = msa_put_srec(t, st, name, &r);
+        if (t) rc = msa_put_srec(t, st, name, &r);
     }
     free(next_block);
     free(buf);

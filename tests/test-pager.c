@@ -457,6 +457,7 @@ static void test_faults(void) {
     CHECK_OK(msa_kvmem_paged_init(&m, &p, &src));
     if (!m) return;
     int statuses[2] = {MSA_ECORRUPT, MSA_EIO};
+    int64_t dropped = -1;
     for (int f = 0; f < 2; f++) {
         /* a block not read before: 0..5, then 7..11 */
         int64_t badb = f == 0 ? t_randint(6) : 7 + t_randint(5);
@@ -466,6 +467,20 @@ static void test_faults(void) {
         int32_t s2[3] = {(int32_t)((badb + 1) % 12), (int32_t)badb, 12};
         memset(&kv, 0, sizeof kv);
         rc = m->ops->kv_view(m, 0, s2, 3, &kv);
+        if (statuses[f] == MSA_ECORRUPT) {
+            /* a block that fails its checksum is left out, for good: its
+             * selection entry becomes -1, the others are served */
+            CHECK_OK(rc);
+            CHECK(s2[1] == -1 && s2[0] == (int32_t)((badb + 1) % 12));
+            CHECK(msa_kvmem_paged_damaged(m) == 1);
+            CHECK(view_matches(&T, 0, &kv, s2, 3) == 0);
+            F.read_status = MSA_OK;
+            s2[1] = (int32_t)badb;
+            CHECK_OK(m->ops->kv_view(m, 0, s2, 3, &kv));
+            CHECK(s2[1] == -1);
+            dropped = badb;
+            continue;
+        }
         CHECK(rc == statuses[f]);
         char want[64];
         snprintf(want, sizeof want, "layer 0, block %lld", (long long)badb);
@@ -483,7 +498,8 @@ static void test_faults(void) {
 
     /* a step larger than the cache: refused with the numbers, still usable */
     int32_t big[10];
-    for (int i = 0; i < 10; i++) big[i] = i;
+    for (int i = 0, b = 0; i < 10; b++) /* without the damaged block */
+        if (b != dropped) big[i++] = b;
     rc = m->ops->kv_view(m, 0, big, 10, &kv);
     CHECK(rc == MSA_ERANGE);
     CHECKF(strstr(msa_last_error(), "10 distinct") && strstr(msa_last_error(), "8 slots"),
