@@ -467,7 +467,7 @@ static int open_session(msa_cli *cli, const char *cmd, const char *name, int fla
     if (rc) {
         json_decref(o->sc.root);
         o->sc.root = NULL;
-        return msa_cli_fail(rc, "cannot open model %s", cli->model);
+        return msa_cli_fail(rc, "opening the model %s and the store", cli->model);
     }
     double t1 = now_s();
     rc = msa_session_open(o->e, name, flags, &o->s);

@@ -4,11 +4,13 @@
  * (or MSA_STORE, or the default directory), does one thing, and prints
  * text or, with --json, one JSON document built with jansson.
  */
+#include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -362,7 +364,7 @@ int msa_cmd_fsck(msa_cli *cli, int argc, char **argv) {
             print_json(json_pack("{s:b, s:I, s:o, s:o}", "clean", 0, "findings_count", (json_int_t)ss.damaged,
                                  "findings", arr, "error", msa_cli_jstr(why)));
         if (r2) fprintf(stderr, "msa-mem: fsck: reading it without LMDB: %s\n", msa_last_error());
-        return fail_msg(MSA_ECORRUPT, "fsck: %s", why);
+        return fail_msg(MSA_ECORRUPT, "%s", why);
     }
     if (rc) {
         json_decref(arr);
@@ -378,7 +380,7 @@ int msa_cmd_fsck(msa_cli *cli, int argc, char **argv) {
     snprintf(why, sizeof why, "%s", rc ? msa_last_error() : "");
     if (cli->json) print_json(json_pack("{s:b, s:I, s:o}", "clean", !n, "findings_count", (json_int_t)n, "findings", arr));
     else if (!n) printf("clean\n");
-    if (n) return fail_msg(MSA_ECORRUPT, "fsck: %s", why);
+    if (n) return fail_msg(MSA_ECORRUPT, "%s", why);
     return 0;
 }
 
@@ -394,6 +396,33 @@ typedef struct salvage_json {
 
 static void salvage_json_line(void *ctx, const char *line) {
     json_array_append_new(((salvage_json *)ctx)->lines, msa_cli_jstr(line));
+}
+
+/* The CLI's per-session sidecars (STORE/cli/, cmd_session.c: top-k and the
+ * ingest manifest) go with the sessions: salvage keeps each session's
+ * creation time, which is what a sidecar is checked against. */
+static void copy_sidecars(const char *src, const char *dst) {
+    char sd[4200], dd[4200];
+    snprintf(sd, sizeof sd, "%s/cli", src);
+    snprintf(dd, sizeof dd, "%s/cli", dst);
+    DIR *d = opendir(sd);
+    if (!d) return;
+    mkdir(dd, 0755);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n < 6 || strcmp(e->d_name + n - 5, ".json")) continue;
+        char a[4500], b[4500];
+        snprintf(a, sizeof a, "%s/%s", sd, e->d_name);
+        snprintf(b, sizeof b, "%s/%s", dd, e->d_name);
+        FILE *in = fopen(a, "rb"), *out = in ? fopen(b, "wbx") : NULL;
+        char buf[8192];
+        size_t got;
+        while (in && out && (got = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, got, out);
+        if (in) fclose(in);
+        if (out) fclose(out);
+    }
+    closedir(d);
 }
 
 int msa_cmd_salvage(msa_cli *cli, int argc, char **argv) {
@@ -423,6 +452,7 @@ int msa_cmd_salvage(msa_cli *cli, int argc, char **argv) {
         json_decref(sj.lines);
         return msa_cli_fail(rc, "salvage %s %s", src, dst);
     }
+    copy_sidecars(src, dst);
     if (cli->json)
         print_json(json_pack("{s:o, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "source", msa_cli_jstr(src),
                              "store", msa_cli_jstr(dst),

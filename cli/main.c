@@ -83,6 +83,11 @@ int msa_cli_fail(int status, const char *fmt, ...) {
     va_end(ap);
     const char *detail = msa_last_error();
     fprintf(stderr, ": %s\n", detail && *detail ? detail : msa_strerror(status));
+    /* damaged stored data: say what to do, unless the message did */
+    if (status == MSA_ECORRUPT && detail && !strstr(detail, "salvage") &&
+        (strstr(detail, "session '") || strstr(detail, "block") || strstr(detail, "LMDB")))
+        fprintf(stderr, "msa-mem: the store holds damaged data: `msa-mem fsck` names it, `msa-mem salvage "
+                        "SRC DST` copies every intact session into a new store\n");
     return msa_cli_exit_code(status);
 }
 

@@ -574,8 +574,9 @@ typedef struct msa_store_salvage_stats {
     uint64_t sessions_copied;    /* copied whole (or intact, in a dry run) */
     uint64_t sessions_truncated; /* copied up to their first damaged block or
                                     token chunk */
-    uint64_t sessions_lost;      /* left out: a damaged record, or (at least
-                                    one per page) on a damaged page */
+    uint64_t sessions_lost;      /* left out: their record is damaged (records
+                                    on a damaged page whose name cannot be
+                                    read are not counted: `damaged` is) */
     uint64_t tokens_copied, tokens_lost;
     uint64_t blocks_copied;      /* (layer, block) entries */
     uint64_t damaged;            /* damaged pages, records and blocks found */

@@ -453,7 +453,8 @@ static int salvage_one(sv *s, const found *f) {
 
 static void session_page_damage(void *ctx, const char *line) {
     sv *s = ctx;
-    say(s, "sessions on a damaged page are lost (their names cannot be read): %s", line);
+    say(s, "the sessions table has a damaged page (%s): its sessions are looked for among the pages "
+        "no intact tree reaches", line);
 }
 
 int msa_store_salvage(const char *src_dir, const char *dst_dir, void (*report)(void *ctx, const char *line),
@@ -543,7 +544,6 @@ int msa_store_salvage(const char *src_dir, const char *dst_dir, void (*report)(v
         rc = msa_store_open(&p, &s.dst);
     }
     for (size_t i = 0; !rc && i < fl.n; i++) rc = salvage_one(&s, &fl.v[i]);
-    if (bad_pages) stats->sessions_lost += bad_pages; /* at least one per damaged page */
     for (size_t i = 0; i < fl.n; i++) free(fl.v[i].rec);
     free(fl.v);
 done:
