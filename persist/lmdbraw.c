@@ -137,6 +137,7 @@ int msa_raw_open(const char *path, uint64_t want_txnid, msa_raw **out) {
         return msa_error(e == ENOMEM ? MSA_ENOMEM : MSA_EIO, "%s: mmap: %s", path, strerror(e));
     }
     r->map = map;
+    madvise(map, r->size, MADV_RANDOM); /* tree pages are scattered; readahead reads what is not needed */
     /* both meta pages; the page size comes from the first valid one */
     uint32_t ps[2] = {0, 0};
     uint64_t last[2], txn[2];
@@ -365,6 +366,15 @@ static void walk_node(walk *w, const uint8_t *p, uint64_t pg, int lvl, int depth
             prev_len = ks;
         }
     }
+    /* ask for all children (or, deep, the overflow headers) at once: a cold
+     * walk then waits for one queue of disk reads, not for nk reads in turn */
+    for (int i = 0; i < nk && (want == P_BRANCH || w->deep); i++) {
+        const uint8_t *nd = p + g16(p + PHDR + 2 * i);
+        uint16_t nf = g16(nd + 4);
+        uint64_t child = want == P_BRANCH ? (uint64_t)g16(nd) | (uint64_t)g16(nd + 2) << 16 | (uint64_t)nf << 32
+                         : (nf & F_BIGDATA) ? g64(nd + NODESZ + g16(nd + 6)) : 0;
+        if (child && pg_in_file(r, child)) madvise((void *)page_at(r, child), r->psize, MADV_WILLNEED);
+    }
     for (int i = 0; i < nk && !w->stop && !w->oom; i++) {
         const uint8_t *nd = p + g16(p + PHDR + 2 * i);
         uint16_t nf = g16(nd + 4), ks = g16(nd + 6);
@@ -474,6 +484,32 @@ static void counts_match(walk *w, const msa_raw_db *db) {
                 (unsigned long long)w->entries);
 }
 
+static int check_freed(void *ctx, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl, unsigned fl) {
+    walk *w = ctx;
+    msa_raw *r = w->r;
+    (void)fl;
+    uint64_t txn = kl == 8 ? g64(k) : 0;
+    uint64_t n = vl >= 8 ? g64(v) : 0;
+    if (kl != 8 || txn > r->txnid || vl < 8 || (vl - 8) / 8 < n || n == 0) {
+        finding(w, 0, "a free-list record (transaction %llu) is malformed", (unsigned long long)txn);
+        return 0;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t pg = g64(v + 8 + 8 * i);
+        if (!pg_in_file(r, pg)) {
+            finding(w, 0, "transaction %llu freed page %llu, outside the file", (unsigned long long)txn,
+                    (unsigned long long)pg);
+            return 0;
+        }
+        if (r->seen[pg >> 3] & (1u << (pg & 7))) {
+            finding(w, 0, "transaction %llu freed page %llu, which a table still uses", (unsigned long long)txn,
+                    (unsigned long long)pg);
+            return 0;
+        }
+    }
+    return 0;
+}
+
 int msa_raw_check(msa_raw *r, int deep, void (*report)(void *, const char *), void *ctx, uint64_t *n_findings) {
     *n_findings = 0;
     int rc = seen_alloc(r);
@@ -497,6 +533,15 @@ int msa_raw_check(msa_raw *r, int deep, void (*report)(void *, const char *), vo
         total += t.findings;
     }
     r->marking = 0;
+    /* the free list's values: page numbers LMDB will write to. One outside
+     * the file, or one a tree still uses, would make the next commit write
+     * past the map (SIGBUS) or over live data. */
+    if (!w.findings) {
+        walk fv = {r, "free list", deep, report, ctx, 0, 0, 0, 0, 0, 0, check_freed, NULL, 0, NULL, 0, 0, 0};
+        fv.fctx = &fv;
+        walk_db(&fv, &r->free_db);
+        total += fv.findings;
+    }
     *n_findings = total; /* r->seen stays for msa_raw_scan */
     return MSA_OK;
 }
@@ -530,8 +575,11 @@ int msa_raw_scan(msa_raw *r, msa_raw_fn fn, void *ctx, uint64_t *n_pages) {
         if ((seen[pg >> 3] | r->freed[pg >> 3]) & (1u << (pg & 7))) continue;
         const uint8_t *p = page_at(r, pg);
         uint16_t flags = g16(p + 10), lower = g16(p + 12), upper = g16(p + 14);
-        if (g64(p) != pg || (flags & 0x6f) != P_LEAF || lower <= PHDR || (lower & 1) || upper > ps || lower > upper)
-            continue;
+        /* a damaged header (page number, flags) still lets the nodes be read
+         * when the bounds are sane: each value must pass its own checksum */
+        if (lower <= PHDR || (lower & 1) || upper > ps || lower > upper) continue;
+        if (g64(p) == pg && (flags & 0x6f) != P_LEAF) continue; /* an intact page of another kind */
+        if (g64(p) != pg && (flags & (P_OVERFLOW | P_META))) continue;
         (*n_pages)++;
         int nk = (lower - PHDR) / 2;
         for (int i = 0; i < nk; i++) { /* each node on its own: a damaged one is skipped */

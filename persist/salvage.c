@@ -169,7 +169,7 @@ typedef struct sv {
     msa_raw *r;
     orphans lost;           /* sorted */
     msa_raw_db meta, sessions, tokens, blockmap, blocks;
-    int have_tokens, have_blockmap, have_blocks;
+    int have_sessions, have_tokens, have_blockmap, have_blocks;
     void (*report)(void *, const char *);
     void *ctx;
     msa_store_salvage_stats *stats;
@@ -495,15 +495,22 @@ int msa_store_salvage(const char *src_dir, const char *dst_dir, void (*report)(v
         say(&s, "read %llu pages that no intact tree reaches: %zu entries recognised by their checksums",
             (unsigned long long)np, s.lost.n);
     }
-    if ((rc = msa_raw_find_db(s.r, "meta", &s.meta)) || (rc = msa_raw_find_db(s.r, "sessions", &s.sessions))) {
+    /* a table the damaged main table no longer names: its entries are
+     * among the loose pages the scan reads */
+    int have_meta = !msa_raw_find_db(s.r, "meta", &s.meta);
+    s.have_sessions = !msa_raw_find_db(s.r, "sessions", &s.sessions);
+    if (!have_meta && !s.lost.n) {
         rc = msa_error(MSA_ECORRUPT, "salvage: %s: the store's tables cannot be found (the LMDB main table is "
-                       "damaged): nothing can be salvaged", src_dir);
+                       "damaged) and no page outside them holds a record: nothing can be salvaged", src_dir);
         goto done;
     }
     s.have_tokens = !msa_raw_find_db(s.r, "tokens", &s.tokens);
     s.have_blockmap = !msa_raw_find_db(s.r, "blockmap", &s.blockmap);
     s.have_blocks = !msa_raw_find_db(s.r, "blocks", &s.blocks);
-    {
+    if (!have_meta) {
+        say(&s, "the store's format record cannot be read (its table is lost): reading it as format version %d",
+            MSA_STORE_FORMAT_VERSION);
+    } else {
         const uint8_t *fv;
         size_t fl;
         int g = msa_raw_get(s.r, &s.meta, "format", 6, &fv, &fl);
@@ -521,8 +528,9 @@ int msa_store_salvage(const char *src_dir, const char *dst_dir, void (*report)(v
     }
     found_list fl = {0};
     uint64_t bad_pages = 0;
-    rc = msa_raw_iter(s.r, &s.sessions, "sessions", NULL, 0, collect_session, &fl, session_page_damage, &s,
-                      &bad_pages);
+    if (s.have_sessions)
+        rc = msa_raw_iter(s.r, &s.sessions, "sessions", NULL, 0, collect_session, &fl, session_page_damage, &s,
+                          &bad_pages);
     if (fl.oom) rc = msa_error(MSA_ENOMEM, "salvage: session list");
     /* sessions whose records only loose pages hold */
     size_t in_tree = fl.n;
@@ -543,7 +551,23 @@ int msa_store_salvage(const char *src_dir, const char *dst_dir, void (*report)(v
         p.dir = dst_dir;
         rc = msa_store_open(&p, &s.dst);
     }
-    for (size_t i = 0; !rc && i < fl.n; i++) rc = salvage_one(&s, &fl.v[i]);
+    uint64_t not_names = 0;
+    for (size_t i = 0; !rc && i < fl.n; i++) {
+        /* session names have no control characters (name_check): such a key
+         * is not a session, the table's damaged record points elsewhere */
+        const char *c = fl.v[i].name;
+        while (*c && (unsigned char)*c >= 0x20) c++;
+        if (*c || !fl.v[i].name[0]) {
+            not_names++;
+            continue;
+        }
+        rc = salvage_one(&s, &fl.v[i]);
+    }
+    if (not_names) {
+        stats->damaged++;
+        say(&s, "the sessions table holds %llu keys that are no session names: its record in the main table is "
+            "damaged", (unsigned long long)not_names);
+    }
     for (size_t i = 0; i < fl.n; i++) free(fl.v[i].rec);
     free(fl.v);
 done:
