@@ -144,6 +144,7 @@ typedef int (*msa_raw_fn)(void *ctx, const uint8_t *key, size_t klen, const uint
 int msa_raw_open(const char *path, uint64_t want_txnid, msa_raw **out);
 void msa_raw_close(msa_raw *r);
 uint32_t msa_raw_page_size(const msa_raw *r);
+const uint8_t *msa_raw_map(const msa_raw *r); /* the file's first byte, mapped */
 uint64_t msa_raw_txnid(const msa_raw *r);
 const msa_raw_db *msa_raw_main(const msa_raw *r);
 

@@ -184,6 +184,7 @@ void msa_raw_close(msa_raw *r) {
 }
 
 uint32_t msa_raw_page_size(const msa_raw *r) { return r->psize; }
+const uint8_t *msa_raw_map(const msa_raw *r) { return r->map; }
 uint64_t msa_raw_txnid(const msa_raw *r) { return r->txnid; }
 const msa_raw_db *msa_raw_main(const msa_raw *r) { return &r->main_db; }
 
@@ -401,7 +402,7 @@ static void walk_node(walk *w, const uint8_t *p, uint64_t pg, int lvl, int depth
             uint64_t opg = g64(val);
             uint64_t n = (PHDR - 1 + (uint64_t)ds) / r->psize + 1;
             w->overflow += n;
-            val = overflow(w, pg, opg, ds, w->deep || w->fn);
+            val = overflow(w, pg, opg, ds, w->deep && !w->fn); /* readers take the data as the node says */
             if (!val) continue;
             if (r->marking) {
                 for (uint64_t q = opg; q < opg + n; q++) {
@@ -595,7 +596,7 @@ int msa_raw_scan(msa_raw *r, msa_raw_fn fn, void *ctx, uint64_t *n_pages) {
             if (nf & F_BIGDATA) {
                 if (kend + 8 > ps) continue;
                 walk q = {r, "", 0, NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, NULL, 0, 0, 0};
-                val = overflow(&q, pg, g64(val), ds, 1);
+                val = overflow(&q, pg, g64(val), ds, 0);
                 if (!val) continue;
             } else if (kend + ds > ps) {
                 continue;
@@ -689,7 +690,7 @@ int msa_raw_get(msa_raw *r, const msa_raw_db *db, const void *key, size_t klen, 
         if (nf & F_BIGDATA) {
             if (kend + 8 > r->psize) return MSA_ECORRUPT;
             w.table = "";
-            v = overflow(&w, pg, g64(v), ds, 1);
+            v = overflow(&w, pg, g64(v), ds, 0); /* a damaged header does not move the data */
             if (!v) return MSA_ECORRUPT;
         } else if (kend + ds > r->psize) {
             return MSA_ECORRUPT;

@@ -566,7 +566,16 @@ int msa_store_compact(msa_store *st, int64_t *saved) {
     mkdir(tmpdir, 0755);
     int64_t before = 0, after = 0;
     file_size(data, &before);
-    int rc = mdb_env_copy2(st->env, tmpdir, MDB_CP_COMPACT);
+    /* the copy walks every page, overflow runs as long as their headers
+     * say: check those headers too before LMDB trusts them */
+    uint64_t nf = 0;
+    int rc = msa_store_check_trees(st, 1, NULL, NULL, &nf);
+    if (!rc && nf)
+        rc = msa_error(MSA_ECORRUPT, "%s: compact: %llu damaged LMDB pages or values (`msa-mem fsck` lists them); "
+                       "`msa-mem salvage %s NEWDIR` copies every intact session into a new store",
+                       st->dir, (unsigned long long)nf, st->dir);
+    if (rc) goto fail;
+    rc = mdb_env_copy2(st->env, tmpdir, MDB_CP_COMPACT);
     if (rc) {
         rc = msa_mdb_status(rc, "%s: compact copy", st->dir);
         goto fail;

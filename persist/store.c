@@ -266,9 +266,8 @@ int msa_block_release(MDB_txn *t, msa_store *st, uint64_t id) {
         /* LMDB frees as many pages as the overflow page's header says:
          * a damaged header would free pages that other values use */
         MDB_val bv;
-        MDB_envinfo ei;
-        if (mdb_get(t, st->blocks, &k, &bv) == 0 && mdb_env_info(st->env, &ei) == 0 &&
-            !msa_raw_overflow_ok(ei.me_mapaddr, ei.me_mapsize, st->psize, bv.mv_data, bv.mv_size))
+        if (mdb_get(t, st->blocks, &k, &bv) == 0 &&
+            !msa_raw_overflow_ok(st->map_base, st->map_size, st->psize, bv.mv_data, bv.mv_size))
             return msa_error(MSA_ECORRUPT, "releasing block %llu: its LMDB overflow page header is "
                              "damaged, its pages were not freed; `msa-mem salvage %s NEWDIR` copies "
                              "every intact session into a new store", (unsigned long long)id, st->dir);
@@ -276,6 +275,34 @@ int msa_block_release(MDB_txn *t, msa_store *st, uint64_t id) {
         if (rc == MDB_NOTFOUND) rc = 0; /* already gone: fsck reports such things */
     }
     return rc ? msa_mdb_status(rc, "releasing block %llu", (unsigned long long)id) : MSA_OK;
+}
+
+/* LMDB does not say where it mapped the file (mdb_env_info's me_mapaddr
+ * is only the fixed address of MDB_FIXEDMAP). The store learns it from one
+ * value it finds both through LMDB and in the file itself (lmdbraw.c): the
+ * main table's record of the blocks table. msa_block_release needs it to
+ * check an overflow page's header before LMDB frees the pages it names.
+ * Called after every change of the map size (the map may move). */
+static void learn_map_base(msa_store *st) {
+    st->map_base = NULL;
+    if (st->params.readonly) return;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data.mdb", st->dir);
+    MDB_txn *t;
+    if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &t)) return;
+    MDB_dbi main_dbi;
+    MDB_val k = {6, "blocks"}, v;
+    msa_raw *r;
+    if (mdb_dbi_open(t, NULL, 0, &main_dbi) == 0 && mdb_get(t, main_dbi, &k, &v) == 0 &&
+        msa_raw_open(path, mdb_txn_id(t), &r) == 0) {
+        const uint8_t *rv;
+        size_t rl;
+        if (msa_raw_get(r, msa_raw_main(r), "blocks", 6, &rv, &rl) == 0 && rl == v.mv_size &&
+            !memcmp(rv, v.mv_data, rl))
+            st->map_base = (const uint8_t *)v.mv_data - (rv - msa_raw_map(r));
+        msa_raw_close(r);
+    }
+    mdb_txn_abort(t);
 }
 
 /* ---- transactions with map growth --------------------------------------------- */
@@ -294,6 +321,7 @@ static int grow_map(msa_store *st, const char *what) {
     MDB_envinfo info;
     mdb_env_info(st->env, &info);
     st->map_size = info.me_mapsize;
+    learn_map_base(st);
     return MSA_OK;
 }
 
@@ -303,6 +331,7 @@ static int adopt_map_size(msa_store *st) {
     MDB_envinfo info;
     mdb_env_info(st->env, &info);
     st->map_size = info.me_mapsize;
+    learn_map_base(st);
     pthread_rwlock_unlock(&st->grow);
     return rc;
 }
@@ -613,6 +642,7 @@ int msa_store_env_open(msa_store *st) {
                        "(msa_store_salvage) copies every intact session into a new store",
                        st->dir, first, nf > 1 ? " (and more)" : "", st->dir);
     if (!rc) rc = init_store(st);
+    if (!rc) learn_map_base(st);
     if (rc) {
         mdb_env_close(st->env);
         st->env = NULL;

@@ -34,6 +34,7 @@ struct msa_store {
     int n_sessions_open;
     size_t map_size;
     unsigned psize;         /* LMDB page size */
+    const uint8_t *map_base; /* where LMDB mapped data.mdb (NULL: unknown) */
     int threads;            /* compression threads of new transactions (0: one per core) */
     pthread_rwlock_t grow;  /* read txns hold it shared; map growth exclusive */
     pthread_mutex_t arena_mu;

@@ -393,6 +393,28 @@ def test_kv_flip_left_out(base, store):
     assert ok("-q", "gen", "b", "-n", 24, env=env).stdout == base["expect"]["b"]
 
 
+def test_overflow_header_flip(base, store, tmp_path):
+    """The header of the first overflow page of one block value says 0 pages
+    instead of 2: the data is intact, but LMDB would free the wrong pages when
+    the block is removed (and compact would copy the wrong run). rm and
+    compact refuse, fsck names the page, generation is unaffected."""
+    st, env = store
+    f = LmdbFile(st / "data.mdb")
+    voff, vlen = block_value(f, "a", 1, 3)
+    assert voff % f.psize == 16 and vlen > f.psize - 16  # an overflow value
+    f.data[voff - 16 + 12] ^= 0x02
+    f.save()
+    for args in (["rm", "a"], ["compact"]):
+        assert_damage(run(*args, env=env), " ".join(args))
+    p = run("fsck", env=env)
+    assert p.returncode == 4 and "overflow page header damaged" in p.stdout, p.stdout
+    assert ok("-q", "gen", "b", "-n", 24, env=env).stdout == base["expect"]["b"]
+    ok("rm", "b", env=env)  # blocks whose headers are intact are freed as usual
+    assert run("fsck", env=env).returncode == 4  # still the one header
+    base2 = dict(base, sessions=dict(base["sessions"]))
+    salvage_all(st, env, tmp_path, base2, want_whole=["a", "f", "e"])
+
+
 # ---- 3. export verifies what it writes ---------------------------------------
 
 def test_export_token_chunk_damage(base, store, tmp_path):
