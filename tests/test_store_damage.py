@@ -321,7 +321,7 @@ def test_sessions_leaf_random_flips(base, store):
     seed = fresh_seed()
     rng = random.Random(seed)
     pristine = (st / "data.mdb").read_bytes()
-    for trial in range(6):
+    for trial in range(3):
         (st / "data.mdb").write_bytes(pristine)
         f = LmdbFile(st / "data.mdb")
         (leaf,) = f.find("sessions", "leaf")
