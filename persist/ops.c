@@ -396,7 +396,12 @@ static int import_fn(MDB_txn *t, void *vp) {
     imp_ctx *c = vp;
     msa_store *st = c->st;
     FILE *f = fopen(c->path, "rb");
-    if (!f) return msa_error(errno == ENOENT ? MSA_ENOTFOUND : MSA_EIO, "import %s: %s", c->path, strerror(errno));
+    if (!f) return msa_error_errno(errno, "import %s", c->path);
+    /* a record never announces more than what is left of the file: checked
+     * before its buffer is sized, so a hostile length costs nothing */
+    struct stat fst;
+    const uint64_t file_size = fstat(fileno(f), &fst) == 0 ? (uint64_t)fst.st_size : UINT64_MAX;
+    uint64_t offset = 16;
     uint8_t hdr[16];
     uint8_t *buf = NULL;
     size_t cap = 0;
@@ -416,7 +421,13 @@ static int import_fn(MDB_txn *t, void *vp) {
         uint8_t rh[8];
         if ((rc = read_exact(f, rh, 8, c->path))) break;
         uint32_t type = msa_get_le32(rh), len = msa_get_le32(rh + 4);
-        if (len > (1u << 30)) { rc = msa_error(MSA_EFORMAT, "import %s: record of %u bytes", c->path, len); break; }
+        offset += 8;
+        if (len > (1u << 30) || (uint64_t)len + 4 > file_size - (offset < file_size ? offset : file_size)) {
+            rc = msa_error(MSA_EFORMAT, "import %s: record %llu announces %u bytes, more than the file holds "
+                           "(truncated or not an export)", c->path, (unsigned long long)records, len);
+            break;
+        }
+        offset += (uint64_t)len + 4;
         if (len + 4 > cap) {
             void *p = msa_fault_point() == ENOMEM ? NULL : realloc(buf, len + 4);
             if (!p) { rc = msa_error(MSA_ENOMEM, "import %s: %u bytes", c->path, len); break; }

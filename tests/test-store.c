@@ -422,6 +422,21 @@ static void test_fork_export(const char *dir, uint64_t n_notes) {
         CHECK(msa_store_session_open(st, "imported", NULL, &x) == MSA_ENOTFOUND);
         msa_store_session_close(x);
     }
+    /* a record announcing far more than the file holds is refused before
+     * anything is sized by it (its length field is bytes 20..23: the first
+     * record's header follows the 16-byte file header) */
+    if (len > 24) {
+        static const uint8_t huge[4] = {0, 0, 0, 0x20}; /* 2^29, little-endian */
+        uint8_t keep[4];
+        memcpy(keep, data + 20, 4);
+        memcpy(data + 20, huge, 4);
+        f = fopen(bad, "wb");
+        fwrite(data, 1, (size_t)len, f);
+        fclose(f);
+        memcpy(data + 20, keep, 4);
+        CHECK(msa_store_import(st, bad, "imported") == MSA_EFORMAT);
+        CHECKF(strstr(msa_last_error(), "more than the file holds") != NULL, "%s", msa_last_error());
+    }
     CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
     CHECK_OK(msa_store_import(st, file, NULL));
     CHECK(msa_store_import(st, file, NULL) == MSA_EEXIST);
