@@ -1,0 +1,311 @@
+/*
+ * qgemm_avx2.c: the AVX2 path of the quantized products (kernels/qgemm.h),
+ * for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K (Q2_K and Q3_K run
+ * the portable path). Built with -mavx2 -mfma -mf16c (kernels/CMakeLists.txt);
+ * msa_qgemm() calls it only when the CPU reports all three.
+ *
+ * The unit of work is one weight row against NC (1..4) activation rows: each
+ * 32-element group of the row is unpacked once into 32 bytes, then for each
+ * activation row the 32 products are summed in integers (maddubs: unsigned
+ * bytes times signed bytes into int16 pairs; madd: pairs into int32) and
+ * the eight int32 lanes are scaled into an fp32 accumulator by one FMA. A
+ * signed weight (Q8_0, and Q4_0 / Q5_0 / Q6_K after their offset is taken
+ * off) goes through maddubs as |w| times sign(w) * x, as ggml does; the
+ * activations are in [-127, 127], so neither the sign flip nor the int16
+ * pair sums can overflow (at most 2 * 128 * 127). Minimum terms (Q4_1,
+ * Q5_1, Q4_K, Q5_K) use the activation row's ds = dx * sum qx.
+ *
+ * Rows are walked in tiles (16 weight rows x 64 activation rows, then 4
+ * activation rows at a time), so that a tile of weights is read from memory
+ * once per 64 activation rows and stays in L1 while it is reused.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels/qgemm.h"
+
+int msa_qgemm_cpu_has_avx2(void);
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+typedef struct q8v {
+    const int8_t *qs;
+    const float *d, *ds;
+} q8v;
+
+INLINE float h16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+INLINE float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 32 nibbles of 16 bytes: low nibbles in bytes 0-15, high in 16-31. */
+INLINE __m256i nibbles16(const uint8_t *p) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)p);
+    const __m256i b = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+}
+
+/* Byte i is 0xFF where bit i of the 32 bits at p is set (ggml's bytes_from_bits_32). */
+INLINE __m256i bits32(const uint8_t *p) {
+    uint32_t x;
+    memcpy(&x, p, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                           0x0101010101010101, 0x0000000000000000);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
+    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1));
+}
+
+/* int32 lanes of sum of u * x over pairs, u unsigned bytes, x signed. */
+INLINE __m256i udot(__m256i u, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+}
+
+#define LOADX(c, blk) _mm256_loadu_si256((const __m256i *)(a[c].qs + 32 * (blk)))
+
+/* Signed weights: |w| once per row, sign(x, w) per activation row. */
+INLINE void sdot_acc(__m256i w, __m256i aw, const q8v *a, int NC, int blk, float dw, __m256 *acc) {
+    for (int c = 0; c < NC; c++) {
+        const __m256i p = udot(aw, _mm256_sign_epi8(LOADX(c, blk), w));
+        acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a[c].d[blk]), _mm256_cvtepi32_ps(p), acc[c]);
+    }
+}
+
+/* Unsigned weights. */
+INLINE void udot_acc(__m256i u, const q8v *a, int NC, int blk, float dw, __m256 *acc) {
+    for (int c = 0; c < NC; c++) {
+        const __m256i p = udot(u, LOADX(c, blk));
+        acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a[c].d[blk]), _mm256_cvtepi32_ps(p), acc[c]);
+    }
+}
+
+INLINE void row_q8_0(const uint8_t *w, const q8v *a, int NC, int nb, float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++, w += 34) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 2));
+        sdot_acc(q, _mm256_sign_epi8(q, q), a, NC, b, h16(w), acc);
+    }
+    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]);
+}
+
+INLINE void row_q4_0(const uint8_t *w, const q8v *a, int NC, int nb, float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++, w += 18) {
+        const __m256i q = _mm256_sub_epi8(nibbles16(w + 2), _mm256_set1_epi8(8));
+        sdot_acc(q, _mm256_sign_epi8(q, q), a, NC, b, h16(w), acc);
+    }
+    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]);
+}
+
+INLINE void row_q5_0(const uint8_t *w, const q8v *a, int NC, int nb, float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++, w += 22) {
+        /* q - 16: a clear fifth bit makes the nibble negative (| 0xF0) */
+        const __m256i hi = _mm256_andnot_si256(bits32(w + 2), _mm256_set1_epi8((char)0xF0));
+        const __m256i q = _mm256_or_si256(nibbles16(w + 6), hi);
+        sdot_acc(q, _mm256_sign_epi8(q, q), a, NC, b, h16(w), acc);
+    }
+    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]);
+}
+
+INLINE void row_q4_1(const uint8_t *w, const q8v *a, int NC, int nb, float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float mins[4] = {0, 0, 0, 0};
+    for (int b = 0; b < nb; b++, w += 20) {
+        udot_acc(nibbles16(w + 4), a, NC, b, h16(w), acc);
+        const float m = h16(w + 2);
+        for (int c = 0; c < NC; c++) mins[c] += m * a[c].ds[b];
+    }
+    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]) + mins[c];
+}
+
+INLINE void row_q5_1(const uint8_t *w, const q8v *a, int NC, int nb, float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float mins[4] = {0, 0, 0, 0};
+    for (int b = 0; b < nb; b++, w += 24) {
+        const __m256i hi = _mm256_and_si256(bits32(w + 4), _mm256_set1_epi8(0x10));
+        udot_acc(_mm256_or_si256(nibbles16(w + 8), hi), a, NC, b, h16(w), acc);
+        const float m = h16(w + 2);
+        for (int c = 0; c < NC; c++) mins[c] += m * a[c].ds[b];
+    }
+    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]) + mins[c];
+}
+
+/* The eight 6-bit scales and mins of a Q4_K / Q5_K super-block. */
+INLINE void k4_scales(const uint8_t *s, float d, float dmin, float *sc, __m256 *mins) {
+    float mn[8];
+    for (int j = 0; j < 4; j++) {
+        sc[j] = d * (float)(s[j] & 0x3F);
+        mn[j] = dmin * (float)(s[j + 4] & 0x3F);
+        sc[j + 4] = d * (float)((s[j + 8] & 0x0F) | (s[j] >> 6) << 4);
+        mn[j + 4] = dmin * (float)((s[j + 8] >> 4) | (s[j + 4] >> 6) << 4);
+    }
+    *mins = _mm256_loadu_ps(mn);
+}
+
+INLINE void row_q4_k(const uint8_t *w, const q8v *a, int NC, int nsb, float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int s = 0; s < nsb; s++, w += 144) {
+        float sc[8];
+        __m256 mins;
+        k4_scales(w + 4, h16(w), h16(w + 2), sc, &mins);
+        /* the minimum terms of the eight sub-blocks, one vector per row */
+        for (int c = 0; c < NC; c++)
+            acc[c] = _mm256_fnmadd_ps(mins, _mm256_loadu_ps(a[c].ds + 8 * s), acc[c]);
+        for (int k = 0; k < 4; k++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * k));
+            udot_acc(_mm256_and_si256(v, m4), a, NC, 8 * s + 2 * k, sc[2 * k], acc);
+            udot_acc(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), a, NC, 8 * s + 2 * k + 1,
+                     sc[2 * k + 1], acc);
+        }
+    }
+    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]);
+}
+
+INLINE void row_q5_k(const uint8_t *w, const q8v *a, int NC, int nsb, float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    for (int s = 0; s < nsb; s++, w += 176) {
+        float sc[8];
+        __m256 mins;
+        k4_scales(w + 4, h16(w), h16(w + 2), sc, &mins);
+        for (int c = 0; c < NC; c++)
+            acc[c] = _mm256_fnmadd_ps(mins, _mm256_loadu_ps(a[c].ds + 8 * s), acc[c]);
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(w + 16));
+        for (int k = 0; k < 4; k++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + 48 + 32 * k));
+            const int j0 = 2 * k, j1 = 2 * k + 1;
+            const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, j0), one), 4);
+            const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, j1), one), 4);
+            udot_acc(_mm256_or_si256(_mm256_and_si256(v, m4), h0), a, NC, 8 * s + j0, sc[j0], acc);
+            udot_acc(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), h1), a, NC,
+                     8 * s + j1, sc[j1], acc);
+        }
+    }
+    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]);
+}
+
+INLINE void row_q6_k(const uint8_t *w, const q8v *a, int NC, int nsb, float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3), o32 = _mm256_set1_epi8(32);
+    for (int s = 0; s < nsb; s++, w += 210) {
+        const int8_t *sc = (const int8_t *)(w + 192);
+        const float d = h16(w + 208);
+        for (int c2 = 0; c2 < 2; c2++) {
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(w + 64 * c2));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(w + 64 * c2 + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(w + 128 + 32 * c2));
+            for (int t = 0; t < 4; t++) {
+                const int j = 4 * c2 + t, blk = 8 * s + j;
+                const __m256i ql = t % 2 ? ql1 : ql0;
+                const __m256i lo = _mm256_and_si256(t / 2 ? _mm256_srli_epi16(ql, 4) : ql, m4);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * t), m2);
+                const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), o32);
+                const __m256i aq = _mm256_sign_epi8(q, q);
+                /* the two 16-element groups' scales, as int16 for madd */
+                const __m256i scv = _mm256_set_m128i(_mm_set1_epi16(sc[2 * j + 1]), _mm_set1_epi16(sc[2 * j]));
+                for (int c = 0; c < NC; c++) {
+                    const __m256i p16 = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(LOADX(c, blk), q));
+                    const __m256i p = _mm256_madd_epi16(p16, scv);
+                    acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[c].d[blk]), _mm256_cvtepi32_ps(p), acc[c]);
+                }
+            }
+        }
+    }
+    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]);
+}
+
+#define ROW_VARIANTS(T)                                                                         \
+    static void T##_1(const uint8_t *w, const q8v *a, int nb, float *o) { row_##T(w, a, 1, nb, o); } \
+    static void T##_2(const uint8_t *w, const q8v *a, int nb, float *o) { row_##T(w, a, 2, nb, o); } \
+    static void T##_3(const uint8_t *w, const q8v *a, int nb, float *o) { row_##T(w, a, 3, nb, o); } \
+    static void T##_4(const uint8_t *w, const q8v *a, int nb, float *o) { row_##T(w, a, 4, nb, o); }
+ROW_VARIANTS(q8_0)
+ROW_VARIANTS(q4_0)
+ROW_VARIANTS(q5_0)
+ROW_VARIANTS(q4_1)
+ROW_VARIANTS(q5_1)
+ROW_VARIANTS(q4_k)
+ROW_VARIANTS(q5_k)
+ROW_VARIANTS(q6_k)
+
+typedef void (*row_fn)(const uint8_t *w, const q8v *a, int nb, float *out);
+#define ROW_TABLE(T) {T##_1, T##_2, T##_3, T##_4}
+
+static int row_table(int type, row_fn f[4], int *per_block) {
+    static const row_fn t_q8_0[4] = ROW_TABLE(q8_0), t_q4_0[4] = ROW_TABLE(q4_0),
+                        t_q5_0[4] = ROW_TABLE(q5_0), t_q4_1[4] = ROW_TABLE(q4_1),
+                        t_q5_1[4] = ROW_TABLE(q5_1), t_q4_k[4] = ROW_TABLE(q4_k),
+                        t_q5_k[4] = ROW_TABLE(q5_k), t_q6_k[4] = ROW_TABLE(q6_k);
+    const row_fn *t;
+    *per_block = 32;
+    switch (type) {
+    case MSA_QT_Q8_0: t = t_q8_0; break;
+    case MSA_QT_Q4_0: t = t_q4_0; break;
+    case MSA_QT_Q5_0: t = t_q5_0; break;
+    case MSA_QT_Q4_1: t = t_q4_1; break;
+    case MSA_QT_Q5_1: t = t_q5_1; break;
+    case MSA_QT_Q4_K: t = t_q4_k; *per_block = 256; break;
+    case MSA_QT_Q5_K: t = t_q5_k; *per_block = 256; break;
+    case MSA_QT_Q6_K: t = t_q6_k; *per_block = 256; break;
+    default: return 0;
+    }
+    memcpy(f, t, 4 * sizeof *f);
+    return 1;
+}
+
+static int cpu_ok = -1;
+
+int msa_qgemm_avx2(const msa_qgemm_args *g) {
+    if (cpu_ok < 0) cpu_ok = msa_qgemm_cpu_has_avx2();
+    row_fn f[4];
+    int per_block;
+    if (!cpu_ok || !row_table(g->type, f, &per_block)) return 0;
+    const int K = g->K, nb = K / per_block;
+    const size_t ab = msa_q8_row_bytes(K);
+    enum { RT = 16, CT = 64 };
+    for (int i0 = 0; i0 < g->n; i0 += CT) {
+        const int i1 = i0 + CT < g->n ? i0 + CT : g->n;
+        for (int rt = g->r0; rt < g->r1; rt += RT) {
+            const int rt1 = rt + RT < g->r1 ? rt + RT : g->r1;
+            for (int i = i0; i < i1; i += 4) {
+                const int nc = i1 - i < 4 ? i1 - i : 4;
+                q8v a[4];
+                for (int c = 0; c < nc; c++) {
+                    const uint8_t *p = (const uint8_t *)g->a + (size_t)(i + c) * ab;
+                    a[c].qs = (const int8_t *)p;
+                    a[c].d = (const float *)(p + K);
+                    a[c].ds = a[c].d + K / 32;
+                }
+                for (int r = rt; r < rt1; r++) {
+                    float o[4];
+                    f[nc - 1]((const uint8_t *)g->W + (size_t)r * g->w_row_bytes, a, nb, o);
+                    const float b = g->bias ? g->bias[r] : 0.0f;
+                    for (int c = 0; c < nc; c++) g->y[(size_t)(i + c) * g->ldy + r] = o[c] + b;
+                }
+            }
+        }
+    }
+    return 1;
+}
+
+#else /* no AVX2 in this build */
+
+int msa_qgemm_avx2(const msa_qgemm_args *g) {
+    (void)g;
+    return 0;
+}
+
+#endif
