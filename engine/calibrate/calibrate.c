@@ -516,6 +516,10 @@ int msa_calibrate(msa_model *m, const int32_t *tokens, size_t n_tokens,
     msa_calib_params p = params ? *params : msa_calib_default_params();
     if (!m || !tokens || !out_path || n_tokens < 2)
         return msa_error(MSA_EINVAL, "calibrate: bad argument (%zu tokens)", n_tokens);
+    /* The replay below multiplies fp32 weights and must reproduce the
+     * forward pass's queries: quantized weights go to fp32 first. */
+    int xrc = msa_model_expand_f32(m);
+    if (xrc) return xrc;
     const msa_model_info *I = &m->info;
     const int D = I->dim, Hkv = I->n_kv_heads, di = p.idx_dim, Ln = I->n_layers;
     if (di < 2 || di % 2 || di > 4096 || p.steps < 0 || !(p.lr > 0) || p.seq_len < 2 ||

@@ -21,6 +21,15 @@
  * once per four inputs. Every output element is one fixed-order dot
  * product, so results do not depend on the thread count.
  *
+ * A weight kept quantized (msa_qmat, engine/model/model.h) is multiplied by
+ * kernels/qgemm.h instead: the layer input is quantized once to 8 bits per
+ * block of 32 (struct act: once for q, k and v, once for gate and up) and
+ * each task computes a range of output rows over all the chunk's rows.
+ * That changes the results (the activations are rounded; docs/models.md
+ * gives the measured logit differences); they still do not depend on the
+ * thread count. A weight with an fp32 pointer is multiplied in fp32 as
+ * before, so MSA_CPU_WEIGHTS=f32 gives the exact path.
+ *
  * All buffers of a call are carved from one scratch allocation in the model,
  * grown on demand (run.c's RunState, sized for the chunk).
  */
@@ -30,6 +39,7 @@
 
 #include "engine/model/model.h"
 #include "base/base.h"
+#include "kernels/qgemm.h"
 #include "kernels/ref.h"
 
 msa_forward_opts msa_forward_default_opts(void) {
@@ -78,6 +88,79 @@ static void matmul(float *out, const float *x, const float *w, const float *b, i
     int64_t tasks = (dout + rpt - 1) / rpt;
     if (tasks == 1) mm_run(&T, 0);
     else msa_parallel_for(tasks, n_threads, mm_run, &T);
+}
+
+/* ---- quantized matmul --------------------------------------------------------- */
+
+/* A matmul input: x and, once a quantized weight needs it, x quantized. */
+typedef struct act {
+    const float *x;  /* (n, din) */
+    int n, din;
+    uint8_t *xq;     /* (n, msa_q8_row_bytes(din)) scratch */
+    int ready;       /* 1: xq holds x */
+    int n_threads;
+} act;
+
+static void act_set(act *a, const float *x, int n, int din) {
+    a->x = x;
+    a->n = n;
+    a->din = din;
+    a->ready = 0;
+}
+
+static void quant_run(void *ctx, int64_t i) {
+    act *a = ctx;
+    msa_q8_quantize_row(a->x + (size_t)i * a->din, a->din,
+                        a->xq + (size_t)i * msa_q8_row_bytes(a->din));
+}
+
+typedef struct qmm_task {
+    msa_qgemm_args g;
+    int rows_per_task, dout;
+} qmm_task;
+
+static void qmm_run(void *ctx, int64_t t) {
+    const qmm_task *T = ctx;
+    msa_qgemm_args g = T->g;
+    g.r0 = (int)t * T->rows_per_task;
+    g.r1 = g.r0 + T->rows_per_task < T->dout ? g.r0 + T->rows_per_task : T->dout;
+    msa_qgemm(&g);
+}
+
+/* out (n, dout) = x W^T (+ b), W fp32 (w) or quantized (q). */
+static void linear(float *out, act *a, const float *w, const msa_qmat *q, const float *b, int dout) {
+    if (w || !q || !q->data) {
+        matmul(out, a->x, w, b, a->n, a->din, dout, a->n_threads);
+        return;
+    }
+    if (!a->ready) {
+        if (a->n >= 8) msa_parallel_for(a->n, a->n_threads, quant_run, a);
+        else for (int i = 0; i < a->n; i++) quant_run(a, i);
+        a->ready = 1;
+    }
+    qmm_task T;
+    memset(&T, 0, sizeof T);
+    T.g.type = q->type;
+    T.g.W = q->data;
+    T.g.w_row_bytes = q->row_bytes;
+    T.g.K = a->din;
+    T.g.a = a->xq;
+    T.g.n = a->n;
+    T.g.y = out;
+    T.g.ldy = dout;
+    T.g.bias = b;
+    T.dout = dout;
+    /* About 64K multiply-adds per task; with several input rows, tiles of
+     * 16 weight rows (the AVX2 path reuses them over 64 input rows). */
+    int64_t work = (int64_t)a->din * a->n;
+    int rpt = (int)(65536 / (work ? work : 1));
+    if (a->n > 1) rpt = rpt < 16 ? 16 : (rpt + 15) / 16 * 16;
+    if (rpt < 1) rpt = 1;
+    if (rpt > dout) rpt = dout;
+    T.rows_per_task = rpt;
+    int64_t tasks = (dout + rpt - 1) / rpt;
+    if (tasks == 1) qmm_run(&T, 0);
+    else msa_parallel_for(tasks, a->n_threads, qmm_run, &T);
 }
 
 /* ---- small ops ------------------------------------------------------------------- */
@@ -147,8 +230,11 @@ int msa_model_forward(msa_model *m, msa_kvmem *mem, const int32_t *tokens, int n
     const int nsel_max = n * Hkv * o.top_k;
     const int max_blocks = (pos0 + n + o.block_size - 1) / o.block_size;
     const int sel_dense = max_blocks;  /* dense mode lists every block once */
+    int din_max = D > qd ? D : qd;
+    if (F > din_max) din_max = F;
+    const size_t xq_floats = ((size_t)n * msa_q8_row_bytes(din_max) + 3) / 4;
     size_t need = (size_t)n * (3 * D + 2 * qd + 2 * kvd + 2 * F + Hkv * di + KH * di) +
-                  (size_t)(nsel_max > sel_dense ? nsel_max : sel_dense) + (size_t)n;
+                  (size_t)(nsel_max > sel_dense ? nsel_max : sel_dense) + (size_t)n + xq_floats;
     int rc = scratch(m, need);
     if (rc) return rc;
     float *p = m->scratch;
@@ -164,7 +250,10 @@ int msa_model_forward(msa_model *m, msa_kvmem *mem, const int32_t *tokens, int n
     float *qi = p;   p += (size_t)n * Hkv * di; /* (n, Hkv, di) */
     float *ki = p;   p += (size_t)n * KH * di;  /* (n, KH, di) */
     int32_t *sel = (int32_t *)p; p += (nsel_max > sel_dense ? nsel_max : sel_dense); /* (n, Hkv, k) */
-    int32_t *qpos = (int32_t *)p;            /* (n) */
+    int32_t *qpos = (int32_t *)p; p += n;    /* (n) */
+    act A;                                   /* the current matmul input */
+    A.xq = (uint8_t *)p;                     /* (n, msa_q8_row_bytes(<= din_max)) */
+    A.n_threads = nt;
     for (int i = 0; i < n; i++) qpos[i] = pos0 + i;
     int32_t q_indptr[2] = {0, n};
 
@@ -179,16 +268,24 @@ int msa_model_forward(msa_model *m, msa_kvmem *mem, const int32_t *tokens, int n
     msa_exec ex = msa_exec_default();
     ex.n_threads = nt;
 
-    for (int i = 0; i < n; i++)
-        memcpy(x + (size_t)i * D, m->tok_embd + (size_t)tokens[i] * D, (size_t)D * sizeof *x);
+    for (int i = 0; i < n; i++) {
+        if (m->tok_embd)
+            memcpy(x + (size_t)i * D, m->tok_embd + (size_t)tokens[i] * D, (size_t)D * sizeof *x);
+        else
+            msa_ggml_to_f32(m->qtok_embd.type,
+                            (const uint8_t *)m->qtok_embd.data +
+                                (size_t)tokens[i] * m->qtok_embd.row_bytes,
+                            x + (size_t)i * D, D);
+    }
 
     for (int l = 0; l < I->n_layers; l++) {
         const msa_model_layer *L = &m->layers[l];
         for (int i = 0; i < n; i++)
             rmsnorm(xb + (size_t)i * D, x + (size_t)i * D, L->attn_norm, D, m->rms_eps, 0);
-        matmul(q, xb, L->wq, L->bq, n, D, qd, nt);
-        matmul(k, xb, L->wk, L->bk, n, D, kvd, nt);
-        matmul(v, xb, L->wv, L->bv, n, D, kvd, nt);
+        act_set(&A, xb, n, D);
+        linear(q, &A, L->wq, &L->qwq, L->bq, qd);
+        linear(k, &A, L->wk, &L->qwk, L->bk, kvd);
+        linear(v, &A, L->wv, &L->qwv, L->bv, kvd);
         for (int i = 0; i < n; i++) {
             for (int h = 0; h < Hq; h++) rope(m, q + (size_t)i * qd + h * d, d, pos0 + i);
             for (int h = 0; h < Hkv; h++) rope(m, k + (size_t)i * kvd + h * d, d, pos0 + i);
@@ -255,25 +352,29 @@ int msa_model_forward(msa_model *m, msa_kvmem *mem, const int32_t *tokens, int n
             o.on_layer(o.user, &t);
         }
 
-        matmul(xb2, att, L->wo, L->bo, n, qd, D, nt);
+        act_set(&A, att, n, qd);
+        linear(xb2, &A, L->wo, &L->qwo, L->bo, D);
         for (size_t j = 0; j < (size_t)n * D; j++) x[j] += xb2[j];
 
         for (int i = 0; i < n; i++)
             rmsnorm(xb + (size_t)i * D, x + (size_t)i * D, L->ffn_norm, D, m->rms_eps, 0);
-        matmul(hb, xb, L->w1, NULL, n, D, F, nt);
-        matmul(hb2, xb, L->w3, NULL, n, D, F, nt);
+        act_set(&A, xb, n, D);
+        linear(hb, &A, L->w1, &L->qw1, NULL, F);
+        linear(hb2, &A, L->w3, &L->qw3, NULL, F);
         for (size_t j = 0; j < (size_t)n * F; j++) {
             float val = hb[j];
             val *= (1.0f / (1.0f + expf(-val)));
             hb[j] = val * hb2[j];
         }
-        matmul(xb, hb, L->w2, NULL, n, F, D, nt);
+        act_set(&A, hb, n, F);
+        linear(xb, &A, L->w2, &L->qw2, NULL, D);
         for (size_t j = 0; j < (size_t)n * D; j++) x[j] += xb[j];
     }
 
     int r0 = o.all_logits ? 0 : n - 1;
     for (int i = r0; i < n; i++)
         rmsnorm(x + (size_t)i * D, x + (size_t)i * D, m->output_norm, D, m->rms_eps, 0);
-    matmul(logits, x + (size_t)r0 * D, m->output, NULL, n - r0, D, V, nt);
+    act_set(&A, x + (size_t)r0 * D, n - r0, D);
+    linear(logits, &A, m->output, &m->qoutput, NULL, V);
     return MSA_OK;
 }

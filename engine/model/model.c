@@ -11,8 +11,9 @@
  * types (Q4_0 .. Q8_0, Q2_K .. Q6_K, engine/model/ggml_quant.c) are
  * converted to fp32 buffers the model owns, which costs 4 bytes per
  * parameter (a 7B F16 model: 28 GB; a 0.5B Q4_K_M file of 0.49 GB becomes
- * 2 GB). That is a deliberate simplification of the CPU path: compute on the
- * quantized blocks is not there yet.
+ * 2 GB). On the CPU, weight matrices whose type has a quantized kernel
+ * (kernels/qgemm.h) are not converted: get_weight() keeps them in the
+ * mapping (msa_qmat, model.h), unless MSA_CPU_WEIGHTS=f32 is set.
  *
  * The fingerprint is SHA-256 over, per tensor in file order, its name, type,
  * dims and bytes. Hashing a large model takes seconds, so it is cached;
@@ -32,6 +33,7 @@
 #include "engine/model/model.h"
 #include "engine/pull/sha256.h"
 #include "base/base.h"
+#include "kernels/qgemm.h"
 
 /* The Hugging Face loader (engine/model/model_hf.c): fills `m` from a directory.
  * Weak, so that a build without it still links; then directories are
@@ -108,13 +110,16 @@ int msa_model_validate(msa_model *m) {
     if (!(m->rms_eps > 0) || !isfinite(m->rms_eps))
         return msa_error(MSA_EFORMAT, "model: RMSNorm epsilon %g (must be positive and finite)",
                          (double)m->rms_eps);
-    if (!m->tok_embd || !m->output_norm || !m->output || !m->layers)
+    if ((!m->tok_embd && !m->qtok_embd.data) || !m->output_norm ||
+        (!m->output && !m->qoutput.data) || !m->layers)
         return msa_error(MSA_EFORMAT, "model: embedding, final norm or classifier missing");
     int trained = 0;
     for (int l = 0; l < I->n_layers; l++) {
         const msa_model_layer *L = &m->layers[l];
-        if (!L->attn_norm || !L->wq || !L->wk || !L->wv || !L->wo || !L->ffn_norm || !L->w1 ||
-            !L->w2 || !L->w3)
+#define HAS(w) (L->w || L->q##w.data)
+        if (!L->attn_norm || !HAS(wq) || !HAS(wk) || !HAS(wv) || !HAS(wo) || !L->ffn_norm ||
+            !HAS(w1) || !HAS(w2) || !HAS(w3))
+#undef HAS
             return msa_error(MSA_EFORMAT, "model: layer %d lacks a weight", l);
         int has = L->idx_q && L->idx_k && L->idx_q_norm && L->idx_k_norm;
         if (l == 0) trained = has;
@@ -138,6 +143,7 @@ typedef struct loader {
     msa_model *m;
     const msa_gguf *g;
     const char *arch;
+    int f32;              /* 1: every weight to fp32 (MSA_CPU_WEIGHTS=f32) */
 } loader;
 
 static int meta_int(loader *L, const char *suffix, int required, int def, int *out) {
@@ -202,10 +208,90 @@ static int get_tensor(loader *L, const char *name, int64_t ne0, int64_t ne1, int
     return MSA_OK;
 }
 
+/* A weight matrix (ne0 = its columns): kept in the file's bytes (*q) when
+ * its type has a quantized kernel for ne0 columns and the model is not
+ * opened for fp32 weights (*out NULL then); else exactly get_tensor(),
+ * which also reports a missing tensor or a wrong shape. */
+static int get_weight(loader *L, const char *name, int64_t ne0, int64_t ne1, int optional,
+                      const float **out, msa_qmat *q) {
+    const msa_gguf_tensor *t;
+    memset(q, 0, sizeof *q);
+    if (!L->f32 && msa_gguf_find_tensor(L->g, name, &t) == MSA_OK && t->ne[0] == ne0 &&
+        t->ne[1] == ne1 && t->ne[2] == 1 && t->ne[3] == 1 && ne0 <= INT32_MAX &&
+        ne1 <= INT32_MAX && msa_qgemm_supported(t->type, (int)ne0) &&
+        t->size >= msa_ggml_row_bytes(t->type, ne0) * (size_t)ne1) {
+        *out = NULL;
+        q->data = t->data;
+        q->type = t->type;
+        q->rows = (int)ne1;
+        q->cols = (int)ne0;
+        q->row_bytes = msa_ggml_row_bytes(t->type, ne0);
+        return MSA_OK;
+    }
+    return get_tensor(L, name, ne0, ne1, optional, out);
+}
+
+static int expand_one(msa_model *m, const float **f, const msa_qmat *q) {
+    if (*f || !q->data) return MSA_OK;
+    float *buf;
+    int rc = msa_model_alloc(m, (size_t)q->rows * q->cols, &buf);
+    if (rc) return rc;
+    for (int r = 0; r < q->rows; r++)
+        msa_ggml_to_f32(q->type, (const uint8_t *)q->data + (size_t)r * q->row_bytes,
+                        buf + (size_t)r * q->cols, q->cols);
+    *f = buf;
+    return MSA_OK;
+}
+
+int msa_model_expand_f32(msa_model *m) {
+    if (!m) return msa_error(MSA_EINVAL, "msa_model_expand_f32: NULL model");
+    const int tied = m->qoutput.data && m->qoutput.data == m->qtok_embd.data;
+    int rc = expand_one(m, &m->tok_embd, &m->qtok_embd);
+    if (!rc && tied && !m->output) m->output = m->tok_embd;
+    if (!rc) rc = expand_one(m, &m->output, &m->qoutput);
+    for (int l = 0; !rc && m->layers && l < m->info.n_layers; l++) {
+        msa_model_layer *Y = &m->layers[l];
+        if ((rc = expand_one(m, &Y->wq, &Y->qwq)) || (rc = expand_one(m, &Y->wk, &Y->qwk)) ||
+            (rc = expand_one(m, &Y->wv, &Y->qwv)) || (rc = expand_one(m, &Y->wo, &Y->qwo)) ||
+            (rc = expand_one(m, &Y->w1, &Y->qw1)) || (rc = expand_one(m, &Y->w2, &Y->qw2)) ||
+            (rc = expand_one(m, &Y->w3, &Y->qw3)))
+            break;
+    }
+    return rc ? msa_error_context(rc, "model: converting quantized weights to fp32") : MSA_OK;
+}
+
+static void count_w(const float *f, const msa_qmat *q, size_t n, size_t *fb, size_t *qb) {
+    if (f) *fb += n * sizeof(float);
+    else if (q && q->data) *qb += q->row_bytes * (size_t)q->rows;
+}
+
+void msa_model_weight_bytes(const msa_model *m, size_t *f32_bytes, size_t *quant_bytes) {
+    size_t fb = 0, qb = 0;
+    const msa_model_info *I = &m->info;
+    const size_t D = I->dim, qd = (size_t)I->n_heads * I->head_dim,
+                 kvd = (size_t)I->n_kv_heads * I->head_dim, F = I->ff_dim, V = I->vocab_size;
+    count_w(m->tok_embd, &m->qtok_embd, V * D, &fb, &qb);
+    if (m->output != m->tok_embd || (!m->output && m->qoutput.data != m->qtok_embd.data))
+        count_w(m->output, &m->qoutput, V * D, &fb, &qb);
+    for (int l = 0; m->layers && l < I->n_layers; l++) {
+        const msa_model_layer *Y = &m->layers[l];
+        count_w(Y->wq, &Y->qwq, qd * D, &fb, &qb);
+        count_w(Y->wk, &Y->qwk, kvd * D, &fb, &qb);
+        count_w(Y->wv, &Y->qwv, kvd * D, &fb, &qb);
+        count_w(Y->wo, &Y->qwo, D * qd, &fb, &qb);
+        count_w(Y->w1, &Y->qw1, F * D, &fb, &qb);
+        count_w(Y->w2, &Y->qw2, D * F, &fb, &qb);
+        count_w(Y->w3, &Y->qw3, F * D, &fb, &qb);
+    }
+    if (f32_bytes) *f32_bytes = fb;
+    if (quant_bytes) *quant_bytes = qb;
+}
+
 static int load_gguf(msa_model *m, const char *path) {
     int rc = msa_gguf_open(path, &m->gguf);
     if (rc) return rc;
-    loader L = {m, m->gguf, NULL};
+    const char *wenv = getenv("MSA_CPU_WEIGHTS");
+    loader L = {m, m->gguf, NULL, wenv && strcmp(wenv, "f32") == 0};
     const char *s;
     size_t n;
     if ((rc = msa_gguf_get_str(L.g, "general.architecture", &s, &n)))
@@ -258,11 +344,14 @@ static int load_gguf(msa_model *m, const char *path) {
 
     const int64_t D = I->dim, Hq = I->n_heads, Hkv = I->n_kv_heads, d = I->head_dim,
                   F = I->ff_dim, V = I->vocab_size;
-    if ((rc = get_tensor(&L, "token_embd.weight", D, V, 0, &m->tok_embd)) ||
+    if ((rc = get_weight(&L, "token_embd.weight", D, V, 0, &m->tok_embd, &m->qtok_embd)) ||
         (rc = get_tensor(&L, "output_norm.weight", D, 0, 0, &m->output_norm)) ||
-        (rc = get_tensor(&L, "output.weight", D, V, 1, &m->output)))
+        (rc = get_weight(&L, "output.weight", D, V, 1, &m->output, &m->qoutput)))
         return rc;
-    if (!m->output) m->output = m->tok_embd; /* tied classifier */
+    if (!m->output && !m->qoutput.data) { /* tied classifier */
+        m->output = m->tok_embd;
+        m->qoutput = m->qtok_embd;
+    }
 
     /* Each layer has at least 9 tensors: a block_count the tensor table
      * cannot hold is refused before anything is sized by it (fuzz-gguf: a
@@ -281,19 +370,24 @@ static int load_gguf(msa_model *m, const char *path) {
         snprintf(nm, sizeof nm, "blk.%d.%s", l, suffix);                     \
         if ((rc = get_tensor(&L, nm, a, b, opt, &Y->field))) return rc;      \
     } while (0)
+#define W(field, suffix, a, b)                                                    \
+    do {                                                                          \
+        snprintf(nm, sizeof nm, "blk.%d.%s", l, suffix);                          \
+        if ((rc = get_weight(&L, nm, a, b, 0, &Y->field, &Y->q##field))) return rc; \
+    } while (0)
         T(attn_norm, "attn_norm.weight", D, 0, 0);
-        T(wq, "attn_q.weight", D, Hq * d, 0);
-        T(wk, "attn_k.weight", D, Hkv * d, 0);
-        T(wv, "attn_v.weight", D, Hkv * d, 0);
-        T(wo, "attn_output.weight", Hq * d, D, 0);
+        W(wq, "attn_q.weight", D, Hq * d);
+        W(wk, "attn_k.weight", D, Hkv * d);
+        W(wv, "attn_v.weight", D, Hkv * d);
+        W(wo, "attn_output.weight", Hq * d, D);
         T(bq, "attn_q.bias", Hq * d, 0, !qwen2);
         T(bk, "attn_k.bias", Hkv * d, 0, !qwen2);
         T(bv, "attn_v.bias", Hkv * d, 0, !qwen2);
         T(bo, "attn_output.bias", D, 0, 1);
         T(ffn_norm, "ffn_norm.weight", D, 0, 0);
-        T(w1, "ffn_gate.weight", D, F, 0);
-        T(w2, "ffn_down.weight", F, D, 0);
-        T(w3, "ffn_up.weight", D, F, 0);
+        W(w1, "ffn_gate.weight", D, F);
+        W(w2, "ffn_down.weight", F, D);
+        W(w3, "ffn_up.weight", D, F);
         /* Trained MSA index: its dim comes from msa_idx_k's rows when the
          * metadata does not state it. */
         if (!di) {
@@ -310,6 +404,7 @@ static int load_gguf(msa_model *m, const char *path) {
             T(idx_k_norm, "msa_idx_k_norm.weight", di, 0, 1);
         }
 #undef T
+#undef W
     }
     I->idx_dim = di;
     return msa_model_validate(m);

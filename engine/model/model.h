@@ -10,6 +10,17 @@
  * that matrix. F32 tensors point into the file mapping; other types are
  * converted into buffers the model owns (msa_model_alloc()).
  *
+ * Quantized weights: on the CPU, a matrix (and the embedding) whose ggml
+ * type has a kernel in kernels/qgemm.h (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+ * Q2_K..Q6_K, K a multiple of the block) is not converted: its msa_qmat
+ * points at the file's bytes in the mapping and its fp32 pointer is NULL,
+ * and the forward pass multiplies on the blocks with 8-bit activations.
+ * Every other type is converted to fp32 as before. MSA_CPU_WEIGHTS=f32 in
+ * the environment at open converts everything (the exact fp32 path, which
+ * the tight reference tests use); msa_model_expand_f32() does the same for
+ * an open model (the CUDA upload and calibration read fp32 weights). A
+ * weight whose fp32 pointer is set is always multiplied in fp32.
+ *
  * RoPE convention: rope_neox == 0 rotates interleaved pairs (2i, 2i+1) of each
  * head, as llama2.c and llama.cpp's "normal" mode (GGUF llama) do;
  * rope_neox == 1 rotates pairs (i, i + d/2) ("rotate half"), as GGUF qwen2
@@ -30,6 +41,16 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* A weight matrix (rows, cols) kept in its file's bytes: row r at
+ * data + r * row_bytes. data NULL: not kept so (the fp32 pointer beside it
+ * holds the weight). */
+typedef struct msa_qmat {
+    const void *data;
+    int type;          /* ggml type (MSA_GGML_*) */
+    int rows, cols;
+    size_t row_bytes;
+} msa_qmat;
 
 /* One transformer block. Dim names: D model dim, Hq/Hkv heads, d head dim,
  * F feed-forward dim, di index dim. Optional tensors are NULL when absent. */
@@ -52,6 +73,8 @@ typedef struct msa_model_layer {
     const float *idx_k;      /* (di, D)      GGUF blk.N.msa_idx_k.weight */
     const float *idx_q_norm; /* (di)         GGUF blk.N.msa_idx_q_norm.weight, scale 1+w */
     const float *idx_k_norm; /* (di)         GGUF blk.N.msa_idx_k_norm.weight, scale 1+w */
+    /* the same matrices in their file's bytes, where the fp32 pointer is NULL */
+    msa_qmat qwq, qwk, qwv, qwo, qw1, qw2, qw3;
 } msa_model_layer;
 
 struct msa_model {
@@ -62,6 +85,7 @@ struct msa_model {
     const float *tok_embd;     /* (V, D) */
     const float *output_norm;  /* (D) */
     const float *output;       /* (V, D); == tok_embd when tied */
+    msa_qmat qtok_embd, qoutput; /* quantized views where tok_embd / output are NULL */
     msa_model_layer *layers;   /* [n_layers] */
     int n_threads;             /* 0: one per core */
     msa_gguf *gguf;            /* the file the weights map, or NULL */
@@ -75,6 +99,17 @@ struct msa_model {
 /* Allocates `n` floats owned by the model (freed by msa_model_free()).
  * MSA_OK or MSA_ENOMEM. */
 int msa_model_alloc(msa_model *m, size_t n, float **out);
+
+/* Converts every weight kept quantized (msa_qmat) to an fp32 buffer the
+ * model owns and sets its fp32 pointer, so that everything that reads fp32
+ * weights (the CUDA upload, calibration) can, and the CPU forward pass runs
+ * the exact fp32 path from then on. Idempotent. MSA_OK or MSA_ENOMEM (the
+ * weights converted so far stay converted; the model stays usable). */
+int msa_model_expand_f32(msa_model *m);
+
+/* Bytes of weights the model holds: in fp32 buffers (converted or mapped
+ * F32) and in their quantized file bytes. For reports. */
+void msa_model_weight_bytes(const msa_model *m, size_t *f32_bytes, size_t *quant_bytes);
 
 /* The GGUF the model was loaded from (its metadata holds the tokenizer), or
  * NULL for other formats. Owned by the model. */
