@@ -90,57 +90,76 @@ INLINE void udot_acc(__m256i u, const q8v *a, int NC, int blk, float dw, __m256 
     }
 }
 
-INLINE void row_q8_0(const uint8_t *w, const q8v *a, int NC, int nb, float *out) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < nb; b++, w += 34) {
-        const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 2));
-        sdot_acc(q, _mm256_sign_epi8(q, q), a, NC, b, h16(w), acc);
-    }
-    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]);
+/* ---- the 32-element block types: tiles of NR weight rows x NC activation rows */
+
+/* Unpacks one block: 32 weight bytes (signed for S types: q - offset),
+ * the scale, and the minimum (types with one). */
+INLINE void unpack_q8_0(const uint8_t *B, __m256i *q, float *d, float *m) {
+    *q = _mm256_loadu_si256((const __m256i *)(B + 2));
+    *d = h16(B);
+    *m = 0.0f;
+}
+INLINE void unpack_q4_0(const uint8_t *B, __m256i *q, float *d, float *m) {
+    *q = _mm256_sub_epi8(nibbles16(B + 2), _mm256_set1_epi8(8));
+    *d = h16(B);
+    *m = 0.0f;
+}
+INLINE void unpack_q5_0(const uint8_t *B, __m256i *q, float *d, float *m) {
+    /* q - 16: a clear fifth bit makes the nibble negative (| 0xF0) */
+    const __m256i hi = _mm256_andnot_si256(bits32(B + 2), _mm256_set1_epi8((char)0xF0));
+    *q = _mm256_or_si256(nibbles16(B + 6), hi);
+    *d = h16(B);
+    *m = 0.0f;
+}
+INLINE void unpack_q4_1(const uint8_t *B, __m256i *q, float *d, float *m) {
+    *q = nibbles16(B + 4);
+    *d = h16(B);
+    *m = h16(B + 2);
+}
+INLINE void unpack_q5_1(const uint8_t *B, __m256i *q, float *d, float *m) {
+    const __m256i hi = _mm256_and_si256(bits32(B + 4), _mm256_set1_epi8(0x10));
+    *q = _mm256_or_si256(nibbles16(B + 8), hi);
+    *d = h16(B);
+    *m = h16(B + 2);
 }
 
-INLINE void row_q4_0(const uint8_t *w, const q8v *a, int NC, int nb, float *out) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < nb; b++, w += 18) {
-        const __m256i q = _mm256_sub_epi8(nibbles16(w + 2), _mm256_set1_epi8(8));
-        sdot_acc(q, _mm256_sign_epi8(q, q), a, NC, b, h16(w), acc);
+/* out[r * 4 + c] = row r of w against activation row c. SIGNED: weights
+ * through |w| and sign(x, w); MIN: add m * ds per block. */
+#define TILE32(T, BYTES, SIGNED, MIN)                                                       \
+    INLINE void tile_##T(const uint8_t *const *w, int NR, const q8v *a, int NC, int nb,     \
+                         float *out) {                                                      \
+        __m256 acc[4][4];                                                                   \
+        float mins[4][4];                                                                   \
+        for (int r = 0; r < NR; r++)                                                        \
+            for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps(), mins[r][c] = 0.0f; \
+        for (int b = 0; b < nb; b++) {                                                      \
+            __m256i q[4], aq[4];                                                            \
+            __m256 dwv[4];                                                                  \
+            float dw[4], mw[4];                                                             \
+            for (int r = 0; r < NR; r++) {                                                  \
+                unpack_##T(w[r] + (size_t)b * BYTES, &q[r], &dw[r], &mw[r]);                \
+                aq[r] = SIGNED ? _mm256_sign_epi8(q[r], q[r]) : q[r];                       \
+                dwv[r] = _mm256_set1_ps(dw[r]);                                             \
+            }                                                                               \
+            for (int c = 0; c < NC; c++) {                                                  \
+                const __m256i x = LOADX(c, b);                                              \
+                const __m256 dxv = _mm256_broadcast_ss(a[c].d + b);                         \
+                for (int r = 0; r < NR; r++) {                                              \
+                    const __m256i p = udot(aq[r], SIGNED ? _mm256_sign_epi8(x, q[r]) : x);  \
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dwv[r], dxv),                 \
+                                                _mm256_cvtepi32_ps(p), acc[r][c]);          \
+                    if (MIN) mins[r][c] += mw[r] * a[c].ds[b];                              \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int r = 0; r < NR; r++)                                                        \
+            for (int c = 0; c < NC; c++) out[r * 4 + c] = hsum(acc[r][c]) + mins[r][c];     \
     }
-    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]);
-}
-
-INLINE void row_q5_0(const uint8_t *w, const q8v *a, int NC, int nb, float *out) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < nb; b++, w += 22) {
-        /* q - 16: a clear fifth bit makes the nibble negative (| 0xF0) */
-        const __m256i hi = _mm256_andnot_si256(bits32(w + 2), _mm256_set1_epi8((char)0xF0));
-        const __m256i q = _mm256_or_si256(nibbles16(w + 6), hi);
-        sdot_acc(q, _mm256_sign_epi8(q, q), a, NC, b, h16(w), acc);
-    }
-    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]);
-}
-
-INLINE void row_q4_1(const uint8_t *w, const q8v *a, int NC, int nb, float *out) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    float mins[4] = {0, 0, 0, 0};
-    for (int b = 0; b < nb; b++, w += 20) {
-        udot_acc(nibbles16(w + 4), a, NC, b, h16(w), acc);
-        const float m = h16(w + 2);
-        for (int c = 0; c < NC; c++) mins[c] += m * a[c].ds[b];
-    }
-    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]) + mins[c];
-}
-
-INLINE void row_q5_1(const uint8_t *w, const q8v *a, int NC, int nb, float *out) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    float mins[4] = {0, 0, 0, 0};
-    for (int b = 0; b < nb; b++, w += 24) {
-        const __m256i hi = _mm256_and_si256(bits32(w + 4), _mm256_set1_epi8(0x10));
-        udot_acc(_mm256_or_si256(nibbles16(w + 8), hi), a, NC, b, h16(w), acc);
-        const float m = h16(w + 2);
-        for (int c = 0; c < NC; c++) mins[c] += m * a[c].ds[b];
-    }
-    for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]) + mins[c];
-}
+TILE32(q8_0, 34, 1, 0)
+TILE32(q4_0, 18, 1, 0)
+TILE32(q5_0, 22, 1, 0)
+TILE32(q4_1, 20, 0, 1)
+TILE32(q5_1, 24, 0, 1)
 
 /* The eight 6-bit scales and mins of a Q4_K / Q5_K super-block. */
 INLINE void k4_scales(const uint8_t *s, float d, float dmin, float *sc, __m256 *mins) {
@@ -227,54 +246,76 @@ INLINE void row_q6_k(const uint8_t *w, const q8v *a, int NC, int nsb, float *out
     for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]);
 }
 
-#define ROW_VARIANTS(T)                                                                         \
-    static void T##_1(const uint8_t *w, const q8v *a, int nb, float *o) { row_##T(w, a, 1, nb, o); } \
-    static void T##_2(const uint8_t *w, const q8v *a, int nb, float *o) { row_##T(w, a, 2, nb, o); } \
-    static void T##_3(const uint8_t *w, const q8v *a, int nb, float *o) { row_##T(w, a, 3, nb, o); } \
-    static void T##_4(const uint8_t *w, const q8v *a, int nb, float *o) { row_##T(w, a, 4, nb, o); }
-ROW_VARIANTS(q8_0)
-ROW_VARIANTS(q4_0)
-ROW_VARIANTS(q5_0)
-ROW_VARIANTS(q4_1)
-ROW_VARIANTS(q5_1)
-ROW_VARIANTS(q4_k)
-ROW_VARIANTS(q5_k)
-ROW_VARIANTS(q6_k)
+/* ---- driver ---------------------------------------------------------------------- */
 
-typedef void (*row_fn)(const uint8_t *w, const q8v *a, int nb, float *out);
-#define ROW_TABLE(T) {T##_1, T##_2, T##_3, T##_4}
+/* A tile function: NR (1, 2 or 4) rows at w[0..NR-1] against NC (1..4)
+ * activation rows; out[r * 4 + c]. */
+typedef void (*tile_fn)(const uint8_t *const *w, const q8v *a, int nb, float *out);
 
-static int row_table(int type, row_fn f[4], int *per_block) {
-    static const row_fn t_q8_0[4] = ROW_TABLE(q8_0), t_q4_0[4] = ROW_TABLE(q4_0),
-                        t_q5_0[4] = ROW_TABLE(q5_0), t_q4_1[4] = ROW_TABLE(q4_1),
-                        t_q5_1[4] = ROW_TABLE(q5_1), t_q4_k[4] = ROW_TABLE(q4_k),
-                        t_q5_k[4] = ROW_TABLE(q5_k), t_q6_k[4] = ROW_TABLE(q6_k);
-    const row_fn *t;
-    *per_block = 32;
-    switch (type) {
-    case MSA_QT_Q8_0: t = t_q8_0; break;
-    case MSA_QT_Q4_0: t = t_q4_0; break;
-    case MSA_QT_Q5_0: t = t_q5_0; break;
-    case MSA_QT_Q4_1: t = t_q4_1; break;
-    case MSA_QT_Q5_1: t = t_q5_1; break;
-    case MSA_QT_Q4_K: t = t_q4_k; *per_block = 256; break;
-    case MSA_QT_Q5_K: t = t_q5_k; *per_block = 256; break;
-    case MSA_QT_Q6_K: t = t_q6_k; *per_block = 256; break;
-    default: return 0;
+/* The k-quant rows have no multi-row form: NR is 1. */
+#define KROW(T, NC)                                                                      \
+    static void T##_1x##NC(const uint8_t *const *w, const q8v *a, int nb, float *o) {    \
+        row_##T(w[0], a, NC, nb, o);                                                     \
     }
-    memcpy(f, t, 4 * sizeof *f);
-    return 1;
+#define KROWS(T) KROW(T, 1) KROW(T, 2) KROW(T, 3) KROW(T, 4)
+KROWS(q4_k)
+KROWS(q5_k)
+KROWS(q6_k)
+
+#define TROW(T, NR, NC)                                                                  \
+    static void T##_##NR##x##NC(const uint8_t *const *w, const q8v *a, int nb, float *o) { \
+        tile_##T(w, NR, a, NC, nb, o);                                                   \
+    }
+#define TROWS(T) TROW(T, 4, 1) TROW(T, 1, 1) TROW(T, 2, 1) TROW(T, 2, 2) TROW(T, 2, 3) TROW(T, 2, 4)
+TROWS(q8_0)
+TROWS(q4_0)
+TROWS(q5_0)
+TROWS(q4_1)
+TROWS(q5_1)
+
+typedef struct kernel {
+    int per_block, nr;   /* elements per block; weight rows per tile (n > 1) */
+    tile_fn dec4;        /* 4 rows x 1 (decode), or NULL */
+    tile_fn one[4];      /* 1 row x NC */
+    tile_fn multi[4];    /* nr rows x NC */
+} kernel;
+
+#define T32(T) {32, 2, T##_4x1, {T##_1x1, NULL, NULL, NULL}, {T##_2x1, T##_2x2, T##_2x3, T##_2x4}}
+#define TK(T) {256, 1, NULL, {T##_1x1, T##_1x2, T##_1x3, T##_1x4}, {T##_1x1, T##_1x2, T##_1x3, T##_1x4}}
+
+static const kernel *kernel_of(int type) {
+    static const kernel k_q8_0 = T32(q8_0), k_q4_0 = T32(q4_0), k_q5_0 = T32(q5_0),
+                        k_q4_1 = T32(q4_1), k_q5_1 = T32(q5_1), k_q4_k = TK(q4_k),
+                        k_q5_k = TK(q5_k), k_q6_k = TK(q6_k);
+    switch (type) {
+    case MSA_QT_Q8_0: return &k_q8_0;
+    case MSA_QT_Q4_0: return &k_q4_0;
+    case MSA_QT_Q5_0: return &k_q5_0;
+    case MSA_QT_Q4_1: return &k_q4_1;
+    case MSA_QT_Q5_1: return &k_q5_1;
+    case MSA_QT_Q4_K: return &k_q4_k;
+    case MSA_QT_Q5_K: return &k_q5_k;
+    case MSA_QT_Q6_K: return &k_q6_k;
+    default: return NULL;
+    }
 }
 
 static int cpu_ok = -1;
 
+static void store(const msa_qgemm_args *g, int r, int nr, int i, int nc, const float *o) {
+    for (int k = 0; k < nr; k++) {
+        const float b = g->bias ? g->bias[r + k] : 0.0f;
+        for (int c = 0; c < nc; c++) g->y[(size_t)(i + c) * g->ldy + r + k] = o[k * 4 + c] + b;
+    }
+}
+
 int msa_qgemm_avx2(const msa_qgemm_args *g) {
     if (cpu_ok < 0) cpu_ok = msa_qgemm_cpu_has_avx2();
-    row_fn f[4];
-    int per_block;
-    if (!cpu_ok || !row_table(g->type, f, &per_block)) return 0;
-    const int K = g->K, nb = K / per_block;
+    const kernel *kn = cpu_ok ? kernel_of(g->type) : NULL;
+    if (!kn) return 0;
+    const int K = g->K, nb = K / kn->per_block;
     const size_t ab = msa_q8_row_bytes(K);
+    const uint8_t *W = g->W;
     enum { RT = 16, CT = 64 };
     for (int i0 = 0; i0 < g->n; i0 += CT) {
         const int i1 = i0 + CT < g->n ? i0 + CT : g->n;
@@ -289,11 +330,28 @@ int msa_qgemm_avx2(const msa_qgemm_args *g) {
                     a[c].d = (const float *)(p + K);
                     a[c].ds = a[c].d + K / 32;
                 }
-                for (int r = rt; r < rt1; r++) {
-                    float o[4];
-                    f[nc - 1]((const uint8_t *)g->W + (size_t)r * g->w_row_bytes, a, nb, o);
-                    const float b = g->bias ? g->bias[r] : 0.0f;
-                    for (int c = 0; c < nc; c++) g->y[(size_t)(i + c) * g->ldy + r] = o[c] + b;
+                int r = rt;
+                float o[16];
+                const uint8_t *w[4];
+                /* one activation row: four weight rows at a time (four
+                 * independent sums in flight) */
+                if (nc == 1 && kn->dec4)
+                    for (; r + 4 <= rt1; r += 4) {
+                        for (int k = 0; k < 4; k++) w[k] = W + (size_t)(r + k) * g->w_row_bytes;
+                        kn->dec4(w, a, nb, o);
+                        store(g, r, 4, i, 1, o);
+                    }
+                for (; r + kn->nr <= rt1; r += kn->nr) {
+                    for (int k = 0; k < kn->nr; k++) w[k] = W + (size_t)(r + k) * g->w_row_bytes;
+                    kn->multi[nc - 1](w, a, nb, o);
+                    store(g, r, kn->nr, i, nc, o);
+                }
+                for (; r < rt1; r++) { /* the rows left over: one at a time, one column each */
+                    w[0] = W + (size_t)r * g->w_row_bytes;
+                    for (int c = 0; c < nc; c++) {
+                        kn->one[0](w, a + c, nb, o);
+                        store(g, r, 1, i + c, 1, o);
+                    }
                 }
             }
         }
