@@ -43,7 +43,14 @@ size_t msa_q8_row_bytes(int K) {
     return (size_t)K + (size_t)(K / 32) * 8 + (size_t)(K / 16) * 2;
 }
 
+static int avx2_wanted(void);
+
 void msa_q8_quantize_row(const float *x, int K, void *dst) {
+    if (avx2_wanted() && msa_q8_quantize_row_avx2(x, K, dst)) return;
+    msa_q8_quantize_row_portable(x, K, dst);
+}
+
+void msa_q8_quantize_row_portable(const float *x, int K, void *dst) {
     int8_t *qs = dst;
     float *d = (float *)(qs + K), *ds = d + K / 32;
     int16_t *s16 = (int16_t *)(ds + K / 32);

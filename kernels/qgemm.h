@@ -67,6 +67,11 @@ int msa_qgemm_supported(int type, int K);
  * Rows of a batch lie msa_q8_row_bytes(K) apart. */
 size_t msa_q8_row_bytes(int K);
 void msa_q8_quantize_row(const float *x, int K, void *dst);
+/* The portable and the AVX2 quantizer (equal bytes; the AVX2 one returns 0
+ * and writes nothing where it is not built or the CPU lacks AVX2).
+ * msa_q8_quantize_row() takes the AVX2 one where it can. */
+void msa_q8_quantize_row_portable(const float *x, int K, void *dst);
+int msa_q8_quantize_row_avx2(const float *x, int K, void *dst);
 /* x = d * q, for tests and references. */
 void msa_q8_dequantize_row(const void *src, int K, float *x);
 

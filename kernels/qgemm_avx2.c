@@ -31,6 +31,8 @@ int msa_qgemm_cpu_has_avx2(void);
 
 #define INLINE static inline __attribute__((always_inline))
 
+static int cpu_ok = -1; /* -1: not asked yet (a benign race: every thread gets the same answer) */
+
 typedef struct q8v {
     const int8_t *qs;
     const float *d, *ds;
@@ -246,6 +248,52 @@ INLINE void row_q6_k(const uint8_t *w, const q8v *a, int NC, int nsb, float *out
     for (int c = 0; c < NC; c++) out[c] = hsum(acc[c]);
 }
 
+/* ---- activation quantization (the same values as qgemm.c's, bit for bit:
+ * the same max, division and reciprocal, and round-to-nearest-even) ----------- */
+
+int msa_q8_quantize_row_avx2(const float *x, int K, void *dst) {
+    if (cpu_ok < 0) cpu_ok = msa_qgemm_cpu_has_avx2();
+    if (!cpu_ok) return 0;
+    int8_t *qs = dst;
+    float *d = (float *)(qs + K), *ds = d + K / 32;
+    int16_t *s16 = (int16_t *)(ds + K / 32);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b = 0; b < K / 32; b++) {
+        __m256 v[4];
+        __m256 mx = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(x + 32 * b + 8 * k);
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[k]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        const float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
+        const __m256 idv = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int k = 0; k < 4; k++) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], idv));
+        /* |x * id| <= 127 (plus rounding): no clamp needed past the packs' saturation */
+        const __m256i s01 = _mm256_add_epi32(q[0], q[1]), s23 = _mm256_add_epi32(q[2], q[3]);
+        __m128i h0 = _mm_add_epi32(_mm256_castsi256_si128(s01), _mm256_extracti128_si256(s01, 1));
+        __m128i h1 = _mm_add_epi32(_mm256_castsi256_si128(s23), _mm256_extracti128_si256(s23, 1));
+        h0 = _mm_hadd_epi32(h0, h1);
+        h0 = _mm_hadd_epi32(h0, h0); /* lanes: sum 0-15, sum 16-31 */
+        const int sa = _mm_cvtsi128_si32(h0), sb = _mm_extract_epi32(h0, 1);
+        __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+        __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+        p8 = _mm256_permutevar8x32_epi32(p8, perm);
+        p8 = _mm256_max_epi8(p8, _mm256_set1_epi8(-127));
+        _mm256_storeu_si256((__m256i *)(qs + 32 * b), p8);
+        d[b] = db;
+        ds[b] = db * (float)(sa + sb);
+        s16[2 * b] = (int16_t)sa;
+        s16[2 * b + 1] = (int16_t)sb;
+    }
+    return 1;
+}
+
 /* ---- driver ---------------------------------------------------------------------- */
 
 /* A tile function: NR (1, 2 or 4) rows at w[0..NR-1] against NC (1..4)
@@ -299,8 +347,6 @@ static const kernel *kernel_of(int type) {
     default: return NULL;
     }
 }
-
-static int cpu_ok = -1;
 
 static void store(const msa_qgemm_args *g, int r, int nr, int i, int nc, const float *o) {
     for (int k = 0; k < nr; k++) {
@@ -363,6 +409,11 @@ int msa_qgemm_avx2(const msa_qgemm_args *g) {
 
 int msa_qgemm_avx2(const msa_qgemm_args *g) {
     (void)g;
+    return 0;
+}
+
+int msa_q8_quantize_row_avx2(const float *x, int K, void *dst) {
+    (void)x, (void)K, (void)dst;
     return 0;
 }
 

@@ -159,6 +159,11 @@ static void test_quantizer(void) {
             CHECK(s16[2 * b] == s[0] && s16[2 * b + 1] == s[1]);
             CHECK(ds[b] == d[b] * (float)(s[0] + s[1]));
         }
+        /* both quantizers write the same bytes */
+        uint8_t p[512], v[512];
+        msa_q8_quantize_row_portable(x, K, p);
+        if (msa_q8_quantize_row_avx2(x, K, v))
+            CHECKF(!memcmp(p, v, msa_q8_row_bytes(K)), "AVX2 and portable quantizers differ");
     }
 }
 
