@@ -14,7 +14,7 @@ target_link_libraries(model-logits PRIVATE msa_static)
 set_target_properties(model-logits PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
 add_test(NAME test_real_models
          COMMAND python3 -m pytest -q -rs -p no:cacheprovider ${CMAKE_CURRENT_LIST_DIR}/test_real_models.py)
-set_tests_properties(test_real_models PROPERTIES LABELS unit TIMEOUT 900
+set_tests_properties(test_real_models PROPERTIES LABELS unit TIMEOUT 1800
   SKIP_REGULAR_EXPRESSION "(^|\n)[0-9]+ skipped in"
   ENVIRONMENT "MSA_BUILD_DIR=${PROJECT_BINARY_DIR}")
 
