@@ -212,8 +212,6 @@ static void bench_file(const char *path, const long long *lens, int n_lens, int 
                        double bw, int profile) {
     msa_model *m;
     OK(msa_model_open(path, NULL, &m), "open model");
-    /* the upload reads fp32 host weights where it does not take the file's bytes */
-    OK(msa_model_expand_f32(m), "weights to fp32");
     const msa_model_info *I = &m->info;
     printf("model %s: %d layers, hidden %d, %d/%d heads of %d, FFN %d, vocab %d\n", path,
            I->n_layers, I->dim, I->n_heads, I->n_kv_heads, I->head_dim, I->ff_dim, I->vocab_size);

@@ -353,6 +353,25 @@ static int put_bf16(bf16 *dst, const float *src, size_t n, uint16_t *tmp) {
     return ck(cudaMemcpy(dst, tmp, n * 2, cudaMemcpyHostToDevice), "upload weights");
 }
 
+/* A weight as bf16 at dst: from its fp32 copy, or, for one the CPU keeps
+ * quantized (src NULL), from its quantized rows, dequantized a slice at a
+ * time (so the host never holds the fp32 matrix). */
+static int put_w(bf16 *dst, const float *src, const msa_qmat *q, size_t n, uint16_t *tmp) {
+    if (src) return put_bf16(dst, src, n, tmp);
+    if (!q || !q->data || (size_t)q->rows * (size_t)q->cols != n)
+        return msa_error(MSA_EINVAL, "forward (CUDA): upload: a weight has neither fp32 nor quantized data");
+    const size_t slice_rows = (size_t)(1u << 22) / (size_t)q->cols + 1;
+    float *f = (float *)malloc(slice_rows * (size_t)q->cols * sizeof *f);
+    if (!f) return msa_error(MSA_ENOMEM, "forward (CUDA): upload staging");
+    for (size_t r0 = 0; r0 < (size_t)q->rows; r0 += slice_rows) {
+        const size_t nr = (size_t)q->rows - r0 < slice_rows ? (size_t)q->rows - r0 : slice_rows;
+        msa_ggml_to_f32(q->type, (const uint8_t *)q->data + r0 * q->row_bytes, f, (int64_t)(nr * q->cols));
+        for (size_t i = 0; i < nr * (size_t)q->cols; i++) tmp[r0 * q->cols + i] = msa_f32_to_bf16(f[i]);
+    }
+    free(f);
+    return ck(cudaMemcpy(dst, tmp, n * 2, cudaMemcpyHostToDevice), "upload weights");
+}
+
 static int put_f32(msa_cuda_model *cm, const float *src, size_t n, float **out) {
     *out = NULL;
     if (!src) return MSA_OK;
@@ -418,7 +437,7 @@ extern "C" int msa_cuda_model_upload(const msa_model *m, int cuda_device, msa_cu
     const int tied = m->output == m->tok_embd;
     /* the embedding stays bf16 for the row lookup; a decode step reads one row */
     if (!rc) rc = dalloc(cm, V * D * 2, (void **)&cm->tok_embd);
-    if (!rc) rc = put_bf16(cm->tok_embd, m->tok_embd, V * D, tmp);
+    if (!rc) rc = put_w(cm->tok_embd, m->tok_embd, &m->qtok_embd, V * D, tmp);
     if (!rc) {
         const char *oname = tied ? "token_embd.weight" : "output.weight";
         const int64_t vr = (int64_t)V;
@@ -427,7 +446,7 @@ extern "C" int msa_cuda_model_upload(const msa_model *m, int cuda_device, msa_cu
     if (!rc) {
         if (tied) cm->output = cm->tok_embd; /* prefill's classifier reads it */
         else if (!cm->qout.nseg && !(rc = dalloc(cm, V * D * 2, (void **)&cm->output)))
-            rc = put_bf16(cm->output, m->output, V * D, tmp);
+            rc = put_w(cm->output, m->output, &m->qoutput, V * D, tmp);
         else if (cm->qout.nseg)
             deq = V * D;
         wb += cm->qout.nseg ? cm->qout.bytes : V * D * 2;
@@ -459,11 +478,11 @@ extern "C" int msa_cuda_model_upload(const msa_model *m, int cuda_device, msa_cu
         size_t r = 0;
         if (!Y->qqkv.nseg) {
             if ((rc = dalloc(cm, Nq * D * 2, (void **)&Y->wqkv))) break;
-            rc = put_bf16(Y->wqkv, S->wq, qd * D, tmp);
+            rc = put_w(Y->wqkv, S->wq, &S->qwq, qd * D, tmp);
             r += qd;
-            if (!rc) rc = put_bf16(Y->wqkv + r * D, S->wk, kvd * D, tmp);
+            if (!rc) rc = put_w(Y->wqkv + r * D, S->wk, &S->qwk, kvd * D, tmp);
             r += kvd;
-            if (!rc) rc = put_bf16(Y->wqkv + r * D, S->wv, kvd * D, tmp);
+            if (!rc) rc = put_w(Y->wqkv + r * D, S->wv, &S->qwv, kvd * D, tmp);
             r += kvd;
         }
         if (!rc && I->has_trained_index) {
@@ -479,13 +498,13 @@ extern "C" int msa_cuda_model_upload(const msa_model *m, int cuda_device, msa_cu
             rc = put_f32(cm, bias, Nq, &Y->bqkv);
         }
         if (!rc && !Y->qo.nseg) rc = dalloc(cm, D * qd * 2, (void **)&Y->wo);
-        if (!rc && !Y->qo.nseg) rc = put_bf16(Y->wo, S->wo, D * qd, tmp);
+        if (!rc && !Y->qo.nseg) rc = put_w(Y->wo, S->wo, &S->qwo, D * qd, tmp);
         if (!rc) rc = put_f32(cm, S->bo, D, &Y->bo);
         if (!rc && !Y->q13.nseg) rc = dalloc(cm, 2 * F * D * 2, (void **)&Y->w13);
-        if (!rc && !Y->q13.nseg) rc = put_bf16(Y->w13, S->w1, F * D, tmp);
-        if (!rc && !Y->q13.nseg) rc = put_bf16(Y->w13 + F * D, S->w3, F * D, tmp);
+        if (!rc && !Y->q13.nseg) rc = put_w(Y->w13, S->w1, &S->qw1, F * D, tmp);
+        if (!rc && !Y->q13.nseg) rc = put_w(Y->w13 + F * D, S->w3, &S->qw3, F * D, tmp);
         if (!rc && !Y->q2.nseg) rc = dalloc(cm, D * F * 2, (void **)&Y->w2);
-        if (!rc && !Y->q2.nseg) rc = put_bf16(Y->w2, S->w2, D * F, tmp);
+        if (!rc && !Y->q2.nseg) rc = put_w(Y->w2, S->w2, &S->qw2, D * F, tmp);
         if (!rc) rc = put_f32(cm, S->attn_norm, D, &Y->attn_norm);
         if (!rc) rc = put_f32(cm, S->ffn_norm, D, &Y->ffn_norm);
         if (!rc) rc = put_f32(cm, S->idx_q_norm, di, &Y->idx_q_norm);

@@ -85,9 +85,9 @@ int msa_engine_open(const msa_engine_params *params, msa_engine **out) {
         /* bf16 weights uploaded once; sessions page bf16 blocks through a
          * GPU pool. The decode graph is off: the pager's host work sits
          * between the launches of every layer. */
-        /* the upload reads fp32 weights: quantized ones are converted first */
-        rc = msa_model_expand_f32(e->model);
-        if (!rc) rc = msa_cuda_model_upload(e->model, params->cuda_device, &e->cm);
+        /* the upload takes quantized matrices as their bytes, and converts
+         * what it keeps in bf16 a slice at a time */
+        rc = msa_cuda_model_upload(e->model, params->cuda_device, &e->cm);
         if (rc) {
             msa_error_context(rc, "model '%s': uploading to GPU %d", e->model_path,
                               params->cuda_device);
