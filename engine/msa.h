@@ -1446,6 +1446,174 @@ MSA_API int msa_store_usage_get(msa_store *store, const char *name,
  * be opened). */
 MSA_API int msa_session_remove(msa_store *store, const char *name);
 
+/* ------------------------------------------------------------------------ */
+/* 6. The remote tier: sessions shared through an S3-compatible store       */
+/* ------------------------------------------------------------------------ */
+/*
+ * A remote is a bucket (and a key prefix) of an S3-compatible object store,
+ * spoken to over S3's own API with libcurl's SigV4 signing. It holds, under
+ * PREFIX/:
+ *
+ *   objects/<sha256>       immutable objects named by the SHA-256 of their
+ *                          bytes: one per (layer, block) of K, V and index
+ *                          keys (the store's block codec), and token chunks
+ *                          of up to 4096 tokens. Written create-only
+ *                          (If-None-Match: *); the same content is one object.
+ *   sessions/<name>.json   one manifest per session: fingerprint, shape,
+ *                          tokens (as chunk objects), the block objects of
+ *                          every layer with their fill and source tag, and a
+ *                          generation; replaced only by compare-and-swap on
+ *                          its ETag (If-Match), so of two stores that push
+ *                          one session at once exactly one wins.
+ *
+ * The local store stays the cache and the point of durability: sessions are
+ * written locally (msa_store_txn_*, msa_session_*) and copied by
+ * msa_remote_push(); msa_remote_pull() copies the remote's newer tokens and
+ * blocks into the local store. A session moves only forwards: a push needs
+ * the remote's tokens to be a prefix of the local ones, a pull the local
+ * ones a prefix of the remote's; otherwise the two diverged and the call
+ * returns MSA_EBUSY (a conflict) and changes nothing on either side.
+ *
+ * Every fetched object is checked against its name (SHA-256) and then
+ * decoded with the block codec's CRC32C checks; a bad object is fetched
+ * again (twice) and then refused with MSA_ECORRUPT, never stored. Requests
+ * that fail with a connection error, a timeout or HTTP 5xx/429 are retried
+ * with exponential backoff, max_retries times.
+ *
+ * Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN),
+ * else the profile (params.profile, AWS_PROFILE, "default") of
+ * ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE) or ~/.aws/config
+ * (AWS_CONFIG_FILE). Region: params.region, AWS_REGION, AWS_DEFAULT_REGION,
+ * the profile's region, us-east-1. https is always verified.
+ *
+ * A handle may be used by one thread at a time; it runs its own worker
+ * threads (n_threads parallel requests) inside push, pull and gc.
+ */
+
+typedef struct msa_remote msa_remote;
+
+typedef struct msa_remote_params {
+    const char *url;        /* "s3://BUCKET" or "s3://BUCKET/PREFIX" (required) */
+    const char *endpoint;   /* "http://127.0.0.1:8333": a custom S3-compatible
+                               server, addressed path-style (ENDPOINT/BUCKET/KEY).
+                               NULL: AWS, https://BUCKET.s3.REGION.amazonaws.com */
+    const char *region;     /* NULL: from the environment or profile */
+    const char *profile;    /* NULL: AWS_PROFILE, else "default" */
+    int max_retries;        /* retries of a failed request (default 5) */
+    int timeout_s;          /* a transfer that moves nothing this long fails
+                               (and is retried); default 30 */
+    int connect_timeout_s;  /* default 10 */
+    int n_threads;          /* parallel requests (default 8) */
+} msa_remote_params;
+
+/* Defaults as listed in msa_remote_params. */
+MSA_API msa_remote_params msa_remote_default_params(void);
+
+/* Checks the params, finds the credentials and prepares the handle; makes
+ * no request. Returns MSA_OK; MSA_EINVAL (a URL that is not s3://BUCKET...,
+ * an endpoint that is not http(s)); MSA_EAUTH (no credentials found; the
+ * message says where it looked); MSA_ENOMEM. On failure *out is NULL. */
+MSA_API int msa_remote_open(const msa_remote_params *params, msa_remote **out);
+
+/* Closes the handle. Accepts NULL. */
+MSA_API void msa_remote_close(msa_remote *remote);
+
+/* What a push, pull or sync step did. */
+typedef struct msa_remote_stats {
+    uint64_t objects_sent;    /* objects uploaded */
+    uint64_t objects_present; /* objects the remote already had */
+    uint64_t objects_fetched; /* objects downloaded and verified */
+    uint64_t bytes_sent, bytes_fetched;
+    uint64_t requests, retries; /* HTTP requests made, of which retries */
+    uint64_t tokens_local, tokens_remote; /* after the call */
+    uint64_t generation;      /* the manifest's generation after the call */
+    int up_to_date;           /* 1 when nothing had to move */
+    int local_ahead;          /* pull: the local session is ahead (push it) */
+    double seconds;
+} msa_remote_stats;
+
+/* Copies the local session `name` to the remote: the objects the remote
+ * lacks, then the manifest by compare-and-swap. Returns MSA_OK (also when
+ * it was up to date); MSA_ENOTFOUND (no such local session); MSA_EBUSY (a
+ * conflict: the remote session is not a prefix of the local one, or it
+ * moved again during the push three times; the message names both token
+ * counts and the remote's generation; nothing local changed, and objects
+ * already uploaded are harmless: gc removes them); MSA_EMODEL (the remote
+ * session is bound to another model or shape); MSA_ECORRUPT (a bad remote
+ * manifest or token chunk); MSA_EAUTH; MSA_ENET (after the retries); the
+ * store's read errors. st (may be NULL) gets the counts. */
+MSA_API int msa_remote_push(msa_remote *remote, msa_store *store, const char *name,
+                            msa_remote_stats *st);
+
+/* Copies the remote session `name` into the local store, creating it when
+ * missing, in transactions of at most ~256 MiB of blocks (each leaves the
+ * local session a consistent prefix, so an interrupted pull continues where
+ * it stopped). Returns MSA_OK (st->local_ahead = 1 when the local session
+ * already extends the remote one: nothing was changed); MSA_ENOTFOUND (not
+ * on the remote); MSA_EBUSY (the sessions diverged, or a local writer
+ * appended meanwhile; nothing was changed); MSA_EMODEL (local session of
+ * another model or shape); MSA_ECORRUPT (an object failed its checks three
+ * times, named; no transaction holding it was committed); MSA_EAUTH;
+ * MSA_ENET; the store's write errors. */
+MSA_API int msa_remote_pull(msa_remote *remote, msa_store *store, const char *name,
+                            msa_remote_stats *st);
+
+/* How a local and a remote session relate (msa_remote_compare). */
+typedef enum msa_remote_relation {
+    MSA_REMOTE_SAME = 0,         /* same tokens */
+    MSA_REMOTE_LOCAL_AHEAD = 1,  /* remote tokens are a strict prefix: push */
+    MSA_REMOTE_REMOTE_AHEAD = 2, /* local tokens are a strict prefix: pull */
+    MSA_REMOTE_DIVERGED = 3,     /* neither: a conflict */
+    MSA_REMOTE_ONLY_LOCAL = 4,
+    MSA_REMOTE_ONLY_REMOTE = 5
+} msa_remote_relation;
+
+/* Compares the session on both sides into *rel. Returns MSA_OK,
+ * MSA_ENOTFOUND (on neither side), and the errors of push. */
+MSA_API int msa_remote_compare(msa_remote *remote, msa_store *store, const char *name,
+                               msa_remote_relation *rel);
+
+/* A session as the remote holds it. */
+typedef struct msa_remote_session_info {
+    char name[MSA_STORE_NAME_MAX + 1];
+    char fingerprint[MSA_STORE_FINGERPRINT_MAX + 1];
+    msa_store_shape shape;
+    uint64_t n_tokens, n_blocks; /* blocks per layer */
+    uint64_t bytes;              /* bytes of the objects it references */
+    uint64_t generation;
+    int64_t pushed_at;           /* Unix seconds */
+    char pushed_by[128];         /* host name of the last push */
+} msa_remote_session_info;
+
+/* Every session on the remote, sorted by name, into a malloc'ed array (free
+ * with msa_remote_list_free). Returns MSA_OK, MSA_ECORRUPT (an unreadable
+ * manifest, named), MSA_EAUTH, MSA_ENET, MSA_ENOMEM. */
+MSA_API int msa_remote_list(msa_remote *remote, msa_remote_session_info **out,
+                            size_t *n);
+MSA_API void msa_remote_list_free(msa_remote_session_info *list);
+
+/* Removes a session's manifest from the remote (its objects stay until
+ * msa_remote_gc). Returns MSA_OK, MSA_ENOTFOUND, MSA_EAUTH, MSA_ENET. */
+MSA_API int msa_remote_remove(msa_remote *remote, const char *name);
+
+typedef struct msa_remote_gc_stats {
+    uint64_t manifests;      /* sessions read */
+    uint64_t referenced;     /* distinct objects they reference */
+    uint64_t objects;        /* objects listed */
+    uint64_t deleted, bytes_deleted; /* (would be, with dry_run) */
+    uint64_t kept_young;     /* unreferenced but newer than min_age_s */
+} msa_remote_gc_stats;
+
+/* Deletes the objects that no manifest references and that are older than
+ * min_age_s seconds (objects of a push in flight are younger than its
+ * manifest; 3600 is a safe value), never a referenced one: objects are
+ * listed first, then every manifest is read, and any manifest that cannot
+ * be read stops the gc before anything is deleted. dry_run: count only.
+ * Returns MSA_OK, MSA_ECORRUPT (an unreadable manifest; nothing deleted),
+ * MSA_EAUTH, MSA_ENET. */
+MSA_API int msa_remote_gc(msa_remote *remote, int64_t min_age_s, int dry_run,
+                          msa_remote_gc_stats *st);
+
 #ifdef __cplusplus
 }
 #endif
