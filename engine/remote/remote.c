@@ -205,7 +205,7 @@ static int check_object(const char *hash, const uint8_t *b, size_t len, uint32_t
         return msa_error(MSA_ECORRUPT, "object %.16s...: not the %s the manifest names", hash,
                          kind == 1 ? "block" : "token chunk");
     if (kind == 1 && msa_block_verify(b + OBJ_HDR, len - OBJ_HDR))
-        return msa_error_context(MSA_ECORRUPT, "object %.16s...: ", hash);
+        return msa_error_context(MSA_ECORRUPT, "object %.16s...", hash);
     if (kind == 2 && len != OBJ_HDR + 4 * (size_t)count)
         return msa_error(MSA_ECORRUPT, "object %.16s...: token chunk of the wrong size", hash);
     return MSA_OK;
@@ -227,7 +227,7 @@ static int fetch_object(msa_remote *r, msa_s3 *s3, const char *hash, uint32_t ki
         if (!rc) return MSA_OK;
         msa_s3_resp_free(resp);
     }
-    return msa_error_context(rc, "after 3 fetches: ");
+    return msa_error_context(rc, "after 3 fetches");
 }
 
 /* ---- parallel workers ------------------------------------------------------------ */
@@ -825,7 +825,7 @@ static int pull_task(pool *p, pool_thread *t, int64_t i) {
     const mblock *e = &c->m->layers[layer][b];
     msa_s3_resp resp;
     int rc = fetch_object(p->r, t->s3, e->hash, 1, e->n, &resp);
-    if (rc) return msa_error_context(rc, "layer %d block %llu: ", layer, (unsigned long long)b);
+    if (rc) return msa_error_context(rc, "layer %d block %llu", layer, (unsigned long long)b);
     c->got[i].obj = resp.body;
     c->got[i].len = resp.len;
     __atomic_add_fetch(&c->fetched_n, 1, __ATOMIC_RELAXED);
@@ -909,7 +909,7 @@ int msa_remote_pull(msa_remote *r, msa_store *store, const char *name, msa_remot
                 uint8_t *k = buf, *v = k + kvb, *ix = v + kvb;
                 int nt;
                 rc = msa_block_decode(&cs, f->obj + OBJ_HDR, f->len - OBJ_HDR, k, v, ix, &nt, 1);
-                if (rc) rc = msa_error_context(rc, "object %.16s... (layer %d block %llu): ", e->hash, l,
+                if (rc) rc = msa_error_context(rc, "object %.16s... (layer %d block %llu)", e->hash, l,
                                                (unsigned long long)(b + bi));
                 else if ((uint32_t)nt != e->n)
                     rc = msa_error(MSA_ECORRUPT, "object %.16s...: %d rows, the manifest says %u", e->hash, nt, e->n);
@@ -919,7 +919,7 @@ int msa_remote_pull(msa_remote *r, msa_store *store, const char *name, msa_remot
             }
         if (rc) { msa_store_txn_abort(t); goto out; }
         if ((rc = msa_store_txn_commit(t))) {
-            if (rc == MSA_EBUSY) msa_error_context(rc, "pull of '%s': a local writer appended meanwhile: ", name);
+            if (rc == MSA_EBUSY) msa_error_context(rc, "pull of '%s': a local writer appended meanwhile", name);
             goto out;
         }
         for (size_t i = 0; i < (size_t)(nb * (uint64_t)h->n_layers); i++) free(got[i].obj);
@@ -1135,7 +1135,7 @@ int msa_remote_gc(msa_remote *r, int64_t min_age_s, int dry_run, msa_remote_gc_s
         manifest m;
         rc = manifest_get(r, s3, names.keys[i], &m, NULL);
         if (rc == MSA_ENOTFOUND) { rc = 0; continue; }
-        if (rc) { msa_error_context(rc, "gc stopped, nothing deleted: "); goto out; }
+        if (rc) { msa_error_context(rc, "gc stopped, nothing deleted"); goto out; }
         s.manifests++;
         size_t need = n_refs + m.n_chunks + (size_t)m.n_blocks * (size_t)m.shape.n_layers;
         if (need > cap_refs) {

@@ -401,7 +401,7 @@ static int request(msa_s3 *s, const char *method, const char *key, const char *q
                 if (!r->body) status = msa_error(MSA_ENOMEM, "s3: out of memory");
             }
             if (status != MSA_OK && retry && attempt >= max && attempt > 0)
-                msa_error_context(status, "after %d attempts: ", attempt + 1);
+                msa_error_context(status, "after %d attempts", attempt + 1);
             break;
         }
         msa_s3_resp_free(r);
