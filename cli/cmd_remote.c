@@ -28,7 +28,7 @@ static void remote_help(void) {
            "a remote session's newer tokens and blocks into this store. Block objects are\n"
            "immutable and named by their SHA-256; each session's manifest is replaced only\n"
            "by compare-and-swap, so of two stores that push one session at once exactly one\n"
-           "wins and the other gets a conflict (exit 1) and loses nothing local.\n"
+           "wins and the other gets a conflict (exit 7, busy) and loses nothing local.\n"
            "\n"
            "Subcommands:\n"
            "  add NAME URL [--endpoint URL] [--region R] [--profile P]\n"

@@ -247,8 +247,9 @@ PROMPT = "Once upon a time, there was a little girl named Lily."
 
 
 def make_session(env, store, name, n=100, prompt=PROMPT):
-    # blocks of 8 tokens: past 16 blocks (128 tokens) MSA selects (top-k 16)
-    msa(env, store, "new", name, "--block-size", "8")
+    # blocks of 8 tokens and top-k 4: past 32 tokens MSA selects, and the
+    # session's top-k (in its record) must travel with it
+    msa(env, store, "new", name, "--block-size", "8", "--top-k", "4")
     msa(env, store, "gen", name, "--prompt", prompt, "-n", n)
 
 
@@ -302,6 +303,9 @@ def test_two_stores_share_a_session(env, weed, tmp_path):
     assert len(m["layers"]) == n_layers
     ls = msa_json(env, a, "remote", "ls")["sessions"]
     assert [s["name"] for s in ls] == ["story"] and ls[0]["tokens"] == m["tokens"]
+    assert m["params"]["top_k"] == 4
+    info = json.loads(msa(env, b, "info", "story", "--json").stdout)
+    assert "4" in json.dumps(info.get("top_k", info.get("params", {}))), info
 
 
 def test_concurrent_pushes_one_conflict(env, weed, tmp_path):
@@ -321,8 +325,8 @@ def test_concurrent_pushes_one_conflict(env, weed, tmp_path):
              for st in (a, b)]
     res = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
     codes = sorted(r[0] for r in res)
-    assert codes == [0, 1], res
-    loser = [r for r in res if r[0] == 1][0]
+    assert codes == [0, 7], res
+    loser = [r for r in res if r[0] == 7][0]
     assert "conflict" in loser[2]
     # nothing lost on either side; the remote holds the winner's session
     assert tokens(env, a, "s") == ta and tokens(env, b, "s") == tb
@@ -332,14 +336,14 @@ def test_concurrent_pushes_one_conflict(env, weed, tmp_path):
     # the loser's pull is refused too (diverged), and its work survives as a fork
     loser_store = b if res[0][0] == 0 else a
     p = msa(env, loser_store, "remote", "pull", "s", check=False)
-    assert p.returncode == 1 and "conflict" in p.stderr
+    assert p.returncode == 7 and "conflict" in p.stderr
     msa(env, loser_store, "fork", "s", "s-mine")
     msa(env, loser_store, "remote", "push", "s-mine")
     manifests, _ = check_remote(weed.client(), "conc")
     assert manifests["s-mine"]["tokens"] == len(tb if loser_store == b else ta)
-    # sync reports the conflict and exits 1, and pushes nothing over it
+    # sync reports the conflict and exits 7 (busy), and pushes nothing over it
     p = msa(env, loser_store, "remote", "sync", "--json", check=False)
-    assert p.returncode == 1
+    assert p.returncode == 7
     got = {s["session"]: s["action"] for s in json.loads(p.stdout)["sessions"]}
     assert got == {"s": "failed", "s-mine": "up to date"}
 

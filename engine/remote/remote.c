@@ -317,6 +317,7 @@ typedef struct manifest {
     mblock *chunks;
     uint64_t n_blocks;   /* per layer */
     mblock **layers;     /* [n_layers][n_blocks] */
+    int top_k;           /* the session's stored top-k (0: none) */
 } manifest;
 
 static void manifest_free(manifest *m) {
@@ -362,7 +363,7 @@ static json_t *manifest_json(const manifest *m) {
         json_array_append_new(layers, lay);
     }
     const msa_store_shape *h = &m->shape;
-    return json_pack("{s:s, s:i, s:s, s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:s}, s:I, s:I, s:s, s:I, s:o, s:o}",
+    return json_pack("{s:s, s:i, s:s, s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:s}, s:I, s:I, s:s, s:I, s:o, s:o, s:{s:i}}",
                      "format", "msa-mem-remote", "version", 1, "name", m->name,
                      "fingerprint", m->fingerprint,
                      "shape", "layers", h->n_layers, "kv_heads", h->n_kv_heads, "head_dim", h->head_dim,
@@ -371,7 +372,7 @@ static json_t *manifest_json(const manifest *m) {
                      "index_dtype", msa_dtype_name(h->idx_dtype),
                      "tokens", (json_int_t)m->n_tokens, "generation", (json_int_t)m->generation,
                      "pushed_by", m->pushed_by, "pushed_at", (json_int_t)m->pushed_at,
-                     "token_chunks", chunks, "layers", layers);
+                     "token_chunks", chunks, "layers", layers, "params", "top_k", m->top_k);
 }
 
 #define BAD(...) do { rc = msa_error(MSA_ECORRUPT, __VA_ARGS__); goto done; } while (0)
@@ -386,12 +387,15 @@ static int manifest_parse(const char *key, const char *text, size_t len, manifes
     const char *fmt = NULL, *name = NULL, *fp = NULL, *kvd = NULL, *idd = NULL, *by = "";
     int version = 0;
     json_int_t tokens = -1, gen = 0, at = 0;
-    json_t *shape = NULL, *chunks = NULL, *layers = NULL;
-    if (json_unpack_ex(j, &je, 0, "{s:s, s:i, s:s, s:s, s:o, s:I, s:I, s?s, s?I, s:o, s:o}",
+    json_t *shape = NULL, *chunks = NULL, *layers = NULL, *params = NULL;
+    if (json_unpack_ex(j, &je, 0, "{s:s, s:i, s:s, s:s, s:o, s:I, s:I, s?s, s?I, s:o, s:o, s?o}",
                        "format", &fmt, "version", &version, "name", &name, "fingerprint", &fp,
                        "shape", &shape, "tokens", &tokens, "generation", &gen, "pushed_by", &by,
-                       "pushed_at", &at, "token_chunks", &chunks, "layers", &layers))
+                       "pushed_at", &at, "token_chunks", &chunks, "layers", &layers,
+                       "params", &params))
         BAD("manifest %s: %s", key, je.text);
+    if (params && (json_unpack(params, "{s?i}", "top_k", &m->top_k) || m->top_k < 0 || m->top_k > 65536))
+        BAD("manifest %s: bad params", key);
     if (strcmp(fmt, "msa-mem-remote")) BAD("manifest %s: format '%s' is not msa-mem-remote", key, fmt);
     if (version != 1) { rc = msa_error(MSA_EVERSION, "manifest %s: version %d (this build reads 1)", key, version); goto done; }
     msa_store_shape *h = &m->shape;
@@ -678,11 +682,13 @@ static int push_once(msa_remote *r, msa_s3 *s3, msa_store *store, const char *na
         if ((rc = check_binding(name, &li, &old))) goto out;
         if ((rc = remote_tokens(r, &old, &rt))) goto out;
         msa_remote_relation rel = relate(lt, li.n_tokens, rt, old.n_tokens);
-        if (rel == MSA_REMOTE_SAME) {
+        msa_session_params lp;
+        if ((rc = msa_store_session_get_params(ls, &lp))) goto out;
+        if (rel == MSA_REMOTE_SAME && lp.top_k == old.top_k) {
             if (st) { st->up_to_date = 1; st->generation = old.generation; }
             goto out;
         }
-        if (rel != MSA_REMOTE_LOCAL_AHEAD) {
+        if (rel != MSA_REMOTE_LOCAL_AHEAD && rel != MSA_REMOTE_SAME) {
             rc = msa_error(MSA_EBUSY,
                            "conflict: session '%s' on the remote (%llu tokens, generation %llu, pushed "
                            "by %s) is %s the local one (%llu tokens): nothing was pushed and the local "
@@ -703,6 +709,9 @@ static int push_once(msa_remote *r, msa_s3 *s3, msa_store *store, const char *na
     nm.n_tokens = li.n_tokens;
     nm.generation = have_old ? old.generation + 1 : 1;
     nm.pushed_at = (int64_t)time(NULL);
+    msa_session_params sp;
+    if ((rc = msa_store_session_get_params(ls, &sp))) goto out;
+    nm.top_k = sp.top_k;
     gethostname(nm.pushed_by, sizeof nm.pushed_by - 1);
     nm.n_chunks = (size_t)ceil_div(li.n_tokens, TOK_CHUNK);
     nm.n_blocks = ceil_div(li.n_tokens, (uint64_t)h->block_size);
@@ -858,6 +867,13 @@ int msa_remote_pull(msa_remote *r, msa_store *store, const char *name, msa_remot
         rc = msa_store_session_open(store, name, NULL, &ls);
     }
     if (rc) goto out;
+    /* the remote's parameters where the local session has none */
+    msa_session_params sp;
+    if ((rc = msa_store_session_get_params(ls, &sp))) goto out;
+    if (!sp.top_k && m.top_k) {
+        sp.top_k = m.top_k;
+        if ((rc = msa_store_session_set_params(ls, &sp))) goto out;
+    }
     if ((rc = msa_store_session_stat(ls, &li))) goto out;
     if ((rc = check_binding(name, &li, &m))) goto out;
     if ((rc = local_tokens(ls, li.n_tokens, &lt))) goto out;
