@@ -470,11 +470,16 @@ static int sub_delete(msa_cli *cli, const ropts *o) {
     const char *rn;
     int rc = open_remote(cli, o, &r, &rn), code = 0;
     if (rc) return rc;
+    json_t *out = json_array();
     for (int i = 0; i < o->n_args; i++) {
         rc = msa_remote_remove(r, o->args[i]);
         if (rc) code = msa_cli_fail(rc, "deleting '%s' from remote '%s'", o->args[i], rn);
         else if (!cli->quiet && !cli->json) printf("deleted '%s' from remote '%s' (its objects go at the next gc)\n", o->args[i], rn);
+        json_array_append_new(out, json_pack("{s:s, s:s}", "session", o->args[i], "action",
+                                             rc ? "failed" : "deleted"));
     }
+    if (cli->json) print_json(json_pack("{s:s, s:o}", "remote", rn, "sessions", out));
+    else json_decref(out);
     msa_remote_close(r);
     return code;
 }

@@ -1486,8 +1486,10 @@ MSA_API int msa_session_remove(msa_store *store, const char *name);
  * (AWS_CONFIG_FILE). Region: params.region, AWS_REGION, AWS_DEFAULT_REGION,
  * the profile's region, us-east-1. https is always verified.
  *
- * A handle may be used by one thread at a time; it runs its own worker
- * threads (n_threads parallel requests) inside push, pull and gc.
+ * A handle may be used by one thread at a time. Push, pull, list and gc
+ * run n_threads parallel requests on worker threads that the remote tier
+ * keeps for the process (not the compute pool of msa_parallel_for); calls
+ * from several threads or handles run their transfers one after another.
  */
 
 typedef struct msa_remote msa_remote;

@@ -268,6 +268,22 @@ def test_help_and_usage(env, tmp_path):
     assert p.returncode == 2
 
 
+def test_missing_bucket_and_session(env, weed, tmp_path):
+    s = tmp_path / "s"
+    msa(env, s, "remote", "add", "nob", "s3://no-such-bucket-here/p", "--endpoint", weed.endpoint)
+    p = msa(env, s, "remote", "pull", "x", "--remote", "nob", check=False)
+    assert p.returncode == 3 and "no-such-bucket-here" in p.stderr and "does not exist" in p.stderr
+    add_remote(env, s, "missing", weed.endpoint)
+    p = msa(env, s, "remote", "pull", "x", "--remote", "origin", check=False)
+    assert p.returncode == 3 and "no session 'x' on the remote" in p.stderr
+    p = msa(env, s, "remote", "push", "x", "--remote", "origin", check=False)
+    assert p.returncode == 3
+    # credentials refused by the server: exit 6 (authentication), no retries
+    bad = dict(env, AWS_SECRET_ACCESS_KEY="wrong")
+    p = msa(bad, s, "remote", "ls", "--remote", "origin", check=False)
+    assert p.returncode == 6 and "403" in p.stderr and "attempts" not in p.stderr
+
+
 def test_two_stores_share_a_session(env, weed, tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     ep = weed.endpoint
@@ -386,6 +402,14 @@ def test_tampered_objects_are_refused(env, weed, tmp_path):
     add_remote(env, b, "tamper", weed.endpoint)
     p = msa(env, b, "remote", "pull", "t", check=False)
     assert p.returncode == 4 and "manifest" in p.stderr
+    # a manifest whose hash matches but whose counts do not add up (written
+    # by someone with write access): refused by its own checks
+    forged = json.loads(data)
+    forged["tokens"] += 1
+    fb = json.dumps(forged, sort_keys=True, separators=(",", ":")).encode()
+    c.put_object(Bucket=BUCKET, Key=mkey, Body=fb, Metadata={"sha256": hashlib.sha256(fb).hexdigest()})
+    p = msa(env, b, "remote", "pull", "t", check=False)
+    assert p.returncode == 4 and "holds 56 tokens, not 57" in p.stderr, p.stderr
     c.put_object(Bucket=BUCKET, Key=mkey, Body=data, Metadata=meta)
     msa(env, b, "remote", "pull", "t")
     assert tokens(env, b, "t") == tokens(env, a, "t")

@@ -27,8 +27,9 @@
  * with it (the full blocks and token chunks of the remote's prefix: equal
  * tokens, same session) and uploads the rest: the remote's partial last
  * block and everything after it. A pull fetches the blocks from the local
- * session's last (partial) block on. Work is spread over n_threads workers,
- * each with its own curl handle and store session handle.
+ * session's last (partial) block on. Work is spread over n_threads workers
+ * (pool_run: the tier's own kept threads), each with its own curl handle
+ * and store session handle.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -251,7 +252,10 @@ typedef struct pool {
     pthread_mutex_t mu;
 } pool;
 
-static void *pool_main(void *u) {
+/* One worker: its own curl handle (and store session), tasks from the
+ * shared counter until none are left or one failed. */
+static void pool_worker(void *u, int64_t w) {
+    (void)w;
     pool *p = u;
     pool_thread t = {0};
     int rc = msa_s3_open(&p->r->cfg, &t.s3);
@@ -275,23 +279,80 @@ static void *pool_main(void *u) {
     msa_store_session_close(t.ss);
     msa_s3_close(t.s3);
     free(t.buf);
+}
+
+/* The remote tier's own worker threads, process-wide, created as needed
+ * (at most 63) and kept: network jobs must not hold the compute pool
+ * (msa_parallel_for runs one job at a time, and a push can take minutes),
+ * and threads that lived only for one call would leak the codec's
+ * per-thread zstd contexts each time. One remote job runs at a time; the
+ * calling thread works too. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t wake, done;
+    int n_workers, want, active;
+    uint64_t gen;
+    pool *job;
+} rp = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL};
+static pthread_mutex_t rp_job_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void *rp_thread(void *u) {
+    (void)u;
+    /* 0: a thread made for the job being posted takes part in it (gen is
+       raised after the thread is created, and is 1 or more from then on) */
+    uint64_t seen = 0;
+    pthread_mutex_lock(&rp.mu);
+    for (;;) {
+        while (rp.gen == seen || rp.want == 0) {
+            if (rp.gen != seen && rp.want == 0) seen = rp.gen; /* that job is full */
+            pthread_cond_wait(&rp.wake, &rp.mu);
+        }
+        seen = rp.gen;
+        rp.want--;
+        pool *j = rp.job;
+        pthread_mutex_unlock(&rp.mu);
+        pool_worker(j, 0);
+        pthread_mutex_lock(&rp.mu);
+        if (--rp.active == 0) pthread_cond_broadcast(&rp.done);
+    }
     return NULL;
 }
 
+/* Runs p->fn over [0, p->n) on n_threads workers; the first failure stops
+ * the others and is returned with its message. */
 static int pool_run(pool *p, int n_threads) {
     p->next = 0;
     p->failed = 0;
     p->status = 0;
     pthread_mutex_init(&p->mu, NULL);
     if (n_threads > p->n) n_threads = (int)(p->n > 0 ? p->n : 1);
-    pthread_t th[64];
-    int started = 0;
-    for (int i = 0; i < n_threads && i < 64; i++) {
-        if (pthread_create(&th[i], NULL, pool_main, p)) break;
-        started++;
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > 64) n_threads = 64;
+    pthread_mutex_lock(&rp_job_mu);
+    pthread_mutex_lock(&rp.mu);
+    while (rp.n_workers < n_threads - 1) {
+        pthread_t th;
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        int e = pthread_create(&th, &a, rp_thread, NULL);
+        pthread_attr_destroy(&a);
+        if (e) break; /* fewer helpers: still correct */
+        rp.n_workers++;
     }
-    if (!started) pool_main(p);
-    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+    int helpers = n_threads - 1 < rp.n_workers ? n_threads - 1 : rp.n_workers;
+    rp.job = p;
+    rp.want = helpers;
+    rp.active = helpers;
+    rp.gen++;
+    pthread_cond_broadcast(&rp.wake);
+    pthread_mutex_unlock(&rp.mu);
+    pool_worker(p, 0);
+    pthread_mutex_lock(&rp.mu);
+    while (rp.active > 0) pthread_cond_wait(&rp.done, &rp.mu);
+    rp.job = NULL;
+    pthread_mutex_unlock(&rp.mu);
+    pthread_mutex_unlock(&rp_job_mu);
     pthread_mutex_destroy(&p->mu);
     if (p->failed) return msa_error(p->status, "%s", p->msg);
     return MSA_OK;
@@ -473,6 +534,9 @@ static int manifest_get(msa_remote *r, msa_s3 *s3, const char *name, manifest *m
     msa_s3_resp resp;
     for (int attempt = 0;; attempt++) {
         rc = msa_s3_get(s3, key, 0, &resp);
+        if (rc == MSA_ENOTFOUND && strstr(msa_last_error(), "NoSuchBucket"))
+            return msa_error(MSA_ENOTFOUND, "bucket '%s' does not exist (create it first, e.g. "
+                             "`aws s3 mb s3://%s`)", r->cfg.bucket, r->cfg.bucket);
         if (rc == MSA_ENOTFOUND) return msa_error(MSA_ENOTFOUND, "no session '%s' on the remote", name);
         if (rc) return rc;
         uint8_t d[MSA_SHA256_DIGEST_SIZE];
