@@ -109,10 +109,11 @@ case "$cmd" in
       "$root/tools/fetch-models.sh" ${MSA_TEST_MODELS-smollm2} ||
         say "could not fetch the test models: the tests that need them will skip"
     fi
-    # Everything but the seed sweep (ctest -L sweep runs it: about 10 minutes).
+    # Everything but the seed sweep (ctest -L sweep runs it: about 10 minutes)
+    # and the long soak (ctest -L long: 20 to 45 minutes).
     say "running the tests (GPU tests skip where no GPU is present)"
     set +e
-    ctest --test-dir "$build" --output-on-failure -j "$jobs" ${MSA_CTEST_ARGS:--LE sweep} 2>&1 |
+    ctest --test-dir "$build" --output-on-failure -j "$jobs" ${MSA_CTEST_ARGS:--LE 'sweep|long'} 2>&1 |
       tee "$build/ctest-output.txt"
     rc=${PIPESTATUS[0]}
     set -e
