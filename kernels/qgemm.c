@@ -17,6 +17,9 @@
  * the reference the AVX2 path (qgemm_avx2.c) is tested against; the test
  * (tests/test-qgemm.c) checks both against dequantize + dot in double.
  */
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -335,18 +338,24 @@ void msa_qgemm_portable(const msa_qgemm_args *g) {
 
 static int use_avx2 = -1; /* -1: not decided yet (a benign race: every thread decides alike) */
 
+/* AVX2, FMA and F16C, from the CPU. F16C is read from CPUID leaf 1 (ECX bit
+ * 29) because clang's __builtin_cpu_supports does not know "f16c". */
+static int cpu_avx2_fma_f16c(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    __builtin_cpu_init();
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 29))) return 0;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
 static int avx2_wanted(void) {
     if (use_avx2 < 0) {
         const char *e = getenv("MSA_QGEMM");
         int want = !(e && strcmp(e, "portable") == 0);
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_cpu_init();
-        want = want && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
-#else
-        want = 0;
-#endif
-        use_avx2 = want;
+        use_avx2 = want && cpu_avx2_fma_f16c();
     }
     return use_avx2;
 }
@@ -360,12 +369,4 @@ const char *msa_qgemm_path(void) { return avx2_wanted() ? "avx2" : "portable"; }
 
 /* Used by qgemm_avx2.c (which cannot ask without AVX2 itself). */
 int msa_qgemm_cpu_has_avx2(void);
-int msa_qgemm_cpu_has_avx2(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-#else
-    return 0;
-#endif
-}
+int msa_qgemm_cpu_has_avx2(void) { return cpu_avx2_fma_f16c(); }
