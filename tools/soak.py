@@ -307,7 +307,7 @@ def main():
                 a.assets = d
                 break
     if a.assets is None:
-        print("soak: no test assets (set MSA_ASSETS or keep ../shared/assets)")
+        print("SKIPPED: no test assets (set MSA_ASSETS or keep ../shared/assets)")
         return 77
     os.environ.setdefault("MSA_LIBRARY", str(Path(a.build) / "libmsa.so"))
     sys.path.insert(0, str(ROOT / "bindings" / "python"))
