@@ -1,8 +1,8 @@
 /*
- * forward_rows.cuh: the device helpers that forward.cu and gemv.cu share:
- * a CTA-wide sum and the qkv post-processing of one row (run by
- * msa_fwd_qkv_post's kernel, one CTA per row, and by the decode GEMV's last
- * CTA as its qkv epilogue). Internal to kernels/; see forward_ops.h for what
+ * forward_rows.cuh: the device helpers that forward.cu, gemv.cu and
+ * qgemv.cu share: programmatic dependent launch, a CTA-wide sum and the qkv
+ * post-processing of one row (run by msa_fwd_qkv_post's kernel, one CTA per
+ * row, and by the decode GEMV's last CTA as its qkv epilogue). Internal to kernels/; see forward_ops.h for what
  * the row computes.
  */
 #pragma once
@@ -15,6 +15,20 @@
 #include "kernels/forward_ops.h"
 
 typedef __nv_bfloat16 msa_fwd_bf16;
+
+/* Programmatic dependent launch (sm_90): let the next kernel in the stream
+ * start launching, and wait until the previous kernel's outputs are
+ * visible. No-ops on older architectures. */
+static __device__ __forceinline__ void msa_fwd_pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void msa_fwd_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 /* Sum of v over the CTA (warp shuffles, then the warps' sums in order);
  * every thread gets the total. `red` holds 32 floats. */

@@ -120,16 +120,6 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
     return r;
 }
 
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
 
 /* chunk k of a warp's work: logical row row0 + k / cpl, part (gate/up) and
  * chunk within the row from k % cpl */
@@ -161,8 +151,8 @@ __global__ void __launch_bounds__(GEMV_THREADS, 4) gemv_kernel(gemv_args a) {
     uint4 cur[GEMV_CH], nxt[GEMV_CH];
     if (nk > 0) gemv_load<SPLIT>(a, row0, 0, cps, sub, cpr, nc, lane, cur);
     if (nk > 1) gemv_load<SPLIT>(a, row0, 1, cps, sub, cpr, nc, lane, nxt);
-    pdl_launch_dependents();
-    pdl_wait(); /* the previous kernel's outputs (x, att, h) are visible from here */
+    msa_fwd_pdl_launch_dependents();
+    msa_fwd_pdl_wait(); /* the previous kernel's outputs (x, att, h) are visible from here */
     if (a.mode == GEMV_NORM && a.in <= GEMV_NORM_SMEM_IN && !a.v3) {
         /* v4: x and the norm weights read in one round trip and kept in
          * shared memory for the second pass (v3 read x twice and the

@@ -360,24 +360,14 @@ struct qgemv_args {
     int *SUM16;
 };
 
-__device__ __forceinline__ void pdl_launch_dependents_q() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait_q() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
 
 /* Quantizes the input row: warp w of CTA b takes group 8 b + w of 32
  * elements (every CTA first takes the rmsnorm sum itself under NORM). */
 __global__ void __launch_bounds__(QG_THREADS) qin_kernel(qgemv_args a) {
     __shared__ float red[32];
     const int in = a.in, lane = threadIdx.x & 31, g = blockIdx.x * QG_WARPS + (threadIdx.x >> 5);
-    pdl_launch_dependents_q();
-    pdl_wait_q();
+    msa_fwd_pdl_launch_dependents();
+    msa_fwd_pdl_wait();
     float r = 1.0f;
     if (a.mode == MSA_FWD_GEMV_NORM) {
         float ss = 0.0f;
@@ -446,8 +436,8 @@ __global__ void __launch_bounds__(QG_THREADS, MINB) qgemv_kernel(qgemv_args a) {
     const int gw = blockIdx.x * QG_WARPS + (threadIdx.x >> 5), row0 = gw * a.rpw;
     int end = row0 + a.rpw;
     end = end < a.outd ? end : a.outd;
-    pdl_launch_dependents_q();
-    pdl_wait_q(); /* the quantized input (qin_kernel) is visible from here */
+    msa_fwd_pdl_launch_dependents();
+    msa_fwd_pdl_wait(); /* the quantized input (qin_kernel) is visible from here */
     const qin x = {(const int *)a.A, a.S, a.SUM16};
     for (int row = row0; row < end;) {
         float acc[QG_ROWS] = {};
