@@ -297,7 +297,7 @@ MSA_API int msa_cuda_available(void);
  * separate from the library's.
  */
 
-#define MSA_STORE_FORMAT_VERSION 1
+#define MSA_STORE_FORMAT_VERSION 2
 #define MSA_STORE_NAME_MAX 255        /* bytes in a session name */
 #define MSA_STORE_FINGERPRINT_MAX 128 /* bytes in a model fingerprint */
 #define MSA_STORE_TAG_MAX 1024        /* bytes in a block's source tag */
@@ -329,6 +329,11 @@ typedef struct msa_store_params {
     int level;          /* zstd level for new blocks (default 1) */
     msa_store_lossy lossy; /* codec for new K/V blocks (default lossless) */
     int max_readers;    /* LMDB reader slots (default 126) */
+    size_t segment_min; /* a full block whose stored value has at least this
+                           many bytes is appended to a segment file beside
+                           LMDB, which keeps a pointer to it (default 32 KiB;
+                           0: the default; SIZE_MAX: every block in LMDB).
+                           Partial blocks always stay in LMDB. docs/store.md */
 } msa_store_params;
 
 /* Defaults as listed in msa_store_params. */

@@ -126,16 +126,18 @@ static void check_session(fsck *f, const char *name, const msa_srec *r) {
                     e.n_tokens, want);
         raw += e.raw_len;
         stored += e.stored_len;
-        uint8_t idb[8];
-        msa_put_be64(idb, e.id);
-        MDB_val bk = {8, idb}, bv;
-        if (mdb_get(f->t, st->blocks, &bk, &bv)) {
-            finding(f, "session '%s', layer %u, block %llu: stored block %llu missing", name, l,
-                    (unsigned long long)b, (unsigned long long)e.id);
+        MDB_val bv;
+        msa_error_clear();
+        int g = msa_block_get(f->t, st, e.id, &bv);
+        if (g) {
+            if (g == MSA_ENOTFOUND)
+                finding(f, "session '%s', layer %u, block %llu: stored block %llu missing", name, l,
+                        (unsigned long long)b, (unsigned long long)e.id);
+            else
+                finding(f, "session '%s', layer %u, block %llu: %s", name, l, (unsigned long long)b, msa_last_error());
             continue;
         }
         int n = 0;
-        msa_error_clear();
         if (msa_block_decode(&cs, bv.mv_data, bv.mv_size, f->kbuf, f->vbuf, f->ibuf, &n, 1))
             finding(f, "session '%s', layer %u, block %llu: %s", name, l, (unsigned long long)b, msa_last_error());
         else if ((uint32_t)n != e.n_tokens || bv.mv_size != e.stored_len)
@@ -269,7 +271,7 @@ int msa_store_session_check(msa_store_session *s, int full, void (*report)(void 
     uint64_t nb = msa_blocks_for(r.n_tokens, sh->block_size);
     for (int l = 0; l < sh->n_layers; l++)
         for (uint64_t b = 0; b < nb; b++) {
-            uint8_t key[20], idb[8];
+            uint8_t key[20];
             msa_key_block(key, r.sid, (uint32_t)l, b);
             MDB_val k = {20, key}, v, bv;
             msa_bent e;
@@ -283,11 +285,15 @@ int msa_store_session_check(msa_store_session *s, int full, void (*report)(void 
                         (unsigned long long)b);
                 continue;
             }
-            msa_put_be64(idb, e.id);
-            MDB_val bk = {8, idb};
-            if (mdb_get(f.t, st->blocks, &bk, &bv)) {
-                finding(&f, "session '%s', layer %d, block %llu: stored block %llu missing", s->name, l,
-                        (unsigned long long)b, (unsigned long long)e.id);
+            msa_error_clear();
+            int g = msa_block_get(f.t, st, e.id, &bv);
+            if (g) {
+                if (g == MSA_ENOTFOUND)
+                    finding(&f, "session '%s', layer %d, block %llu: stored block %llu missing", s->name, l,
+                            (unsigned long long)b, (unsigned long long)e.id);
+                else
+                    finding(&f, "session '%s', layer %d, block %llu: %s", s->name, l, (unsigned long long)b,
+                            msa_last_error());
                 continue;
             }
             /* the partial last block is read whole when the session opens */

@@ -109,6 +109,77 @@ int msa_block_decode(const msa_codec_shape *sh, const void *val, size_t len,
 /* Just the header check: magic, crc over the value, plane lengths add up. */
 int msa_block_verify(const void *val, size_t len);
 
+/* ---- segment files (segment.c) ----------------------------------------------
+ *
+ * Full blocks whose value is at least msa_store_params.segment_min bytes
+ * (default MSA_SEG_MIN_VALUE) are appended
+ * to segment files (STORE/segments/<id>.seg) and the blocks table holds a
+ * pointer to them ("MSP1", store format 2):
+ *
+ *   0   u32 magic 'MSP1'
+ *   4   u32 crc32c of bytes [8, 32)
+ *   8   u64 segment id
+ *   16  u64 offset of the value in the segment file
+ *   24  u32 length of the value
+ *   28  u32 the value's own checksum (its bytes [4, 8)), to tell that the
+ *       bytes found there are the block named
+ *
+ * Partial blocks (rewritten as they fill) and small values stay in LMDB.
+ * See segment.c for the files and the order of writes. */
+enum { MSA_SEGPTR_LEN = 32 };
+#define MSA_SEGPTR_MAGIC 0x3150534du /* "MSP1" little-endian */
+#define MSA_SEG_MIN_VALUE ((size_t)32 << 10)
+#define MSA_SEG_MAX ((uint64_t)1 << 30)   /* a segment's largest size */
+#define MSA_SEG_FLUSH ((size_t)8 << 20)   /* staged bytes that start a write */
+
+typedef struct msa_segptr {
+    uint64_t seg, off;
+    uint32_t len, vcrc;
+} msa_segptr;
+
+size_t msa_segptr_encode(const msa_segptr *p, uint8_t out[MSA_SEGPTR_LEN]);
+/* 1 when a blocks-table value is a segment pointer (size and magic) */
+int msa_segptr_is(const void *v, size_t len);
+/* MSA_OK or MSA_ECORRUPT (checksum, range) */
+int msa_segptr_decode(const void *v, size_t len, msa_segptr *p);
+/* The length of the block a blocks-table value holds or points to. */
+uint64_t msa_value_stored_len(const void *v, size_t len);
+
+/* Segment files mapped read-only on first use, one table per store
+ * handle (or salvage source). Thread-safe; mappings stay valid until
+ * msa_segs_forget or msa_segs_free. */
+typedef struct msa_segs msa_segs;
+int msa_segs_new(const char *store_dir, msa_segs **out);
+void msa_segs_forget(msa_segs *s);
+void msa_segs_free(msa_segs *s);
+/* A blocks-table value: when it is a pointer, *v becomes the block's bytes
+ * in its segment (checked: pointer checksum, file header, length, the
+ * value's magic and checksum field); an inline value is left as it is.
+ * MSA_OK, MSA_ECORRUPT (message says what), MSA_EIO, MSA_ENOMEM. */
+int msa_segs_resolve(msa_segs *s, MDB_val *v);
+/* The ids of the segment files of a store (malloc'ed; none: NULL, 0). */
+int msa_segs_list(const char *store_dir, uint64_t **ids, size_t *n);
+/* Deletes one segment file; *bytes gets its size. */
+int msa_segs_remove(const char *store_dir, uint64_t id, uint64_t *bytes);
+
+/* The writer of one new segment file (created O_EXCL with a random id;
+ * written with O_DIRECT where the file system allows). Appends are staged
+ * and written out every MSA_SEG_FLUSH bytes; seal writes the rest and,
+ * when `sync`, fdatasyncs: after it every appended value is durable.
+ * commit marks what is written as named by committed pointers; rewind
+ * drops what was appended since (the next appends overwrite it); close
+ * cuts the file after the last commit (and deletes it if nothing was
+ * committed). */
+typedef struct msa_segw msa_segw;
+int msa_segw_open(const char *store_dir, int sync, msa_segw **out);
+uint64_t msa_segw_id(const msa_segw *w);
+int msa_segw_fits(const msa_segw *w, size_t len);
+int msa_segw_append(msa_segw *w, const void *val, size_t len, msa_segptr *p);
+int msa_segw_seal(msa_segw *w);
+void msa_segw_commit(msa_segw *w);
+void msa_segw_rewind(msa_segw *w);
+void msa_segw_close(msa_segw *w);
+
 /* ---- LMDB ------------------------------------------------------------------ */
 
 /* The one place LMDB (and errno) codes become statuses. Records

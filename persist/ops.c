@@ -261,12 +261,13 @@ static int exp_blk(void *vp, MDB_val *k, MDB_val *v) {
     msa_bent e;
     int rc = msa_bent_decode(v, &e);
     if (rc) return msa_error_context(rc, "session '%s', layer %u, block %llu", c->name, layer, (unsigned long long)block);
-    uint8_t ib[8];
-    msa_put_be64(ib, e.id);
-    MDB_val bk = {8, ib}, bv;
-    if ((rc = mdb_get(c->t, c->st->blocks, &bk, &bv)))
-        return msa_error(MSA_ECORRUPT, "session '%s', layer %u, block %llu: stored block missing", c->name,
-                         layer, (unsigned long long)block);
+    MDB_val bv;
+    if ((rc = msa_block_get(c->t, c->st, e.id, &bv)))
+        return rc == MSA_ENOTFOUND
+                   ? msa_error(MSA_ECORRUPT, "session '%s', layer %u, block %llu: stored block missing", c->name,
+                               layer, (unsigned long long)block)
+                   : msa_error_context(rc, "session '%s', layer %u, block %llu", c->name, layer,
+                                       (unsigned long long)block);
     /* as fsck checks it: every plane, the decoded data, the entry */
     const msa_store_shape *sh = &c->r.shape;
     uint64_t nb = msa_blocks_for(c->r.n_tokens, sh->block_size);
@@ -563,12 +564,68 @@ static int file_size(const char *path, int64_t *out) {
     return 0;
 }
 
+static int cmp_id(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Deletes the segment files that no block pointer names (left by removed
+ * sessions, or by a writer that crashed before its first commit); adds
+ * their bytes to *freed. The caller holds the store alone. */
+static int drop_unused_segments(msa_store *st, int64_t *freed) {
+    uint64_t *files, *used = NULL;
+    size_t nf, nu = 0, cap = 0;
+    int rc = msa_segs_list(st->dir, &files, &nf);
+    if (rc || !nf) return rc;
+    MDB_txn *t;
+    pthread_rwlock_rdlock(&st->grow);
+    if (!(rc = msa_read_begin(st, &t))) {
+        MDB_cursor *c;
+        MDB_val k, v;
+        if ((rc = mdb_cursor_open(t, st->blocks, &c))) {
+            rc = msa_mdb_status(rc, "%s: reading blocks", st->dir);
+        } else {
+            int g;
+            for (int op = MDB_FIRST; (g = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
+                msa_segptr p;
+                if (!msa_segptr_is(v.mv_data, v.mv_size) || msa_segptr_decode(v.mv_data, v.mv_size, &p)) continue;
+                if (nu && used[nu - 1] == p.seg) continue; /* blocks of one writer sit together */
+                if (nu == cap) {
+                    cap = cap ? 2 * cap : 64;
+                    void *q = realloc(used, cap * sizeof *used);
+                    if (!q) { rc = msa_error(MSA_ENOMEM, "%s: segment list", st->dir); break; }
+                    used = q;
+                }
+                used[nu++] = p.seg;
+            }
+            if (!rc && g != MDB_NOTFOUND) rc = msa_mdb_status(g, "%s: reading blocks", st->dir);
+            mdb_cursor_close(c);
+        }
+        msa_read_end(st, t);
+    }
+    pthread_rwlock_unlock(&st->grow);
+    if (!rc) {
+        qsort(used, nu, sizeof *used, cmp_id);
+        msa_segs_forget(st->segs);
+        for (size_t i = 0; i < nf && !rc; i++) {
+            if (bsearch(&files[i], used, nu, sizeof *used, cmp_id)) continue;
+            uint64_t bytes = 0;
+            if (!(rc = msa_segs_remove(st->dir, files[i], &bytes))) *freed += (int64_t)bytes;
+        }
+    }
+    free(files);
+    free(used);
+    return rc;
+}
+
 int msa_store_compact(msa_store *st, int64_t *saved) {
     if (saved) *saved = 0;
     if (st->params.readonly) return msa_error(MSA_EINVAL, "%s: compact needs a writable store", st->dir);
     if (st->n_sessions_open) return msa_error(MSA_EBUSY, "%s: close this store's sessions before compacting", st->dir);
     if (st->lock_fd < 0 || flock(st->lock_fd, LOCK_EX | LOCK_NB))
         return msa_error(MSA_EBUSY, "%s: the store is open in another process; compact needs it alone", st->dir);
+    msa_segw_close(st->spare_w); /* cuts its file after its last commit */
+    st->spare_w = NULL;
     char tmpdir[4200], tmpfile[4300], data[4200];
     snprintf(tmpdir, sizeof tmpdir, "%s/compact.tmp", st->dir);
     snprintf(tmpfile, sizeof tmpfile, "%s/data.mdb", tmpdir);
@@ -609,10 +666,12 @@ int msa_store_compact(msa_store *st, int64_t *saved) {
     }
     rmdir(tmpdir);
     int rc2 = msa_store_env_open(st);
+    int64_t freed = 0;
+    if (!rc && !rc2) rc = drop_unused_segments(st, &freed);
     flock(st->lock_fd, LOCK_SH);
     if (rc2) return msa_error_context(rc2, "%s: reopening after compact (the store handle is unusable; "
                                       "close it and open again)", st->dir);
-    if (!rc && saved) *saved = before - after;
+    if (!rc && saved) *saved = before - after + freed;
     return rc;
 fail:
     unlink(tmpfile);

@@ -148,7 +148,9 @@ static int collect_orphan(void *ctx, const uint8_t *k, size_t kl, const uint8_t 
     msa_bent e;
     msa_srec r;
     if (fl & 0x02) return 0; /* a named table's record */
+    msa_segptr sp;
     if (kl == 8 && vl >= 24 && msa_get_le32(v) == MSA_BLOCK_MAGIC && !msa_block_verify(v, vl)) table = T_BLOCKS;
+    else if (kl == 8 && msa_segptr_is(v, vl) && !msa_segptr_decode(v, vl, &sp)) table = T_BLOCKS;
     else if (kl == 20 && !msa_bent_decode(&mv, &e)) table = T_BLOCKMAP;
     else if (kl == 12 && vl >= 8 && vl == 8 + 4 * (size_t)msa_get_le32(v + 4) &&
              msa_crc32c(0, v + 4, vl - 4) == msa_get_le32(v)) table = T_TOKENS;
@@ -177,6 +179,7 @@ typedef struct sv {
     idmap ids;
     void *kbuf, *vbuf, *ibuf;
     size_t kcap, icap;
+    msa_segs *segs;         /* the source's segment files */
 } sv;
 
 static void say(sv *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -274,6 +277,11 @@ static int block_ok(sv *s, const msa_srec *r, int layer, uint64_t b, msa_bent *e
     rc = lookup(s, T_BLOCKS, &s->blocks, s->have_blocks, ib, 8, val, len);
     if (rc) return msa_error(MSA_ECORRUPT, "stored block %llu is %s", (unsigned long long)e->id,
                              rc == MSA_ENOTFOUND ? "missing" : "on a damaged page");
+    MDB_val bv = {*len, (void *)*val};
+    if ((rc = msa_segs_resolve(s->segs, &bv)))
+        return msa_error_context(rc, "stored block %llu", (unsigned long long)e->id);
+    *val = bv.mv_data;
+    *len = bv.mv_size;
     uint64_t nb = msa_blocks_for(r->n_tokens, sh->block_size);
     uint32_t want = b + 1 < nb ? (uint32_t)sh->block_size : (uint32_t)(r->n_tokens - (nb - 1) * sh->block_size);
     if (e->n_tokens != want || e->stored_len != *len)
@@ -481,7 +489,8 @@ int msa_store_salvage(const char *src_dir, const char *dst_dir, void (*report)(v
     s.report = report;
     s.ctx = ctx;
     s.stats = stats;
-    int rc = msa_raw_open(path, 0, &s.r);
+    int rc = msa_segs_new(src_dir, &s.segs);
+    if (!rc) rc = msa_raw_open(path, 0, &s.r);
     if (rc == MSA_ENOTFOUND) rc = msa_error(MSA_ENOTFOUND, "salvage: no store at %s", src_dir);
     if (rc) goto done;
     uint64_t nf = 0;
@@ -573,6 +582,7 @@ int msa_store_salvage(const char *src_dir, const char *dst_dir, void (*report)(v
 done:
     msa_store_close(s.dst);
     msa_raw_close(s.r);
+    msa_segs_free(s.segs);
     free(s.ids.src); free(s.ids.dst); free(s.ids.fresh);
     free(s.kbuf); free(s.vbuf); free(s.ibuf);
     free(s.lost.v);

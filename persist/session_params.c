@@ -164,9 +164,10 @@ static int store_usage(MDB_txn *t, msa_store *st, msa_store_usage *out) {
         int g = mdb_get(t, st->blocks, &k, &bv);
         if (g == MDB_NOTFOUND || n < 2) continue; /* fsck reports those */
         if (g) { rc = g; break; }
-        out->shared_bytes += bv.mv_size;
+        uint64_t len = msa_value_stored_len(bv.mv_data, bv.mv_size);
+        out->shared_bytes += len;
         out->shared_blocks++;
-        shared_refs += (uint64_t)n * bv.mv_size;
+        shared_refs += (uint64_t)n * len;
         shared_ref_blocks += n;
     }
     mdb_cursor_close(c);

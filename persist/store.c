@@ -277,6 +277,17 @@ int msa_block_release(MDB_txn *t, msa_store *st, uint64_t id) {
     return rc ? msa_mdb_status(rc, "releasing block %llu", (unsigned long long)id) : MSA_OK;
 }
 
+int msa_block_get(MDB_txn *t, msa_store *st, uint64_t id, MDB_val *v) {
+    uint8_t kb[8];
+    msa_put_be64(kb, id);
+    MDB_val k = {8, kb};
+    int rc = mdb_get(t, st->blocks, &k, v);
+    if (rc == MDB_NOTFOUND) return MSA_ENOTFOUND;
+    if (rc) return msa_mdb_status(rc, "reading block %llu", (unsigned long long)id);
+    rc = msa_segs_resolve(st->segs, v);
+    return rc ? msa_error_context(rc, "block %llu", (unsigned long long)id) : MSA_OK;
+}
+
 /* LMDB does not say where it mapped the file (mdb_env_info's me_mapaddr
  * is only the fixed address of MDB_FIXEDMAP). The store learns it from one
  * value it finds both through LMDB and in the file itself (lmdbraw.c): the
@@ -424,6 +435,7 @@ msa_store_params msa_store_default_params(void) {
     p.level = 1;
     p.lossy = MSA_STORE_LOSSLESS;
     p.max_readers = 126;
+    p.segment_min = MSA_SEG_MIN_VALUE;
     return p;
 }
 
@@ -495,7 +507,19 @@ static int check_format(msa_store *st, MDB_txn *t) {
         return msa_error(MSA_EVERSION, "%s: store format version %u, this build (%s) reads version %d "
                          "and older: open it with a newer msa-mem",
                          st->dir, ver, msa_version(), MSA_STORE_FORMAT_VERSION);
+    st->format = ver;
     return MSA_OK;
+}
+
+/* The format record, version `ver`. */
+static int put_format(MDB_txn *t, msa_store *st, uint32_t ver) {
+    uint8_t b[16];
+    memcpy(b, MSA_STORE_MAGIC, 8);
+    msa_put_le32(b + 8, ver);
+    msa_put_le32(b + 12, msa_crc32c(0, b, 12));
+    MDB_val k = {6, "format"}, v = {16, b};
+    int rc = msa_put(t, st->meta, &k, &v, 0);
+    return rc ? msa_mdb_status(rc, "%s: writing the format record", st->dir) : MSA_OK;
 }
 
 static int init_store(msa_store *st) {
@@ -516,16 +540,9 @@ static int init_store(msa_store *st) {
             return msa_error(MSA_EFORMAT, "%s: empty environment, not an msa-mem store", st->dir);
         }
         if ((rc = open_dbis(st, t, MDB_CREATE))) goto fail;
-        uint8_t b[16];
-        memcpy(b, MSA_STORE_MAGIC, 8);
-        msa_put_le32(b + 8, MSA_STORE_FORMAT_VERSION);
-        msa_put_le32(b + 12, msa_crc32c(0, b, 12));
-        MDB_val k = {6, "format"}, v = {16, b};
-        if ((rc = mdb_put(t, st->meta, &k, &v, 0))) {
-            rc = msa_mdb_status(rc, "%s: writing the format record", st->dir);
-            goto fail;
-        }
+        if ((rc = put_format(t, st, MSA_STORE_FORMAT_VERSION))) goto fail;
         if ((rc = mdb_txn_commit(t))) return msa_mdb_status(rc, "%s: creating the store", st->dir);
+        st->format = MSA_STORE_FORMAT_VERSION;
         return MSA_OK;
     }
     if ((rc = open_dbis(st, t, 0))) goto fail;
@@ -656,6 +673,7 @@ int msa_store_open(const msa_store_params *params, msa_store **out) {
     if (p.map_size < (1u << 20)) p.map_size = 1u << 20;
     if (p.map_max && p.map_size > p.map_max) p.map_size = p.map_max;
     if (p.max_readers < 1) p.max_readers = 126;
+    if (!p.segment_min) p.segment_min = MSA_SEG_MIN_VALUE;
     if (p.level < -7 || p.level > 22) return msa_error(MSA_EINVAL, "zstd level %d out of range", p.level);
     char dbuf[4096];
     if (!p.dir || !*p.dir) {
@@ -686,6 +704,11 @@ int msa_store_open(const msa_store_params *params, msa_store **out) {
     }
     p.dir = st->dir;
     st->params = p;
+    if (msa_segs_new(st->dir, &st->segs)) {
+        free(st->dir);
+        free(st);
+        return msa_error(MSA_ENOMEM, "opening store %s", p.dir);
+    }
     pthread_rwlock_init(&st->grow, NULL);
     pthread_mutex_init(&st->arena_mu, NULL);
     snprintf(path, sizeof path, "%s/" LOCK_NAME, st->dir);
@@ -705,6 +728,8 @@ static void arena_free(struct msa_arena *a);
 void msa_store_close(msa_store *st) {
     if (!st) return;
     arena_free(st->spare);
+    msa_segw_close(st->spare_w);
+    msa_segs_free(st->segs);
     pthread_mutex_destroy(&st->arena_mu);
     if (st->env) mdb_env_close(st->env);
     if (st->lock_fd >= 0) close(st->lock_fd);
@@ -972,7 +997,7 @@ static int read_one(msa_store_session *s, MDB_txn *t, int layer, uint64_t block,
                     void *v, void *kidx, msa_store_block_info *info) {
     if (layer < 0 || layer >= s->rec.shape.n_layers)
         return msa_error(MSA_EINVAL, "session '%s': layer %d of %d", s->name, layer, s->rec.shape.n_layers);
-    uint8_t kb[20], kb2[8];
+    uint8_t kb[20];
     msa_key_block(kb, s->rec.sid, (uint32_t)layer, block);
     MDB_val key = {20, kb}, val;
     int rc = mdb_get(t, s->st->blockmap, &key, &val);
@@ -983,13 +1008,11 @@ static int read_one(msa_store_session *s, MDB_txn *t, int layer, uint64_t block,
     msa_bent e;
     if ((rc = msa_bent_decode(&val, &e)))
         return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
-    msa_put_be64(kb2, e.id);
-    MDB_val bk = {8, kb2};
-    rc = mdb_get(t, s->st->blocks, &bk, &val);
-    if (rc == MDB_NOTFOUND)
+    rc = msa_block_get(t, s->st, e.id, &val);
+    if (rc == MSA_ENOTFOUND)
         return msa_error(MSA_ECORRUPT, "session '%s', layer %d, block %llu: stored block %llu missing",
                          s->name, layer, (unsigned long long)block, (unsigned long long)e.id);
-    if (rc) return msa_mdb_status(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
+    if (rc) return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
     msa_codec_shape cs = msa_codec_shape_of(&s->rec.shape);
     int n = 0;
     rc = msa_block_decode(&cs, val.mv_data, val.mv_size, k, v, kidx, &n, 0);
@@ -1051,6 +1074,8 @@ typedef struct pending {
     int rc;                 /* of a deferred encode */
     char *msg;              /* its message (the worker's msa_last_error) */
     msa_codec_err err;
+    int in_seg;             /* the value is in a segment file, at seg */
+    msa_segptr seg;
 } pending;
 
 /* Buffered raw bytes that start a parallel encode of the puts so far. */
@@ -1170,7 +1195,67 @@ struct msa_store_txn {
     size_t plain_bytes;
     int failed;             /* a deferred encode failed: commit refuses */
     struct msa_arena *arena; /* holds every pending value */
+    msa_segw **ws;          /* segment writers of this transaction; the last one is current */
+    size_t nws;
+    size_t n_seg;           /* puts whose value is in a segment */
 };
+
+/* A full block of at least segment_min bytes goes to a segment file;
+ * partial blocks, which are rewritten as they fill, stay in LMDB. */
+static int goes_to_segment(const msa_store_txn *x, const pending *p) {
+    return p->n_tokens == x->base.shape.block_size && p->len >= x->s->st->params.segment_min;
+}
+
+/* Appends p's encoded value to the transaction's current segment (taking
+ * the handle's spare writer or creating a segment; a full one is sealed
+ * and the next one opened). */
+static int seg_append(msa_store_txn *x, pending *p, const void *val) {
+    msa_store *st = x->s->st;
+    msa_segw *w = x->nws ? x->ws[x->nws - 1] : NULL;
+    int rc;
+    if (!w || !msa_segw_fits(w, p->len)) {
+        if (w && (rc = msa_segw_seal(w))) return rc;
+        void *grown = realloc(x->ws, (x->nws + 1) * sizeof *x->ws);
+        if (!grown) return msa_error(MSA_ENOMEM, "session '%s': segment writers", x->s->name);
+        x->ws = grown;
+        w = NULL;
+        if (!x->nws) {
+            pthread_mutex_lock(&st->arena_mu);
+            w = st->spare_w;
+            st->spare_w = NULL;
+            pthread_mutex_unlock(&st->arena_mu);
+        }
+        if (!w && (rc = msa_segw_open(st->dir, st->params.durable, &w))) return rc;
+        x->ws[x->nws++] = w;
+    }
+    if ((rc = msa_segw_append(w, val, p->len, &p->seg))) return rc;
+    p->in_seg = 1;
+    x->n_seg++;
+    return MSA_OK;
+}
+
+/* The end of a transaction's writers: what they wrote since their last
+ * commit is dropped; the current one stays with the store handle for its
+ * next transaction, the others are closed. */
+static void seg_release(msa_store_txn *x) {
+    msa_store *st = x->s ? x->s->st : NULL;
+    for (size_t i = 0; i < x->nws; i++) {
+        msa_segw *w = x->ws[i];
+        msa_segw_rewind(w);
+        if (st && i + 1 == x->nws) {
+            pthread_mutex_lock(&st->arena_mu);
+            if (!st->spare_w) {
+                st->spare_w = w;
+                w = NULL;
+            }
+            pthread_mutex_unlock(&st->arena_mu);
+        }
+        msa_segw_close(w);
+    }
+    free(x->ws);
+    x->ws = NULL;
+    x->nws = 0;
+}
 
 int msa_store_txn_begin(msa_store_session *s, msa_store_txn **out) {
     *out = NULL;
@@ -1215,6 +1300,7 @@ void msa_store_txn_abort(msa_store_txn *x) {
     free(x->toks);
     free(x->covered);
     free(x->last);
+    seg_release(x);
     if (x->s) {
         x->s->txn = NULL;
         arena_give(x->s->st, x->arena);
@@ -1296,6 +1382,11 @@ static int encode_pending(msa_store_txn *x) {
         x->err.sum_sq_err += p->err.sum_sq_err;
         x->err.sum_sq += p->err.sum_sq;
         x->stats.stored_bytes += p->len;
+        if (!rc && goes_to_segment(x, p)) {
+            int r = seg_append(x, p, p->val);
+            if (r) rc = msa_error_context(r, "session '%s', layer %d, block %llu", x->s->name, p->layer,
+                                          (unsigned long long)p->block);
+        }
     }
     free(idx);
     x->n_plain = 0;
@@ -1332,6 +1423,8 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
     msa_codec_shape cs = msa_codec_shape_of(sh);
     void *val = NULL, *plain = NULL;
     size_t len = 0;
+    msa_segptr seg = {0, 0, 0, 0};
+    int in_seg = 0;
     size_t es = msa_dtype_size(sh->kv_dtype), ies = msa_dtype_size(sh->idx_dtype);
     size_t kb = (size_t)sh->n_kv_heads * bs * sh->head_dim * es;
     size_t ib = (size_t)sh->idx_key_heads * bs * sh->idx_dim * ies;
@@ -1350,10 +1443,22 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
         rc = msa_block_encode_scratch(&cs, n_tokens, k, v, kidx, s->st->params.level, s->st->params.lossy,
                                       &enc, &len, &x->err);
         if (rc) return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
-        if (!(val = arena_alloc(x->arena, len)))
-            return msa_error(MSA_ENOMEM, "session '%s', layer %d, block %llu: %zu bytes", s->name, layer,
-                             (unsigned long long)block, len);
-        memcpy(val, enc, len);
+        pending probe = {.n_tokens = n_tokens, .len = len};
+        if (goes_to_segment(x, &probe)) {
+            /* straight from the encoder's buffer into the segment's */
+            if ((rc = seg_append(x, &probe, enc))) {
+                x->failed = rc;
+                return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, layer,
+                                         (unsigned long long)block);
+            }
+            seg = probe.seg;
+            in_seg = 1;
+        } else {
+            if (!(val = arena_alloc(x->arena, len)))
+                return msa_error(MSA_ENOMEM, "session '%s', layer %d, block %llu: %zu bytes", s->name, layer,
+                                 (unsigned long long)block, len);
+            memcpy(val, enc, len);
+        }
     }
     char *tg = strdup(tag);
     pending *slot = NULL;
@@ -1395,7 +1500,7 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
         }
         return msa_error(MSA_ENOMEM, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
     }
-    *slot = (pending){layer, n_tokens, block, raw, val, len, tg, plain, 0, NULL, {0, 0, 0}};
+    *slot = (pending){layer, n_tokens, block, raw, val, len, tg, plain, 0, NULL, {0, 0, 0}, in_seg, seg};
     x->covered[layer] = block * bs + (uint64_t)n_tokens;
     x->stats.raw_bytes += raw;
     x->stats.stored_bytes += len;
@@ -1495,7 +1600,9 @@ static int commit_fn(MDB_txn *t, void *vp) {
         msa_bent e = {(uint32_t)p->n_tokens, (uint32_t)p->len, p->raw, first_id + i, {0}};
         strcpy(e.tag, p->tag);
         msa_put_be64(ib, e.id);
+        uint8_t pb[MSA_SEGPTR_LEN];
         MDB_val bk = {8, ib}, bv = {p->len, p->val};
+        if (p->in_seg) bv = (MDB_val){msa_segptr_encode(&p->seg, pb), pb};
         if ((g = msa_put(t, st->blocks, &bk, &bv, MDB_APPEND)))
             return msa_mdb_status(g, "session '%s', layer %d, block %llu: writing", s->name, p->layer,
                                   (unsigned long long)p->block);
@@ -1507,6 +1614,8 @@ static int commit_fn(MDB_txn *t, void *vp) {
         r.stored_bytes += p->len;
         r.raw_bytes += p->raw;
     }
+    /* segment pointers are format 2: older builds refuse the store */
+    if (x->n_seg && st->format < 2 && (rc = put_format(t, st, 2))) return rc;
     r.n_tokens += x->ntok;
     r.gen++;
     r.last_use = msa_unix_now();
@@ -1531,8 +1640,15 @@ int msa_store_txn_commit(msa_store_txn *x) {
             msa_store_txn_abort(x);
             return rc;
         }
-    int rc = msa_with_write(s->st, commit_fn, x, s->name);
-    if (rc == MSA_OK) s->rec = x->after;
+    /* the segments' bytes are durable before LMDB names them */
+    int rc = MSA_OK;
+    for (size_t i = 0; i < x->nws && !rc; i++) rc = msa_segw_seal(x->ws[i]);
+    if (!rc) rc = msa_with_write(s->st, commit_fn, x, s->name);
+    if (rc == MSA_OK) {
+        s->rec = x->after;
+        for (size_t i = 0; i < x->nws; i++) msa_segw_commit(x->ws[i]);
+        if (x->n_seg && s->st->format < 2) s->st->format = 2;
+    }
     msa_store_txn_abort(x);
     return rc;
 }

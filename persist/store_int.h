@@ -9,7 +9,9 @@
  *   sessions  name -> session record (below)
  *   tokens    sid(be64) chunk(be32) -> u32 crc, u32 count, count x i32
  *   blockmap  sid(be64) layer(be32) block(be64) -> block entry (below)
- *   blocks    block id(be64) -> block value (internal.h, "MSB1")
+ *   blocks    block id(be64) -> block value (internal.h, "MSB1"), or for
+ *             a full block of a store of format 2, a pointer to the value
+ *             in a segment file ("MSP1", segment.c)
  *   refs      block id(be64) -> u32 references, present only when > 1
  *
  * A block entry names the stored block a session's (layer, block) uses, so
@@ -39,6 +41,9 @@ struct msa_store {
     pthread_rwlock_t grow;  /* read txns hold it shared; map growth exclusive */
     pthread_mutex_t arena_mu;
     struct msa_arena *spare; /* encoded-value memory kept from the last transaction */
+    uint32_t format;        /* the store's format version as last read or written */
+    msa_segs *segs;         /* segment files, mapped for reading */
+    msa_segw *spare_w;      /* this handle's segment writer between transactions (arena_mu) */
 };
 
 /* A session record, decoded. params are the session's parameters
@@ -86,6 +91,12 @@ int msa_shape_check(const msa_store_shape *sh);
 int msa_name_check(const char *name);
 msa_codec_shape msa_codec_shape_of(const msa_store_shape *sh);
 uint64_t msa_blocks_for(uint64_t n_tokens, int block_size);
+
+/* A block value by id from the blocks table, resolved through its
+ * segment pointer when it has one: MSA_OK, MSA_ENOTFOUND (no message),
+ * MSA_ECORRUPT (a damaged pointer or segment, message says what), or the
+ * status of an LMDB error. */
+int msa_block_get(MDB_txn *t, msa_store *st, uint64_t id, MDB_val *v);
 
 /* LMDB calls with a fault point in front */
 int msa_put(MDB_txn *t, MDB_dbi d, MDB_val *k, MDB_val *v, unsigned flags);

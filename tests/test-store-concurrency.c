@@ -91,7 +91,7 @@ int main(void) {
         if ((pids[i] = fork()) == 0) _exit(reader(dir, seed));
     /* the writer: this process, with a fresh handle */
     st = ts_open(dir);
-    msa_store_params p = msa_store_default_params();
+    msa_store_params p = ts_params();
     (void)p;
     msa_store_session *ss;
     CHECK_OK(msa_store_session_open(st, "w", "fp", &ss));

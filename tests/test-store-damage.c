@@ -212,7 +212,7 @@ int main(void) {
         CHECK_OK(table_root(file, tables[t], &off, &depth));
         if (strcmp(tables[t], "main")) CHECKF(depth >= 2, "table %s has depth %d", tables[t], depth);
         flip(file, off + t_randint(4), (uint8_t)(1u << t_randint(8))); /* its page number */
-        msa_store_params p = msa_store_default_params();
+        msa_store_params p = ts_params();
         p.dir = dir;
         msa_store *d = NULL;
         int rc = msa_store_open(&p, &d);

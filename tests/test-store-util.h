@@ -163,8 +163,18 @@ static inline uint64_t ts_store_hash(msa_store *st, const char *name, uint64_t s
     return h;
 }
 
-static msa_store *ts_open(const char *dir) {
+/* Default store parameters, but for segment_min, which
+ * MSA_TEST_SEGMENT_MIN sets (1: every full block goes to a segment file),
+ * so that one test runs against both places a block can be kept. */
+static msa_store_params ts_params(void) {
     msa_store_params p = msa_store_default_params();
+    const char *e = getenv("MSA_TEST_SEGMENT_MIN");
+    if (e && *e) p.segment_min = (size_t)strtoull(e, NULL, 0);
+    return p;
+}
+
+static msa_store *ts_open(const char *dir) {
+    msa_store_params p = ts_params();
     p.dir = dir;
     p.map_size = 4u << 20;
     msa_store *st = NULL;

@@ -22,6 +22,7 @@
  *               committed data; a map limit gives MSA_ENOSPC
  *   compact     shrinks after removal, data intact
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -326,7 +327,7 @@ static void test_format(const char *base) {
     FILE *f = fopen(path, "w");
     fputs("mine\n", f);
     fclose(f);
-    msa_store_params p = msa_store_default_params();
+    msa_store_params p = ts_params();
     p.dir = dir;
     CHECK(msa_store_open(&p, &st) == MSA_EFORMAT && st == NULL);
     snprintf(path, sizeof path, "%s/data.mdb", dir);
@@ -516,6 +517,194 @@ static void test_corrupt(const char *dir) {
     msa_store_close(st);
 }
 
+/* The one segment file of dir (its path into out), or 0 when there is not
+ * exactly one. */
+static int only_segment(const char *dir, char *out, size_t n) {
+    char sd[4300];
+    snprintf(sd, sizeof sd, "%s/segments", dir);
+    DIR *d = opendir(sd);
+    int found = 0;
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (strstr(e->d_name, ".seg")) {
+            snprintf(out, n, "%s/%s", sd, e->d_name);
+            found++;
+        }
+    if (d) closedir(d);
+    return found == 1;
+}
+
+static uint8_t *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    rewind(f);
+    uint8_t *b = malloc(*n ? *n : 1);
+    if (b && fread(b, 1, *n, f) != *n) { free(b); b = NULL; }
+    fclose(f);
+    return b;
+}
+
+static void spit(const char *path, const uint8_t *b, size_t n) {
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(b, 1, n, f) == n);
+    if (f) fclose(f);
+}
+
+/* Reads every block of session `name`: the number that gave MSA_ECORRUPT
+ * (each message naming the session, layer and block); any other failure
+ * counts as a check failure. */
+static int corrupt_blocks(msa_store *st, const char *name) {
+    msa_store_shape s = ts_shape();
+    ts_bufs b;
+    ts_bufs_init(&b, &s);
+    msa_store_session *ss;
+    int bad = 0;
+    CHECK_OK(msa_store_session_open(st, name, NULL, &ss));
+    msa_store_session_info info;
+    CHECK_OK(msa_store_session_stat(ss, &info));
+    for (int l = 0; l < s.n_layers; l++)
+        for (uint64_t blk = 0; blk < info.n_blocks; blk++) {
+            int r = msa_store_read_block(ss, l, blk, b.k, b.v, b.i, NULL);
+            char want[64];
+            snprintf(want, sizeof want, "layer %d, block %llu", l, (unsigned long long)blk);
+            if (r == MSA_ECORRUPT) {
+                bad++;
+                CHECKF(strstr(msa_last_error(), want) && strstr(msa_last_error(), name), "message: %s",
+                       msa_last_error());
+            } else {
+                CHECKF(r == MSA_OK, "%s %s: %d %s", name, want, r, msa_last_error());
+            }
+        }
+    msa_store_session_close(ss);
+    ts_bufs_free(&b);
+    return bad;
+}
+
+/* Full blocks in segment files (segment_min 1): a flipped byte, a cut and
+ * a missing segment file are reported as MSA_ECORRUPT naming the block
+ * (never returned as data, never a SIGBUS) by reads and fsck; export,
+ * import and salvage copy what segments hold; compact deletes the
+ * segments nothing names (a removed session's, a crashed writer's) and
+ * keeps the others. */
+static void test_segments(const char *base) {
+    char dir[4300], seg[4600], path[4700];
+    snprintf(dir, sizeof dir, "%s/segments-test", base);
+    msa_store_params p = ts_params();
+    p.dir = dir;
+    p.map_size = 4u << 20;
+    p.segment_min = 1;
+    msa_store *st;
+    CHECK_OK(msa_store_open(&p, &st));
+    msa_store_shape s = ts_shape();
+    const uint64_t na = 100, nb = 37;
+    msa_store_session *ss;
+    CHECK_OK(msa_store_session_create(st, "a", "fp", &s));
+    CHECK_OK(msa_store_session_create(st, "b", "fp", &s));
+    CHECK_OK(msa_store_session_open(st, "a", NULL, &ss));
+    CHECK_OK(ts_append(ss, &s, seed, 0, 60));
+    CHECK_OK(ts_append(ss, &s, seed, 60, na - 60));
+    msa_store_session_close(ss);
+    CHECK_OK(msa_store_session_open(st, "b", NULL, &ss));
+    CHECK_OK(ts_append(ss, &s, seed ^ 1, 0, nb));
+    msa_store_session_close(ss);
+    msa_store_close(st);
+    /* one writer per store handle: both sessions' blocks are in one file */
+    CHECK(only_segment(dir, seg, sizeof seg));
+    CHECK_OK(msa_store_open(&p, &st));
+    check_session(st, "a", seed, na);
+    check_session(st, "b", seed ^ 1, nb);
+    uint64_t nf = 0;
+    CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    msa_store_close(st);
+
+    size_t len = 0;
+    uint8_t *orig = slurp(seg, &len);
+    CHECK(orig && len > 8192);
+    if (!orig || len <= 8192) return;
+    /* a flipped byte in the blocks */
+    uint8_t *bad = malloc(len);
+    memcpy(bad, orig, len);
+    /* inside the first block (it starts after the 4096-byte header; its
+     * K plane alone is 1 KiB): a write pads to 4096 bytes at each commit,
+     * and padding is named by nothing */
+    size_t at = 4096 + 24 + (size_t)t_randint(1000);
+    bad[at] ^= 0x04;
+    spit(seg, bad, len);
+    CHECK_OK(msa_store_open(&p, &st));
+    int found = corrupt_blocks(st, "a") + corrupt_blocks(st, "b");
+    CHECKF(found == 1, "a flipped byte at %zu of %zu: %d damaged blocks", at, len, found);
+    CHECK(msa_store_fsck(st, fsck_quiet, &(int){0}, &nf) == MSA_ECORRUPT && nf == 1);
+    msa_store_close(st);
+    /* cut short: the blocks past the cut are damaged, those before intact */
+    CHECK(truncate(seg, (off_t)(len / 2)) == 0);
+    CHECK_OK(msa_store_open(&p, &st));
+    found = corrupt_blocks(st, "a") + corrupt_blocks(st, "b");
+    CHECKF(found >= 1, "a segment cut to %zu bytes: no damaged block", len / 2);
+    CHECK(msa_store_fsck(st, fsck_quiet, &(int){0}, &nf) == MSA_ECORRUPT);
+    msa_store_close(st);
+    /* missing */
+    CHECK(unlink(seg) == 0);
+    CHECK_OK(msa_store_open(&p, &st));
+    found = corrupt_blocks(st, "a");
+    CHECKF(found == (int)(s.n_layers * (na / s.block_size)), "a missing segment: %d damaged blocks", found);
+    msa_store_close(st);
+    spit(seg, orig, len);
+    free(bad);
+
+    /* export from segments, import into a store that keeps every block in LMDB */
+    char exp[4700], dir2[4400];
+    snprintf(exp, sizeof exp, "%s/a.msax", base);
+    snprintf(dir2, sizeof dir2, "%s/segments-import", base);
+    CHECK_OK(msa_store_open(&p, &st));
+    CHECK_OK(msa_store_export(st, "a", exp));
+    msa_store_params p2 = p;
+    p2.dir = dir2;
+    p2.segment_min = SIZE_MAX;
+    msa_store *st2;
+    CHECK_OK(msa_store_open(&p2, &st2));
+    CHECK_OK(msa_store_import(st2, exp, NULL));
+    check_session(st2, "a", seed, na);
+    msa_store_close(st2);
+    msa_store_close(st);
+    /* salvage reads blocks through their pointers */
+    char dir3[4400];
+    snprintf(dir3, sizeof dir3, "%s/segments-salvaged", base);
+    msa_store_salvage_stats ss_stats;
+    CHECK_OK(msa_store_salvage(dir, dir3, NULL, NULL, &ss_stats));
+    CHECK(ss_stats.damaged == 0);
+    CHECK_OK(msa_store_open(&p, &st));
+    msa_store_close(st);
+    p2.dir = dir3;
+    CHECK_OK(msa_store_open(&p2, &st2));
+    check_session(st2, "a", seed, na);
+    check_session(st2, "b", seed ^ 1, nb);
+    msa_store_close(st2);
+
+    /* compact: "c" is written by another handle (a second segment), then
+     * removed; a crashed writer's file has a header and no commit */
+    CHECK_OK(msa_store_open(&p, &st));
+    CHECK_OK(msa_store_session_create(st, "c", "fp", &s));
+    CHECK_OK(msa_store_session_open(st, "c", NULL, &ss));
+    CHECK_OK(ts_append(ss, &s, seed ^ 2, 0, 50));
+    msa_store_session_close(ss);
+    msa_store_close(st);
+    snprintf(path, sizeof path, "%s/segments/00000000000000ff.seg", dir);
+    spit(path, orig, 4096); /* another id's header: named by nothing either way */
+    CHECK_OK(msa_store_open(&p, &st));
+    CHECK_OK(msa_store_remove(st, "c"));
+    int64_t saved = 0;
+    CHECK_OK(msa_store_compact(st, &saved));
+    CHECKF(saved > 0, "compact saved %lld bytes", (long long)saved);
+    CHECK(access(path, F_OK) != 0);
+    CHECK(only_segment(dir, path, sizeof path) && !strcmp(path, seg));
+    check_session(st, "a", seed, na);
+    check_session(st, "b", seed ^ 1, nb);
+    CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    msa_store_close(st);
+    free(orig);
+}
+
 /* Runs op under an injected `err` at every fault point; after each, the
  * store must reopen and hold `before` or, when op succeeded, `after`. */
 typedef int (*fault_op)(msa_store *st, uint64_t n);
@@ -584,8 +773,11 @@ static void test_faults(const char *dir, int threads) {
     uint64_t nf = 0;
     CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
     msa_store_close(st);
-    /* a real limit: the map may not grow past 4 MiB */
-    msa_store_params p = msa_store_default_params();
+    /* a real limit: the map may not grow past 4 MiB (blocks in LMDB: the
+     * limit is LMDB's; a full disk under segment files is the ENOSPC
+     * injected above) */
+    msa_store_params p = ts_params();
+    p.segment_min = SIZE_MAX;
     p.dir = dir;
     p.map_size = 2u << 20;
     p.map_max = 4u << 20;
@@ -634,6 +826,7 @@ int main(int argc, char **argv) {
     test_format(dir);
     test_fork_export(dir, 5 + 11 + 1 + 16 + 40 + 3 + 1 + 1 + 70 + 20);
     test_corrupt(dir);
+    test_segments(dir);
     char fdir[4300];
     snprintf(fdir, sizeof fdir, "%s/faults", dir);
     test_faults(fdir, 1);

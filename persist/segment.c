@@ -1,0 +1,425 @@
+/*
+ * segment.c: full blocks kept in append-only segment files beside LMDB.
+ *
+ * A full block's value (the "MSB1" bytes of internal.h, unchanged) is
+ * appended to a segment file, STORE/segments/<id>.seg, and LMDB's blocks
+ * table holds a 32-byte pointer to it ("MSP1", internal.h). LMDB then
+ * copies, writes and syncs a few dozen bytes per block instead of the
+ * block itself, and the segment is written with O_DIRECT from memory the
+ * writer reuses: no page-cache copy, no fresh pages, and the disk works
+ * while the next blocks are compressed (writes leave at every
+ * MSA_SEG_FLUSH bytes, not at commit).
+ *
+ * Crash safety: a commit first writes out and fdatasyncs the segment's
+ * bytes, then commits LMDB, which names them. A crash in between leaves
+ * bytes that nothing names. Each segment has one writer, ever: the store
+ * handle that created it (O_EXCL, a random 64-bit id); after an aborted
+ * transaction that writer rewinds to its last committed end, and when it
+ * closes it cuts the file there. A segment left by a crashed writer is
+ * never appended to again; `compact` deletes segments that no pointer
+ * names. Readers map a segment read-only and only touch what a committed
+ * pointer names, after checking that the file is long enough.
+ *
+ * Segment file: a 4096-byte header (magic "MSASEG01", u64 id, u32 crc32c
+ * of those 16 bytes, zeros), then values at 4096-aligned write positions
+ * (a value itself may start anywhere after the header).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "persist/internal.h"
+
+#define SEG_MAGIC "MSASEG01"
+enum { SEG_ALIGN = 4096, SEG_HDR = 4096 };
+
+/* ---- pointers -------------------------------------------------------------- */
+
+size_t msa_segptr_encode(const msa_segptr *p, uint8_t out[MSA_SEGPTR_LEN]) {
+    msa_put_le32(out, MSA_SEGPTR_MAGIC);
+    msa_put_le64(out + 8, p->seg);
+    msa_put_le64(out + 16, p->off);
+    msa_put_le32(out + 24, p->len);
+    msa_put_le32(out + 28, p->vcrc);
+    msa_put_le32(out + 4, msa_crc32c(0, out + 8, MSA_SEGPTR_LEN - 8));
+    return MSA_SEGPTR_LEN;
+}
+
+int msa_segptr_is(const void *v, size_t len) {
+    return len == MSA_SEGPTR_LEN && msa_get_le32(v) == MSA_SEGPTR_MAGIC;
+}
+
+int msa_segptr_decode(const void *v, size_t len, msa_segptr *p) {
+    const uint8_t *b = v;
+    if (!msa_segptr_is(v, len)) return msa_error(MSA_ECORRUPT, "not a segment pointer");
+    if (msa_crc32c(0, b + 8, MSA_SEGPTR_LEN - 8) != msa_get_le32(b + 4))
+        return msa_error(MSA_ECORRUPT, "segment pointer checksum mismatch");
+    p->seg = msa_get_le64(b + 8);
+    p->off = msa_get_le64(b + 16);
+    p->len = msa_get_le32(b + 24);
+    p->vcrc = msa_get_le32(b + 28);
+    if (!p->seg || p->off < SEG_HDR || p->len < MSA_BLOCK_HDR || p->off > MSA_SEG_MAX - p->len)
+        return msa_error(MSA_ECORRUPT, "segment pointer out of range (segment %016llx, %llu + %u bytes)",
+                         (unsigned long long)p->seg, (unsigned long long)p->off, p->len);
+    return MSA_OK;
+}
+
+uint64_t msa_value_stored_len(const void *v, size_t len) {
+    return msa_segptr_is(v, len) ? msa_get_le32((const uint8_t *)v + 24) : len;
+}
+
+static void seg_path(char *buf, size_t n, const char *dir, uint64_t id) {
+    snprintf(buf, n, "%s/segments/%016llx.seg", dir, (unsigned long long)id);
+}
+
+static void seg_header(uint8_t *b, uint64_t id) {
+    memset(b, 0, SEG_HDR);
+    memcpy(b, SEG_MAGIC, 8);
+    msa_put_le64(b + 8, id);
+    msa_put_le32(b + 16, msa_crc32c(0, b, 16));
+}
+
+static int seg_header_ok(const uint8_t *b, uint64_t id) {
+    return !memcmp(b, SEG_MAGIC, 8) && msa_get_le64(b + 8) == id && msa_crc32c(0, b, 16) == msa_get_le32(b + 16);
+}
+
+/* ---- reading ------------------------------------------------------------------ */
+
+typedef struct seg_map {
+    uint64_t id;
+    const uint8_t *base;    /* MSA_SEG_MAX bytes reserved, the file's length readable */
+    uint64_t size;          /* file length last seen */
+    int fd;
+} seg_map;
+
+struct msa_segs {
+    char *dir;
+    pthread_mutex_t mu;
+    seg_map *m;             /* sorted by id */
+    size_t n, cap;
+};
+
+int msa_segs_new(const char *store_dir, msa_segs **out) {
+    msa_segs *s = calloc(1, sizeof *s);
+    if (!s || !(s->dir = strdup(store_dir))) {
+        free(s);
+        return msa_error(MSA_ENOMEM, "%s: segment table", store_dir);
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    *out = s;
+    return MSA_OK;
+}
+
+void msa_segs_forget(msa_segs *s) {
+    if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->n; i++) {
+        munmap((void *)s->m[i].base, MSA_SEG_MAX);
+        close(s->m[i].fd);
+    }
+    s->n = 0;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void msa_segs_free(msa_segs *s) {
+    if (!s) return;
+    msa_segs_forget(s);
+    pthread_mutex_destroy(&s->mu);
+    free(s->m);
+    free(s->dir);
+    free(s);
+}
+
+/* The mapping of segment `id` (caller holds s->mu), mapped on first use. */
+static int seg_find(msa_segs *s, uint64_t id, seg_map **out) {
+    size_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (s->m[mid].id < id) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo < s->n && s->m[lo].id == id) {
+        *out = &s->m[lo];
+        return MSA_OK;
+    }
+    char path[4200];
+    seg_path(path, sizeof path, s->dir, id);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? msa_error(MSA_ECORRUPT, "segment file %s is missing", path)
+                               : msa_error_errno(errno, "opening segment file %s", path);
+    struct stat sb;
+    void *base = MAP_FAILED;
+    if (fstat(fd, &sb) == 0 && sb.st_size >= SEG_HDR)
+        base = mmap(NULL, MSA_SEG_MAX, PROT_READ, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        return sb.st_size < SEG_HDR ? msa_error(MSA_ECORRUPT, "segment file %s is truncated (%lld bytes)", path,
+                                                (long long)sb.st_size)
+                                    : msa_error_errno(e, "mapping segment file %s", path);
+    }
+    madvise(base, MSA_SEG_MAX, MADV_RANDOM); /* a read of index keys must not pull K and V in */
+    if (!seg_header_ok(base, id)) {
+        munmap(base, MSA_SEG_MAX);
+        close(fd);
+        return msa_error(MSA_ECORRUPT, "segment file %s: damaged header", path);
+    }
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 16;
+        void *p = realloc(s->m, cap * sizeof *s->m);
+        if (!p) {
+            munmap(base, MSA_SEG_MAX);
+            close(fd);
+            return msa_error(MSA_ENOMEM, "segment table");
+        }
+        s->m = p;
+        s->cap = cap;
+    }
+    memmove(s->m + lo + 1, s->m + lo, (s->n - lo) * sizeof *s->m);
+    s->m[lo] = (seg_map){id, base, (uint64_t)sb.st_size, fd};
+    s->n++;
+    *out = &s->m[lo];
+    return MSA_OK;
+}
+
+int msa_segs_resolve(msa_segs *s, MDB_val *v) {
+    if (!msa_segptr_is(v->mv_data, v->mv_size)) return MSA_OK;
+    msa_segptr p;
+    int rc = msa_segptr_decode(v->mv_data, v->mv_size, &p);
+    if (rc) return rc;
+    pthread_mutex_lock(&s->mu);
+    seg_map *m;
+    if (!(rc = seg_find(s, p.seg, &m)) && p.off + p.len > m->size) {
+        struct stat sb; /* the file may have grown since it was mapped */
+        if (fstat(m->fd, &sb) == 0) m->size = (uint64_t)sb.st_size;
+        if (p.off + p.len > m->size)
+            rc = msa_error(MSA_ECORRUPT, "segment %016llx ends at %llu bytes, the block needs %llu (truncated)",
+                           (unsigned long long)p.seg, (unsigned long long)m->size,
+                           (unsigned long long)(p.off + p.len));
+    }
+    const uint8_t *val = rc ? NULL : m->base + p.off;
+    pthread_mutex_unlock(&s->mu);
+    if (rc) return rc;
+    if (msa_get_le32(val) != MSA_BLOCK_MAGIC || msa_get_le32(val + 4) != p.vcrc)
+        return msa_error(MSA_ECORRUPT, "segment %016llx at %llu: not the block its pointer names",
+                         (unsigned long long)p.seg, (unsigned long long)p.off);
+    v->mv_data = (void *)val;
+    v->mv_size = p.len;
+    return MSA_OK;
+}
+
+int msa_segs_list(const char *store_dir, uint64_t **ids, size_t *n) {
+    *ids = NULL;
+    *n = 0;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/segments", store_dir);
+    DIR *d = opendir(path);
+    if (!d) return errno == ENOENT ? MSA_OK : msa_error_errno(errno, "listing %s", path);
+    size_t cap = 0;
+    int rc = MSA_OK;
+    for (struct dirent *e; (e = readdir(d));) {
+        char *end;
+        unsigned long long id = strtoull(e->d_name, &end, 16);
+        if (end != e->d_name + 16 || strcmp(end, ".seg") || !id) continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            void *p = realloc(*ids, cap * sizeof **ids);
+            if (!p) { rc = msa_error(MSA_ENOMEM, "listing %s", path); break; }
+            *ids = p;
+        }
+        (*ids)[(*n)++] = id;
+    }
+    closedir(d);
+    if (rc) { free(*ids); *ids = NULL; *n = 0; }
+    return rc;
+}
+
+int msa_segs_remove(const char *store_dir, uint64_t id, uint64_t *bytes) {
+    char path[4200];
+    seg_path(path, sizeof path, store_dir, id);
+    struct stat sb;
+    if (bytes) *bytes = stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    if (unlink(path) && errno != ENOENT) return msa_error_errno(errno, "removing %s", path);
+    return MSA_OK;
+}
+
+/* ---- writing ------------------------------------------------------------------- */
+
+struct msa_segw {
+    char *dir;
+    int fd, sync, direct;
+    uint64_t id;
+    uint64_t committed;     /* end of what committed pointers name (aligned) */
+    uint64_t pos;           /* file offset of buf[0] (aligned): what is written before it */
+    uint8_t *buf;           /* SEG_ALIGN-aligned staging */
+    size_t cap, used;
+};
+
+/* 0 or the errno of opening or syncing directory `path` */
+static int fsync_dir(const char *path) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    int e = msa_fault_point();
+    if (!e && fsync(fd)) e = errno;
+    close(fd);
+    return e;
+}
+
+/* pwrite of the whole range, retrying short writes */
+static int write_all(msa_segw *w, const uint8_t *b, size_t n, uint64_t off) {
+    while (n) {
+        int f = msa_fault_point();
+        ssize_t k = f ? (errno = f, -1) : pwrite(w->fd, b, n, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0)
+            return msa_error_errno(k < 0 ? errno : EIO, "writing segment %016llx at %llu",
+                                   (unsigned long long)w->id, (unsigned long long)off);
+        b += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return MSA_OK;
+}
+
+int msa_segw_open(const char *store_dir, int sync, msa_segw **out) {
+    *out = NULL;
+    char dir[4200], path[4300];
+    snprintf(dir, sizeof dir, "%s/segments", store_dir);
+    if (mkdir(dir, 0755) == 0) {
+        int e = sync ? fsync_dir(store_dir) : 0;
+        if (e) return msa_error_errno(e, "syncing %s", store_dir);
+    } else if (errno != EEXIST) {
+        return msa_error_errno(errno, "creating %s", dir);
+    }
+    msa_segw *w = calloc(1, sizeof *w);
+    if (!w || msa_fault_point() == ENOMEM || !(w->dir = strdup(store_dir)) ||
+        posix_memalign((void **)&w->buf, SEG_ALIGN, MSA_SEG_FLUSH + SEG_ALIGN)) {
+        if (w) { free(w->dir); free(w); }
+        return msa_error(MSA_ENOMEM, "%s: segment writer", store_dir);
+    }
+    w->cap = MSA_SEG_FLUSH + SEG_ALIGN;
+    w->sync = sync;
+    w->fd = -1;
+    for (int tries = 0; w->fd < 0 && tries < 8; tries++) {
+        if (getrandom(&w->id, sizeof w->id, 0) != sizeof w->id) w->id = (uint64_t)rand() << 32 ^ (uint64_t)getpid();
+        if (!w->id) continue;
+        seg_path(path, sizeof path, store_dir, w->id);
+        int f = msa_fault_point();
+        if (f) { errno = f; break; }
+        /* O_DIRECT where the file system has it (tmpfs does not) */
+        w->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (getenv("NODIRECT") ? 0 : O_DIRECT), 0644);
+        w->direct = w->fd >= 0;
+        if (w->fd < 0 && errno == EINVAL) w->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (w->fd < 0 && errno != EEXIST) break;
+    }
+    if (w->fd < 0) {
+        int rc = msa_error_errno(errno ? errno : EEXIST, "creating a segment file in %s", dir);
+        free(w->buf); free(w->dir); free(w);
+        return rc;
+    }
+    seg_header(w->buf, w->id);
+    int rc = write_all(w, w->buf, SEG_HDR, 0);
+    int e = !rc && sync ? fsync_dir(dir) : 0;
+    if (e) rc = msa_error_errno(e, "syncing %s", dir);
+    if (rc) {
+        close(w->fd);
+        unlink(path);
+        free(w->buf); free(w->dir); free(w);
+        return rc;
+    }
+    w->committed = w->pos = SEG_HDR;
+    *out = w;
+    return MSA_OK;
+}
+
+uint64_t msa_segw_id(const msa_segw *w) { return w->id; }
+
+/* Room left in this segment for another value of len bytes. */
+int msa_segw_fits(const msa_segw *w, size_t len) {
+    return w->pos + w->used + len + SEG_ALIGN <= MSA_SEG_MAX;
+}
+
+/* Writes out the whole aligned pages of the staging buffer, keeping the
+ * unaligned tail at its front. */
+static int flush_pages(msa_segw *w) {
+    size_t whole = w->used & ~(size_t)(SEG_ALIGN - 1);
+    if (!whole) return MSA_OK;
+    int rc = write_all(w, w->buf, whole, w->pos);
+    if (rc) return rc;
+    w->pos += whole;
+    w->used -= whole;
+    memmove(w->buf, w->buf + whole, w->used);
+    return MSA_OK;
+}
+
+int msa_segw_append(msa_segw *w, const void *val, size_t len, msa_segptr *p) {
+    if (!msa_segw_fits(w, len))
+        return msa_error(MSA_ENOSPC, "segment %016llx is full", (unsigned long long)w->id);
+    p->seg = w->id;
+    p->off = w->pos + w->used;
+    p->len = (uint32_t)len;
+    p->vcrc = msa_get_le32((const uint8_t *)val + 4);
+    const uint8_t *src = val;
+    while (len) {
+        size_t take = w->cap - w->used < len ? w->cap - w->used : len;
+        memcpy(w->buf + w->used, src, take);
+        w->used += take;
+        src += take;
+        len -= take;
+        if (w->used >= MSA_SEG_FLUSH) {
+            int rc = flush_pages(w);
+            if (rc) return rc;
+        }
+    }
+    return MSA_OK;
+}
+
+int msa_segw_seal(msa_segw *w) {
+    if (w->used) {
+        size_t padded = (w->used + SEG_ALIGN - 1) & ~(size_t)(SEG_ALIGN - 1);
+        memset(w->buf + w->used, 0, padded - w->used);
+        int rc = write_all(w, w->buf, padded, w->pos);
+        if (rc) return rc;
+        w->pos += padded;
+        w->used = 0;
+    }
+    if (w->sync) {
+        int f = msa_fault_point();
+        if (f || fdatasync(w->fd))
+            return msa_error_errno(f ? f : errno, "syncing segment %016llx", (unsigned long long)w->id);
+    }
+    return MSA_OK;
+}
+
+void msa_segw_commit(msa_segw *w) {
+    w->committed = w->pos;
+}
+
+void msa_segw_rewind(msa_segw *w) {
+    w->pos = w->committed;
+    w->used = 0;
+}
+
+void msa_segw_close(msa_segw *w) {
+    if (!w) return;
+    /* what follows the last commit is named by nothing */
+    if (ftruncate(w->fd, (off_t)w->committed) == 0 && w->sync) fdatasync(w->fd);
+    close(w->fd);
+    if (w->committed == SEG_HDR) { /* nothing committed: the file is not needed */
+        char path[4300];
+        seg_path(path, sizeof path, w->dir, w->id);
+        unlink(path);
+    }
+    free(w->buf);
+    free(w->dir);
+    free(w);
+}
