@@ -56,6 +56,19 @@ static void test_codec(void) {
     uint8_t buf[1000];
     for (int i = 0; i < 1000; i++) buf[i] = (uint8_t)t_rand_u64();
     for (int off = 0; off < 9; off++) CHECK(msa_crc32c(0, buf + off, 900) == msa_crc32c_sw(0, buf + off, 900));
+    /* lengths around the three-lane rounds of the hardware path (3 x 4 KiB),
+     * continuing from a CRC, at every alignment */
+    size_t big_n = 5 * 12288 + 100;
+    uint8_t *big = malloc(big_n + 8);
+    for (size_t i = 0; i < big_n + 8; i++) big[i] = (uint8_t)t_rand_u64();
+    size_t lens[] = {12287, 12288, 12289, 24576 + 7, 3 * 12288 + 4095, (size_t)t_randint(5 * 12288)};
+    for (int off = 0; off < 8; off++)
+        for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+            uint32_t start = (uint32_t)t_rand_u64();
+            CHECKF(msa_crc32c(start, big + off, lens[li]) == msa_crc32c_sw(start, big + off, lens[li]),
+                   "crc32c of %zu bytes at offset %d", lens[li], off);
+        }
+    free(big);
     CHECK(msa_crc32c_sw(0, "123456789", 9) == 0xE3069283u);
     msa_dtype dts[3] = {MSA_DTYPE_BF16, MSA_DTYPE_F16, MSA_DTYPE_F32};
     for (int di = 0; di < 3; di++)
