@@ -254,14 +254,29 @@ int msa_segs_remove(const char *store_dir, uint64_t id, uint64_t *bytes) {
 
 /* ---- writing ------------------------------------------------------------------- */
 
+/* Appends fill `buf`; every MSA_SEG_FLUSH bytes its whole pages go to a
+ * writer thread (the buffers swap), so the disk writes them while the
+ * caller compresses the next blocks. One write is in flight at a time. The
+ * thread only calls pwrite: fault points are passed, and errors turned
+ * into messages, on the caller's thread. */
 struct msa_segw {
     char *dir;
     int fd, sync, direct;
     uint64_t id;
     uint64_t committed;     /* end of what committed pointers name (aligned) */
-    uint64_t pos;           /* file offset of buf[0] (aligned): what is written before it */
-    uint8_t *buf;           /* SEG_ALIGN-aligned staging */
+    uint64_t pos;           /* file offset of buf[0] (aligned): what is written or in flight before it */
+    uint8_t *buf, *back;    /* SEG_ALIGN-aligned staging; back: in flight or idle */
     size_t cap, used;
+    pthread_t th;
+    int th_on;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int job, quit;          /* a write of back[0, job_n) at job_off is queued or running */
+    size_t job_n;
+    uint64_t job_off;
+    int job_fault;          /* errno the job fails with (fault injection) */
+    int err;                /* errno of the first failed write since the last rewind */
+    uint64_t err_off;
 };
 
 /* 0 or the errno of opening or syncing directory `path` */
@@ -274,20 +289,99 @@ static int fsync_dir(const char *path) {
     return e;
 }
 
-/* pwrite of the whole range, retrying short writes */
-static int write_all(msa_segw *w, const uint8_t *b, size_t n, uint64_t off) {
+/* pwrite of the whole range, retrying short writes: 0 or an errno */
+static int pwrite_all(int fd, const uint8_t *b, size_t n, uint64_t off) {
     while (n) {
-        int f = msa_fault_point();
-        ssize_t k = f ? (errno = f, -1) : pwrite(w->fd, b, n, (off_t)off);
+        ssize_t k = pwrite(fd, b, n, (off_t)off);
         if (k < 0 && errno == EINTR) continue;
-        if (k <= 0)
-            return msa_error_errno(k < 0 ? errno : EIO, "writing segment %016llx at %llu",
-                                   (unsigned long long)w->id, (unsigned long long)off);
+        if (k <= 0) return k < 0 ? errno : EIO;
         b += k;
         n -= (size_t)k;
         off += (uint64_t)k;
     }
+    return 0;
+}
+
+static void *writer_main(void *arg) {
+    msa_segw *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->job && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->job) break;
+        const uint8_t *b = w->back;
+        size_t n = w->job_n;
+        uint64_t off = w->job_off;
+        int fault = w->job_fault;
+        pthread_mutex_unlock(&w->mu);
+        int e = fault ? fault : pwrite_all(w->fd, b, n, off);
+        pthread_mutex_lock(&w->mu);
+        if (e && !w->err) {
+            w->err = e;
+            w->err_off = off;
+        }
+        w->job = 0;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* Waits for the write in flight; with `clear`, forgets a failure. 0 or
+ * the errno of the first failure since the last rewind (*off: where). */
+static int wait_job(msa_segw *w, int clear, uint64_t *off) {
+    pthread_mutex_lock(&w->mu);
+    while (w->job) pthread_cond_wait(&w->cv, &w->mu);
+    int e = w->err;
+    if (off) *off = w->err_off;
+    if (clear) w->err = 0;
+    pthread_mutex_unlock(&w->mu);
+    return e;
+}
+
+/* wait_job as a status with its message */
+static int wait_idle(msa_segw *w) {
+    uint64_t off = 0;
+    int e = wait_job(w, 0, &off);
+    return e ? msa_error_errno(e, "writing segment %016llx at %llu", (unsigned long long)w->id,
+                               (unsigned long long)off)
+             : MSA_OK;
+}
+
+/* Queues the first n bytes of buf (whole pages) for writing at pos and
+ * swaps the buffers; the rest of buf moves to the front of the new one. */
+static int submit(msa_segw *w, size_t n) {
+    int rc = wait_idle(w);
+    if (rc) return rc;
+    uint8_t *full = w->buf;
+    w->buf = w->back;
+    memcpy(w->buf, full + n, w->used - n);
+    pthread_mutex_lock(&w->mu);
+    w->back = full;
+    w->job_n = n;
+    w->job_off = w->pos;
+    w->job_fault = msa_fault_point();
+    w->job = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    w->pos += n;
+    w->used -= n;
     return MSA_OK;
+}
+
+static void writer_free(msa_segw *w) {
+    if (w->th_on) {
+        pthread_mutex_lock(&w->mu);
+        w->quit = 1;
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->th, NULL);
+    }
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w->buf);
+    free(w->back);
+    free(w->dir);
+    free(w);
 }
 
 int msa_segw_open(const char *store_dir, int sync, msa_segw **out) {
@@ -301,41 +395,49 @@ int msa_segw_open(const char *store_dir, int sync, msa_segw **out) {
         return msa_error_errno(errno, "creating %s", dir);
     }
     msa_segw *w = calloc(1, sizeof *w);
-    if (!w || msa_fault_point() == ENOMEM || !(w->dir = strdup(store_dir)) ||
-        posix_memalign((void **)&w->buf, SEG_ALIGN, MSA_SEG_FLUSH + SEG_ALIGN)) {
-        if (w) { free(w->dir); free(w); }
+    if (!w) return msa_error(MSA_ENOMEM, "%s: segment writer", store_dir);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->fd = -1;
+    w->cap = MSA_SEG_FLUSH + SEG_ALIGN;
+    if (msa_fault_point() == ENOMEM || !(w->dir = strdup(store_dir)) ||
+        posix_memalign((void **)&w->buf, SEG_ALIGN, w->cap) ||
+        posix_memalign((void **)&w->back, SEG_ALIGN, w->cap)) {
+        writer_free(w);
         return msa_error(MSA_ENOMEM, "%s: segment writer", store_dir);
     }
-    w->cap = MSA_SEG_FLUSH + SEG_ALIGN;
     w->sync = sync;
-    w->fd = -1;
+    int e = 0;
     for (int tries = 0; w->fd < 0 && tries < 8; tries++) {
         if (getrandom(&w->id, sizeof w->id, 0) != sizeof w->id) w->id = (uint64_t)rand() << 32 ^ (uint64_t)getpid();
         if (!w->id) continue;
         seg_path(path, sizeof path, store_dir, w->id);
-        int f = msa_fault_point();
-        if (f) { errno = f; break; }
+        if ((e = msa_fault_point())) break;
         /* O_DIRECT where the file system has it (tmpfs does not) */
-        w->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (getenv("NODIRECT") ? 0 : O_DIRECT), 0644);
+        w->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
         w->direct = w->fd >= 0;
         if (w->fd < 0 && errno == EINVAL) w->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (w->fd < 0 && errno != EEXIST) break;
+        e = w->fd < 0 ? errno : 0;
+        if (e && e != EEXIST) break;
     }
     if (w->fd < 0) {
-        int rc = msa_error_errno(errno ? errno : EEXIST, "creating a segment file in %s", dir);
-        free(w->buf); free(w->dir); free(w);
+        int rc = msa_error_errno(e ? e : EEXIST, "creating a segment file in %s", dir);
+        writer_free(w);
         return rc;
     }
     seg_header(w->buf, w->id);
-    int rc = write_all(w, w->buf, SEG_HDR, 0);
-    int e = !rc && sync ? fsync_dir(dir) : 0;
-    if (e) rc = msa_error_errno(e, "syncing %s", dir);
+    int f = msa_fault_point();
+    e = f ? f : pwrite_all(w->fd, w->buf, SEG_HDR, 0);
+    int rc = e ? msa_error_errno(e, "writing the header of %s", path) : MSA_OK;
+    if (!rc && sync && (e = fsync_dir(dir))) rc = msa_error_errno(e, "syncing %s", dir);
+    if (!rc && pthread_create(&w->th, NULL, writer_main, w)) rc = msa_error(MSA_ENOMEM, "%s: writer thread", path);
     if (rc) {
         close(w->fd);
         unlink(path);
-        free(w->buf); free(w->dir); free(w);
+        writer_free(w);
         return rc;
     }
+    w->th_on = 1;
     w->committed = w->pos = SEG_HDR;
     *out = w;
     return MSA_OK;
@@ -346,19 +448,6 @@ uint64_t msa_segw_id(const msa_segw *w) { return w->id; }
 /* Room left in this segment for another value of len bytes. */
 int msa_segw_fits(const msa_segw *w, size_t len) {
     return w->pos + w->used + len + SEG_ALIGN <= MSA_SEG_MAX;
-}
-
-/* Writes out the whole aligned pages of the staging buffer, keeping the
- * unaligned tail at its front. */
-static int flush_pages(msa_segw *w) {
-    size_t whole = w->used & ~(size_t)(SEG_ALIGN - 1);
-    if (!whole) return MSA_OK;
-    int rc = write_all(w, w->buf, whole, w->pos);
-    if (rc) return rc;
-    w->pos += whole;
-    w->used -= whole;
-    memmove(w->buf, w->buf + whole, w->used);
-    return MSA_OK;
 }
 
 int msa_segw_append(msa_segw *w, const void *val, size_t len, msa_segptr *p) {
@@ -376,7 +465,7 @@ int msa_segw_append(msa_segw *w, const void *val, size_t len, msa_segptr *p) {
         src += take;
         len -= take;
         if (w->used >= MSA_SEG_FLUSH) {
-            int rc = flush_pages(w);
+            int rc = submit(w, w->used & ~(size_t)(SEG_ALIGN - 1));
             if (rc) return rc;
         }
     }
@@ -387,11 +476,12 @@ int msa_segw_seal(msa_segw *w) {
     if (w->used) {
         size_t padded = (w->used + SEG_ALIGN - 1) & ~(size_t)(SEG_ALIGN - 1);
         memset(w->buf + w->used, 0, padded - w->used);
-        int rc = write_all(w, w->buf, padded, w->pos);
+        w->used = padded;
+        int rc = submit(w, padded);
         if (rc) return rc;
-        w->pos += padded;
-        w->used = 0;
     }
+    int rc = wait_idle(w);
+    if (rc) return rc;
     if (w->sync) {
         int f = msa_fault_point();
         if (f || fdatasync(w->fd))
@@ -405,12 +495,14 @@ void msa_segw_commit(msa_segw *w) {
 }
 
 void msa_segw_rewind(msa_segw *w) {
+    wait_job(w, 1, NULL);
     w->pos = w->committed;
     w->used = 0;
 }
 
 void msa_segw_close(msa_segw *w) {
     if (!w) return;
+    wait_job(w, 1, NULL);
     /* what follows the last commit is named by nothing */
     if (ftruncate(w->fd, (off_t)w->committed) == 0 && w->sync) fdatasync(w->fd);
     close(w->fd);
@@ -419,7 +511,5 @@ void msa_segw_close(msa_segw *w) {
         seg_path(path, sizeof path, w->dir, w->id);
         unlink(path);
     }
-    free(w->buf);
-    free(w->dir);
-    free(w);
+    writer_free(w);
 }
