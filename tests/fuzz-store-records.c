@@ -1,9 +1,10 @@
 /*
  * fuzz-store-records.c: libFuzzer target for the store's record decoders
  * (persist/): the session record (msa_srec_decode), the block entry
- * (msa_bent_decode) and the block codec (msa_block_verify,
- * msa_block_decode). They read what LMDB hands back, i.e. whatever a
- * damaged or hostile data.mdb holds.
+ * (msa_bent_decode), the block codec (msa_block_verify,
+ * msa_block_decode) and the segment pointer (msa_segptr_decode, and
+ * msa_segs_resolve against a store directory with no segments). They read
+ * what LMDB hands back, i.e. whatever a damaged or hostile data.mdb holds.
  *
  * Input: byte 0 picks the decoder; for the codec, bytes 1..4 pick the shape
  * (KV heads, head dim, index key heads and dim, block size, dtypes) and the
@@ -34,6 +35,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         MDB_val v = {size - 1, b + 1};
         msa_bent e;
         msa_bent_decode(&v, &e);
+        break;
+    }
+    case 3: {
+        uint8_t *v = b + 1;
+        size_t len = size - 1;
+        if (fix && len >= MSA_SEGPTR_LEN) msa_put_le32(v + 4, msa_crc32c(0, v + 8, MSA_SEGPTR_LEN - 8));
+        msa_segptr p;
+        msa_segptr_decode(v, len, &p);
+        msa_value_stored_len(v, len);
+        static msa_segs *segs;
+        if (!segs) msa_segs_new("/nonexistent/msa-fuzz-store", &segs);
+        MDB_val mv = {len, v};
+        if (segs) msa_segs_resolve(segs, &mv);
         break;
     }
     default: {
