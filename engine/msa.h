@@ -316,9 +316,11 @@ typedef struct msa_store_params {
     const char *dir;    /* NULL: $XDG_DATA_HOME/msa-mem, else
                            ~/.local/share/msa-mem (msa_store_default_dir) */
     int durable;        /* 1 (default): every commit is fsync'ed. 0: commits
-                           reach the OS only (MDB_NOSYNC); msa_store_sync()
-                           makes them durable; a crash of the machine (not of
-                           the process) may lose the latest commits */
+                           reach the OS only (MDB_NOSYNC, segment files
+                           not fdatasynced); msa_store_sync() makes them
+                           durable; a crash of the machine (not of the
+                           process) may lose the latest commits, or leave
+                           blocks that their checksums then report damaged */
     int readonly;       /* 0 (default). 1: open for reading only */
     int create;         /* 1 (default): create the directory and the store
                            when missing */

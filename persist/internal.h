@@ -159,6 +159,8 @@ void msa_segs_free(msa_segs *s);
 int msa_segs_resolve(msa_segs *s, MDB_val *v);
 /* The ids of the segment files of a store (malloc'ed; none: NULL, 0). */
 int msa_segs_list(const char *store_dir, uint64_t **ids, size_t *n);
+/* fdatasyncs every segment file of a store, then their directory. */
+int msa_segs_sync(const char *store_dir);
 /* Deletes one segment file; *bytes gets its size. */
 int msa_segs_remove(const char *store_dir, uint64_t id, uint64_t *bytes);
 

@@ -91,6 +91,8 @@ static int seg_header_ok(const uint8_t *b, uint64_t id) {
     return !memcmp(b, SEG_MAGIC, 8) && msa_get_le64(b + 8) == id && msa_crc32c(0, b, 16) == msa_get_le32(b + 16);
 }
 
+static int fsync_dir(const char *path);
+
 /* ---- reading ------------------------------------------------------------------ */
 
 typedef struct seg_map {
@@ -240,6 +242,27 @@ int msa_segs_list(const char *store_dir, uint64_t **ids, size_t *n) {
     }
     closedir(d);
     if (rc) { free(*ids); *ids = NULL; *n = 0; }
+    return rc;
+}
+
+int msa_segs_sync(const char *store_dir) {
+    uint64_t *ids;
+    size_t n;
+    int rc = msa_segs_list(store_dir, &ids, &n);
+    char path[4200];
+    for (size_t i = 0; !rc && i < n; i++) {
+        seg_path(path, sizeof path, store_dir, ids[i]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT) continue; /* compacted away meanwhile */
+        if (fd < 0 || fdatasync(fd)) rc = msa_error_errno(errno, "syncing %s", path);
+        if (fd >= 0) close(fd);
+    }
+    free(ids);
+    if (!rc && n) {
+        snprintf(path, sizeof path, "%s/segments", store_dir);
+        int e = fsync_dir(path);
+        if (e) rc = msa_error_errno(e, "syncing %s", path);
+    }
     return rc;
 }
 

@@ -743,7 +743,11 @@ const char *msa_store_dir(const msa_store *st) { return st ? st->dir : NULL; }
 void msa_store_set_threads(msa_store *st, int n_threads) { st->threads = n_threads < 0 ? 0 : n_threads; }
 
 int msa_store_sync(msa_store *st) {
-    int rc = mdb_env_sync(st->env, 1);
+    /* segments first: LMDB's pointers must not reach the disk before the
+     * bytes they name */
+    int rc = st->params.readonly ? MSA_OK : msa_segs_sync(st->dir);
+    if (rc) return rc;
+    rc = mdb_env_sync(st->env, 1);
     return rc ? msa_mdb_status(rc, "%s: sync", st->dir) : MSA_OK;
 }
 

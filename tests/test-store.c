@@ -694,6 +694,21 @@ static void test_segments(const char *base) {
     check_session(st2, "b", seed ^ 1, nb);
     msa_store_close(st2);
 
+    /* a handle without durable commits: msa_store_sync syncs its segments */
+    msa_store_params pn = p;
+    pn.durable = 0;
+    CHECK_OK(msa_store_open(&pn, &st));
+    CHECK_OK(msa_store_session_create(st, "d", "fp", &s));
+    CHECK_OK(msa_store_session_open(st, "d", NULL, &ss));
+    CHECK_OK(ts_append(ss, &s, seed ^ 3, 0, 40));
+    msa_store_session_close(ss);
+    CHECK_OK(msa_store_sync(st));
+    msa_store_close(st);
+    CHECK_OK(msa_store_open(&p, &st));
+    check_session(st, "d", seed ^ 3, 40);
+    CHECK_OK(msa_store_remove(st, "d"));
+    msa_store_close(st);
+
     /* compact: "c" is written by another handle (a second segment), then
      * removed; a crashed writer's file has a header and no commit */
     CHECK_OK(msa_store_open(&p, &st));
