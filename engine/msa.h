@@ -1295,6 +1295,11 @@ typedef struct msa_session_info {
     char fingerprint[72];    /* the model that wrote it */
     msa_pager_stats pager;   /* counters since the session was opened */
     double last_step_ms;     /* the last decode step's model time */
+    double store_write_ms;   /* time the appends since the session was opened
+                                spent handing blocks to the store and
+                                committing them (compression, segment and
+                                LMDB writes): of an ingest's time, the part
+                                that storing adds */
 } msa_session_info;
 
 /* Fills *info (zeroed first). Returns MSA_OK; MSA_EINVAL (NULL argument);

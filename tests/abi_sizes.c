@@ -66,7 +66,7 @@ int main(void) {
     F(msa_session_info, n_layers); F(msa_session_info, block_size);
     F(msa_session_info, top_k); F(msa_session_info, bytes_on_disk);
     F(msa_session_info, bytes_raw); F(msa_session_info, fingerprint);
-    F(msa_session_info, pager); F(msa_session_info, last_step_ms);
+    F(msa_session_info, pager); F(msa_session_info, last_step_ms); F(msa_session_info, store_write_ms);
     end();
     S(msa_session_params);
     F(msa_session_params, top_k); F(msa_session_params, reserved);

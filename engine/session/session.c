@@ -94,6 +94,7 @@ struct msa_session {
     int64_t n_reads;
     int n_messages;
     double last_step_ms;
+    double store_write_s;      /* in msa_store_txn_put_block and commit since open */
     int64_t pager_capacity;    /* max_tokens the pager was sized for */
 
     /* sticky: the memory could not be brought back to the last commit */
@@ -224,8 +225,10 @@ static int src_write_block(void *ctx, int layer, int64_t block, const void *k,
     if (!s->txn)
         return msa_error(MSA_EINVAL, "session '%s': block %lld of layer %d completed "
                          "outside a transaction", s->name, (long long)block, layer);
+    double t0 = msa_now();
     int rc = msa_store_txn_put_block(s->txn, layer, (uint64_t)block, s->shape.block_size,
                                      k, v, kidx, tag_of(s, block));
+    s->store_write_s += msa_now() - t0;
     if (rc && !s->write_rc) s->write_rc = rc;
     return rc;
 }
@@ -696,6 +699,7 @@ static int txn_fail(msa_session *s, int rc) {
 static int txn_commit(msa_session *s) {
     if (!s->txn) return MSA_OK;
     int rc = s->write_rc;
+    double t0 = msa_now();
     /* the partial last block of every layer, rewritten */
     for (int l = 0; !rc && l < s->shape.n_layers; l++) {
         int64_t block;
@@ -709,6 +713,7 @@ static int txn_commit(msa_session *s) {
     if (rc) return txn_fail(s, rc);
     rc = msa_store_txn_commit(s->txn); /* frees the txn, also on failure */
     s->txn = NULL;
+    s->store_write_s += msa_now() - t0;
     if (rc) {
         msa_error_context(rc, "session '%s': committing tokens %lld..%lld", s->name,
                           (long long)s->n_committed, (long long)s->n_tokens);
@@ -970,6 +975,7 @@ int msa_session_get_info(msa_session *s, msa_session_info *out) {
     snprintf(out->fingerprint, sizeof out->fingerprint, "%.71s", si.fingerprint);
     msa_kvmem_paged_stats(s->mem, &out->pager);
     out->last_step_ms = s->last_step_ms;
+    out->store_write_ms = 1e3 * s->store_write_s;
     return MSA_OK;
 }
 

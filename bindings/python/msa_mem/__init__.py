@@ -231,6 +231,7 @@ class _SessionInfo(C.Structure):
         ("fingerprint", C.c_char * 72),
         ("pager", _PagerStats),
         ("last_step_ms", C.c_double),
+        ("store_write_ms", C.c_double),
     ]
 
 
