@@ -569,52 +569,172 @@ static int cmp_id(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Deletes the segment files that no block pointer names (left by removed
- * sessions, or by a writer that crashed before its first commit); adds
- * their bytes to *freed. The caller holds the store alone. */
-static int drop_unused_segments(msa_store *st, int64_t *freed) {
-    uint64_t *files, *used = NULL;
-    size_t nf, nu = 0, cap = 0;
-    int rc = msa_segs_list(st->dir, &files, &nf);
-    if (rc || !nf) return rc;
+/* One pointer of the blocks table, as compact sees it. */
+typedef struct seg_use {
+    uint64_t seg, block;
+    uint32_t len;
+} seg_use;
+
+static int cmp_use(const void *a, const void *b) {
+    const seg_use *x = a, *y = b;
+    return x->seg < y->seg ? -1 : x->seg > y->seg ? 1 : (x->block > y->block) - (x->block < y->block);
+}
+
+/* Every segment pointer of the blocks table (sorted by segment). */
+static int list_uses(msa_store *st, seg_use **out, size_t *n) {
+    *out = NULL;
+    *n = 0;
+    size_t cap = 0;
     MDB_txn *t;
     pthread_rwlock_rdlock(&st->grow);
-    if (!(rc = msa_read_begin(st, &t))) {
+    int rc = msa_read_begin(st, &t);
+    if (!rc) {
         MDB_cursor *c;
         MDB_val k, v;
-        if ((rc = mdb_cursor_open(t, st->blocks, &c))) {
-            rc = msa_mdb_status(rc, "%s: reading blocks", st->dir);
-        } else {
-            int g;
-            for (int op = MDB_FIRST; (g = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
-                msa_segptr p;
-                if (!msa_segptr_is(v.mv_data, v.mv_size) || msa_segptr_decode(v.mv_data, v.mv_size, &p)) continue;
-                if (nu && used[nu - 1] == p.seg) continue; /* blocks of one writer sit together */
-                if (nu == cap) {
-                    cap = cap ? 2 * cap : 64;
-                    void *q = realloc(used, cap * sizeof *used);
-                    if (!q) { rc = msa_error(MSA_ENOMEM, "%s: segment list", st->dir); break; }
-                    used = q;
-                }
-                used[nu++] = p.seg;
+        int g = mdb_cursor_open(t, st->blocks, &c), opened = !g;
+        for (int op = MDB_FIRST; !g && !rc && (g = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
+            msa_segptr p;
+            if (!msa_segptr_is(v.mv_data, v.mv_size)) continue;
+            if (k.mv_size != 8 || (rc = msa_segptr_decode(v.mv_data, v.mv_size, &p))) {
+                rc = msa_error(MSA_ECORRUPT, "%s: compact: a damaged segment pointer (`msa-mem fsck` names it)",
+                               st->dir);
+                break;
             }
-            if (!rc && g != MDB_NOTFOUND) rc = msa_mdb_status(g, "%s: reading blocks", st->dir);
-            mdb_cursor_close(c);
+            if (*n == cap) {
+                cap = cap ? 2 * cap : 1024;
+                void *q = realloc(*out, cap * sizeof **out);
+                if (!q) { rc = msa_error(MSA_ENOMEM, "%s: compact: segment pointers", st->dir); break; }
+                *out = q;
+            }
+            (*out)[(*n)++] = (seg_use){p.seg, msa_get_be64(k.mv_data), p.len};
         }
+        if (!rc && g && g != MDB_NOTFOUND) rc = msa_mdb_status(g, "%s: reading blocks", st->dir);
+        if (opened) mdb_cursor_close(c);
         msa_read_end(st, t);
     }
     pthread_rwlock_unlock(&st->grow);
-    if (!rc) {
-        qsort(used, nu, sizeof *used, cmp_id);
-        msa_segs_forget(st->segs);
-        for (size_t i = 0; i < nf && !rc; i++) {
-            if (bsearch(&files[i], used, nu, sizeof *used, cmp_id)) continue;
-            uint64_t bytes = 0;
-            if (!(rc = msa_segs_remove(st->dir, files[i], &bytes))) *freed += (int64_t)bytes;
+    if (!rc) qsort(*out, *n, sizeof **out, cmp_use);
+    else { free(*out); *out = NULL; *n = 0; }
+    return rc;
+}
+
+/* The blocks compact moves out of mostly dead segments, and where to. */
+typedef struct moved {
+    uint64_t block;
+    msa_segptr to;
+} moved;
+
+typedef struct move_ctx {
+    msa_store *st;
+    moved *m;
+    size_t n;
+} move_ctx;
+
+static int move_fn(MDB_txn *t, void *vp) {
+    move_ctx *c = vp;
+    for (size_t i = 0; i < c->n; i++) {
+        uint8_t kb[8], pb[MSA_SEGPTR_LEN];
+        msa_put_be64(kb, c->m[i].block);
+        MDB_val k = {8, kb}, v = {msa_segptr_encode(&c->m[i].to, pb), pb};
+        int rc = msa_put(t, c->st->blocks, &k, &v, 0);
+        if (rc) return msa_mdb_status(rc, "%s: compact: moving block %llu", c->st->dir,
+                                      (unsigned long long)c->m[i].block);
+    }
+    return MSA_OK;
+}
+
+/* Copies the live blocks of the segments marked in `rewrite` into new
+ * segments and points the blocks table at the copies (one LMDB commit,
+ * after the copies are durable). Each value is verified before it is
+ * copied. */
+static int move_blocks(msa_store *st, const seg_use *u, size_t nu, const uint64_t *rewrite, size_t nr) {
+    moved *m = malloc((nu ? nu : 1) * sizeof *m);
+    msa_segw *ws[64];
+    size_t nm = 0, nw = 0;
+    int rc = m ? MSA_OK : msa_error(MSA_ENOMEM, "%s: compact", st->dir);
+    MDB_txn *t = NULL;
+    pthread_rwlock_rdlock(&st->grow);
+    if (!rc) rc = msa_read_begin(st, &t);
+    for (size_t i = 0; !rc && i < nu; i++) {
+        if (!bsearch(&u[i].seg, rewrite, nr, sizeof *rewrite, cmp_id)) continue;
+        MDB_val v;
+        if ((rc = msa_block_get(t, st, u[i].block, &v))) break;
+        if ((rc = msa_block_verify(v.mv_data, v.mv_size))) {
+            rc = msa_error(MSA_ECORRUPT, "%s: compact: block %llu is damaged (%s); nothing was moved. "
+                           "`msa-mem salvage %s NEWDIR` copies every intact session into a new store", st->dir,
+                           (unsigned long long)u[i].block, msa_last_error(), st->dir);
+            break;
+        }
+        if (!nw || !msa_segw_fits(ws[nw - 1], v.mv_size)) {
+            if (nw == sizeof ws / sizeof *ws) { rc = msa_error(MSA_ENOSPC, "%s: compact: too many segments", st->dir); break; }
+            if (nw && (rc = msa_segw_seal(ws[nw - 1]))) break;
+            if ((rc = msa_segw_open(st->dir, st->params.durable, &ws[nw]))) break;
+            nw++;
+        }
+        m[nm].block = u[i].block;
+        if ((rc = msa_segw_append(ws[nw - 1], v.mv_data, v.mv_size, &m[nm].to))) break;
+        nm++;
+    }
+    if (t) msa_read_end(st, t);
+    pthread_rwlock_unlock(&st->grow);
+    if (!rc && nw) rc = msa_segw_seal(ws[nw - 1]);
+    move_ctx c = {st, m, nm};
+    if (!rc && nm) rc = msa_with_write(st, move_fn, &c, "compact");
+    for (size_t i = 0; i < nw; i++) {
+        if (!rc) msa_segw_commit(ws[i]);
+        msa_segw_close(ws[i]); /* a failure leaves nothing committed: the file goes */
+    }
+    free(m);
+    return rc;
+}
+
+/* Segment files after LMDB is compacted: a segment that no pointer names
+ * (a removed session's, a killed writer's) is deleted; one whose live
+ * blocks fill less than half of it has them copied to a new segment, then
+ * is deleted. *freed gets the bytes given back. The caller holds the store
+ * alone. A crash in the middle leaves either the old pointers or the new
+ * ones, and the segment that is no longer named goes at the next compact. */
+static int compact_segments(msa_store *st, int64_t *freed) {
+    uint64_t *files, *rewrite = NULL;
+    size_t nf, nu = 0, nr = 0;
+    seg_use *u = NULL;
+    int rc = msa_segs_list(st->dir, &files, &nf);
+    if (rc || !nf) return rc;
+    if (!(rc = list_uses(st, &u, &nu)) && !(rewrite = malloc(nf * sizeof *rewrite)))
+        rc = msa_error(MSA_ENOMEM, "%s: compact", st->dir);
+    qsort(files, nf, sizeof *files, cmp_id);
+    int64_t gone = 0, kept_new = 0;
+    for (size_t i = 0, j = 0; !rc && i < nf; i++) {
+        uint64_t live = 0;
+        while (j < nu && u[j].seg < files[i]) j++;
+        for (; j < nu && u[j].seg == files[i]; j++) live += u[j].len;
+        char path[4300];
+        snprintf(path, sizeof path, "%s/segments/%016llx.seg", st->dir, (unsigned long long)files[i]);
+        struct stat sb;
+        uint64_t size = stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+        if (live && 2 * live < size) {
+            rewrite[nr++] = files[i];
+            kept_new += (int64_t)live;
         }
     }
+    if (!rc && nr) rc = move_blocks(st, u, nu, rewrite, nr);
+    if (!rc) { /* what is named now */
+        free(u);
+        rc = list_uses(st, &u, &nu);
+    }
+    if (!rc) {
+        msa_segs_forget(st->segs);
+        for (size_t i = 0, j = 0; !rc && i < nf; i++) {
+            while (j < nu && u[j].seg < files[i]) j++;
+            if (j < nu && u[j].seg == files[i]) continue;
+            uint64_t bytes = 0;
+            if (!(rc = msa_segs_remove(st->dir, files[i], &bytes))) gone += (int64_t)bytes;
+        }
+        *freed += gone - kept_new;
+    }
     free(files);
-    free(used);
+    free(rewrite);
+    free(u);
     return rc;
 }
 
@@ -667,7 +787,7 @@ int msa_store_compact(msa_store *st, int64_t *saved) {
     rmdir(tmpdir);
     int rc2 = msa_store_env_open(st);
     int64_t freed = 0;
-    if (!rc && !rc2) rc = drop_unused_segments(st, &freed);
+    if (!rc && !rc2) rc = compact_segments(st, &freed);
     flock(st->lock_fd, LOCK_SH);
     if (rc2) return msa_error_context(rc2, "%s: reopening after compact (the store handle is unusable; "
                                       "close it and open again)", st->dir);

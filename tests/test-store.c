@@ -598,8 +598,8 @@ static int corrupt_blocks(msa_store *st, const char *name) {
  * a missing segment file are reported as MSA_ECORRUPT naming the block
  * (never returned as data, never a SIGBUS) by reads and fsck; export,
  * import and salvage copy what segments hold; compact deletes the
- * segments nothing names (a removed session's, a crashed writer's) and
- * keeps the others. */
+ * segments nothing names (a removed session's, a crashed writer's), keeps
+ * the others, and moves the live blocks out of a mostly dead one. */
 static void test_segments(const char *base) {
     char dir[4300], seg[4600], path[4700];
     snprintf(dir, sizeof dir, "%s/segments-test", base);
@@ -729,6 +729,17 @@ static void test_segments(const char *base) {
     check_session(st, "a", seed, na);
     check_session(st, "b", seed ^ 1, nb);
     CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    /* "a" held most of the shared segment: compact copies b's blocks to a
+     * new one and deletes the old */
+    CHECK_OK(msa_store_remove(st, "a"));
+    CHECK_OK(msa_store_compact(st, &saved));
+    CHECKF(saved > 0, "compact saved %lld bytes", (long long)saved);
+    CHECK(only_segment(dir, path, sizeof path) && strcmp(path, seg));
+    check_session(st, "b", seed ^ 1, nb);
+    CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    msa_store_close(st);
+    CHECK_OK(msa_store_open(&p, &st));
+    check_session(st, "b", seed ^ 1, nb);
     msa_store_close(st);
     free(orig);
 }
