@@ -28,8 +28,17 @@
  * fingerprint mismatch, i.e. a converter that no longer writes the same
  * model, is reported and that part skipped).
  *
- *   test-golden [--manifest DIR]   (--manifest: print DIR's manifest)
+ * tests/golden/store2/ is a store of format version 2 (2026-12-06): LMDB's
+ * data.mdb and the segment file its full blocks live in, written by
+ * `test-golden --make-store2` (synthetic bf16 content from a fixed seed:
+ * a session and a fork of it, every full block in the segment), with
+ * MANIFEST2 as that version read it. The test copies both files, rebuilds
+ * the manifest and runs fsck.
+ *
+ *   test-golden [--manifest DIR [STORE]]   print DIR/STORE's manifest (STORE: "store")
+ *   test-golden --make-store2 DIR          write DIR/store, a format 2 store
  */
+#include <dirent.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -152,15 +161,15 @@ static int session_manifest(msa_store_session *ss, const char *name, text *out) 
 
 /* The whole store's manifest: every session in name order, with a
  * "parent NAME PARENT" line for forks. */
-_Static_assert(MSA_STORE_FORMAT_VERSION >= 1, "the golden store is format 1");
+_Static_assert(MSA_STORE_FORMAT_VERSION >= 2, "the golden stores are formats 1 and 2");
 
-static int store_manifest(msa_store *st, text *out) {
+static int store_manifest(msa_store *st, int format, text *out) {
     msa_store_session_info *list = NULL;
     size_t n = 0;
     int rc = msa_store_list(st, &list, &n);
     if (rc) return rc;
-    /* the golden store was written in format 1; this build must still read it */
-    add(out, "store-format %d sessions %zu\n", 1, n);
+    /* the format the golden store was written in; this build must still read it */
+    add(out, "store-format %d sessions %zu\n", format, n);
     for (size_t i = 0; !rc && i < n; i++) {
         msa_store_session *ss = NULL;
         rc = msa_store_session_open(st, list[i].name, NULL, &ss);
@@ -323,17 +332,91 @@ static void resume_with_model(const char *assets, const char *tmp, const char *s
     msa_engine_free(e);
 }
 
+/* ---- the format 2 store ------------------------------------------------------------------ */
+
+static uint64_t g_rs = 0x9e3779b97f4a7c15ULL;
+static float g_rand(void) {
+    g_rs ^= g_rs << 13;
+    g_rs ^= g_rs >> 7;
+    g_rs ^= g_rs << 17;
+    return (float)(g_rs >> 40) / 16777216.0f - 0.5f;
+}
+
+/* Appends n tokens to session `name` of st: token ids and bf16 K, V and
+ * index keys from the fixed generator, one transaction. */
+static int g_append(msa_store *st, const char *name, const msa_store_shape *sh, uint64_t have, uint64_t n) {
+    msa_store_session *ss;
+    int rc = msa_store_session_open(st, name, NULL, &ss);
+    if (rc) return rc;
+    msa_store_txn *x;
+    if ((rc = msa_store_txn_begin(ss, &x))) {
+        msa_store_session_close(ss);
+        return rc;
+    }
+    int32_t tok[256];
+    for (uint64_t i = 0; i < n && i < 256; i++) tok[i] = (int32_t)(1 + (g_rs = g_rs * 6364136223846793005ULL + 1) % 500);
+    rc = msa_store_txn_put_tokens(x, tok, n);
+    size_t kn = (size_t)sh->n_kv_heads * sh->block_size * sh->head_dim, in = (size_t)sh->idx_key_heads * sh->block_size * sh->idx_dim;
+    uint16_t *k = calloc(kn, 2), *v = calloc(kn, 2), *ix = calloc(in, 2);
+    if (!k || !v || !ix) rc = MSA_ENOMEM;
+    uint64_t bs = (uint64_t)sh->block_size;
+    for (int l = 0; !rc && l < sh->n_layers; l++)
+        for (uint64_t b = have / bs; !rc && b * bs < have + n; b++) {
+            uint64_t fill = have + n - b * bs < bs ? have + n - b * bs : bs;
+            /* rows already stored keep their values: regenerate the block
+             * from a seed of its own */
+            uint64_t save = g_rs;
+            g_rs = 0x51ed270b27a3b4c9ULL ^ ((uint64_t)l << 32) ^ b;
+            for (size_t i = 0; i < kn; i++) { float a = g_rand(), c = g_rand(); msa_dtype_convert(&k[i], MSA_DTYPE_BF16, &a, MSA_DTYPE_F32, 1); msa_dtype_convert(&v[i], MSA_DTYPE_BF16, &c, MSA_DTYPE_F32, 1); }
+            for (size_t i = 0; i < in; i++) { float a = g_rand(); msa_dtype_convert(&ix[i], MSA_DTYPE_BF16, &a, MSA_DTYPE_F32, 1); }
+            g_rs = save;
+            rc = msa_store_txn_put_block(x, l, b, (int)fill, k, v, ix, "golden2");
+        }
+    free(k);
+    free(v);
+    free(ix);
+    if (!rc) rc = msa_store_txn_commit(x);
+    else msa_store_txn_abort(x);
+    msa_store_session_close(ss);
+    return rc;
+}
+
+/* DIR/store: session "seg" of 70 tokens (4 full blocks and a partial one
+ * per layer, in 40 + 30), and "seg-fork", a fork of it with 12 more; every
+ * full block in the one segment file. */
+static int make_store2(const char *dir) {
+    char sd[4200];
+    snprintf(sd, sizeof sd, "%s/store", dir);
+    msa_store_params p = msa_store_default_params();
+    p.dir = sd;
+    p.segment_min = 1;
+    msa_store *st;
+    int rc = msa_store_open(&p, &st);
+    msa_store_shape sh = {2, 2, 32, 1, 16, 16, MSA_DTYPE_BF16, MSA_DTYPE_BF16};
+    if (!rc) rc = msa_store_session_create(st, "seg", "golden-format-2", &sh);
+    if (!rc) rc = g_append(st, "seg", &sh, 0, 40);
+    if (!rc) rc = g_append(st, "seg", &sh, 40, 30);
+    if (!rc) rc = msa_store_fork(st, "seg", "seg-fork");
+    if (!rc) rc = g_append(st, "seg-fork", &sh, 70, 12);
+    uint64_t nf = 0;
+    if (!rc) rc = msa_store_fsck(st, NULL, NULL, &nf);
+    if (rc) fprintf(stderr, "make-store2: %s: %s\n", msa_strerror(rc), msa_last_error());
+    msa_store_close(st);
+    return rc ? 1 : 0;
+}
+
 /* ---- main ------------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
-    if (argc == 3 && !strcmp(argv[1], "--manifest")) {
-        /* make-golden.sh: print the manifest of DIR/store (read in place) */
+    if (argc == 3 && !strcmp(argv[1], "--make-store2")) return make_store2(argv[2]);
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "--manifest")) {
+        /* make-golden.sh: print the manifest of DIR/STORE (read in place) */
         char dir[4096];
-        snprintf(dir, sizeof dir, "%s/store", argv[2]);
+        snprintf(dir, sizeof dir, "%s/%s", argv[2], argc == 4 ? argv[3] : "store");
         msa_store *st = open_store(dir, 0);
         if (!st) return 1;
         text m = {0};
-        int rc = store_manifest(st, &m);
+        int rc = store_manifest(st, argc == 4 && !strcmp(argv[3], "store2") ? 2 : 1, &m);
         msa_store_close(st);
         if (rc) {
             fprintf(stderr, "manifest: %s: %s\n", msa_strerror(rc), msa_last_error());
@@ -344,7 +427,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc != 1) {
-        fprintf(stderr, "usage: test-golden [--manifest DIR]\n");
+        fprintf(stderr, "usage: test-golden [--manifest DIR [STORE] | --make-store2 DIR]\n");
         return 2;
     }
 
@@ -367,7 +450,7 @@ int main(int argc, char **argv) {
     CHECK(st != NULL);
     text got = {0};
     if (st) {
-        CHECK_OK(store_manifest(st, &got));
+        CHECK_OK(store_manifest(st, 1, &got));
         CHECK(got.s && same_text("golden store against MANIFEST", expected, got.s));
         /* the fork shares its parent's full blocks: same bytes */
         int shared = 0, checked = 0;
@@ -409,7 +492,7 @@ int main(int argc, char **argv) {
         if (!fs) break;
         CHECK_OK(msa_store_import(fs, round ? file2 : path, NULL));
         text imp = {0}, imp_story = {0};
-        CHECK_OK(store_manifest(fs, &imp));
+        CHECK_OK(store_manifest(fs, 1, &imp));
         if (imp.s) session_lines(imp.s, "story", &imp_story);
         CHECK(imp_story.s && want_story.s &&
               same_text(round ? "re-exported story against MANIFEST" :
@@ -424,6 +507,43 @@ int main(int argc, char **argv) {
         msa_store_close(fs);
     }
     free(want_story.s);
+
+    /* 2b. the format 2 store: LMDB and its segment file */
+    snprintf(path, sizeof path, "%s/MANIFEST2", golden);
+    char *expected2 = read_manifest(path);
+    CHECKF(expected2 != NULL, "cannot read %s", path);
+    char store2[4200], segdir[4300];
+    snprintf(store2, sizeof store2, "%s/store2", tmp);
+    snprintf(segdir, sizeof segdir, "%s/segments", store2);
+    CHECK(mkdir(store2, 0755) == 0 && mkdir(segdir, 0755) == 0);
+    snprintf(from, sizeof from, "%s/store2/data.mdb", golden);
+    snprintf(to, sizeof to, "%s/data.mdb", store2);
+    CHECKF(copy_file(from, to) == 0, "copying %s", from);
+    int n_seg = 0;
+    snprintf(from, sizeof from, "%s/store2/segments", golden);
+    DIR *d = opendir(from);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (!strstr(e->d_name, ".seg")) continue;
+        char f2[4600], t2[4600];
+        snprintf(f2, sizeof f2, "%s/%s", from, e->d_name);
+        snprintf(t2, sizeof t2, "%s/%s", segdir, e->d_name);
+        CHECKF(copy_file(f2, t2) == 0, "copying %s", f2);
+        n_seg++;
+    }
+    if (d) closedir(d);
+    CHECKF(n_seg == 1, "%d segment files in %s", n_seg, from);
+    st = expected2 ? open_store(store2, 0) : NULL;
+    if (st) {
+        text got2 = {0};
+        CHECK_OK(store_manifest(st, 2, &got2));
+        CHECK(got2.s && same_text("format 2 golden store against MANIFEST2", expected2, got2.s));
+        uint64_t findings = 0;
+        CHECK_OK(msa_store_fsck(st, NULL, NULL, &findings));
+        CHECK(findings == 0);
+        free(got2.s);
+        msa_store_close(st);
+    }
+    free(expected2);
 
     /* 3. with the model, when the assets are there */
     const char *assets = t_assets();

@@ -22,8 +22,31 @@
 #      writes it on open, and test-golden opens a copy) and story.msax here;
 #   7. writes MANIFEST with test-golden --manifest (read from the working
 #      store, not from store/, which must stay free of lock files).
+#
+# With --store2 it makes only the format 2 store instead (store2/: data.mdb
+# and the one segment file; MANIFEST2): test-golden --make-store2 writes
+# it from synthetic content, test-golden --manifest DIR store2 lists it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+if [ "${1:-}" = "--store2" ]; then
+  build=$(cd "${2:?usage: make-golden.sh --store2 BUILD_DIR}" && pwd)
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  "$build/tests/test-golden" --make-store2 "$work"
+  mv "$work/store" "$work/store2"
+  rm -rf "$here/store2"
+  mkdir -p "$here/store2/segments"
+  cp "$work/store2/data.mdb" "$here/store2/data.mdb"
+  cp "$work"/store2/segments/*.seg "$here/store2/segments/"
+  {
+    echo "# MANIFEST2: what tests/golden/store2 (store format 2: LMDB and a segment"
+    echo "# file) holds, as written by make-golden.sh --store2 on $(date -u +%Y-%m-%d)."
+    echo "# Hashes as in MANIFEST."
+    "$build/tests/test-golden" --manifest "$work" store2
+  } >"$here/MANIFEST2"
+  ls -l "$here/store2/data.mdb" "$here"/store2/segments/*.seg "$here/MANIFEST2"
+  exit 0
+fi
 build=$(cd "${1:?usage: make-golden.sh BUILD_DIR [ASSETS_DIR]}" && pwd)
 assets=${2:-${MSA_ASSETS:-$here/../../../shared/assets}}
 msa=$build/msa-mem
