@@ -316,7 +316,7 @@ int msa_cmd_import(msa_cli *cli, int argc, char **argv) {
 
 int msa_cmd_compact(msa_cli *cli, int argc, char **argv) {
     if (msa_cli_wants_help(argc, argv))
-        return simple_help("compact", "", "Rewrites the store without free pages; needs no other process using it.",
+        return simple_help("compact", "", "Rewrites the store without free pages and gives back the space of removed\nsessions in segment files (deleting those no block uses, moving the live\nblocks out of mostly unused ones); needs no other process using it.",
                            "msa-mem compact");
     msa_store *st;
     int rc = open_store(cli, 0, &st);
