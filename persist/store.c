@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -997,6 +998,55 @@ done:
     return rc;
 }
 
+/* Readahead. A read that follows the previous one of the same layer and
+ * kind (block b + 1 after b) asks the kernel for the next MSA_READAHEAD
+ * blocks' bytes at once (madvise WILLNEED: one request each, in flight
+ * together), so that reading a session in order, as opening it and
+ * export do, keeps the disk busy instead of waiting for one block at a
+ * time; reads of K and V ask for whole values, index-key reads for a
+ * value's first page (its header) and its last bytes (the index planes
+ * come last, and take at most their raw size plus a page). Random reads
+ * (the pager's selected blocks) ask for nothing. Only a hint: failures
+ * are ignored. */
+enum { MSA_READAHEAD = 8 };
+
+static void advise(const void *p, size_t n) {
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095;
+    if (n) (void)madvise((void *)a, (uintptr_t)p + n - a, MADV_WILLNEED);
+}
+
+static void read_ahead(msa_store_session *s, MDB_txn *t, int layer, uint64_t block, int kv) {
+    int seq = s->ra_layer == layer && s->ra_kv == kv && s->ra_last + 1 == block;
+    s->ra_layer = layer;
+    s->ra_kv = kv;
+    s->ra_last = block;
+    if (!seq) {
+        s->ra_next = block + 1;
+        return;
+    }
+    uint64_t nb = msa_blocks_for(s->rec.n_tokens, s->rec.shape.block_size), end = block + 1 + MSA_READAHEAD;
+    if (end > nb) end = nb;
+    if (s->ra_next < block + 1) s->ra_next = block + 1;
+    const msa_store_shape *sh = &s->rec.shape;
+    size_t idx = (size_t)sh->idx_key_heads * sh->block_size * sh->idx_dim * msa_dtype_size(sh->idx_dtype) + 4096;
+    for (; s->ra_next < end; s->ra_next++) {
+        uint8_t kb[20];
+        msa_key_block(kb, s->rec.sid, (uint32_t)layer, s->ra_next);
+        MDB_val key = {20, kb}, val;
+        msa_bent e;
+        if (mdb_get(t, s->st->blockmap, &key, &val) || msa_bent_decode(&val, &e) ||
+            msa_block_get(t, s->st, e.id, &val))
+            break;
+        if (kv || val.mv_size <= idx + 4096) {
+            advise(val.mv_data, val.mv_size);
+        } else {
+            advise(val.mv_data, 4096);
+            advise((const uint8_t *)val.mv_data + val.mv_size - idx, idx);
+        }
+    }
+    msa_error_clear(); /* a failed lookup here is the next read's to report */
+}
+
 static int read_one(msa_store_session *s, MDB_txn *t, int layer, uint64_t block, void *k,
                     void *v, void *kidx, msa_store_block_info *info) {
     if (layer < 0 || layer >= s->rec.shape.n_layers)
@@ -1019,6 +1069,7 @@ static int read_one(msa_store_session *s, MDB_txn *t, int layer, uint64_t block,
     if (rc) return msa_error_context(rc, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
     msa_codec_shape cs = msa_codec_shape_of(&s->rec.shape);
     int n = 0;
+    read_ahead(s, t, layer, block, k || v);
     rc = msa_block_decode(&cs, val.mv_data, val.mv_size, k, v, kidx, &n, 0);
     if (!rc && (uint32_t)n != e.n_tokens) rc = msa_error(MSA_ECORRUPT, "fill %d, entry says %u", n, e.n_tokens);
     if (rc)

@@ -75,6 +75,9 @@ struct msa_store_session {
     MDB_txn *rtxn;
     int reading;
     msa_store_txn *txn;
+    /* readahead of sequential block reads (store.c, read_one) */
+    int ra_layer, ra_kv;
+    uint64_t ra_last, ra_next; /* the last block read; blocks below ra_next are asked for */
 };
 
 /* records */
