@@ -1203,6 +1203,22 @@ static void arena_give(msa_store *st, struct msa_arena *a) {
     arena_free(a);
 }
 
+/* Where the arena's next allocation goes; arena_reset gives back what was
+ * allocated since (nothing else may use it meanwhile). */
+typedef struct arena_mark {
+    arena_chunk *c;
+    size_t used;
+} arena_mark;
+
+static arena_mark arena_here(struct msa_arena *a) {
+    return (arena_mark){a->cur, a->cur ? a->cur->used : 0};
+}
+
+static void arena_reset(struct msa_arena *a, arena_mark m) {
+    a->cur = m.c ? m.c : a->first;
+    if (a->cur) a->cur->used = m.c ? m.used : 0;
+}
+
 static void *arena_alloc(struct msa_arena *a, size_t n) {
     n = (n + 63) & ~(size_t)63;
     void *r = NULL;
@@ -1246,13 +1262,15 @@ struct msa_store_txn {
     msa_codec_err err;
     msa_store_txn_stats stats;
     int threads;            /* compression threads (msa_store_set_threads) */
-    size_t n_plain;         /* puts waiting in `plain` */
+    size_t n_plain;         /* puts waiting in `plain` (in the arena) */
     size_t plain_bytes;
+    arena_mark batch;       /* the arena before the first `plain` of the batch */
     int failed;             /* a deferred encode failed: commit refuses */
     struct msa_arena *arena; /* holds every pending value */
     msa_segw **ws;          /* segment writers of this transaction; the last one is current */
     size_t nws;
     size_t n_seg;           /* puts whose value is in a segment */
+    pthread_mutex_t seg_mu; /* encode workers append to the segment */
 };
 
 /* A full block of at least segment_min bytes goes to a segment file;
@@ -1335,6 +1353,7 @@ int msa_store_txn_begin(msa_store_session *s, msa_store_txn **out) {
     x->s = s;
     x->base = s->rec;
     x->threads = s->st->threads > 0 ? s->st->threads : msa_cpu_count();
+    pthread_mutex_init(&x->seg_mu, NULL);
     for (int l = 0; l < L; l++) {
         x->covered[l] = s->rec.n_tokens;
         x->last[l] = -1;
@@ -1348,7 +1367,6 @@ void msa_store_txn_abort(msa_store_txn *x) {
     if (!x) return;
     for (size_t i = 0; i < x->np; i++) {
         free(x->p[i].tag);
-        free(x->p[i].plain);
         free(x->p[i].msg);
     }
     free(x->p);
@@ -1356,6 +1374,7 @@ void msa_store_txn_abort(msa_store_txn *x) {
     free(x->covered);
     free(x->last);
     seg_release(x);
+    pthread_mutex_destroy(&x->seg_mu);
     if (x->s) {
         x->s->txn = NULL;
         arena_give(x->s->st, x->arena);
@@ -1399,7 +1418,13 @@ static void encode_task(void *ctx, int64_t i) {
     const void *enc;
     p->rc = msa_block_encode_scratch(&cs, p->n_tokens, b, b + kb, b + 2 * kb, x->s->st->params.level,
                                      x->s->st->params.lossy, &enc, &p->len, &p->err);
-    if (!p->rc) {
+    if (!p->rc && goes_to_segment(x, p)) {
+        /* from this thread's encoder buffer into the segment's, in
+         * whatever order the workers finish: each keeps its own offset */
+        pthread_mutex_lock(&x->seg_mu);
+        p->rc = seg_append(x, p, enc);
+        pthread_mutex_unlock(&x->seg_mu);
+    } else if (!p->rc) {
         p->val = arena_alloc(x->arena, p->len);
         if (p->val) memcpy(p->val, enc, p->len);
         else p->rc = msa_error(MSA_ENOMEM, "block encode: %zu bytes", p->len);
@@ -1422,10 +1447,9 @@ static int encode_pending(msa_store_txn *x) {
         if (x->p[i].plain) idx[m++] = i;
     encode_job j = {x, idx};
     msa_parallel_for((int64_t)m, x->threads, encode_task, &j);
-    int rc = MSA_OK;
+    int rc = MSA_OK, all_in_seg = 1;
     for (size_t q = 0; q < m; q++) {
         pending *p = &x->p[idx[q]];
-        free(p->plain);
         p->plain = NULL;
         if (p->rc) {
             if (!rc)
@@ -1437,12 +1461,11 @@ static int encode_pending(msa_store_txn *x) {
         x->err.sum_sq_err += p->err.sum_sq_err;
         x->err.sum_sq += p->err.sum_sq;
         x->stats.stored_bytes += p->len;
-        if (!rc && goes_to_segment(x, p)) {
-            int r = seg_append(x, p, p->val);
-            if (r) rc = msa_error_context(r, "session '%s', layer %d, block %llu", x->s->name, p->layer,
-                                          (unsigned long long)p->block);
-        }
+        if (!p->in_seg) all_in_seg = 0;
     }
+    /* the batch's rows and values are in the arena after its mark: when
+     * every value went to a segment, nothing there is needed any more */
+    if (!rc && all_in_seg) arena_reset(x->arena, x->batch);
     free(idx);
     x->n_plain = 0;
     x->plain_bytes = 0;
@@ -1487,7 +1510,8 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
                                (size_t)sh->idx_key_heads * sh->idx_dim * ies) * (size_t)n_tokens);
     int rc;
     if (x->threads > 1) { /* copy now, encode with the others later */
-        plain = msa_fault_point() == ENOMEM ? NULL : malloc(2 * kb + ib);
+        if (!x->n_plain) x->batch = arena_here(x->arena);
+        plain = msa_fault_point() == ENOMEM ? NULL : arena_alloc(x->arena, 2 * kb + ib);
         if (!plain)
             return msa_error(MSA_ENOMEM, "session '%s', layer %d, block %llu", s->name, layer, (unsigned long long)block);
         memcpy(plain, k, kb);
@@ -1528,7 +1552,6 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
         }
         x->stats.blocks--;
         free(slot->tag);
-        free(slot->plain);
         free(slot->msg);
     } else if (tg) {
         if (x->np == x->p_cap) {
@@ -1545,7 +1568,6 @@ int msa_store_txn_put_block(msa_store_txn *x, int layer, uint64_t block, int n_t
         }
     }
     if (!slot || !tg) {
-        free(plain);
         free(tg);
         if (slot) { /* the rewritten slot lost its value: drop it */
             *slot = x->p[--x->np];
