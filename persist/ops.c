@@ -189,6 +189,7 @@ typedef struct imp_ctx {
     msa_store *st;
     const char *path, *name;
     char name_buf[MSA_STORE_NAME_MAX + 1];
+    msa_segw *w;            /* full blocks go to this segment, as appends' do */
 } imp_ctx;
 
 /* Reads and verifies an export file into write transaction t; with t NULL
@@ -370,7 +371,7 @@ int msa_store_export(msa_store *st, const char *name, const char *path) {
     if (fclose(f) && !rc) rc = msa_error(MSA_EIO, "export '%s': close: %s", name, strerror(errno));
     free(c.kbuf); free(c.vbuf); free(c.ibuf);
     if (!rc) { /* read back what was written, as import will */
-        imp_ctx ic = {st, tmp, name, {0}};
+        imp_ctx ic = {st, tmp, name, {0}, NULL};
         int vrc = import_fn(NULL, &ic);
         if (vrc) rc = msa_error(vrc == MSA_EIO || vrc == MSA_ENOMEM ? vrc : MSA_EIO,
                                 "export '%s': the written file does not read back (%s); nothing was exported",
@@ -396,6 +397,7 @@ static int read_exact(FILE *f, void *buf, size_t n, const char *path) {
 static int import_fn(MDB_txn *t, void *vp) {
     imp_ctx *c = vp;
     msa_store *st = c->st;
+    if (c->w) msa_segw_rewind(c->w); /* a second attempt (the map grew): anew */
     FILE *f = fopen(c->path, "rb");
     if (!f) return msa_error_errno(errno, "import %s", c->path);
     /* a record never announces more than what is left of the file: checked
@@ -505,10 +507,20 @@ static int import_fn(MDB_txn *t, void *vp) {
                 break;
             }
             if (t && (rc = msa_meta_next(t, st, "next_block", &e.id, 1))) break;
-            uint8_t kb[20], ib[8], eb[1100];
+            uint8_t kb[20], ib[8], eb[1100], pb[MSA_SEGPTR_LEN];
             msa_key_block(kb, r.sid, layer, block);
             msa_put_be64(ib, e.id);
             MDB_val bk = {8, ib}, bv = {blen, bval}, k = {20, kb}, v = {msa_bent_encode(&e, eb), eb};
+            if (t && e.n_tokens == (uint32_t)r.shape.block_size && blen >= st->params.segment_min) {
+                msa_segptr sp;
+                if (!c->w && (rc = msa_segw_open(st->dir, st->params.durable, &c->w))) break;
+                if (!msa_segw_fits(c->w, blen)) {
+                    rc = msa_error(MSA_ENOSPC, "import %s: more than a segment holds", c->path);
+                    break;
+                }
+                if ((rc = msa_segw_append(c->w, bval, blen, &sp))) break;
+                bv = (MDB_val){msa_segptr_encode(&sp, pb), pb};
+            }
             int g = t ? msa_put(t, st->blocks, &bk, &bv, MDB_APPEND) : 0;
             if (!g && t) g = msa_put(t, st->blockmap, &k, &v, 0);
             if (g) { rc = msa_mdb_status(g, "import %s: writing layer %u, block %llu", c->path, layer, (unsigned long long)block); break; }
@@ -541,6 +553,10 @@ static int import_fn(MDB_txn *t, void *vp) {
         r.last_use = msa_unix_now();
         if (t) rc = msa_put_srec(t, st, name, &r);
     }
+    /* segment pointers are format 2; the segment's bytes are durable
+     * before LMDB names them */
+    if (!rc && t && c->w && st->format < 2) rc = msa_put_format(t, st, 2);
+    if (!rc && t && c->w) rc = msa_segw_seal(c->w);
     free(next_block);
     free(buf);
     fclose(f);
@@ -551,8 +567,16 @@ static int import_fn(MDB_txn *t, void *vp) {
 int msa_store_import(msa_store *st, const char *path, const char *name) {
     if (name && (!*name || strlen(name) > MSA_STORE_NAME_MAX)) return msa_error(MSA_EINVAL, "bad session name");
     if (name && msa_name_check(name)) return msa_error_context(MSA_EINVAL, "import %s as '%s'", path, name);
-    imp_ctx c = {st, path, name, {0}};
-    return msa_with_write(st, import_fn, &c, "import");
+    imp_ctx c = {st, path, name, {0}, NULL};
+    int rc = msa_with_write(st, import_fn, &c, "import");
+    if (c.w) {
+        if (!rc) {
+            msa_segw_commit(c.w);
+            st->format = 2;
+        }
+        msa_segw_close(c.w); /* after a failure: nothing committed, the file goes */
+    }
+    return rc;
 }
 
 /* ---- compact ------------------------------------------------------------------- */

@@ -512,8 +512,7 @@ static int check_format(msa_store *st, MDB_txn *t) {
     return MSA_OK;
 }
 
-/* The format record, version `ver`. */
-static int put_format(MDB_txn *t, msa_store *st, uint32_t ver) {
+int msa_put_format(MDB_txn *t, msa_store *st, uint32_t ver) {
     uint8_t b[16];
     memcpy(b, MSA_STORE_MAGIC, 8);
     msa_put_le32(b + 8, ver);
@@ -541,7 +540,7 @@ static int init_store(msa_store *st) {
             return msa_error(MSA_EFORMAT, "%s: empty environment, not an msa-mem store", st->dir);
         }
         if ((rc = open_dbis(st, t, MDB_CREATE))) goto fail;
-        if ((rc = put_format(t, st, MSA_STORE_FORMAT_VERSION))) goto fail;
+        if ((rc = msa_put_format(t, st, MSA_STORE_FORMAT_VERSION))) goto fail;
         if ((rc = mdb_txn_commit(t))) return msa_mdb_status(rc, "%s: creating the store", st->dir);
         st->format = MSA_STORE_FORMAT_VERSION;
         return MSA_OK;
@@ -1692,7 +1691,7 @@ static int commit_fn(MDB_txn *t, void *vp) {
         r.raw_bytes += p->raw;
     }
     /* segment pointers are format 2: older builds refuse the store */
-    if (x->n_seg && st->format < 2 && (rc = put_format(t, st, 2))) return rc;
+    if (x->n_seg && st->format < 2 && (rc = msa_put_format(t, st, 2))) return rc;
     r.n_tokens += x->ntok;
     r.gen++;
     r.last_use = msa_unix_now();

@@ -101,6 +101,10 @@ uint64_t msa_blocks_for(uint64_t n_tokens, int block_size);
  * status of an LMDB error. */
 int msa_block_get(MDB_txn *t, msa_store *st, uint64_t id, MDB_val *v);
 
+/* Writes the format record with version `ver` (a store becomes format 2
+ * with its first segment pointer). */
+int msa_put_format(MDB_txn *t, msa_store *st, uint32_t ver);
+
 /* LMDB calls with a fault point in front */
 int msa_put(MDB_txn *t, MDB_dbi d, MDB_val *k, MDB_val *v, unsigned flags);
 int msa_del(MDB_txn *t, MDB_dbi d, MDB_val *k);
