@@ -175,6 +175,9 @@ int msa_segs_remove(const char *store_dir, uint64_t id, uint64_t *bytes);
 typedef struct msa_segw msa_segw;
 int msa_segw_open(const char *store_dir, int sync, msa_segw **out);
 uint64_t msa_segw_id(const msa_segw *w);
+/* 0 in a child forked after the writer was opened: the segment is the
+ * parent's, which the child must not append to (nor cut at close). */
+int msa_segw_mine(const msa_segw *w);
 int msa_segw_fits(const msa_segw *w, size_t len);
 int msa_segw_append(msa_segw *w, const void *val, size_t len, msa_segptr *p);
 int msa_segw_seal(msa_segw *w);

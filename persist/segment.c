@@ -300,6 +300,7 @@ struct msa_segw {
     int job_fault;          /* errno the job fails with (fault injection) */
     int err;                /* errno of the first failed write since the last rewind */
     uint64_t err_off;
+    pid_t pid;              /* the process that owns it (a fork's child does not) */
 };
 
 /* 0 or the errno of opening or syncing directory `path` */
@@ -392,15 +393,21 @@ static int submit(msa_segw *w, size_t n) {
 }
 
 static void writer_free(msa_segw *w) {
-    if (w->th_on) {
+    /* in a forked child the writer thread does not exist, and the condition
+     * variable still counts it as a waiter (destroying it would wait for it
+     * forever): both are left alone there */
+    int mine = !w->th_on || w->pid == getpid();
+    if (w->th_on && mine) {
         pthread_mutex_lock(&w->mu);
         w->quit = 1;
         pthread_cond_signal(&w->cv);
         pthread_mutex_unlock(&w->mu);
         pthread_join(w->th, NULL);
     }
-    pthread_mutex_destroy(&w->mu);
-    pthread_cond_destroy(&w->cv);
+    if (mine) {
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
+    }
     free(w->buf);
     free(w->back);
     free(w->dir);
@@ -461,12 +468,15 @@ int msa_segw_open(const char *store_dir, int sync, msa_segw **out) {
         return rc;
     }
     w->th_on = 1;
+    w->pid = getpid();
     w->committed = w->pos = SEG_HDR;
     *out = w;
     return MSA_OK;
 }
 
 uint64_t msa_segw_id(const msa_segw *w) { return w->id; }
+
+int msa_segw_mine(const msa_segw *w) { return w->pid == getpid(); }
 
 /* Room left in this segment for another value of len bytes. */
 int msa_segw_fits(const msa_segw *w, size_t len) {
@@ -525,6 +535,11 @@ void msa_segw_rewind(msa_segw *w) {
 
 void msa_segw_close(msa_segw *w) {
     if (!w) return;
+    if (!msa_segw_mine(w)) { /* the parent's segment, inherited by fork: leave it be */
+        close(w->fd);
+        writer_free(w);
+        return;
+    }
     wait_job(w, 1, NULL);
     /* what follows the last commit is named by nothing */
     if (ftruncate(w->fd, (off_t)w->committed) == 0 && w->sync) fdatasync(w->fd);

@@ -1296,6 +1296,10 @@ static int seg_append(msa_store_txn *x, pending *p, const void *val) {
             w = st->spare_w;
             st->spare_w = NULL;
             pthread_mutex_unlock(&st->arena_mu);
+            if (w && !msa_segw_mine(w)) { /* inherited through fork: the parent's to append to */
+                msa_segw_close(w);
+                w = NULL;
+            }
         }
         if (!w && (rc = msa_segw_open(st->dir, st->params.durable, &w))) return rc;
         x->ws[x->nws++] = w;

@@ -694,6 +694,33 @@ static void test_segments(const char *base) {
     check_session(st2, "b", seed ^ 1, nb);
     msa_store_close(st2);
 
+    /* a child forked while the handle holds a segment writer (LMDB forbids
+     * using the handle there, but a child may close it, as a Python child
+     * collecting its objects does): the parent's segment is not cut, and
+     * the parent goes on appending to it */
+    CHECK_OK(msa_store_open(&p, &st));
+    CHECK_OK(msa_store_session_create(st, "e", "fp", &s));
+    CHECK_OK(msa_store_session_open(st, "e", NULL, &ss));
+    CHECK_OK(ts_append(ss, &s, seed ^ 4, 0, 40));
+    msa_store_session_close(ss);
+    pid_t pid = fork();
+    if (pid == 0) {
+        msa_segw_close(st->spare_w);
+        _exit(0);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK_OK(msa_store_session_open(st, "e", NULL, &ss));
+    CHECK_OK(ts_append(ss, &s, seed ^ 4, 40, 40));
+    msa_store_session_close(ss);
+    check_session(st, "e", seed ^ 4, 80);
+    msa_store_close(st);
+    CHECK_OK(msa_store_open(&p, &st));
+    check_session(st, "e", seed ^ 4, 80);
+    CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
+    CHECK_OK(msa_store_remove(st, "e"));
+    msa_store_close(st);
+
     /* a handle without durable commits: msa_store_sync syncs its segments */
     msa_store_params pn = p;
     pn.durable = 0;
