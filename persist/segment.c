@@ -313,11 +313,18 @@ static int fsync_dir(const char *path) {
     return e;
 }
 
-/* pwrite of the whole range, retrying short writes: 0 or an errno */
+/* pwrite of the whole range, retrying short writes: 0 or an errno. A
+ * file system that opens with O_DIRECT but refuses our alignment (a
+ * logical block above 4 KiB) gets buffered writes from then on. */
 static int pwrite_all(int fd, const uint8_t *b, size_t n, uint64_t off) {
     while (n) {
         ssize_t k = pwrite(fd, b, n, (off_t)off);
         if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && errno == EINVAL) {
+            int fl = fcntl(fd, F_GETFL);
+            if (fl >= 0 && (fl & O_DIRECT) && fcntl(fd, F_SETFL, fl & ~O_DIRECT) == 0) continue;
+            errno = EINVAL;
+        }
         if (k <= 0) return k < 0 ? errno : EIO;
         b += k;
         n -= (size_t)k;
