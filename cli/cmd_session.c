@@ -520,6 +520,152 @@ static int64_t n_tokens_of(msa_session *s) {
     return n;
 }
 
+/* ---- show ------------------------------------------------------------------- */
+
+static void show_help(void) {
+    printf("usage: msa-mem show NAME [--range A:B] [--ids]\n"
+           "\n"
+           "Prints what session NAME holds, as the model's tokenizer writes it (chat\n"
+           "template tokens included): the text it ingested, the messages and the\n"
+           "generations, in order. Reads the store only (the session may be in use);\n"
+           "the model (--model or MSA_MODEL) must be the one the session was written\n"
+           "by.\n"
+           "\n"
+           "  --range A:B   tokens A up to (not including) B; either may be left out\n"
+           "                (0, the end) and a negative one counts from the end\n"
+           "  --ids         the token ids, one line, instead of the text\n"
+           "  --json        {\"session\", \"tokens\", \"start\", \"end\", \"text\", \"ids\"}\n"
+           "\n"
+           "Examples:\n"
+           "  msa-mem show notes\n"
+           "  msa-mem show notes --range -200:      # the last 200 tokens\n"
+           "  msa-mem show notes --range 0:64 --ids\n"
+           "  msa-mem show notes --json | jq -r .text\n");
+}
+
+/* "A:B" with either side optional and negatives from the end, clamped. */
+static int parse_range(const char *s, int64_t n, int64_t *a, int64_t *b) {
+    const char *colon = strchr(s, ':');
+    if (!colon) return -1;
+    char *end;
+    *a = 0;
+    *b = n;
+    if (colon > s) {
+        long long v = strtoll(s, &end, 10);
+        if (end != colon) return -1;
+        *a = v < 0 ? n + v : v;
+    }
+    if (colon[1]) {
+        long long v = strtoll(colon + 1, &end, 10);
+        if (*end) return -1;
+        *b = v < 0 ? n + v : v;
+    }
+    if (*a < 0) *a = 0;
+    if (*b > n) *b = n;
+    if (*b < *a) *b = *a;
+    return 0;
+}
+
+int msa_cmd_show(msa_cli *cli, int argc, char **argv) {
+    if (msa_cli_wants_help(argc, argv)) {
+        show_help();
+        return 0;
+    }
+    const char *name = NULL, *range = NULL;
+    int ids_only = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--range")) {
+            if (i + 1 >= argc) return msa_cli_usage_error("show", "--range needs A:B");
+            range = argv[++i];
+        } else if (!strcmp(argv[i], "--ids")) {
+            ids_only = 1;
+        } else if (argv[i][0] == '-' && argv[i][1] && !(argv[i][1] >= '0' && argv[i][1] <= '9')) {
+            return msa_cli_usage_error("show", "unknown option '%s'", argv[i]);
+        } else if (name) {
+            return msa_cli_usage_error("show", "one session at a time ('%s' and '%s')", name, argv[i]);
+        } else {
+            name = argv[i];
+        }
+    }
+    if (!name) return msa_cli_usage_error("show", "which session? (msa-mem show NAME)");
+    if (!cli->model)
+        return msa_cli_usage_error("show", "no model: give --model PATH (a GGUF file) or set MSA_MODEL");
+    msa_engine_params p = msa_engine_default_params();
+    p.model_path = cli->model;
+    p.store_dir = cli->store_dir;
+    msa_engine *e;
+    int rc = msa_engine_open(&p, &e);
+    if (rc) return msa_cli_fail(rc, "opening the model %s and the store", cli->model);
+    msa_store_session *ss = NULL;
+    msa_store_session_info in;
+    rc = msa_store_session_open(msa_engine_store(e), name, NULL, &ss);
+    if (!rc) rc = msa_store_session_stat(ss, &in);
+    if (rc) {
+        msa_store_session_close(ss);
+        msa_engine_free(e);
+        if (rc == MSA_ENOTFOUND) return msa_cli_fail(rc, "show (`msa-mem ls` lists the sessions)");
+        return msa_cli_fail(rc, "show");
+    }
+    if (strcmp(in.fingerprint, msa_engine_fingerprint(e))) {
+        fprintf(stderr, "msa-mem: session '%s' was written by model %s, not by %s (%s): its tokens "
+                        "mean nothing to this tokenizer\n", name, in.fingerprint, cli->model,
+                msa_engine_fingerprint(e));
+        msa_store_session_close(ss);
+        msa_engine_free(e);
+        return msa_cli_exit_code(MSA_EMODEL);
+    }
+    int64_t n = (int64_t)in.n_tokens, a = 0, b = n;
+    if (range && parse_range(range, n, &a, &b)) {
+        msa_store_session_close(ss);
+        msa_engine_free(e);
+        return msa_cli_usage_error("show", "--range takes A:B (integers, either may be left out), "
+                                   "not '%s'", range);
+    }
+    int32_t *ids = malloc((size_t)(b - a + 1) * sizeof *ids);
+    rc = ids ? msa_store_read_tokens(ss, (uint64_t)a, (uint64_t)(b - a), ids) : MSA_ENOMEM;
+    msa_store_session_close(ss);
+    char *text = NULL;
+    size_t len = 0, cap = (size_t)(b - a) * 8 + 64;
+    const msa_tokenizer *tok = msa_engine_tokenizer(e);
+    if (!rc && !ids_only) {
+        text = malloc(cap);
+        rc = text ? msa_detokenize(tok, ids, (size_t)(b - a), 0, text, cap, &len) : MSA_ENOMEM;
+        if (rc == MSA_ERANGE) {
+            char *more = realloc(text, len);
+            rc = more ? msa_detokenize(tok, ids, (size_t)(b - a), 0, more, len, &len) : MSA_ENOMEM;
+            if (more) text = more;
+        }
+    }
+    if (rc) {
+        free(ids);
+        free(text);
+        msa_engine_free(e);
+        return msa_cli_fail(rc, "session '%s': reading tokens %lld..%lld", name, (long long)a, (long long)b);
+    }
+    if (cli->json) {
+        printf("{\"session\": ");
+        msa_cli_json_write_str(stdout, name, strlen(name));
+        printf(", \"tokens\": %lld, \"start\": %lld, \"end\": %lld", (long long)n, (long long)a, (long long)b);
+        if (!ids_only) {
+            printf(", \"text\": ");
+            msa_cli_json_write_str(stdout, text, len);
+        }
+        printf(", \"ids\": [");
+        for (int64_t i = 0; i < b - a; i++) printf(i ? ", %d" : "%d", ids[i]);
+        printf("]}\n");
+    } else if (ids_only) {
+        for (int64_t i = 0; i < b - a; i++) printf(i ? " %d" : "%d", ids[i]);
+        putchar('\n');
+    } else {
+        fwrite(text, 1, len, stdout);
+        if (len && text[len - 1] != '\n') putchar('\n');
+    }
+    free(ids);
+    free(text);
+    msa_engine_free(e);
+    return 0;
+}
+
 /* ---- new ------------------------------------------------------------------- */
 
 static void new_help(void) {

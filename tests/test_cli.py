@@ -615,3 +615,28 @@ def test_cli_and_library_refuse_the_same_sampling(env):
         p = run("gen", "x", "-n", "1", *opt, env=env, check=False)
         assert p.returncode == 2 and opt[0] in p.stderr, opt
     assert info_json(env, "x")["tokens"] == 0  # nothing appended
+
+
+def test_show_prints_the_session_text_and_ranges(env, tmp_path):
+    text = "The frog jumped over the log. Then the frog sat in the sun."
+    run("ingest", "notes", "--text", text, "--create", env=env)
+    g = gen_json(env, "notes", "-n", "10")
+    d = json.loads(run("show", "notes", "--json", env=env).stdout)
+    assert d["session"] == "notes" and d["start"] == 0 and d["end"] == d["tokens"] == len(d["ids"])
+    assert text in d["text"] and d["text"].endswith(g["text"])
+    # the ids are what tokenize gives the same text (BOS first: the session began with it)
+    ids = json.loads(run("tokenize", text, "--json", env=env).stdout)["ids"]
+    assert d["ids"][:len(ids)] == ids
+    # the plain output is the text; ranges count from either end
+    assert run("show", "notes", env=env).stdout.rstrip("\n") == d["text"]
+    last = json.loads(run("show", "notes", "--range", "-5:", "--json", env=env).stdout)
+    assert last["ids"] == d["ids"][-5:] and last["start"] == d["tokens"] - 5
+    mid = run("show", "notes", "--range", "2:6", "--ids", env=env).stdout.split()
+    assert list(map(int, mid)) == d["ids"][2:6]
+    assert json.loads(run("show", "notes", "--range", "10:3", "--json", env=env).stdout)["ids"] == []
+    # errors: a bad range, a missing session, another model's tokenizer
+    assert run("show", "notes", "--range", "x", env=env, check=False).returncode == 2
+    assert run("show", "nope", env=env, check=False).returncode == 3
+    other = dict(env, MSA_MODEL=str(ASSETS / "gguf" / "llama-2-tiny-random.gguf"))
+    p = run("show", "notes", env=other, check=False)
+    assert p.returncode == 5 and "written by model" in p.stderr
