@@ -1196,17 +1196,14 @@ MSA_API int msa_session_open(msa_engine *engine, const char *name, int flags,
  * session too; accepts NULL. Nothing committed is lost. */
 MSA_API void msa_session_close(msa_session *session);
 
-/* Progress of long appends: called after every commit with the
+/* Progress of long appends: called after every committed chunk with the
  * tokens done and the total; return non-zero to stop (MSA_EINTR; what was
  * committed stays). */
 typedef int (*msa_progress_fn)(void *user, int64_t done, int64_t total);
 
 /* Appends text (tokenized without BOS unless the session is empty) or
- * tokens to the session and runs the model over them in chunks of
- * prefill_chunk tokens, committing their blocks and tokens in store
- * transactions: one per chunk on the CPU, one per 2048 tokens (at least a
- * chunk) on CUDA, where a durable commit costs about what a chunk's
- * forward pass does. `source` tags the
+ * tokens to the session and runs the model over them, committing each
+ * chunk's blocks and tokens in one store transaction. `source` tags the
  * blocks ("src/main.c:1-80", "turn 3"; NULL: none).
  * Returns MSA_OK;
  *   MSA_EINVAL      NULL session, NULL text/tokens with a non-zero length,

@@ -779,22 +779,6 @@ static int64_t *token_lines(msa_session *s, const int32_t *toks, size_t n, const
     return lines;
 }
 
-/* Tokens an append commits at once: every prefill chunk on the CPU, where
- * a commit is small beside the model's time; on CUDA a chunk of 256
- * tokens runs in milliseconds and a durable commit (a segment sync, then
- * LMDB's pages and meta page) is of that order, so chunks go into one
- * transaction until MSA_CUDA_COMMIT_TOKENS. A failure loses only the
- * uncommitted chunks of the append in progress either way. */
-enum { MSA_CUDA_COMMIT_TOKENS = 2048 };
-
-static int64_t commit_tokens(const msa_session *s) {
-#ifdef MSA_HAVE_CUDA
-    if (s->e->cm) return MSA_CUDA_COMMIT_TOKENS > s->e->p.prefill_chunk ? MSA_CUDA_COMMIT_TOKENS
-                                                                        : s->e->p.prefill_chunk;
-#endif
-    return s->e->p.prefill_chunk;
-}
-
 int msa_session_append_tokens(msa_session *s, const int32_t *toks, size_t n,
                               const char *source, msa_progress_fn progress, void *user) {
     if (!s || (!toks && n)) return msa_error(MSA_EINVAL, "msa_session_append_tokens: NULL argument");
@@ -809,14 +793,12 @@ int msa_session_append_tokens(msa_session *s, const int32_t *toks, size_t n,
     int64_t *lines = token_lines(s, toks, n, src);
     if (!lines) return msa_error(MSA_ENOMEM, "session '%s': out of memory", s->name);
     int chunk = s->e->p.prefill_chunk;
-    int64_t every = commit_tokens(s);
     for (size_t done = 0; done < n && !rc;) {
         int m = (int)(n - done < (size_t)chunk ? n - done : (size_t)chunk);
         rc = run_rows(s, toks + done, m, src, lines + done);
-        done += (size_t)m;
-        if (!rc && (done == n || s->n_tokens - s->n_committed >= every)) rc = txn_commit(s);
-        else if (!rc) continue; /* more chunks into this transaction */
+        if (!rc) rc = txn_commit(s);
         if (rc) break;
+        done += (size_t)m;
         if (progress && progress(user, (int64_t)done, (int64_t)n)) {
             rc = msa_error(MSA_EINTR, "session '%s': append stopped after %zu of %zu tokens "
                            "(all of them committed)", s->name, done, n);
