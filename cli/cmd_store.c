@@ -128,10 +128,12 @@ int msa_cmd_ls(msa_cli *cli, int argc, char **argv) {
     if (cli->json) {
         json_t *a = json_array();
         for (size_t i = 0; i < n; i++) json_array_append_new(a, info_json(&list[i], &use[i]));
-        print_json(json_pack("{s:o, s:o, s:{s:I, s:I, s:I}}", "store", msa_cli_jstr(msa_store_dir(st)),
+        print_json(json_pack("{s:o, s:o, s:{s:I, s:I, s:I, s:I, s:I}}", "store", msa_cli_jstr(msa_store_dir(st)),
                              "sessions", a, "total", "bytes_on_disk",
                              (json_int_t)(total.own_bytes + total.shared_bytes), "own_bytes",
-                             (json_int_t)total.own_bytes, "shared_bytes", (json_int_t)total.shared_bytes));
+                             (json_int_t)total.own_bytes, "shared_bytes", (json_int_t)total.shared_bytes,
+                             "segment_file_bytes", (json_int_t)total.segment_file_bytes,
+                             "segment_unused_bytes", (json_int_t)total.segment_unused_bytes));
     } else {
         printf("%-24s %10s %8s %10s %10s %6s  %-18s %s\n", "NAME", "TOKENS", "BLOCKS", "OWN", "SHARED", "RATIO",
                "MODEL", "LAST USE");
@@ -151,6 +153,13 @@ int msa_cmd_ls(msa_cli *cli, int argc, char **argv) {
                    n == 1 ? "" : "s", msa_cli_bytes((double)(total.own_bytes + total.shared_bytes), b, sizeof b),
                    msa_cli_bytes((double)total.own_bytes, b2, sizeof b2),
                    msa_cli_bytes((double)total.shared_bytes, b3, sizeof b3));
+        }
+        /* a few MiB are headers and padding; say so once it is worth a compact */
+        if (total.segment_unused_bytes > ((uint64_t)64 << 20)) {
+            char b[32], b2[32];
+            printf("segment files: %s, of which %s used by no session (`msa-mem compact` returns it)\n",
+                   msa_cli_bytes((double)total.segment_file_bytes, b, sizeof b),
+                   msa_cli_bytes((double)total.segment_unused_bytes, b2, sizeof b2));
         }
     }
     free(use);

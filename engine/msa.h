@@ -1439,6 +1439,11 @@ typedef struct msa_store_usage {
     uint64_t shared_bytes;
     uint64_t own_blocks;    /* blocks (over all layers) */
     uint64_t shared_blocks;
+    /* whole store only (name NULL): the size of the segment files, and what
+     * in them no block uses (removed sessions' blocks, headers, padding,
+     * what a killed writer left), which `msa_store_compact` returns */
+    uint64_t segment_file_bytes;
+    uint64_t segment_unused_bytes;
 } msa_store_usage;
 
 /* Fills *out (zeroed first). Returns MSA_OK; MSA_EINVAL (NULL store or

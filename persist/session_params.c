@@ -19,6 +19,8 @@
 #include "persist/store_int.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 
 msa_session_params msa_session_default_params(void) {
@@ -139,6 +141,31 @@ static int session_usage(MDB_txn *t, msa_store *st, const char *name, msa_store_
     return rc;
 }
 
+/* The segment files' sizes, and what in them no block pointer names. */
+static int segment_usage(MDB_txn *t, msa_store *st, msa_store_usage *out) {
+    uint64_t *ids;
+    size_t n;
+    int rc = msa_segs_list(st->dir, &ids, &n);
+    if (rc || !n) return rc;
+    for (size_t i = 0; i < n; i++) {
+        char path[4300];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/segments/%016llx.seg", st->dir, (unsigned long long)ids[i]);
+        if (stat(path, &sb) == 0) out->segment_file_bytes += (uint64_t)sb.st_size;
+    }
+    free(ids);
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(t, st->blocks, &c))) return msa_mdb_status(rc, "opening a cursor");
+    uint64_t live = 0;
+    MDB_val k, v;
+    for (int op = MDB_FIRST; (rc = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT)
+        if (msa_segptr_is(v.mv_data, v.mv_size)) live += msa_value_stored_len(v.mv_data, v.mv_size);
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND) return msa_mdb_status(rc, "reading block pointers");
+    out->segment_unused_bytes = out->segment_file_bytes > live ? out->segment_file_bytes - live : 0;
+    return MSA_OK;
+}
+
 static int store_usage(MDB_txn *t, msa_store *st, msa_store_usage *out) {
     uint64_t referenced = 0, referenced_blocks = 0, shared_refs = 0, shared_ref_blocks = 0;
     MDB_cursor *c;
@@ -174,7 +201,7 @@ static int store_usage(MDB_txn *t, msa_store *st, msa_store_usage *out) {
     if (rc != MDB_NOTFOUND) return msa_mdb_status(rc, "reading block references");
     out->own_bytes += referenced > shared_refs ? referenced - shared_refs : 0;
     out->own_blocks = referenced_blocks > shared_ref_blocks ? referenced_blocks - shared_ref_blocks : 0;
-    return MSA_OK;
+    return segment_usage(t, st, out);
 }
 
 int msa_store_usage_get(msa_store *st, const char *name, msa_store_usage *out) {

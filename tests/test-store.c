@@ -758,10 +758,23 @@ static void test_segments(const char *base) {
     CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
     /* "a" held most of the shared segment: compact copies b's blocks to a
      * new one and deletes the old */
+    msa_store_usage u0, u1, u2;
+    CHECK_OK(msa_store_usage_get(st, NULL, &u0));
     CHECK_OK(msa_store_remove(st, "a"));
+    CHECK_OK(msa_store_usage_get(st, NULL, &u1));
+    /* a's blocks are unused now, and counted so; compact gives them back */
+    CHECKF(u1.segment_file_bytes == u0.segment_file_bytes &&
+           u1.segment_unused_bytes > u0.segment_unused_bytes + 4096,
+           "segment bytes %llu/%llu unused before, %llu/%llu after removing a",
+           (unsigned long long)u0.segment_unused_bytes, (unsigned long long)u0.segment_file_bytes,
+           (unsigned long long)u1.segment_unused_bytes, (unsigned long long)u1.segment_file_bytes);
     CHECK_OK(msa_store_compact(st, &saved));
     CHECKF(saved > 0, "compact saved %lld bytes", (long long)saved);
     CHECK(only_segment(dir, path, sizeof path) && strcmp(path, seg));
+    CHECK_OK(msa_store_usage_get(st, NULL, &u2));
+    CHECKF(u2.segment_file_bytes < u1.segment_file_bytes && u2.segment_unused_bytes < 3 * 4096,
+           "after compact: %llu of %llu segment bytes unused", (unsigned long long)u2.segment_unused_bytes,
+           (unsigned long long)u2.segment_file_bytes);
     check_session(st, "b", seed ^ 1, nb);
     CHECK_OK(msa_store_fsck(st, fsck_print, NULL, &nf));
     msa_store_close(st);
