@@ -420,7 +420,7 @@ static int parse(const uint8_t *val, size_t len, parsed *p) {
  * index keys at the end of a block does not pull in its K and V; what a
  * read does need is fetched here in one go instead of page by page. Only a
  * hint: errors are ignored. */
-static void prefetch(const void *p, size_t n) {
+void msa_prefetch(const void *p, size_t n) {
     static long page;
     if (!page) page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
     uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page - 1);
@@ -430,7 +430,7 @@ static void prefetch(const void *p, size_t n) {
 int msa_block_verify(const void *val, size_t len) {
     parsed p;
     int rc = parse(val, len, &p);
-    if (!rc) prefetch((const uint8_t *)val + p.off[0], len - p.off[0]);
+    if (!rc) msa_prefetch((const uint8_t *)val + p.off[0], len - p.off[0]);
     if (rc) return rc;
     for (int i = 0; i < p.np; i++)
         if (msa_crc32c(0, (const uint8_t *)val + p.off[i], p.len[i]) != p.crc[i])
@@ -458,7 +458,7 @@ int msa_block_decode(const msa_codec_shape *sh, const void *vp, size_t len, void
     /* the planes this read needs: all, or from the first one of the index
      * keys (the last section) to the end */
     size_t from = p.off[(k || v || full) ? 0 : section_planes(&sec[0]) + section_planes(&sec[1])];
-    if (k || v || kidx || full) prefetch(val + from, len - from);
+    if (k || v || kidx || full) msa_prefetch(val + from, len - from);
     /* scratch for planes that must be decompressed */
     size_t need = 0;
     for (int s = 0, i = 0; s < 3; i += section_planes(&sec[s]), s++)

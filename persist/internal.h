@@ -109,6 +109,10 @@ int msa_block_decode(const msa_codec_shape *sh, const void *val, size_t len,
 /* Just the header check: magic, crc over the value, plane lengths add up. */
 int msa_block_verify(const void *val, size_t len);
 
+/* Asks the kernel to read [p, p + n) of a mapped file now, in large
+ * requests (madvise WILLNEED; a hint, errors ignored). */
+void msa_prefetch(const void *p, size_t n);
+
 /* ---- segment files (segment.c) ----------------------------------------------
  *
  * Full blocks whose value is at least msa_store_params.segment_min bytes
@@ -157,8 +161,9 @@ void msa_segs_free(msa_segs *s);
  * value's magic and checksum field); an inline value is left as it is.
  * MSA_OK, MSA_ECORRUPT (message says what), MSA_EIO, MSA_ENOMEM. */
 int msa_segs_resolve(msa_segs *s, MDB_val *v);
-/* The ids of the segment files of a store (malloc'ed; none: NULL, 0). */
-int msa_segs_list(const char *store_dir, uint64_t **ids, size_t *n);
+/* The ids of the segment files of a store, ascending, and (sizes not
+ * NULL) their sizes in bytes (0: gone meanwhile); malloc'ed, none: NULL. */
+int msa_segs_list(const char *store_dir, uint64_t **ids, uint64_t **sizes, size_t *n);
 /* fdatasyncs every segment file of a store, then their directory. */
 int msa_segs_sync(const char *store_dir);
 /* Deletes one segment file; *bytes gets its size. */
@@ -174,7 +179,6 @@ int msa_segs_remove(const char *store_dir, uint64_t id, uint64_t *bytes);
  * committed). */
 typedef struct msa_segw msa_segw;
 int msa_segw_open(const char *store_dir, int sync, msa_segw **out);
-uint64_t msa_segw_id(const msa_segw *w);
 /* 0 in a child forked after the writer was opened: the segment is the
  * parent's, which the child must not append to (nor cut at close). */
 int msa_segw_mine(const msa_segw *w);

@@ -719,44 +719,39 @@ static int move_blocks(msa_store *st, const seg_use *u, size_t nu, const uint64_
  * alone. A crash in the middle leaves either the old pointers or the new
  * ones, and the segment that is no longer named goes at the next compact. */
 static int compact_segments(msa_store *st, int64_t *freed) {
-    uint64_t *files, *rewrite = NULL;
+    uint64_t *files, *sizes, *rewrite = NULL;
     size_t nf, nu = 0, nr = 0;
     seg_use *u = NULL;
-    int rc = msa_segs_list(st->dir, &files, &nf);
+    int rc = msa_segs_list(st->dir, &files, &sizes, &nf);
     if (rc || !nf) return rc;
-    if (!(rc = list_uses(st, &u, &nu)) && !(rewrite = malloc(nf * sizeof *rewrite)))
+    unsigned char *drop = calloc(nf, 1);
+    if (!(rc = list_uses(st, &u, &nu)) && (!drop || !(rewrite = malloc(nf * sizeof *rewrite))))
         rc = msa_error(MSA_ENOMEM, "%s: compact", st->dir);
-    qsort(files, nf, sizeof *files, cmp_id);
-    int64_t gone = 0, kept_new = 0;
-    for (size_t i = 0, j = 0; !rc && i < nf; i++) {
+    int64_t kept_new = 0;
+    for (size_t i = 0, j = 0; !rc && i < nf; i++) { /* both sorted by segment */
         uint64_t live = 0;
         while (j < nu && u[j].seg < files[i]) j++;
         for (; j < nu && u[j].seg == files[i]; j++) live += u[j].len;
-        char path[4300];
-        snprintf(path, sizeof path, "%s/segments/%016llx.seg", st->dir, (unsigned long long)files[i]);
-        struct stat sb;
-        uint64_t size = stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
-        if (live && 2 * live < size) {
+        drop[i] = !live || 2 * live < sizes[i];
+        if (live && drop[i]) {
             rewrite[nr++] = files[i];
             kept_new += (int64_t)live;
         }
     }
+    /* once the blocks are moved, nothing names the rewritten segments */
     if (!rc && nr) rc = move_blocks(st, u, nu, rewrite, nr);
-    if (!rc) { /* what is named now */
-        free(u);
-        rc = list_uses(st, &u, &nu);
-    }
     if (!rc) {
         msa_segs_forget(st->segs);
-        for (size_t i = 0, j = 0; !rc && i < nf; i++) {
-            while (j < nu && u[j].seg < files[i]) j++;
-            if (j < nu && u[j].seg == files[i]) continue;
+        int64_t gone = 0;
+        for (size_t i = 0; !rc && i < nf; i++) {
             uint64_t bytes = 0;
-            if (!(rc = msa_segs_remove(st->dir, files[i], &bytes))) gone += (int64_t)bytes;
+            if (drop[i] && !(rc = msa_segs_remove(st->dir, files[i], &bytes))) gone += (int64_t)bytes;
         }
         *freed += gone - kept_new;
     }
     free(files);
+    free(sizes);
+    free(drop);
     free(rewrite);
     free(u);
     return rc;

@@ -219,8 +219,14 @@ int msa_segs_resolve(msa_segs *s, MDB_val *v) {
     return MSA_OK;
 }
 
-int msa_segs_list(const char *store_dir, uint64_t **ids, size_t *n) {
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int msa_segs_list(const char *store_dir, uint64_t **ids, uint64_t **sizes, size_t *n) {
     *ids = NULL;
+    if (sizes) *sizes = NULL;
     *n = 0;
     char path[4200];
     snprintf(path, sizeof path, "%s/segments", store_dir);
@@ -241,6 +247,15 @@ int msa_segs_list(const char *store_dir, uint64_t **ids, size_t *n) {
         (*ids)[(*n)++] = id;
     }
     closedir(d);
+    if (!rc) qsort(*ids, *n, sizeof **ids, cmp_u64);
+    if (!rc && sizes && *n && !(*sizes = malloc(*n * sizeof **sizes)))
+        rc = msa_error(MSA_ENOMEM, "listing %s", path);
+    for (size_t i = 0; !rc && sizes && i < *n; i++) {
+        char f[4300];
+        struct stat sb;
+        seg_path(f, sizeof f, store_dir, (*ids)[i]);
+        (*sizes)[i] = stat(f, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    }
     if (rc) { free(*ids); *ids = NULL; *n = 0; }
     return rc;
 }
@@ -248,7 +263,7 @@ int msa_segs_list(const char *store_dir, uint64_t **ids, size_t *n) {
 int msa_segs_sync(const char *store_dir) {
     uint64_t *ids;
     size_t n;
-    int rc = msa_segs_list(store_dir, &ids, &n);
+    int rc = msa_segs_list(store_dir, &ids, NULL, &n);
     char path[4200];
     for (size_t i = 0; !rc && i < n; i++) {
         seg_path(path, sizeof path, store_dir, ids[i]);
@@ -480,8 +495,6 @@ int msa_segw_open(const char *store_dir, int sync, msa_segw **out) {
     *out = w;
     return MSA_OK;
 }
-
-uint64_t msa_segw_id(const msa_segw *w) { return w->id; }
 
 int msa_segw_mine(const msa_segw *w) { return w->pid == getpid(); }
 

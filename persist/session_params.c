@@ -143,17 +143,13 @@ static int session_usage(MDB_txn *t, msa_store *st, const char *name, msa_store_
 
 /* The segment files' sizes, and what in them no block pointer names. */
 static int segment_usage(MDB_txn *t, msa_store *st, msa_store_usage *out) {
-    uint64_t *ids;
+    uint64_t *ids, *sizes;
     size_t n;
-    int rc = msa_segs_list(st->dir, &ids, &n);
+    int rc = msa_segs_list(st->dir, &ids, &sizes, &n);
     if (rc || !n) return rc;
-    for (size_t i = 0; i < n; i++) {
-        char path[4300];
-        struct stat sb;
-        snprintf(path, sizeof path, "%s/segments/%016llx.seg", st->dir, (unsigned long long)ids[i]);
-        if (stat(path, &sb) == 0) out->segment_file_bytes += (uint64_t)sb.st_size;
-    }
+    for (size_t i = 0; i < n; i++) out->segment_file_bytes += sizes[i];
     free(ids);
+    free(sizes);
     MDB_cursor *c;
     if ((rc = mdb_cursor_open(t, st->blocks, &c))) return msa_mdb_status(rc, "opening a cursor");
     uint64_t live = 0;

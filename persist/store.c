@@ -1009,11 +1009,6 @@ done:
  * are ignored. */
 enum { MSA_READAHEAD = 8 };
 
-static void advise(const void *p, size_t n) {
-    uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095;
-    if (n) (void)madvise((void *)a, (uintptr_t)p + n - a, MADV_WILLNEED);
-}
-
 static void read_ahead(msa_store_session *s, MDB_txn *t, int layer, uint64_t block, int kv) {
     int seq = s->ra_layer == layer && s->ra_kv == kv && s->ra_last + 1 == block;
     s->ra_layer = layer;
@@ -1037,10 +1032,10 @@ static void read_ahead(msa_store_session *s, MDB_txn *t, int layer, uint64_t blo
             msa_block_get(t, s->st, e.id, &val))
             break;
         if (kv || val.mv_size <= idx + 4096) {
-            advise(val.mv_data, val.mv_size);
+            msa_prefetch(val.mv_data, val.mv_size);
         } else {
-            advise(val.mv_data, 4096);
-            advise((const uint8_t *)val.mv_data + val.mv_size - idx, idx);
+            msa_prefetch(val.mv_data, 4096);
+            msa_prefetch((const uint8_t *)val.mv_data + val.mv_size - idx, idx);
         }
     }
     msa_error_clear(); /* a failed lookup here is the next read's to report */
